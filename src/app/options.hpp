@@ -1,0 +1,54 @@
+// The `hyperrnn` command line: one option table (Boost.Program_options) shared by the command line
+// and the INI file, validation of every value with a one-line reason, and the effective
+// configuration written as config.ini. Leaves out: what the options do (train.cpp, eval.cpp).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "models/transformer.hpp"
+#include "tasks/mqar.hpp"
+
+namespace hyperrnn {
+
+struct RunConfig {
+  // model
+  std::string model = "gauss-moe";
+  int64_t d_model = 64, layers = 2, heads = 4, experts = 4, top_k = 2, d_ff = 0;
+  // task
+  std::string task = "mqar";
+  int64_t vocab = 256, seq_len = 64, kv_pairs = 8;
+  double mqar_power_a = 0.01;
+  std::string mqar_filler = "random";
+  // training
+  int64_t batch = 64, shards = 1, steps = 400, warmup = 50;
+  double lr = 3e-3, lr_min_ratio = 0.1, weight_decay = 0.1, grad_clip = 1.0;
+  double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_eps = 1e-8;
+  uint64_t seed = 1;
+  int64_t eval_every = 100, eval_samples = 1000, log_every = 0;
+  std::string out;  // default derived from model, task and seed
+  // eval subcommand
+  std::string snapshot;
+
+  ModelConfig model_config() const;
+  MqarConfig mqar_config() const;
+};
+
+enum class Command { Train, Eval };
+
+// Parses argv (after the subcommand) and the optional --config file; validates. Throws UsageError
+// with one line naming the option and the reason. Returns false when --help was printed.
+bool parse_options(Command cmd, int argc, const char* const* argv, RunConfig& cfg);
+
+// Checks every value (also used on a configuration read back from a snapshot).
+void validate(const RunConfig& cfg);
+
+// The effective configuration as INI text (every option that defines the run, round-trip exact).
+std::string to_ini(const RunConfig& cfg);
+// Reads INI text produced by to_ini (e.g. from a snapshot); validates.
+RunConfig from_ini(const std::string& text, const std::string& origin);
+
+// The general help text.
+std::string usage_text();
+
+}  // namespace hyperrnn

@@ -1,0 +1,166 @@
+// `hyperrnn train`: run directory, the training loop (one process for now), metrics, progress,
+// held-out evaluation and the final snapshot.
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "app/commands.hpp"
+#include "app/progress.hpp"
+#include "core/error.hpp"
+#include "io/csv.hpp"
+#include "io/snapshot.hpp"
+#include "nn/adamw.hpp"
+
+namespace fs = std::filesystem;
+
+namespace hyperrnn {
+
+namespace {
+
+std::string read_file(const fs::path& p) {
+  std::ifstream in(p);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// The first line where two INI texts differ, for the error message.
+std::string first_difference(const std::string& a, const std::string& b) {
+  std::istringstream sa(a), sb(b);
+  std::string la, lb;
+  while (true) {
+    const bool ga = static_cast<bool>(std::getline(sa, la)), gb = static_cast<bool>(std::getline(sb, lb));
+    if (!ga && !gb) return "";
+    if (!ga) la = "<none>";
+    if (!gb) lb = "<none>";
+    if (la != lb) return "'" + la + "' there, '" + lb + "' here";
+  }
+}
+
+// Checks --out before anything is written: absent, empty, or holding this very configuration.
+void check_out_dir(const RunConfig& cfg, const std::string& ini) {
+  const fs::path out(cfg.out);
+  std::error_code ec;
+  if (!fs::exists(out, ec)) return;
+  if (!fs::is_directory(out)) throw UsageError("option '--out': '" + cfg.out + "' exists and is not a directory");
+  if (fs::is_empty(out)) return;
+  if (!fs::exists(out / "config.ini"))
+    throw UsageError("option '--out': directory '" + cfg.out + "' is not empty and holds no hyperrnn run (no config.ini)");
+  const std::string old = read_file(out / "config.ini");
+  if (old != ini)
+    throw UsageError("option '--out': directory '" + cfg.out + "' already holds a different run (" +
+                     first_difference(old, ini) + "); choose another --out");
+}
+
+}  // namespace
+
+EvalResult evaluate_heldout(Transformer<float>& model, MqarGenerator& gen, Batch& batch, uint64_t seed,
+                            int64_t samples) {
+  const int cap = static_cast<int>(batch.tokens.size() / static_cast<size_t>(gen.config().seq_len));
+  double loss_sum = 0.0, correct = 0.0;
+  int64_t scored = 0, counted = 0;
+  for (int64_t first = 0; first < samples; first += cap) {
+    const int n = static_cast<int>(std::min<int64_t>(cap, samples - first));
+    gen.fill(batch, seed, RngPurpose::HeldOut, 0, static_cast<uint32_t>(first), n);
+    const double loss = model.forward(batch);
+    loss_sum += loss * model.scored();
+    scored += model.scored();
+    correct += model.correct();
+    counted += model.samples_scored();
+  }
+  return {scored ? loss_sum / static_cast<double>(scored) : 0.0,
+          counted ? correct / static_cast<double>(counted) : 0.0, samples};
+}
+
+int run_train(Comm& comm, const RunConfig& cfg) {
+  if (comm.size() > 1)
+    throw UsageError("ranks: this build trains on one rank only (" + std::to_string(comm.size()) +
+                     " started); expert-parallel training over MPI is not implemented yet");
+  const std::string ini = to_ini(cfg);
+  check_out_dir(cfg, ini);
+  const fs::path out(cfg.out);
+  fs::create_directories(out / "logs");
+  {
+    std::ofstream c(out / "config.ini");
+    c << ini;
+    if (!c) throw RuntimeError("cannot write " + (out / "config.ini").string());
+  }
+
+  const ModelConfig mc = cfg.model_config();
+  const MqarConfig qc = cfg.mqar_config();
+  const int B = static_cast<int>(cfg.batch), L = static_cast<int>(cfg.seq_len);
+  const int D = static_cast<int>(cfg.kv_pairs);
+  Transformer<float> model(mc, B, B * D);
+  model.init(cfg.seed);
+  nn::AdamW<float> opt(model.table(), {cfg.adam_beta1, cfg.adam_beta2, cfg.adam_eps, cfg.weight_decay});
+  MqarGenerator gen(qc);
+  Batch batch;
+  batch.resize(B, L);
+
+  std::vector<std::string> header = {"step", "loss", "acc", "lr", "grad_norm", "tokens_per_s", "step_time_s", "scored"};
+  for (int l = 0; l < mc.layers && mc.is_moe(); ++l)
+    for (int e = 0; e < mc.experts; ++e)
+      header.push_back("tokens_l" + std::to_string(l) + "_e" + std::to_string(e));
+  CsvWriter metrics, evals;
+  metrics.open((out / "metrics.csv").string(), header);
+  evals.open((out / "eval.csv").string(), {"step", "split", "loss", "acc"});
+  Progress progress(cfg.steps, cfg.log_every, (out / "logs" / "train.log").string());
+  progress.line("hyperrnn train: " + cfg.model + " on " + cfg.task + ", " +
+                std::to_string(model.table().total()) + " parameters, " + std::to_string(cfg.steps) +
+                " steps of " + std::to_string(B) + " samples -> " + cfg.out);
+
+  auto run_eval_now = [&](int64_t step) {
+    const EvalResult r = evaluate_heldout(model, gen, batch, cfg.seed, cfg.eval_samples);
+    evals.add(step).add(std::string("heldout")).add(r.loss).add(r.acc).end_row();
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "eval step %lld: heldout loss %.4f acc %.4f (%lld samples)",
+                  static_cast<long long>(step), r.loss, r.acc, static_cast<long long>(r.samples));
+    progress.line(buf);
+    return r;
+  };
+
+  const int64_t N = static_cast<int64_t>(B) * L;
+  double flops = 0.0, busy = 0.0;
+  EvalResult last{};
+  int64_t last_eval_step = -1;
+  const auto t_run = std::chrono::steady_clock::now();
+  for (int64_t step = 0; step < cfg.steps; ++step) {
+    const auto t0 = std::chrono::steady_clock::now();
+    gen.fill(batch, cfg.seed, RngPurpose::TrainData, static_cast<uint32_t>(step), 0, B);
+    const double loss = model.forward(batch);
+    model.zero_grad();
+    model.backward();
+    const double gnorm = nn::grad_norm(model.grads.data(), model.table().total());
+    nn::clip_grads(model.grads.data(), model.table().total(), gnorm, cfg.grad_clip);
+    const double lr = nn::lr_at(step, cfg.steps, cfg.warmup, cfg.lr, cfg.lr_min_ratio);
+    opt.step(model.params.data(), model.grads.data(), lr);
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    busy += dt;
+    flops += model.step_flops();
+
+    metrics.add(step + 1).add(loss).add(model.accuracy()).add(lr).add(gnorm)
+        .add(static_cast<double>(N) / dt).add(dt).add(static_cast<int64_t>(model.scored()));
+    for (int32_t n : model.expert_tokens()) metrics.add(static_cast<int64_t>(n));
+    metrics.end_row();
+    progress.step(step, loss, model.accuracy(), static_cast<double>(N) / dt);
+    if (cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0) {
+      last = run_eval_now(step + 1);
+      last_eval_step = step + 1;
+    }
+  }
+  if (last_eval_step != cfg.steps) last = run_eval_now(cfg.steps);
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_run).count();
+  const std::string snap = write_snapshot(cfg.out, cfg.steps, model.table(), model.params.data(), ini);
+  char buf[320];
+  std::snprintf(buf, sizeof buf,
+                "done: %lld steps in %s | %.0f tokens/s | %.2f GFLOP/s (model FLOPs) | final held-out accuracy %.4f, loss %.4f",
+                static_cast<long long>(cfg.steps), format_duration(wall).c_str(),
+                static_cast<double>(N) * static_cast<double>(cfg.steps) / busy, flops / busy * 1e-9, last.acc, last.loss);
+  progress.line(buf);
+  progress.line("run directory: " + cfg.out + " (config.ini, metrics.csv, eval.csv, logs/, snapshot " +
+                fs::path(snap).filename().string() + ")");
+  return 0;
+}
+
+}  // namespace hyperrnn

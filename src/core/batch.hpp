@@ -1,0 +1,23 @@
+// One batch of token sequences with next-token targets; target -1 marks a position that is not
+// scored (the ignore mask). Produced by src/tasks, consumed by src/models.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace hyperrnn {
+
+struct Batch {
+  int B = 0;                      // samples
+  int T = 0;                      // positions per sample
+  std::vector<int32_t> tokens;    // (B,T)
+  std::vector<int32_t> targets;   // (B,T), -1 = ignored
+  void resize(int b, int t) {
+    B = b;
+    T = t;
+    tokens.assign(static_cast<size_t>(b) * t, 0);
+    targets.assign(static_cast<size_t>(b) * t, -1);
+  }
+};
+
+}  // namespace hyperrnn

@@ -1,0 +1,42 @@
+// The one table that describes the model's tensors: name, shape, offset into the flat buffer,
+// kind (dense, expert, gating), layer and expert index, and whether weight decay applies.
+// Parameters, gradients and AdamW moments all share this layout, one contiguous buffer each.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace hyperrnn {
+
+enum class TensorKind { Dense, Expert, Gating };
+const char* to_string(TensorKind k);
+
+struct TensorInfo {
+  std::string name;            // e.g. "layers.0.moe.experts.3.fc1.weight"
+  std::vector<int64_t> shape;  // row-major
+  int64_t offset = 0;          // in elements, into every buffer sharing the layout
+  int64_t size = 0;            // product of shape
+  TensorKind kind = TensorKind::Dense;
+  int layer = -1;              // transformer block, -1 for embeddings / head
+  int expert = -1;             // expert index within its MoE layer, -1 otherwise
+  bool decay = false;          // AdamW weight decay applies (matrices, not biases/norms)
+};
+
+class ParamTable {
+ public:
+  // Appends a tensor; returns its index. Names must be unique.
+  int add(std::string name, std::vector<int64_t> shape, TensorKind kind, bool decay, int layer = -1,
+          int expert = -1);
+  const std::vector<TensorInfo>& entries() const { return entries_; }
+  const TensorInfo& operator[](int i) const { return entries_[static_cast<size_t>(i)]; }
+  int size() const { return static_cast<int>(entries_.size()); }
+  int64_t total() const { return total_; }
+  // Index of a tensor by name, -1 when absent.
+  int find(const std::string& name) const;
+
+ private:
+  std::vector<TensorInfo> entries_;
+  int64_t total_ = 0;
+};
+
+}  // namespace hyperrnn

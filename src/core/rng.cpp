@@ -1,0 +1,64 @@
+// Philox4x32-10 and the CounterRng stream built on it.
+#include "core/rng.hpp"
+
+#include <cmath>
+#include <numbers>
+
+namespace hyperrnn {
+
+namespace {
+constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;  // round multipliers
+constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;  // Weyl key increments
+
+inline void mulhilo(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
+  const uint64_t p = static_cast<uint64_t>(a) * b;
+  hi = static_cast<uint32_t>(p >> 32);
+  lo = static_cast<uint32_t>(p);
+}
+}  // namespace
+
+Philox4x32Ctr philox4x32_10(Philox4x32Ctr ctr, Philox4x32Key key) {
+  for (int round = 0; round < 10; ++round) {
+    if (round > 0) {
+      key[0] += kW0;
+      key[1] += kW1;
+    }
+    uint32_t hi0, lo0, hi1, lo1;
+    mulhilo(kM0, ctr[0], hi0, lo0);
+    mulhilo(kM1, ctr[2], hi1, lo1);
+    ctr = {hi1 ^ ctr[1] ^ key[0], lo1, hi0 ^ ctr[3] ^ key[1], lo0};
+  }
+  return ctr;
+}
+
+CounterRng::CounterRng(uint64_t seed, RngPurpose purpose, uint32_t step, uint32_t index)
+    : key_{static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)},
+      ctr_{0u, index, step, static_cast<uint32_t>(purpose)} {}
+
+uint32_t CounterRng::next_u32() {
+  if (used_ == 4) {
+    block_ = philox4x32_10(ctr_, key_);
+    ++ctr_[0];
+    used_ = 0;
+  }
+  return block_[used_++];
+}
+
+float CounterRng::uniform() { return static_cast<float>(next_u32() >> 8) * 0x1.0p-24f; }
+
+double CounterRng::uniform_double() {
+  const uint64_t hi = next_u32() >> 5, lo = next_u32() >> 6;  // 27 + 26 bits
+  return static_cast<double>((hi << 26) | lo) * 0x1.0p-53;
+}
+
+uint32_t CounterRng::below(uint32_t n) {
+  return static_cast<uint32_t>((static_cast<uint64_t>(next_u32()) * n) >> 32);
+}
+
+double CounterRng::normal() {
+  const double u1 = 1.0 - uniform_double();  // (0, 1]
+  const double u2 = uniform_double();
+  return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * std::numbers::pi * u2);
+}
+
+}  // namespace hyperrnn

@@ -1,0 +1,48 @@
+// Counter-based RNG (Philox4x32-10, Salmon et al., SC'11): every random number is a pure function
+// of (seed, purpose, step, index, draw), so data and initialisation never depend on the rank count
+// or on the order in which samples are produced. No global state.
+#pragma once
+#include <array>
+#include <cstdint>
+
+namespace hyperrnn {
+
+// What a stream is for; part of the counter so that streams never overlap.
+enum class RngPurpose : uint32_t {
+  Init = 1,        // parameter initialisation (step = tensor index in the table)
+  TrainData = 2,   // training samples (step = training step, index = global sample index)
+  HeldOut = 3,     // held-out evaluation samples (step = 0, index = held-out sample index)
+  Routing = 4,     // routing / buffer decisions (later issues)
+  TestData = 5,    // unit tests
+};
+
+using Philox4x32Ctr = std::array<uint32_t, 4>;
+using Philox4x32Key = std::array<uint32_t, 2>;
+
+// One Philox4x32-10 block.
+Philox4x32Ctr philox4x32_10(Philox4x32Ctr ctr, Philox4x32Key key);
+
+// A stream keyed by (seed, purpose, step, index); successive draws advance a 32-bit sub-counter,
+// 4 words per block (2^34 words per stream).
+class CounterRng {
+ public:
+  CounterRng(uint64_t seed, RngPurpose purpose, uint32_t step, uint32_t index);
+  uint32_t next_u32();
+  // Uniform in [0, 1) with 24 random bits.
+  float uniform();
+  // Uniform in [0, 1) with 53 random bits.
+  double uniform_double();
+  // Integer in [0, n) by multiply-shift (bias below n / 2^32; n here is a vocabulary or a slot
+  // count, so the bias is < 1e-5 and identical on every platform).
+  uint32_t below(uint32_t n);
+  // Standard normal by Box-Muller in double precision.
+  double normal();
+
+ private:
+  Philox4x32Key key_;
+  Philox4x32Ctr ctr_;
+  Philox4x32Ctr block_{};
+  int used_ = 4;
+};
+
+}  // namespace hyperrnn

@@ -1,0 +1,35 @@
+// CSV files of the run directory (metrics.csv, eval.csv): a header row, then one row per call,
+// floating-point values printed shortest round-trip exact (std::to_chars), flushed per row so a
+// killed job leaves every finished step on disk.
+#pragma once
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+namespace hyperrnn {
+
+// Shortest decimal text that reads back to exactly v.
+std::string format_roundtrip(double v);
+
+class CsvWriter {
+ public:
+  CsvWriter() = default;
+  CsvWriter(const CsvWriter&) = delete;
+  CsvWriter& operator=(const CsvWriter&) = delete;
+  ~CsvWriter();
+  // Truncates path and writes the header.
+  void open(const std::string& path, const std::vector<std::string>& header);
+  bool is_open() const { return f_ != nullptr; }
+  CsvWriter& add(double v);
+  CsvWriter& add(int64_t v);
+  CsvWriter& add(const std::string& v);
+  void end_row();  // checks the column count, writes, flushes
+
+ private:
+  std::FILE* f_ = nullptr;
+  std::string path_, row_;
+  size_t columns_ = 0, filled_ = 0;
+};
+
+}  // namespace hyperrnn

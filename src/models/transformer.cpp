@@ -1,0 +1,310 @@
+// Pre-LN Transformer: forward, backward, parameter table, activation arena, FLOP count.
+#include "models/transformer.hpp"
+
+#include <cmath>
+
+#include "core/error.hpp"
+#include "core/rng.hpp"
+#include "nn/ops.hpp"
+
+namespace hyperrnn {
+
+const char* to_string(ModelKind k) {
+  switch (k) {
+    case ModelKind::Dense: return "dense";
+    case ModelKind::Moe: return "moe";
+    case ModelKind::GaussMoe: return "gauss-moe";
+  }
+  return "?";
+}
+
+bool parse_model_kind(const std::string& s, ModelKind& out) {
+  for (ModelKind k : {ModelKind::Dense, ModelKind::Moe, ModelKind::GaussMoe})
+    if (s == to_string(k)) {
+      out = k;
+      return true;
+    }
+  return false;
+}
+
+template <class T>
+nn::MoeDims Transformer<T>::moe_dims(int N) const {
+  return nn::MoeDims{N, cfg_.d_model, cfg_.experts, cfg_.top_k, cfg_.d_ff};
+}
+
+template <class T>
+Transformer<T>::Transformer(const ModelConfig& cfg, int batch_capacity, int max_scored)
+    : cfg_(cfg), Bcap_(batch_capacity), Scap_(max_scored) {
+  const int64_t V = cfg.vocab, Tn = cfg.seq_len, C = cfg.d_model, F = cfg.d_ff, E = cfg.experts;
+  const int L = cfg.layers;
+  HYPERRNN_CHECK(C % cfg.heads == 0, "d_model must be divisible by heads");
+  HYPERRNN_CHECK(!cfg.is_moe() || (cfg.top_k >= 1 && cfg.top_k <= cfg.experts), "bad top_k");
+  using TK = TensorKind;
+  wte_ = table_.add("wte", {V, C}, TK::Dense, true);
+  wpe_ = table_.add("wpe", {Tn, C}, TK::Dense, true);
+  layers_.resize(static_cast<size_t>(L));
+  for (int l = 0; l < L; ++l) {
+    Layer& Ly = layers_[static_cast<size_t>(l)];
+    const std::string pre = "layers." + std::to_string(l) + ".";
+    Ly.ln1_w = table_.add(pre + "ln1.weight", {C}, TK::Dense, false, l);
+    Ly.ln1_b = table_.add(pre + "ln1.bias", {C}, TK::Dense, false, l);
+    Ly.qkv_w = table_.add(pre + "attn.qkv.weight", {3 * C, C}, TK::Dense, true, l);
+    Ly.qkv_b = table_.add(pre + "attn.qkv.bias", {3 * C}, TK::Dense, false, l);
+    Ly.proj_w = table_.add(pre + "attn.proj.weight", {C, C}, TK::Dense, true, l);
+    Ly.proj_b = table_.add(pre + "attn.proj.bias", {C}, TK::Dense, false, l);
+    Ly.ln2_w = table_.add(pre + "ln2.weight", {C}, TK::Dense, false, l);
+    Ly.ln2_b = table_.add(pre + "ln2.bias", {C}, TK::Dense, false, l);
+    if (!cfg.is_moe()) {
+      Ly.fc1_w = table_.add(pre + "mlp.fc1.weight", {F, C}, TK::Dense, true, l);
+      Ly.fc1_b = table_.add(pre + "mlp.fc1.bias", {F}, TK::Dense, false, l);
+      Ly.fc2_w = table_.add(pre + "mlp.fc2.weight", {C, F}, TK::Dense, true, l);
+      Ly.fc2_b = table_.add(pre + "mlp.fc2.bias", {C}, TK::Dense, false, l);
+    } else {
+      if (cfg.kind == ModelKind::Moe) {
+        Ly.router_a = table_.add(pre + "moe.router.weight", {E, C}, TK::Dense, true, l);
+      } else {
+        Ly.router_a = table_.add(pre + "moe.router.mu", {E, C}, TK::Dense, false, l);
+        Ly.router_b = table_.add(pre + "moe.router.log_sigma", {E, C}, TK::Dense, false, l);
+      }
+      for (int e = 0; e < E; ++e) {
+        const std::string ep = pre + "moe.experts." + std::to_string(e) + ".";
+        const int i0 = table_.add(ep + "fc1.weight", {F, C}, TK::Expert, true, l, e);
+        table_.add(ep + "fc1.bias", {F}, TK::Expert, false, l, e);
+        table_.add(ep + "fc2.weight", {C, F}, TK::Expert, true, l, e);
+        table_.add(ep + "fc2.bias", {C}, TK::Expert, false, l, e);
+        if (e == 0) Ly.expert0 = i0;
+        // the MoE kernels address expert e at expert0 + e * stride: check the layout holds
+        HYPERRNN_CHECK(table_[i0].offset == table_[Ly.expert0].offset + e * moe_dims(0).expert_stride(),
+                       "expert tensors are not contiguous");
+      }
+    }
+  }
+  lnf_w_ = table_.add("lnf.weight", {C}, TK::Dense, false);
+  lnf_b_ = table_.add("lnf.bias", {C}, TK::Dense, false);
+  head_w_ = table_.add("head.weight", {V, C}, TK::Dense, true);
+  params.assign(static_cast<size_t>(table_.total()), T(0));
+  grads.assign(static_cast<size_t>(table_.total()), T(0));
+
+  // Activation arena: sized once for the largest batch; never reallocated in the step loop.
+  const int64_t N = static_cast<int64_t>(Bcap_) * Tn, H = cfg.heads, S = Scap_;
+  const nn::MoeDims md = moe_dims(static_cast<int>(N));
+  const int64_t per_layer = N * C * 9 + N * 4 + N * 3 * C + Bcap_ * H * Tn * Tn +
+                            (cfg.is_moe() ? nn::moe_cache_floats(md) : 2 * N * F);
+  const int64_t shared = N * C * 2 + N * 2 + S * C + 2 * S * V + S +        // forward
+                         N * C * 3 + N * 3 * C + Bcap_ * H * Tn * Tn +      // dres dln datty dqkv datt
+                         (cfg.is_moe() ? nn::moe_scratch_floats(md) : 2 * N * F) + S * C + S * V;
+  arena_.assign(static_cast<size_t>(per_layer * L + shared), T(0));
+  iarena_.assign(static_cast<size_t>((cfg.is_moe() ? nn::moe_cache_ints(md) * L : 0) + 2 * S), 0);
+  T* f = arena_.data();
+  int32_t* ip = iarena_.data();
+  auto take = [&f](int64_t n) { T* q = f; f += n; return q; };
+  for (Layer& Ly : layers_) {
+    Ly.ln1_out = take(N * C); Ly.ln1_mean = take(N); Ly.ln1_rstd = take(N);
+    Ly.qkv = take(N * 3 * C); Ly.att = take(Bcap_ * H * Tn * Tn);
+    Ly.atty = take(N * C); Ly.attproj = take(N * C); Ly.res_mid = take(N * C);
+    Ly.ln2_out = take(N * C); Ly.ln2_mean = take(N); Ly.ln2_rstd = take(N);
+    Ly.ffn_out = take(N * C); Ly.res_out = take(N * C);
+    Ly.fc1_h = Ly.fc1_act = nullptr;
+    if (cfg.is_moe()) {
+      Ly.moe = nn::moe_bind_cache<T>(f, ip, md);
+    } else {
+      Ly.fc1_h = take(N * F); Ly.fc1_act = take(N * F);
+    }
+  }
+  x0_ = take(N * C); lnf_out_ = take(N * C); lnf_mean_ = take(N); lnf_rstd_ = take(N);
+  hs_ = take(S * C); logits_ = take(S * V); probs_ = take(S * V); losses_ = take(S);
+  dres_ = take(N * C); dln_ = take(N * C); datty_ = take(N * C); dqkv_ = take(N * 3 * C);
+  datt_ = take(Bcap_ * H * Tn * Tn);
+  dact_ = dh_ = nullptr;
+  if (cfg.is_moe()) {
+    moe_scratch_ = nn::moe_bind_scratch<T>(f, md);
+  } else {
+    dact_ = take(N * F); dh_ = take(N * F);
+  }
+  dhs_ = take(S * C); dlogits_ = take(S * V);
+  HYPERRNN_CHECK(f <= arena_.data() + arena_.size(), "activation arena overflow");
+  scored_rows_ = ip; ip += S;
+  scored_targets_ = ip; ip += S;
+  HYPERRNN_CHECK(ip <= iarena_.data() + iarena_.size(), "index arena overflow");
+  if (cfg.is_moe()) expert_tokens_.assign(static_cast<size_t>(L) * E, 0);
+}
+
+template <class T>
+void Transformer<T>::init(uint64_t seed) {
+  // GPT-2 style: N(0, 0.02) matrices, residual-output projections scaled by 1/sqrt(2L), positions
+  // N(0, 0.01), LayerNorm (1, 0), biases 0; Gaussian router mu ~ N(0, 1/C) so that x.mu has unit
+  // spread across experts for unit-variance inputs, log_sigma = 0.
+  const double resid_std = 0.02 / std::sqrt(2.0 * cfg_.layers);
+  for (int i = 0; i < table_.size(); ++i) {
+    const TensorInfo& t = table_[i];
+    T* d = params.data() + t.offset;
+    const std::string& n = t.name;
+    auto ends_with = [&n](const char* s) {
+      const std::string suf(s);
+      return n.size() >= suf.size() && n.compare(n.size() - suf.size(), suf.size(), suf) == 0;
+    };
+    double stdv = 0.0, fill = 0.0;
+    if (ends_with("ln1.weight") || ends_with("ln2.weight") || n == "lnf.weight") fill = 1.0;
+    else if (ends_with(".bias") || ends_with("log_sigma")) fill = 0.0;
+    else if (ends_with("router.mu")) stdv = 1.0 / std::sqrt(static_cast<double>(cfg_.d_model));
+    else if (n == "wpe") stdv = 0.01;
+    else if (ends_with("proj.weight") || ends_with("fc2.weight")) stdv = resid_std;
+    else stdv = 0.02;
+    CounterRng rng(seed, RngPurpose::Init, static_cast<uint32_t>(i), 0);
+    for (int64_t k = 0; k < t.size; ++k) d[k] = static_cast<T>(stdv > 0 ? stdv * rng.normal() : fill);
+  }
+}
+
+template <class T>
+void Transformer<T>::zero_grad() {
+  std::fill(grads.begin(), grads.end(), T(0));
+}
+
+template <class T>
+nn::MoeWeights<T> Transformer<T>::moe_weights(const Layer& Ly, std::vector<T>& buf) {
+  nn::MoeWeights<T> w;
+  w.router_a = buf.data() + table_[Ly.router_a].offset;
+  w.router_b = Ly.router_b >= 0 ? buf.data() + table_[Ly.router_b].offset : nullptr;
+  w.experts = buf.data() + table_[Ly.expert0].offset;
+  return w;
+}
+
+template <class T>
+double Transformer<T>::forward(const Batch& batch) {
+  HYPERRNN_CHECK(batch.B <= Bcap_ && batch.T == cfg_.seq_len, "batch shape does not fit the model");
+  batch_ = &batch;
+  B_ = batch.B;
+  const int Tn = batch.T, C = cfg_.d_model, H = cfg_.heads, F = cfg_.d_ff, V = cfg_.vocab;
+  const int N = B_ * Tn;
+  const nn::RouterKind rk = cfg_.kind == ModelKind::GaussMoe ? nn::RouterKind::Gaussian : nn::RouterKind::Linear;
+  nn::embedding_forward<T>(x0_, batch.tokens.data(), p(wte_), p(wpe_), B_, Tn, C);
+  const T* res_in = x0_;
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    Layer& Ly = layers_[l];
+    nn::layernorm_forward<T>(Ly.ln1_out, Ly.ln1_mean, Ly.ln1_rstd, res_in, p(Ly.ln1_w), p(Ly.ln1_b), N, C);
+    nn::linear_forward<T>(Ly.qkv, Ly.ln1_out, p(Ly.qkv_w), p(Ly.qkv_b), N, C, 3 * C);
+    nn::attention_forward<T>(Ly.atty, Ly.att, Ly.qkv, B_, Tn, C, H, cfg_.causal);
+    nn::linear_forward<T>(Ly.attproj, Ly.atty, p(Ly.proj_w), p(Ly.proj_b), N, C, C);
+    nn::residual_forward<T>(Ly.res_mid, res_in, Ly.attproj, 1LL * N * C);
+    nn::layernorm_forward<T>(Ly.ln2_out, Ly.ln2_mean, Ly.ln2_rstd, Ly.res_mid, p(Ly.ln2_w), p(Ly.ln2_b), N, C);
+    if (cfg_.is_moe()) {
+      const nn::MoeDims md = moe_dims(N);
+      nn::moe_forward<T>(Ly.ffn_out, Ly.moe, Ly.ln2_out, moe_weights(Ly, params), rk, md);
+      for (int e = 0; e < cfg_.experts; ++e)
+        expert_tokens_[l * cfg_.experts + e] = nn::moe_tokens_of(Ly.moe.offsets, e);
+    } else {
+      nn::linear_forward<T>(Ly.fc1_h, Ly.ln2_out, p(Ly.fc1_w), p(Ly.fc1_b), N, C, F);
+      nn::gelu_forward<T>(Ly.fc1_act, Ly.fc1_h, 1LL * N * F);
+      nn::linear_forward<T>(Ly.ffn_out, Ly.fc1_act, p(Ly.fc2_w), p(Ly.fc2_b), N, F, C);
+    }
+    nn::residual_forward<T>(Ly.res_out, Ly.res_mid, Ly.ffn_out, 1LL * N * C);
+    res_in = Ly.res_out;
+  }
+  nn::layernorm_forward<T>(lnf_out_, lnf_mean_, lnf_rstd_, res_in, p(lnf_w_), p(lnf_b_), N, C);
+
+  // Gather the scored positions; only they reach the head.
+  int S = 0;
+  for (int n = 0; n < N; ++n)
+    if (batch.targets[static_cast<size_t>(n)] >= 0) {
+      HYPERRNN_CHECK(S < Scap_, "more scored positions than the model was sized for");
+      HYPERRNN_CHECK(batch.targets[static_cast<size_t>(n)] < V, "target outside the vocabulary");
+      scored_rows_[S] = n;
+      scored_targets_[S] = batch.targets[static_cast<size_t>(n)];
+      ++S;
+    }
+  n_scored_ = S;
+  for (int s = 0; s < S; ++s)
+    for (int i = 0; i < C; ++i) hs_[1LL * s * C + i] = lnf_out_[1LL * scored_rows_[s] * C + i];
+  nn::linear_forward<T>(logits_, hs_, p(head_w_), nullptr, S, C, V);
+  const double total = nn::crossentropy_forward<T>(losses_, probs_, logits_, scored_targets_, S, V);
+
+  // Accuracy: per sample, the share of its scored positions whose argmax is the target; then the
+  // mean over samples that have scored positions (rows are grouped by sample in order).
+  correct_ = 0.0;
+  samples_scored_ = 0;
+  for (int s = 0; s < S;) {
+    const int b = scored_rows_[s] / Tn;
+    int hit = 0, cnt = 0;
+    for (; s < S && scored_rows_[s] / Tn == b; ++s, ++cnt) {
+      const T* l = logits_ + 1LL * s * V;
+      int am = 0;
+      for (int v = 1; v < V; ++v) am = l[v] > l[am] ? v : am;
+      hit += am == scored_targets_[s];
+    }
+    correct_ += static_cast<double>(hit) / cnt;
+    ++samples_scored_;
+  }
+  accuracy_ = samples_scored_ ? correct_ / samples_scored_ : 0.0;
+  return S ? total / S : 0.0;
+}
+
+template <class T>
+void Transformer<T>::backward() {
+  HYPERRNN_CHECK(batch_ != nullptr, "backward without forward");
+  const int Tn = batch_->T, C = cfg_.d_model, H = cfg_.heads, F = cfg_.d_ff, V = cfg_.vocab;
+  const int N = B_ * Tn, S = n_scored_;
+  const nn::RouterKind rk = cfg_.kind == ModelKind::GaussMoe ? nn::RouterKind::Gaussian : nn::RouterKind::Linear;
+  if (S == 0) return;
+  nn::crossentropy_backward<T>(dlogits_, probs_, scored_targets_, static_cast<T>(1.0 / S), S, V);
+  nn::linear_backward<T>(dhs_, g(head_w_), nullptr, dlogits_, hs_, p(head_w_), S, C, V);
+  std::fill(dln_, dln_ + 1LL * N * C, T(0));
+  for (int s = 0; s < S; ++s)
+    for (int i = 0; i < C; ++i) dln_[1LL * scored_rows_[s] * C + i] = dhs_[1LL * s * C + i];
+  std::fill(dres_, dres_ + 1LL * N * C, T(0));
+  const T* last = layers_.empty() ? x0_ : layers_.back().res_out;
+  nn::layernorm_backward<T>(dres_, g(lnf_w_), g(lnf_b_), dln_, last, p(lnf_w_), lnf_mean_, lnf_rstd_, N, C);
+  for (int l = static_cast<int>(layers_.size()) - 1; l >= 0; --l) {
+    Layer& Ly = layers_[static_cast<size_t>(l)];
+    const T* res_in = l == 0 ? x0_ : layers_[static_cast<size_t>(l - 1)].res_out;
+    // res_out = res_mid + ffn_out: both receive dres unchanged.
+    if (cfg_.is_moe()) {
+      nn::moe_backward<T>(dln_, moe_weights(Ly, grads), moe_scratch_, dres_, Ly.ln2_out, Ly.moe,
+                          moe_weights(Ly, params), rk, moe_dims(N));
+    } else {
+      nn::linear_backward<T>(dact_, g(Ly.fc2_w), g(Ly.fc2_b), dres_, Ly.fc1_act, p(Ly.fc2_w), N, F, C);
+      nn::gelu_backward<T>(dh_, dact_, Ly.fc1_h, 1LL * N * F);
+      nn::linear_backward<T>(dln_, g(Ly.fc1_w), g(Ly.fc1_b), dh_, Ly.ln2_out, p(Ly.fc1_w), N, C, F);
+    }
+    nn::layernorm_backward<T>(dres_, g(Ly.ln2_w), g(Ly.ln2_b), dln_, Ly.res_mid, p(Ly.ln2_w), Ly.ln2_mean, Ly.ln2_rstd, N, C);
+    // res_mid = res_in + attproj
+    nn::linear_backward<T>(datty_, g(Ly.proj_w), g(Ly.proj_b), dres_, Ly.atty, p(Ly.proj_w), N, C, C);
+    nn::attention_backward<T>(dqkv_, datt_, datty_, Ly.qkv, Ly.att, B_, Tn, C, H, cfg_.causal);
+    nn::linear_backward<T>(dln_, g(Ly.qkv_w), g(Ly.qkv_b), dqkv_, Ly.ln1_out, p(Ly.qkv_w), N, C, 3 * C);
+    nn::layernorm_backward<T>(dres_, g(Ly.ln1_w), g(Ly.ln1_b), dln_, res_in, p(Ly.ln1_w), Ly.ln1_mean, Ly.ln1_rstd, N, C);
+  }
+  nn::embedding_backward<T>(g(wte_), g(wpe_), dres_, batch_->tokens.data(), B_, Tn, C);
+}
+
+template <class T>
+uint64_t Transformer<T>::routing_hash() const {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a
+  if (!cfg_.is_moe()) return h;
+  const int64_t NK = static_cast<int64_t>(B_) * cfg_.seq_len * cfg_.top_k;
+  for (const Layer& Ly : layers_)
+    for (int64_t i = 0; i < NK; ++i) h = (h ^ static_cast<uint64_t>(Ly.moe.idx[i])) * 1099511628211ull;
+  return h;
+}
+
+template <class T>
+double Transformer<T>::step_flops() const {
+  const double N = static_cast<double>(B_) * cfg_.seq_len, C = cfg_.d_model, F = cfg_.d_ff;
+  const double Tn = cfg_.seq_len, E = cfg_.experts, K = cfg_.top_k;
+  double fwd = 0.0;
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    fwd += 2 * N * C * 3 * C + 2 * N * C * C;  // qkv, proj
+    fwd += 4 * B_ * Tn * Tn * C;               // QK^T and PV over all heads
+    if (cfg_.is_moe()) {
+      fwd += (cfg_.kind == ModelKind::GaussMoe ? 4 : 2) * N * C * E;  // router GEMM(s)
+      fwd += 4 * N * K * C * F;                                       // experts on N*K rows
+    } else {
+      fwd += 4 * N * C * F;
+    }
+  }
+  fwd += 2.0 * n_scored_ * C * cfg_.vocab;  // head on scored rows
+  return 3.0 * fwd;
+}
+
+template class Transformer<float>;
+template class Transformer<double>;
+
+}  // namespace hyperrnn

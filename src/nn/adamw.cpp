@@ -1,0 +1,72 @@
+// AdamW, clipping and schedule.
+#include "nn/adamw.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <numbers>
+
+namespace hyperrnn::nn {
+
+template <class T>
+AdamW<T>::AdamW(const ParamTable& table, AdamWConfig cfg)
+    : m(static_cast<size_t>(table.total()), T(0)),
+      v(static_cast<size_t>(table.total()), T(0)),
+      table_(table),
+      cfg_(cfg) {}
+
+template <class T>
+void AdamW<T>::step(T* params, const T* grads, double lr) {
+  ++t_;
+  const double bc1 = 1.0 - std::pow(cfg_.beta1, static_cast<double>(t_));
+  const double bc2 = 1.0 - std::pow(cfg_.beta2, static_cast<double>(t_));
+  const T step_size = static_cast<T>(lr / bc1);
+  const T sqrt_bc2 = static_cast<T>(std::sqrt(bc2));
+  const T b1 = static_cast<T>(cfg_.beta1), b2 = static_cast<T>(cfg_.beta2);
+  const T eps = static_cast<T>(cfg_.eps);
+  for (const TensorInfo& t : table_.entries()) {
+    const T decay = static_cast<T>(t.decay ? 1.0 - lr * cfg_.weight_decay : 1.0);
+    T* p = params + t.offset;
+    const T* g = grads + t.offset;
+    T* mm = m.data() + t.offset;
+    T* vv = v.data() + t.offset;
+    for (int64_t i = 0; i < t.size; ++i) {
+      p[i] *= decay;
+      mm[i] = b1 * mm[i] + (T(1) - b1) * g[i];
+      vv[i] = b2 * vv[i] + (T(1) - b2) * g[i] * g[i];
+      p[i] -= step_size * mm[i] / (std::sqrt(vv[i]) / sqrt_bc2 + eps);
+    }
+  }
+}
+
+template <class T>
+double grad_norm(const T* grads, int64_t n) {
+  double s = 0.0;
+  for (int64_t i = 0; i < n; ++i) s += static_cast<double>(grads[i]) * grads[i];
+  return std::sqrt(s);
+}
+
+template <class T>
+double clip_grads(T* grads, int64_t n, double norm, double clip) {
+  if (clip <= 0.0 || norm <= clip) return 1.0;
+  const double scale = clip / (norm + 1e-6);
+  const T s = static_cast<T>(scale);
+  for (int64_t i = 0; i < n; ++i) grads[i] *= s;
+  return scale;
+}
+
+double lr_at(int64_t step, int64_t total, int64_t warmup, double lr, double min_ratio) {
+  if (step < warmup) return lr * static_cast<double>(step + 1) / static_cast<double>(warmup);
+  if (total <= warmup) return lr;
+  const double progress = std::min(1.0, static_cast<double>(step - warmup) / static_cast<double>(total - warmup));
+  const double cosine = 0.5 * (1.0 + std::cos(std::numbers::pi * progress));
+  return lr * (min_ratio + (1.0 - min_ratio) * cosine);
+}
+
+template class AdamW<float>;
+template class AdamW<double>;
+template double grad_norm<float>(const float*, int64_t);
+template double grad_norm<double>(const double*, int64_t);
+template double clip_grads<float>(float*, int64_t, double, double);
+template double clip_grads<double>(double*, int64_t, double, double);
+
+}  // namespace hyperrnn::nn

@@ -1,0 +1,170 @@
+// MoE layer: routing, canonical dispatch (counting sort by expert, stable in token order),
+// per-expert MLP through the linear/gelu ops, and the mirror-image backward.
+#include "nn/moe.hpp"
+
+#include "nn/ops.hpp"
+
+namespace hyperrnn::nn {
+
+int64_t moe_cache_floats(const MoeDims& d) {
+  const int64_t A = d.assignments();
+  return 1LL * d.N * d.E + 1LL * d.N * d.K + A * d.C * 2 + A * d.F * 2 + 2LL * d.E * d.C + d.E +
+         1LL * d.N * d.C;
+}
+int64_t moe_cache_ints(const MoeDims& d) { return 2LL * d.N * d.K + 2LL * d.E + 1 + d.assignments(); }
+int64_t moe_scratch_floats(const MoeDims& d) {
+  const int64_t A = d.assignments();
+  return A * d.C * 2 + A * d.F * 2 + 1LL * d.N * d.K + 1LL * d.N * d.E + 3LL * d.E * d.C + d.E;
+}
+
+template <class T>
+MoeCache<T> moe_bind_cache(T*& f, int32_t*& i, const MoeDims& d) {
+  const int64_t A = d.assignments();
+  auto take = [&f](int64_t n) { T* p = f; f += n; return p; };
+  auto takei = [&i](int64_t n) { int32_t* p = i; i += n; return p; };
+  MoeCache<T> c{};
+  c.scores = take(1LL * d.N * d.E);
+  c.gates = take(1LL * d.N * d.K);
+  c.xs = take(A * d.C);
+  c.h = take(A * d.F);
+  c.act = take(A * d.F);
+  c.ys = take(A * d.C);
+  c.w = take(1LL * d.E * d.C);
+  c.m = take(1LL * d.E * d.C);
+  c.c = take(d.E);
+  c.inp_sq = take(1LL * d.N * d.C);
+  c.idx = takei(1LL * d.N * d.K);
+  c.offsets = takei(d.E + 1);
+  c.cursor = takei(d.E);
+  c.tok = takei(A);
+  c.pos = takei(1LL * d.N * d.K);
+  return c;
+}
+
+template <class T>
+MoeScratch<T> moe_bind_scratch(T*& f, const MoeDims& d) {
+  const int64_t A = d.assignments();
+  auto take = [&f](int64_t n) { T* p = f; f += n; return p; };
+  MoeScratch<T> s{};
+  s.dys = take(A * d.C);
+  s.dact = take(A * d.F);
+  s.dh = take(A * d.F);
+  s.dxs = take(A * d.C);
+  s.dgates = take(1LL * d.N * d.K);
+  s.dscores = take(1LL * d.N * d.E);
+  s.ec = take(3LL * d.E * d.C + d.E);
+  return s;
+}
+
+namespace {
+// Expert e's four tensors inside a parameter-layout block.
+template <class T>
+struct ExpertView {
+  T *fc1_w, *fc1_b, *fc2_w, *fc2_b;
+};
+template <class T>
+ExpertView<T> expert_view(T* base, int e, const MoeDims& d) {
+  T* p = base + e * d.expert_stride();
+  return {p, p + 1LL * d.F * d.C, p + 1LL * d.F * d.C + d.F, p + 2LL * d.F * d.C + d.F};
+}
+}  // namespace
+
+template <class T>
+void moe_forward(T* out, MoeCache<T>& c, const T* inp, const MoeWeights<T>& wts, RouterKind router,
+                 const MoeDims& d) {
+  const int N = d.N, C = d.C, E = d.E, K = d.K, F = d.F;
+  if (router == RouterKind::Linear)
+    linear_forward<T>(c.scores, inp, wts.router_a, nullptr, N, C, E);
+  else
+    gaussian_scores_forward<T>(c.scores, c.w, c.m, c.c, c.inp_sq, inp, wts.router_a, wts.router_b,
+                               N, C, E);
+  topk_softmax_forward<T>(c.idx, c.gates, c.scores, N, E, K);
+
+  // Counting sort of the N*K (token, slot) pairs by expert, stable in (token, slot) order.
+  for (int e = 0; e <= E; ++e) c.offsets[e] = 0;
+  for (int64_t a = 0; a < 1LL * N * K; ++a) ++c.offsets[c.idx[a] + 1];
+  for (int e = 0; e < E; ++e) c.offsets[e + 1] += c.offsets[e];
+  for (int e = 0; e < E; ++e) c.cursor[e] = c.offsets[e];
+  for (int n = 0; n < N; ++n)
+    for (int j = 0; j < K; ++j) {
+      const int64_t nk = 1LL * n * K + j;
+      const int32_t a = c.cursor[c.idx[nk]]++;
+      c.tok[a] = n;
+      c.pos[nk] = a;
+    }
+  const int64_t A = d.assignments();
+  for (int64_t a = 0; a < A; ++a)
+    for (int i = 0; i < C; ++i) c.xs[a * C + i] = inp[1LL * c.tok[a] * C + i];
+  for (int e = 0; e < E; ++e) {
+    const int r0 = c.offsets[e], n_e = c.offsets[e + 1] - r0;
+    if (n_e == 0) continue;
+    const ExpertView<T> x = expert_view(wts.experts, e, d);
+    linear_forward<T>(c.h + 1LL * r0 * F, c.xs + 1LL * r0 * C, x.fc1_w, x.fc1_b, n_e, C, F);
+    gelu_forward<T>(c.act + 1LL * r0 * F, c.h + 1LL * r0 * F, 1LL * n_e * F);
+    linear_forward<T>(c.ys + 1LL * r0 * C, c.act + 1LL * r0 * F, x.fc2_w, x.fc2_b, n_e, F, C);
+  }
+  for (int n = 0; n < N; ++n) {
+    T* o = out + 1LL * n * C;
+    for (int i = 0; i < C; ++i) o[i] = T(0);
+    for (int j = 0; j < K; ++j) {
+      const T g = c.gates[1LL * n * K + j];
+      const T* y = c.ys + 1LL * c.pos[1LL * n * K + j] * C;
+      for (int i = 0; i < C; ++i) o[i] += g * y[i];
+    }
+  }
+}
+
+template <class T>
+void moe_backward(T* dinp, const MoeWeights<T>& g, MoeScratch<T>& s, const T* dout, const T* inp,
+                  const MoeCache<T>& c, const MoeWeights<T>& wts, RouterKind router,
+                  const MoeDims& d) {
+  const int N = d.N, C = d.C, E = d.E, K = d.K, F = d.F;
+  // Combine backward: dgate = <dout, y>, dy = gate * dout.
+  for (int n = 0; n < N; ++n)
+    for (int j = 0; j < K; ++j) {
+      const int64_t nk = 1LL * n * K + j;
+      const T* y = c.ys + 1LL * c.pos[nk] * C;
+      T* dy = s.dys + 1LL * c.pos[nk] * C;
+      const T* dn = dout + 1LL * n * C;
+      double dot = 0.0;
+      for (int i = 0; i < C; ++i) {
+        dot += static_cast<double>(dn[i]) * y[i];
+        dy[i] = c.gates[nk] * dn[i];
+      }
+      s.dgates[nk] = static_cast<T>(dot);
+    }
+  // Router backward first: it assigns dinp; the experts' contributions then accumulate.
+  topk_softmax_backward<T>(s.dscores, s.dgates, c.gates, c.idx, N, E, K);
+  if (router == RouterKind::Linear)
+    linear_backward<T>(dinp, g.router_a, nullptr, s.dscores, inp, wts.router_a, N, C, E);
+  else
+    gaussian_scores_backward<T>(dinp, g.router_a, g.router_b, s.ec, s.dscores, inp, c.inp_sq,
+                                wts.router_a, c.w, c.m, N, C, E);
+  for (int e = 0; e < E; ++e) {
+    const int r0 = c.offsets[e], n_e = c.offsets[e + 1] - r0;
+    if (n_e == 0) continue;
+    const ExpertView<T> x = expert_view(wts.experts, e, d);
+    const ExpertView<T> gx = expert_view(g.experts, e, d);
+    linear_backward<T>(s.dact + 1LL * r0 * F, gx.fc2_w, gx.fc2_b, s.dys + 1LL * r0 * C,
+                       c.act + 1LL * r0 * F, x.fc2_w, n_e, F, C);
+    gelu_backward<T>(s.dh + 1LL * r0 * F, s.dact + 1LL * r0 * F, c.h + 1LL * r0 * F, 1LL * n_e * F);
+    linear_backward<T>(s.dxs + 1LL * r0 * C, gx.fc1_w, gx.fc1_b, s.dh + 1LL * r0 * F,
+                       c.xs + 1LL * r0 * C, x.fc1_w, n_e, C, F);
+  }
+  const int64_t A = d.assignments();
+  for (int64_t a = 0; a < A; ++a)
+    for (int i = 0; i < C; ++i) dinp[1LL * c.tok[a] * C + i] += s.dxs[a * C + i];
+}
+
+#define HYPERRNN_INSTANTIATE_MOE(T)                                                             \
+  template MoeCache<T> moe_bind_cache<T>(T*&, int32_t*&, const MoeDims&);                       \
+  template MoeScratch<T> moe_bind_scratch<T>(T*&, const MoeDims&);                              \
+  template void moe_forward<T>(T*, MoeCache<T>&, const T*, const MoeWeights<T>&, RouterKind,    \
+                               const MoeDims&);                                                 \
+  template void moe_backward<T>(T*, const MoeWeights<T>&, MoeScratch<T>&, const T*, const T*,   \
+                                const MoeCache<T>&, const MoeWeights<T>&, RouterKind,           \
+                                const MoeDims&);
+HYPERRNN_INSTANTIATE_MOE(float)
+HYPERRNN_INSTANTIATE_MOE(double)
+
+}  // namespace hyperrnn::nn

@@ -1,0 +1,341 @@
+// CPU reference implementations of the ops declared in ops.hpp. GEMMs go through core/blas;
+// the loops here are elementwise, row reductions, or index bookkeeping.
+#include "nn/ops.hpp"
+
+#include <cmath>
+#include <limits>
+#include <numbers>
+
+#include "core/blas.hpp"
+
+namespace hyperrnn::nn {
+
+template <class T>
+void embedding_forward(T* out, const int32_t* inp, const T* wte, const T* wpe, int B, int Tn, int C) {
+  for (int b = 0; b < B; ++b)
+    for (int t = 0; t < Tn; ++t) {
+      T* o = out + (static_cast<int64_t>(b) * Tn + t) * C;
+      const T* we = wte + static_cast<int64_t>(inp[b * Tn + t]) * C;
+      const T* pe = wpe + static_cast<int64_t>(t) * C;
+      for (int i = 0; i < C; ++i) o[i] = we[i] + pe[i];
+    }
+}
+
+template <class T>
+void embedding_backward(T* dwte, T* dwpe, const T* dout, const int32_t* inp, int B, int Tn, int C) {
+  for (int b = 0; b < B; ++b)
+    for (int t = 0; t < Tn; ++t) {
+      const T* d = dout + (static_cast<int64_t>(b) * Tn + t) * C;
+      T* dwe = dwte + static_cast<int64_t>(inp[b * Tn + t]) * C;
+      T* dpe = dwpe + static_cast<int64_t>(t) * C;
+      for (int i = 0; i < C; ++i) {
+        dwe[i] += d[i];
+        dpe[i] += d[i];
+      }
+    }
+}
+
+template <class T>
+void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* weight, const T* bias, int N,
+                       int C) {
+  constexpr double eps = 1e-5;
+  for (int n = 0; n < N; ++n) {
+    const T* x = inp + static_cast<int64_t>(n) * C;
+    double s = 0.0;
+    for (int i = 0; i < C; ++i) s += x[i];
+    const double m = s / C;
+    double v = 0.0;
+    for (int i = 0; i < C; ++i) v += (x[i] - m) * (x[i] - m);
+    const double r = 1.0 / std::sqrt(v / C + eps);
+    T* o = out + static_cast<int64_t>(n) * C;
+    for (int i = 0; i < C; ++i) o[i] = static_cast<T>((x[i] - m) * r) * weight[i] + bias[i];
+    mean[n] = static_cast<T>(m);
+    rstd[n] = static_cast<T>(r);
+  }
+}
+
+template <class T>
+void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight,
+                        const T* mean, const T* rstd, int N, int C) {
+  for (int n = 0; n < N; ++n) {
+    const T* x = inp + static_cast<int64_t>(n) * C;
+    const T* d = dout + static_cast<int64_t>(n) * C;
+    double mdn = 0.0, mdnx = 0.0;  // mean(dnorm), mean(dnorm * xhat)
+    for (int i = 0; i < C; ++i) {
+      const double xhat = (x[i] - mean[n]) * rstd[n];
+      const double dn = static_cast<double>(weight[i]) * d[i];
+      mdn += dn;
+      mdnx += dn * xhat;
+    }
+    mdn /= C;
+    mdnx /= C;
+    T* dx = dinp + static_cast<int64_t>(n) * C;
+    for (int i = 0; i < C; ++i) {
+      const double xhat = (x[i] - mean[n]) * rstd[n];
+      dbias[i] += d[i];
+      dweight[i] += static_cast<T>(xhat * d[i]);
+      const double dn = static_cast<double>(weight[i]) * d[i];
+      dx[i] += static_cast<T>(rstd[n] * (dn - mdn - xhat * mdnx));
+    }
+  }
+}
+
+template <class T>
+void linear_forward(T* out, const T* inp, const T* weight, const T* bias, int N, int IC, int OC) {
+  if (bias) {
+    for (int n = 0; n < N; ++n)
+      for (int o = 0; o < OC; ++o) out[static_cast<int64_t>(n) * OC + o] = bias[o];
+  }
+  gemm<T>(false, true, N, OC, IC, T(1), inp, IC, weight, IC, bias ? T(1) : T(0), out, OC);
+}
+
+template <class T>
+void linear_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight,
+                     int N, int IC, int OC) {
+  if (dinp) gemm<T>(false, false, N, IC, OC, T(1), dout, OC, weight, IC, T(0), dinp, IC);
+  gemm<T>(true, false, OC, IC, N, T(1), dout, OC, inp, IC, T(1), dweight, IC);
+  if (dbias)
+    for (int n = 0; n < N; ++n)
+      for (int o = 0; o < OC; ++o) dbias[o] += dout[static_cast<int64_t>(n) * OC + o];
+}
+
+template <class T>
+void gelu_forward(T* out, const T* inp, int64_t n) {
+  const double inv_sqrt2 = 1.0 / std::numbers::sqrt2;
+  for (int64_t i = 0; i < n; ++i) {
+    const double x = inp[i];
+    out[i] = static_cast<T>(0.5 * x * (1.0 + std::erf(x * inv_sqrt2)));
+  }
+}
+
+template <class T>
+void gelu_backward(T* dinp, const T* dout, const T* inp, int64_t n) {
+  const double inv_sqrt2 = 1.0 / std::numbers::sqrt2;
+  const double inv_sqrt2pi = 1.0 / std::sqrt(2.0 * std::numbers::pi);
+  for (int64_t i = 0; i < n; ++i) {
+    const double x = inp[i];
+    const double g = 0.5 * (1.0 + std::erf(x * inv_sqrt2)) + x * inv_sqrt2pi * std::exp(-0.5 * x * x);
+    dinp[i] = static_cast<T>(g * dout[i]);
+  }
+}
+
+template <class T>
+void residual_forward(T* out, const T* a, const T* b, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
+}
+
+template <class T>
+void attention_forward(T* out, T* att, const T* qkv, int B, int Tn, int C, int H, bool causal) {
+  const int hs = C / H;
+  const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(hs)));
+  const int ld = 3 * C;
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < H; ++h) {
+      const T* q = qkv + static_cast<int64_t>(b) * Tn * ld + h * hs;
+      const T* k = q + C;
+      const T* v = q + 2 * C;
+      T* p = att + (static_cast<int64_t>(b) * H + h) * Tn * Tn;
+      gemm<T>(false, true, Tn, Tn, hs, scale, q, ld, k, ld, T(0), p, Tn);
+      for (int i = 0; i < Tn; ++i) {
+        T* row = p + static_cast<int64_t>(i) * Tn;
+        const int jmax = causal ? i + 1 : Tn;
+        T mx = row[0];
+        for (int j = 1; j < jmax; ++j) mx = row[j] > mx ? row[j] : mx;
+        double s = 0.0;
+        for (int j = 0; j < jmax; ++j) {
+          row[j] = static_cast<T>(std::exp(static_cast<double>(row[j] - mx)));
+          s += row[j];
+        }
+        const T inv = static_cast<T>(1.0 / s);
+        for (int j = 0; j < jmax; ++j) row[j] *= inv;
+        for (int j = jmax; j < Tn; ++j) row[j] = T(0);
+      }
+      gemm<T>(false, false, Tn, hs, Tn, T(1), p, Tn, v, ld, T(0),
+              out + static_cast<int64_t>(b) * Tn * C + h * hs, C);
+    }
+}
+
+template <class T>
+void attention_backward(T* dqkv, T* datt, const T* dout, const T* qkv, const T* att, int B, int Tn,
+                        int C, int H, bool causal) {
+  const int hs = C / H;
+  const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(hs)));
+  const int ld = 3 * C;
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < H; ++h) {
+      const int64_t base = static_cast<int64_t>(b) * Tn * ld + h * hs;
+      const T* q = qkv + base;
+      const T* k = q + C;
+      const T* v = q + 2 * C;
+      T* dq = dqkv + base;
+      T* dk = dq + C;
+      T* dv = dq + 2 * C;
+      const T* p = att + (static_cast<int64_t>(b) * H + h) * Tn * Tn;
+      T* dp = datt + (static_cast<int64_t>(b) * H + h) * Tn * Tn;
+      const T* d = dout + static_cast<int64_t>(b) * Tn * C + h * hs;
+      gemm<T>(false, true, Tn, Tn, hs, T(1), d, C, v, ld, T(0), dp, Tn);   // dP = dO V^T
+      gemm<T>(true, false, Tn, hs, Tn, T(1), p, Tn, d, C, T(0), dv, ld);   // dV = P^T dO
+      for (int i = 0; i < Tn; ++i) {  // softmax backward, in place: dZ = P (dP - rowsum(P dP))
+        const T* pr = p + static_cast<int64_t>(i) * Tn;
+        T* dr = dp + static_cast<int64_t>(i) * Tn;
+        const int jmax = causal ? i + 1 : Tn;
+        double s = 0.0;
+        for (int j = 0; j < jmax; ++j) s += static_cast<double>(pr[j]) * dr[j];
+        for (int j = 0; j < jmax; ++j) dr[j] = static_cast<T>(pr[j] * (dr[j] - s));
+        for (int j = jmax; j < Tn; ++j) dr[j] = T(0);
+      }
+      gemm<T>(false, false, Tn, hs, Tn, scale, dp, Tn, k, ld, T(0), dq, ld);  // dQ = s dZ K
+      gemm<T>(true, false, Tn, hs, Tn, scale, dp, Tn, q, ld, T(0), dk, ld);   // dK = s dZ^T Q
+    }
+}
+
+template <class T>
+double crossentropy_forward(T* losses, T* probs, const T* logits, const int32_t* targets, int N, int V) {
+  double total = 0.0;
+  for (int n = 0; n < N; ++n) {
+    const T* l = logits + static_cast<int64_t>(n) * V;
+    T* p = probs + static_cast<int64_t>(n) * V;
+    T mx = l[0];
+    for (int v = 1; v < V; ++v) mx = l[v] > mx ? l[v] : mx;
+    double s = 0.0;
+    for (int v = 0; v < V; ++v) s += std::exp(static_cast<double>(l[v] - mx));
+    const double inv = 1.0 / s;
+    for (int v = 0; v < V; ++v) p[v] = static_cast<T>(std::exp(static_cast<double>(l[v] - mx)) * inv);
+    const double loss = std::log(s) + static_cast<double>(mx) - static_cast<double>(l[targets[n]]);
+    losses[n] = static_cast<T>(loss);
+    total += loss;
+  }
+  return total;
+}
+
+template <class T>
+void crossentropy_backward(T* dlogits, const T* probs, const int32_t* targets, T scale, int N, int V) {
+  for (int n = 0; n < N; ++n) {
+    const T* p = probs + static_cast<int64_t>(n) * V;
+    T* d = dlogits + static_cast<int64_t>(n) * V;
+    for (int v = 0; v < V; ++v) d[v] = scale * p[v];
+    d[targets[n]] -= scale;
+  }
+}
+
+template <class T>
+void topk_softmax_forward(int32_t* idx, T* gates, const T* scores, int N, int E, int K) {
+  for (int n = 0; n < N; ++n) {
+    const T* s = scores + static_cast<int64_t>(n) * E;
+    int32_t* id = idx + static_cast<int64_t>(n) * K;
+    T* g = gates + static_cast<int64_t>(n) * K;
+    for (int j = 0; j < K; ++j) {  // K passes; strict '>' keeps the lower index on ties
+      int best = -1;
+      for (int e = 0; e < E; ++e) {
+        bool taken = false;
+        for (int l = 0; l < j; ++l) taken = taken || id[l] == e;
+        if (!taken && (best < 0 || s[e] > s[best])) best = e;
+      }
+      id[j] = best;
+    }
+    const T mx = s[id[0]];
+    double z = 0.0;
+    for (int j = 0; j < K; ++j) z += std::exp(static_cast<double>(s[id[j]] - mx));
+    for (int j = 0; j < K; ++j) g[j] = static_cast<T>(std::exp(static_cast<double>(s[id[j]] - mx)) / z);
+  }
+}
+
+template <class T>
+void topk_softmax_backward(T* dscores, const T* dgates, const T* gates, const int32_t* idx, int N,
+                           int E, int K) {
+  for (int n = 0; n < N; ++n) {
+    T* ds = dscores + static_cast<int64_t>(n) * E;
+    const T* dg = dgates + static_cast<int64_t>(n) * K;
+    const T* g = gates + static_cast<int64_t>(n) * K;
+    const int32_t* id = idx + static_cast<int64_t>(n) * K;
+    for (int e = 0; e < E; ++e) ds[e] = T(0);
+    double dot = 0.0;
+    for (int j = 0; j < K; ++j) dot += static_cast<double>(g[j]) * dg[j];
+    for (int j = 0; j < K; ++j) ds[id[j]] = static_cast<T>(g[j] * (dg[j] - dot));
+  }
+}
+
+template <class T>
+void gaussian_scores_forward(T* scores, T* w, T* m, T* c, T* inp_sq, const T* inp, const T* mu,
+                             const T* log_sigma, int N, int C, int E) {
+  const double half_log_2pi = 0.5 * std::log(2.0 * std::numbers::pi);
+  for (int e = 0; e < E; ++e) {
+    double ce = 0.0;
+    for (int i = 0; i < C; ++i) {
+      const int64_t k = static_cast<int64_t>(e) * C + i;
+      const double wi = std::exp(-2.0 * static_cast<double>(log_sigma[k]));
+      w[k] = static_cast<T>(wi);
+      m[k] = static_cast<T>(mu[k] * wi);
+      ce += -0.5 * static_cast<double>(mu[k]) * mu[k] * wi - log_sigma[k] - half_log_2pi;
+    }
+    c[e] = static_cast<T>(ce);
+  }
+  for (int64_t i = 0; i < static_cast<int64_t>(N) * C; ++i) inp_sq[i] = inp[i] * inp[i];
+  for (int n = 0; n < N; ++n)
+    for (int e = 0; e < E; ++e) scores[static_cast<int64_t>(n) * E + e] = c[e];
+  gemm<T>(false, true, N, E, C, T(-0.5), inp_sq, C, w, C, T(1), scores, E);
+  gemm<T>(false, true, N, E, C, T(1), inp, C, m, C, T(1), scores, E);
+}
+
+template <class T>
+void gaussian_scores_backward(T* dinp, T* dmu, T* dlog_sigma, T* scratch_ec, const T* dscores,
+                              const T* inp, const T* inp_sq, const T* mu, const T* w, const T* m,
+                              int N, int C, int E) {
+  T* gx = scratch_ec;                            // (E,C) G^T x
+  T* gx2 = gx + static_cast<int64_t>(E) * C;     // (E,C) G^T x^2
+  T* gw = gx2 + static_cast<int64_t>(E) * C;     // (E,C) scratch row block for dinp
+  T* gs = gw + static_cast<int64_t>(E) * C;      // (E) column sums of G
+  gemm<T>(true, false, E, C, N, T(1), dscores, E, inp, C, T(0), gx, C);
+  gemm<T>(true, false, E, C, N, T(1), dscores, E, inp_sq, C, T(0), gx2, C);
+  for (int e = 0; e < E; ++e) {
+    double s = 0.0;
+    for (int n = 0; n < N; ++n) s += dscores[static_cast<int64_t>(n) * E + e];
+    gs[e] = static_cast<T>(s);
+  }
+  for (int e = 0; e < E; ++e)
+    for (int i = 0; i < C; ++i) {
+      const int64_t k = static_cast<int64_t>(e) * C + i;
+      dmu[k] += w[k] * (gx[k] - mu[k] * gs[e]);
+      dlog_sigma[k] += w[k] * (gx2[k] - T(2) * mu[k] * gx[k] + mu[k] * mu[k] * gs[e]) - gs[e];
+    }
+  // dx = G m - x * (G w), the second product taken one row block of E rows at a time so that the
+  // scratch stays (E,C): rows [n0, n0+E) of G w land in gw.
+  gemm<T>(false, false, N, C, E, T(1), dscores, E, m, C, T(0), dinp, C);
+  for (int n0 = 0; n0 < N; n0 += E) {
+    const int rows = (N - n0) < E ? (N - n0) : E;
+    gemm<T>(false, false, rows, C, E, T(1), dscores + static_cast<int64_t>(n0) * E, E, w, C, T(0), gw, C);
+    for (int r = 0; r < rows; ++r)
+      for (int i = 0; i < C; ++i) {
+        const int64_t k = static_cast<int64_t>(n0 + r) * C + i;
+        dinp[k] -= inp[k] * gw[static_cast<int64_t>(r) * C + i];
+      }
+  }
+}
+
+#define HYPERRNN_INSTANTIATE_OPS(T)                                                               \
+  template void embedding_forward<T>(T*, const int32_t*, const T*, const T*, int, int, int);      \
+  template void embedding_backward<T>(T*, T*, const T*, const int32_t*, int, int, int);           \
+  template void layernorm_forward<T>(T*, T*, T*, const T*, const T*, const T*, int, int);         \
+  template void layernorm_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*,          \
+                                      const T*, int, int);                                        \
+  template void linear_forward<T>(T*, const T*, const T*, const T*, int, int, int);               \
+  template void linear_backward<T>(T*, T*, T*, const T*, const T*, const T*, int, int, int);      \
+  template void gelu_forward<T>(T*, const T*, int64_t);                                           \
+  template void gelu_backward<T>(T*, const T*, const T*, int64_t);                                \
+  template void residual_forward<T>(T*, const T*, const T*, int64_t);                             \
+  template void attention_forward<T>(T*, T*, const T*, int, int, int, int, bool);                 \
+  template void attention_backward<T>(T*, T*, const T*, const T*, const T*, int, int, int, int,   \
+                                      bool);                                                      \
+  template double crossentropy_forward<T>(T*, T*, const T*, const int32_t*, int, int);            \
+  template void crossentropy_backward<T>(T*, const T*, const int32_t*, T, int, int);              \
+  template void topk_softmax_forward<T>(int32_t*, T*, const T*, int, int, int);                   \
+  template void topk_softmax_backward<T>(T*, const T*, const T*, const int32_t*, int, int, int);  \
+  template void gaussian_scores_forward<T>(T*, T*, T*, T*, T*, const T*, const T*, const T*, int, \
+                                           int, int);                                             \
+  template void gaussian_scores_backward<T>(T*, T*, T*, T*, const T*, const T*, const T*,          \
+                                            const T*, const T*, const T*, int, int, int);
+
+HYPERRNN_INSTANTIATE_OPS(float)
+HYPERRNN_INSTANTIATE_OPS(double)
+
+}  // namespace hyperrnn::nn

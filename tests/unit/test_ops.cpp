@@ -1,0 +1,160 @@
+// Finite-difference gradient checks of every op in double precision (tolerance derived in
+// gradcheck.hpp). Each scalar is L = sum(out * R) with a fixed random R, so dout = R.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+
+#include "gradcheck.hpp"
+#include "nn/ops.hpp"
+
+using namespace hyperrnn;
+using namespace hyperrnn::nn;
+using test::check_gradient;
+using test::uniform;
+using V = std::vector<double>;
+
+namespace {
+double dot(const V& a, const V& b) {
+  double s = 0;
+  for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
+  return s;
+}
+void require_ok(const test::GradCheckResult& r, const char* what) {
+  INFO(what << ": checked " << r.checked << ", skipped " << r.skipped << ", worst ratio " << r.worst
+            << " " << r.first_failure);
+  REQUIRE(r.checked > 0);
+  REQUIRE(r.failed == 0);
+}
+}  // namespace
+
+TEST_CASE("embedding backward matches finite differences", "[ops][grad]") {
+  const int B = 2, T = 3, C = 4, Vv = 5;
+  std::vector<int32_t> tok = {0, 3, 3, 4, 1, 0};
+  V wte = uniform(Vv * C, 1, 1.0), wpe = uniform(T * C, 2, 1.0), R = uniform(B * T * C, 3, 1.0);
+  V out(B * T * C), dwte(Vv * C, 0.0), dwpe(T * C, 0.0);
+  auto f = [&] { embedding_forward(out.data(), tok.data(), wte.data(), wpe.data(), B, T, C); return dot(out, R); };
+  embedding_backward(dwte.data(), dwpe.data(), R.data(), tok.data(), B, T, C);
+  require_ok(check_gradient(f, wte.data(), dwte.data(), Vv * C), "wte");
+  require_ok(check_gradient(f, wpe.data(), dwpe.data(), T * C), "wpe");
+}
+
+TEST_CASE("layernorm backward matches finite differences", "[ops][grad]") {
+  const int N = 5, C = 7;
+  V x = uniform(N * C, 4, 2.0), w = uniform(C, 5, 1.5), b = uniform(C, 6, 0.5), R = uniform(N * C, 7, 1.0);
+  V out(N * C), mean(N), rstd(N), dx(N * C, 0.0), dw(C, 0.0), db(C, 0.0);
+  auto f = [&] { layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N, C); return dot(out, R); };
+  f();
+  layernorm_backward(dx.data(), dw.data(), db.data(), R.data(), x.data(), w.data(), mean.data(), rstd.data(), N, C);
+  require_ok(check_gradient(f, x.data(), dx.data(), N * C), "inp");
+  require_ok(check_gradient(f, w.data(), dw.data(), C), "weight");
+  require_ok(check_gradient(f, b.data(), db.data(), C), "bias");
+}
+
+TEST_CASE("layernorm matches its definition", "[ops]") {
+  V x = {1, 2, 3, 4}, w = {1, 1, 1, 1}, b = {0, 0, 0, 0}, out(4), mean(1), rstd(1);
+  layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), 1, 4);
+  // mean 2.5, variance 1.25: normalised (x - 2.5) / sqrt(1.25 + 1e-5)
+  const double r = 1.0 / std::sqrt(1.25 + 1e-5);
+  CHECK(mean[0] == Approx(2.5).epsilon(1e-15));
+  CHECK(out[0] == Approx(-1.5 * r).epsilon(1e-14));
+  CHECK(out[3] == Approx(1.5 * r).epsilon(1e-14));
+}
+
+TEST_CASE("linear backward matches finite differences, with and without bias", "[ops][grad]") {
+  const int N = 6, IC = 5, OC = 4;
+  for (bool with_bias : {true, false}) {
+    V x = uniform(N * IC, 8, 1.0), w = uniform(OC * IC, 9, 1.0), b = uniform(OC, 10, 1.0), R = uniform(N * OC, 11, 1.0);
+    V out(N * OC), dx(N * IC, 0.0), dw(OC * IC, 0.0), db(OC, 0.0);
+    auto f = [&] { linear_forward(out.data(), x.data(), w.data(), with_bias ? b.data() : nullptr, N, IC, OC); return dot(out, R); };
+    linear_backward(dx.data(), dw.data(), with_bias ? db.data() : nullptr, R.data(), x.data(), w.data(), N, IC, OC);
+    require_ok(check_gradient(f, x.data(), dx.data(), N * IC), "inp");
+    require_ok(check_gradient(f, w.data(), dw.data(), OC * IC), "weight");
+    if (with_bias) require_ok(check_gradient(f, b.data(), db.data(), OC), "bias");
+  }
+}
+
+TEST_CASE("gelu is exact-erf GELU and its backward matches finite differences", "[ops][grad]") {
+  V x = uniform(50, 12, 4.0), R = uniform(50, 13, 1.0), out(50), dx(50);
+  auto f = [&] { gelu_forward(out.data(), x.data(), 50); return dot(out, R); };
+  gelu_backward(dx.data(), R.data(), x.data(), 50);
+  require_ok(check_gradient(f, x.data(), dx.data(), 50), "inp");
+  V one = {1.0}, o1(1);
+  gelu_forward(o1.data(), one.data(), 1);
+  CHECK(o1[0] == Approx(0.8413447460685429).epsilon(1e-14));  // Phi(1)
+}
+
+TEST_CASE("attention backward matches finite differences (causal and not)", "[ops][grad]") {
+  const int B = 2, T = 5, C = 6, H = 2;
+  for (bool causal : {true, false}) {
+    V qkv = uniform(B * T * 3 * C, 14, 1.0), R = uniform(B * T * C, 15, 1.0);
+    V out(B * T * C), att(B * H * T * T), datt(B * H * T * T), dqkv(B * T * 3 * C);
+    auto f = [&] { attention_forward(out.data(), att.data(), qkv.data(), B, T, C, H, causal); return dot(out, R); };
+    f();
+    attention_backward(dqkv.data(), datt.data(), R.data(), qkv.data(), att.data(), B, T, C, H, causal);
+    require_ok(check_gradient(f, qkv.data(), dqkv.data(), B * T * 3 * C, 400), causal ? "causal" : "full");
+  }
+}
+
+TEST_CASE("causal attention does not look ahead", "[ops]") {
+  const int B = 1, T = 4, C = 4, H = 1;
+  V qkv = uniform(T * 3 * C, 16, 1.0), out1(T * C), out2(T * C), att(T * T);
+  attention_forward(out1.data(), att.data(), qkv.data(), B, T, C, H, true);
+  for (int i = 0; i < 3 * C; ++i) qkv[3 * 3 * C + i] += 1.0;  // change only the last position
+  attention_forward(out2.data(), att.data(), qkv.data(), B, T, C, H, true);
+  for (int i = 0; i < 3 * C; ++i) CHECK(out1[i] == out2[i]);  // first three positions unchanged
+}
+
+TEST_CASE("cross-entropy backward matches finite differences", "[ops][grad]") {
+  const int N = 4, Vv = 7;
+  std::vector<int32_t> tgt = {0, 6, 3, 3};
+  V logits = uniform(N * Vv, 17, 3.0), losses(N), probs(N * Vv), dl(N * Vv);
+  auto f = [&] { return crossentropy_forward(losses.data(), probs.data(), logits.data(), tgt.data(), N, Vv) / N; };
+  f();
+  crossentropy_backward(dl.data(), probs.data(), tgt.data(), 1.0 / N, N, Vv);
+  require_ok(check_gradient(f, logits.data(), dl.data(), N * Vv), "logits");
+  // uniform logits give log V per row
+  V zero(Vv, 0.0), l1(1), p1(Vv);
+  int32_t t0 = 2;
+  CHECK(crossentropy_forward(l1.data(), p1.data(), zero.data(), &t0, 1, Vv) == Approx(std::log(7.0)).epsilon(1e-15));
+}
+
+TEST_CASE("top-k softmax: selection, tie-break, backward", "[ops][grad]") {
+  const int N = 6, E = 5, K = 2;
+  V s = uniform(N * E, 18, 2.0), R = uniform(N * K, 19, 1.0), gates(N * K), ds(N * E);
+  std::vector<int32_t> idx(N * K);
+  auto sig = [&] {
+    uint64_t h = 0;
+    for (int32_t i : idx) h = h * 31 + static_cast<uint64_t>(i);
+    return h;
+  };
+  auto f = [&] { topk_softmax_forward(idx.data(), gates.data(), s.data(), N, E, K); return dot(gates, R); };
+  f();
+  topk_softmax_backward(ds.data(), R.data(), gates.data(), idx.data(), N, E, K);
+  require_ok(check_gradient(f, s.data(), ds.data(), N * E, 64, sig), "scores");
+  V tie = {1.0, 3.0, 3.0, 0.0}, g2(2);
+  std::vector<int32_t> i2(2);
+  topk_softmax_forward(i2.data(), g2.data(), tie.data(), 1, 4, 2);
+  CHECK(i2 == std::vector<int32_t>{1, 2});  // equal scores: lower index first
+  CHECK(g2[0] == Approx(0.5).epsilon(1e-15));
+}
+
+TEST_CASE("gaussian router scores equal the diagonal-Gaussian log-likelihood; backward matches FD", "[ops][grad]") {
+  const int N = 7, C = 5, E = 3;
+  V x = uniform(N * C, 20, 1.5), mu = uniform(E * C, 21, 1.0), ls = uniform(E * C, 22, 0.5), R = uniform(N * E, 23, 1.0);
+  V scores(N * E), w(E * C), m(E * C), c(E), x2(N * C), dx(N * C), dmu(E * C, 0.0), dls(E * C, 0.0), ec(3 * E * C + E);
+  auto f = [&] { gaussian_scores_forward(scores.data(), w.data(), m.data(), c.data(), x2.data(), x.data(), mu.data(), ls.data(), N, C, E); return dot(scores, R); };
+  f();
+  for (int n = 0; n < N; ++n)
+    for (int e = 0; e < E; ++e) {
+      double ref = 0;
+      for (int i = 0; i < C; ++i) {
+        const double sg = std::exp(ls[e * C + i]), z = (x[n * C + i] - mu[e * C + i]) / sg;
+        ref += -0.5 * z * z - std::log(sg) - 0.5 * std::log(2 * M_PI);
+      }
+      CHECK(scores[n * E + e] == Approx(ref).epsilon(1e-12));
+    }
+  gaussian_scores_backward(dx.data(), dmu.data(), dls.data(), ec.data(), R.data(), x.data(), x2.data(), mu.data(), w.data(), m.data(), N, C, E);
+  require_ok(check_gradient(f, x.data(), dx.data(), N * C), "inp");
+  require_ok(check_gradient(f, mu.data(), dmu.data(), E * C), "mu");
+  require_ok(check_gradient(f, ls.data(), dls.data(), E * C), "log_sigma");
+}
