@@ -114,6 +114,10 @@ MqarConfig RunConfig::mqar_config() const {
   return q;
 }
 
+StepConfig RunConfig::step_config() const { return {steps, warmup, lr, lr_min_ratio, grad_clip}; }
+
+nn::AdamWConfig RunConfig::adamw_config() const { return {adam_beta1, adam_beta2, adam_eps, weight_decay}; }
+
 void validate(const RunConfig& c) {
   ModelKind mk;
   if (!parse_model_kind(c.model, mk)) bad("model", "unknown model '" + c.model + "' (dense, moe, gauss-moe)");

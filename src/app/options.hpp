@@ -7,6 +7,8 @@
 #include <vector>
 
 #include "models/transformer.hpp"
+#include "nn/adamw.hpp"
+#include "pilf/step.hpp"
 #include "tasks/mqar.hpp"
 
 namespace hyperrnn {
@@ -32,6 +34,8 @@ struct RunConfig {
 
   ModelConfig model_config() const;
   MqarConfig mqar_config() const;
+  StepConfig step_config() const;
+  nn::AdamWConfig adamw_config() const;
 };
 
 enum class Command { Train, Eval };

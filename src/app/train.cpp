@@ -11,6 +11,7 @@
 #include "io/csv.hpp"
 #include "io/snapshot.hpp"
 #include "nn/adamw.hpp"
+#include "pilf/step.hpp"
 
 namespace fs = std::filesystem;
 
@@ -93,7 +94,7 @@ int run_train(Comm& comm, const RunConfig& cfg) {
   const int D = static_cast<int>(cfg.kv_pairs);
   Transformer<float> model(mc, B, B * D);
   model.init(cfg.seed);
-  nn::AdamW<float> opt(model.table(), {cfg.adam_beta1, cfg.adam_beta2, cfg.adam_eps, cfg.weight_decay});
+  nn::AdamW<float> opt(model.table(), cfg.adamw_config());
   MqarGenerator gen(qc);
   Batch batch;
   batch.resize(B, L);
@@ -120,6 +121,7 @@ int run_train(Comm& comm, const RunConfig& cfg) {
     return r;
   };
 
+  const StepConfig sc = cfg.step_config();
   const int64_t N = static_cast<int64_t>(B) * L;
   double flops = 0.0, busy = 0.0;
   EvalResult last{};
@@ -128,22 +130,16 @@ int run_train(Comm& comm, const RunConfig& cfg) {
   for (int64_t step = 0; step < cfg.steps; ++step) {
     const auto t0 = std::chrono::steady_clock::now();
     gen.fill(batch, cfg.seed, RngPurpose::TrainData, static_cast<uint32_t>(step), 0, B);
-    const double loss = model.forward(batch);
-    model.zero_grad();
-    model.backward();
-    const double gnorm = nn::grad_norm(model.grads.data(), model.table().total());
-    nn::clip_grads(model.grads.data(), model.table().total(), gnorm, cfg.grad_clip);
-    const double lr = nn::lr_at(step, cfg.steps, cfg.warmup, cfg.lr, cfg.lr_min_ratio);
-    opt.step(model.params.data(), model.grads.data(), lr);
+    const StepStats st = train_step(model, opt, batch, sc, step);
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     busy += dt;
     flops += model.step_flops();
 
-    metrics.add(step + 1).add(loss).add(model.accuracy()).add(lr).add(gnorm)
+    metrics.add(step + 1).add(st.loss).add(st.acc).add(st.lr).add(st.grad_norm)
         .add(static_cast<double>(N) / dt).add(dt).add(static_cast<int64_t>(model.scored()));
     for (int32_t n : model.expert_tokens()) metrics.add(static_cast<int64_t>(n));
     metrics.end_row();
-    progress.step(step, loss, model.accuracy(), static_cast<double>(N) / dt);
+    progress.step(step, st.loss, st.acc, static_cast<double>(N) / dt);
     if (cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0) {
       last = run_eval_now(step + 1);
       last_eval_step = step + 1;
