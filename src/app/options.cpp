@@ -174,7 +174,12 @@ bool parse_options(Command cmd, int argc, const char* const* argv, RunConfig& cf
   }
   po::variables_map vm;
   try {
-    po::store(po::command_line_parser(argc, argv).options(all).run(), vm);
+    const po::parsed_options parsed = po::command_line_parser(argc, argv).options(all).run();
+    for (size_t i = 0; i < parsed.options.size(); ++i)
+      for (size_t j = 0; j < i; ++j)
+        if (parsed.options[i].string_key == parsed.options[j].string_key)
+          bad(parsed.options[i].string_key, "given more than once");
+    po::store(parsed, vm);
     if (vm.count("help")) {
       std::cout << (cmd == Command::Train ? "usage: hyperrnn train [--config FILE.ini] [options]\n"
                                           : "usage: hyperrnn eval --snapshot PATH [options]\n")

@@ -1,0 +1,151 @@
+"""`hyperrnn` command line: every bad input of the foundation issue gets exit status 2, one line
+naming the option and the reason, and no run directory; good input writes the documented run
+directory; `eval` reads the snapshot back."""
+import csv
+import os
+import subprocess
+
+import pytest
+
+BIN = os.environ.get("HYPERRNN_BIN")
+# A tiny valid run: a few seconds on one core.
+TINY_OPTS = {"model": "gauss-moe", "d-model": "16", "layers": "1", "heads": "2", "experts": "4", "top-k": "2",
+             "vocab": "40", "seq-len": "16", "kv-pairs": "2", "batch": "8", "steps": "6", "warmup": "2",
+             "eval-every": "3", "eval-samples": "16"}
+TINY = [a for k, v in TINY_OPTS.items() for a in ("--" + k, v)]
+
+
+def tiny_except(*names):
+    """TINY without the named options (so a test can pass them itself, or through --config)."""
+    return [a for k, v in TINY_OPTS.items() if k not in names for a in ("--" + k, v)]
+
+
+def hyperrnn(*args, cwd=None):
+    if not BIN:
+        pytest.skip("HYPERRNN_BIN not set: run through ctest")
+    return subprocess.run([BIN, *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def bad(tmp_path, args, option, reason):
+    out = tmp_path / "run"
+    given = [a[2:] for a in args if a.startswith("--")]
+    r = hyperrnn("train", *tiny_except(*given, option), "--out", str(out), *args)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2, r.stderr + r.stdout
+    assert len(lines) == 1, r.stderr
+    assert option in lines[0] and reason in lines[0], lines[0]
+    assert not out.exists(), "a run directory was written for bad input"
+    return lines[0]
+
+
+CASES = [
+    (["--no-such-option", "1"], "no-such-option", "unrecognised"),
+    (["--d-model"], "d-model", "missing"),
+    (["--d-model", "abc"], "d-model", "invalid"),
+    (["--steps", "2.5"], "steps", "invalid"),
+    (["--d-model", "-8"], "d-model", "positive"),
+    (["--layers", "0"], "layers", "positive"),
+    (["--batch", "0"], "batch", "positive"),
+    (["--experts", "-1"], "experts", "positive"),
+    (["--top-k", "5"], "top-k", "exceeds the number of experts"),
+    (["--heads", "3"], "heads", "not divisible"),
+    (["--kv-pairs", "5"], "kv-pairs", "4 * kv-pairs <= seq-len"),
+    (["--vocab", "16"], "vocab", "vocab > seq-len"),
+    (["--model", "transformer"], "model", "unknown model"),
+    (["--lr", "-1"], "lr", "positive"),
+    (["--shards", "3"], "shards", "must divide batch"),
+    (["--seed", "1", "--seed", "2"], "seed", "more than once"),
+]
+
+
+@pytest.mark.parametrize("args,option,reason", CASES, ids=[c[1] + ":" + c[2] for c in CASES])
+def test_bad_option(tmp_path, args, option, reason):
+    bad(tmp_path, args, option, reason)
+
+
+def test_unreadable_config(tmp_path):
+    bad(tmp_path, ["--config", str(tmp_path / "missing.ini")], "config", "cannot read")
+
+
+def test_malformed_config(tmp_path):
+    cfg = tmp_path / "bad.ini"
+    cfg.write_text("d-model = 16\nthis line has no equals sign\n")
+    bad(tmp_path, ["--config", str(cfg)], "config", "malformed")
+
+
+def test_unknown_key_in_config(tmp_path):
+    cfg = tmp_path / "bad.ini"
+    cfg.write_text("d-modle = 16\n")
+    bad(tmp_path, ["--config", str(cfg)], "config", "d-modle")
+
+
+def test_bad_value_in_config(tmp_path):
+    cfg = tmp_path / "bad.ini"
+    cfg.write_text("top-k = 9\n")
+    bad(tmp_path, ["--config", str(cfg)], "top-k", "exceeds")
+
+
+def test_out_holds_a_different_run(tmp_path):
+    out = tmp_path / "run"
+    assert hyperrnn("train", *TINY, "--out", str(out)).returncode == 0
+    before = sorted(p.name for p in out.rglob("*"))
+    r = hyperrnn("train", *TINY, "--lr", "0.01", "--out", str(out))
+    assert r.returncode == 2
+    assert "--out" in r.stderr and "different run" in r.stderr and "lr" in r.stderr
+    assert sorted(p.name for p in out.rglob("*")) == before  # nothing written
+
+
+def test_out_is_a_foreign_directory(tmp_path):
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "precious.txt").write_text("x")
+    r = hyperrnn("train", *TINY, "--out", str(out))
+    assert r.returncode == 2 and "--out" in r.stderr and "no config.ini" in r.stderr
+    assert [p.name for p in out.iterdir()] == ["precious.txt"]
+
+
+def test_help_lists_options_with_defaults():
+    r = hyperrnn("train", "--help")
+    assert r.returncode == 0
+    for opt in ["--model", "--d-model", "--experts", "--top-k", "--vocab", "--seq-len", "--kv-pairs", "--batch",
+                "--shards", "--steps", "--lr", "--weight-decay", "--seed", "--eval-every", "--eval-samples", "--out",
+                "--config"]:
+        assert opt in r.stdout, opt
+    assert "(=64)" in r.stdout  # defaults are shown
+
+
+def test_run_directory_and_eval(tmp_path):
+    out = tmp_path / "run"
+    r = hyperrnn("train", *TINY, "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "final held-out accuracy" in r.stdout
+    assert (out / "config.ini").is_file() and (out / "logs" / "train.log").is_file()
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [int(r["step"]) for r in rows] == list(range(1, 7))
+    for col in ["loss", "acc", "lr", "tokens_per_s", "grad_norm", "tokens_l0_e0", "tokens_l0_e3"]:
+        assert col in rows[0], col
+    for row in rows:  # tokens per expert add up to tokens x top-k
+        assert sum(int(row[f"tokens_l0_e{e}"]) for e in range(4)) == 8 * 16 * 2
+        assert float(row["loss"]) == float(repr(float(row["loss"])))
+    evals = list(csv.DictReader(open(out / "eval.csv")))
+    assert [(int(e["step"]), e["split"]) for e in evals] == [(3, "heldout"), (6, "heldout")]
+    # the effective configuration reproduces the run
+    again = tmp_path / "again"
+    r2 = hyperrnn("train", "--config", str(out / "config.ini"), "--out", str(again))
+    assert r2.returncode == 0, r2.stderr
+    strip = lambda p: [{k: v for k, v in row.items() if not k.endswith(("_s", "_per_s"))} for row in csv.DictReader(open(p))]
+    assert strip(out / "metrics.csv") == strip(again / "metrics.csv")
+    # eval on the final snapshot reproduces the final held-out numbers
+    e = hyperrnn("eval", "--snapshot", str(out), "--eval-samples", "16")
+    assert e.returncode == 0, e.stderr
+    acc = float(e.stdout.split(" acc ")[1].split()[0])
+    assert abs(acc - float(evals[-1]["acc"])) <= 1e-6
+
+
+def test_eval_bad_snapshot(tmp_path):
+    r = hyperrnn("eval", "--snapshot", str(tmp_path / "nothing"))
+    assert r.returncode == 2 and "--snapshot" in r.stderr
+    junk = tmp_path / "manifest.h5"
+    junk.write_bytes(b"not hdf5")
+    r = hyperrnn("eval", "--snapshot", str(junk))
+    assert r.returncode == 2 and "--snapshot" in r.stderr and len(r.stderr.strip().splitlines()) == 1
