@@ -22,5 +22,6 @@ EvalResult evaluate_heldout(Transformer<float>& model, MqarGenerator& gen, Batch
 
 int run_train(Comm& comm, const RunConfig& cfg);
 int run_eval(Comm& comm, const RunConfig& cli);
+int run_bench(Comm& comm, const RunConfig& cfg);
 
 }  // namespace hyperrnn

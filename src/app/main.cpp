@@ -30,7 +30,11 @@ int main(int argc, char** argv) {
       if (!parse_options(Command::Eval, argc - 1, argv + 1, cfg)) return 0;
       return run_eval(*comm, cfg);
     }
-    return fail(2, ("unknown command '" + cmd + "' (train, eval); see 'hyperrnn --help'").c_str());
+    if (cmd == "bench") {
+      if (!parse_options(Command::Bench, argc - 1, argv + 1, cfg)) return 0;
+      return run_bench(*comm, cfg);
+    }
+    return fail(2, ("unknown command '" + cmd + "' (train, eval, bench); see 'hyperrnn --help'").c_str());
   } catch (const UsageError& e) {
     return fail(2, e.what());
   } catch (const std::exception& e) {

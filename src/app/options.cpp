@@ -60,6 +60,10 @@ void add_invocation(po::options_description& d, RunConfig& c, Command cmd) {
     d.add_options()
       ("out", po::value(&c.out), "run directory (default runs/<model>-<task>-s<seed>)")
       ("log-every", po::value(&c.log_every)->default_value(c.log_every), "progress line interval when stdout is not a terminal (0 = steps/20)");
+  else if (cmd == Command::Bench)
+    d.add_options()
+      ("bench-steps", po::value(&c.bench_steps)->default_value(c.bench_steps), "timed training steps per repeat")
+      ("repeats", po::value(&c.bench_repeats)->default_value(c.bench_repeats), "repeats (the median is reported)");
   else
     d.add_options()
       ("snapshot", po::value(&c.snapshot), "snapshot directory, its manifest.h5, or a run directory (uses snapshots/latest)")
@@ -167,11 +171,8 @@ bool parse_options(Command cmd, int argc, const char* const* argv, RunConfig& cf
   po::options_description inv("Invocation");
   add_invocation(inv, cfg, cmd);
   po::options_description all;
-  if (cmd == Command::Train) {
-    all.add(inv).add(run_opts);
-  } else {
-    all.add(inv);
-  }
+  all.add(inv);
+  if (cmd != Command::Eval) all.add(run_opts);
   po::variables_map vm;
   try {
     const po::parsed_options parsed = po::command_line_parser(argc, argv).options(all).run();
@@ -181,9 +182,10 @@ bool parse_options(Command cmd, int argc, const char* const* argv, RunConfig& cf
           bad(parsed.options[i].string_key, "given more than once");
     po::store(parsed, vm);
     if (vm.count("help")) {
-      std::cout << (cmd == Command::Train ? "usage: hyperrnn train [--config FILE.ini] [options]\n"
-                                          : "usage: hyperrnn eval --snapshot PATH [options]\n")
-                << all << "\n";
+      static const char* const usage[] = {"usage: hyperrnn train [--config FILE.ini] [options]\n",
+                                          "usage: hyperrnn eval --snapshot PATH [options]\n",
+                                          "usage: hyperrnn bench [--config FILE.ini] [options]\n"};
+      std::cout << usage[static_cast<int>(cmd)] << all << "\n";
       return false;
     }
     if (vm.count("config")) {
@@ -200,7 +202,11 @@ bool parse_options(Command cmd, int argc, const char* const* argv, RunConfig& cf
   } catch (const po::error& e) {
     throw UsageError(boost_message(e));
   }
-  if (cmd == Command::Train) {
+  if (cmd == Command::Bench) {
+    validate(cfg);
+    positive("bench-steps", cfg.bench_steps);
+    positive("repeats", cfg.bench_repeats);
+  } else if (cmd == Command::Train) {
     validate(cfg);
     if (cfg.out.empty()) cfg.out = "runs/" + cfg.model + "-" + cfg.task + "-s" + std::to_string(cfg.seed);
   } else {
@@ -257,6 +263,7 @@ std::string usage_text() {
          "commands:\n"
          "  train   [--config FILE.ini] [options]   train a model; writes a run directory (--out)\n"
          "  eval    --snapshot PATH [options]        evaluate a snapshot on the held-out stream\n"
+         "  bench   [--config FILE.ini] [options]   SGEMM peak and training-step throughput\n"
          "Run 'hyperrnn <command> --help' for the options of a command.\n";
 }
 

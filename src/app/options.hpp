@@ -31,6 +31,8 @@ struct RunConfig {
   std::string out;  // default derived from model, task and seed
   // eval subcommand
   std::string snapshot;
+  // bench subcommand
+  int64_t bench_steps = 20, bench_repeats = 5;
 
   ModelConfig model_config() const;
   MqarConfig mqar_config() const;
@@ -38,7 +40,7 @@ struct RunConfig {
   nn::AdamWConfig adamw_config() const;
 };
 
-enum class Command { Train, Eval };
+enum class Command { Train, Eval, Bench };
 
 // Parses argv (after the subcommand) and the optional --config file; validates. Throws UsageError
 // with one line naming the option and the reason. Returns false when --help was printed.

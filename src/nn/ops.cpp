@@ -7,6 +7,7 @@
 #include <numbers>
 
 #include "core/blas.hpp"
+#include "nn/elementwise_math.hpp"
 
 namespace hyperrnn::nn {
 
@@ -99,23 +100,25 @@ void linear_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
       for (int o = 0; o < OC; ++o) dbias[o] += dout[static_cast<int64_t>(n) * OC + o];
 }
 
+// GELU is evaluated in the precision of T with elementwise_math.hpp's erf/exp (vectorisable in
+// float; libm in double).
 template <class T>
 void gelu_forward(T* out, const T* inp, int64_t n) {
-  const double inv_sqrt2 = 1.0 / std::numbers::sqrt2;
+  const T inv_sqrt2 = static_cast<T>(1.0 / std::numbers::sqrt2);
   for (int64_t i = 0; i < n; ++i) {
-    const double x = inp[i];
-    out[i] = static_cast<T>(0.5 * x * (1.0 + std::erf(x * inv_sqrt2)));
+    const T x = inp[i];
+    out[i] = T(0.5) * x * (T(1) + erf_elementwise(x * inv_sqrt2));
   }
 }
 
 template <class T>
 void gelu_backward(T* dinp, const T* dout, const T* inp, int64_t n) {
-  const double inv_sqrt2 = 1.0 / std::numbers::sqrt2;
-  const double inv_sqrt2pi = 1.0 / std::sqrt(2.0 * std::numbers::pi);
+  const T inv_sqrt2 = static_cast<T>(1.0 / std::numbers::sqrt2);
+  const T inv_sqrt2pi = static_cast<T>(1.0 / std::sqrt(2.0 * std::numbers::pi));
   for (int64_t i = 0; i < n; ++i) {
-    const double x = inp[i];
-    const double g = 0.5 * (1.0 + std::erf(x * inv_sqrt2)) + x * inv_sqrt2pi * std::exp(-0.5 * x * x);
-    dinp[i] = static_cast<T>(g * dout[i]);
+    const T x = inp[i];
+    const T g = T(0.5) * (T(1) + erf_elementwise(x * inv_sqrt2)) + x * inv_sqrt2pi * exp_elementwise(T(-0.5) * x * x);
+    dinp[i] = g * dout[i];
   }
 }
 
@@ -141,11 +144,9 @@ void attention_forward(T* out, T* att, const T* qkv, int B, int Tn, int C, int H
         const int jmax = causal ? i + 1 : Tn;
         T mx = row[0];
         for (int j = 1; j < jmax; ++j) mx = row[j] > mx ? row[j] : mx;
+        for (int j = 0; j < jmax; ++j) row[j] = exp_elementwise(row[j] - mx);  // vectorised
         double s = 0.0;
-        for (int j = 0; j < jmax; ++j) {
-          row[j] = static_cast<T>(std::exp(static_cast<double>(row[j] - mx)));
-          s += row[j];
-        }
+        for (int j = 0; j < jmax; ++j) s += row[j];
         const T inv = static_cast<T>(1.0 / s);
         for (int j = 0; j < jmax; ++j) row[j] *= inv;
         for (int j = jmax; j < Tn; ++j) row[j] = T(0);
@@ -197,10 +198,11 @@ double crossentropy_forward(T* losses, T* probs, const T* logits, const int32_t*
     T* p = probs + static_cast<int64_t>(n) * V;
     T mx = l[0];
     for (int v = 1; v < V; ++v) mx = l[v] > mx ? l[v] : mx;
+    for (int v = 0; v < V; ++v) p[v] = exp_elementwise(l[v] - mx);  // vectorised
     double s = 0.0;
-    for (int v = 0; v < V; ++v) s += std::exp(static_cast<double>(l[v] - mx));
-    const double inv = 1.0 / s;
-    for (int v = 0; v < V; ++v) p[v] = static_cast<T>(std::exp(static_cast<double>(l[v] - mx)) * inv);
+    for (int v = 0; v < V; ++v) s += p[v];
+    const T inv = static_cast<T>(1.0 / s);
+    for (int v = 0; v < V; ++v) p[v] *= inv;
     const double loss = std::log(s) + static_cast<double>(mx) - static_cast<double>(l[targets[n]]);
     losses[n] = static_cast<T>(loss);
     total += loss;

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "gradcheck.hpp"
+#include "nn/elementwise_math.hpp"
 #include "nn/ops.hpp"
 
 using namespace hyperrnn;
@@ -157,4 +158,28 @@ TEST_CASE("gaussian router scores equal the diagonal-Gaussian log-likelihood; ba
   require_ok(check_gradient(f, x.data(), dx.data(), N * C), "inp");
   require_ok(check_gradient(f, mu.data(), dmu.data(), E * C), "mu");
   require_ok(check_gradient(f, ls.data(), dls.data(), E * C), "log_sigma");
+}
+
+TEST_CASE("float elementwise erf and exp agree with libm", "[ops]") {
+  // Bounds from rounding-error analysis, u = 2^-24 = 6.0e-8 per float operation:
+  // erf: fit error 6.5e-8, plus 6 + 4 Horner steps, the clamp-free products x*x, x*p and the
+  // division, i.e. <= 14 roundings on a result of magnitude <= 1: 6.5e-8 + 14u = 9e-7 absolute.
+  // A wrong coefficient or a sign slip gives errors above 1e-4.
+  double worst_erf = 0.0;
+  for (int i = -600000; i <= 600000; ++i) {
+    const float x = static_cast<float>(i) * 1e-5f;
+    worst_erf = std::max(worst_erf, std::abs(static_cast<double>(erf_elementwise(x)) - std::erf(static_cast<double>(x))));
+  }
+  CHECK(worst_erf <= 9e-7);
+  // exp: Taylor truncation 1.2e-7 relative, plus 6 Horner steps, the two-step reduction and the
+  // final scaling, <= 10 roundings: 1.2e-7 + 10u = 7.2e-7 relative; we accept 7.5e-7.
+  double worst_exp = 0.0;
+  for (int i = -8700000; i <= 8800000; i += 7) {
+    const float x = static_cast<float>(i) * 1e-5f;
+    const double ref = std::exp(static_cast<double>(x));
+    worst_exp = std::max(worst_exp, std::abs(static_cast<double>(exp_elementwise(x)) - ref) / ref);
+  }
+  CHECK(worst_exp <= 7.5e-7);
+  CHECK(erf_elementwise(10.0f) == Approx(1.0f));
+  CHECK(exp_elementwise(-200.0f) >= 0.0f);
 }
