@@ -31,6 +31,7 @@ void add_model_task_train(po::options_description& d, RunConfig& c) {
     ("experts", po::value(&c.experts)->default_value(c.experts), "experts per MoE layer")
     ("top-k", po::value(&c.top_k)->default_value(c.top_k), "experts chosen per token")
     ("d-ff", po::value(&c.d_ff)->default_value(c.d_ff), "FFN / expert hidden width (0 = 4 * d-model)")
+    ("tie-embeddings", po::value(&c.tie_embeddings)->default_value(c.tie_embeddings), "output head shares the token embedding (true | false)")
     ("task", po::value(&c.task)->default_value(c.task), "task: mqar")
     ("vocab", po::value(&c.vocab)->default_value(c.vocab), "vocabulary size V (> seq-len)")
     ("seq-len", po::value(&c.seq_len)->default_value(c.seq_len), "sequence length L")
@@ -105,6 +106,7 @@ ModelConfig RunConfig::model_config() const {
   m.top_k = m.is_moe() ? static_cast<int>(top_k) : 0;
   m.d_ff = static_cast<int>(d_ff > 0 ? d_ff : 4 * d_model);
   m.causal = true;
+  m.tie_embeddings = tie_embeddings;
   return m;
 }
 
@@ -235,6 +237,7 @@ std::string to_ini(const RunConfig& c) {
     if (const auto* i = boost::any_cast<int64_t>(&v)) o << *i;
     else if (const auto* u = boost::any_cast<uint64_t>(&v)) o << *u;
     else if (const auto* x = boost::any_cast<double>(&v)) o << fmt_double(*x);
+    else if (const auto* b = boost::any_cast<bool>(&v)) o << (*b ? "true" : "false");
     else if (const auto* str = boost::any_cast<std::string>(&v)) o << *str;
     else HYPERRNN_CHECK(false, "option " + name + " has a type to_ini cannot print");
     o << "\n";

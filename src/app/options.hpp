@@ -17,6 +17,7 @@ struct RunConfig {
   // model
   std::string model = "gauss-moe";
   int64_t d_model = 64, layers = 2, heads = 4, experts = 4, top_k = 2, d_ff = 0;
+  bool tie_embeddings = true;
   // task
   std::string task = "mqar";
   int64_t vocab = 256, seq_len = 64, kv_pairs = 8;

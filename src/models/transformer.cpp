@@ -81,7 +81,7 @@ Transformer<T>::Transformer(const ModelConfig& cfg, int batch_capacity, int max_
   }
   lnf_w_ = table_.add("lnf.weight", {C}, TK::Dense, false);
   lnf_b_ = table_.add("lnf.bias", {C}, TK::Dense, false);
-  head_w_ = table_.add("head.weight", {V, C}, TK::Dense, true);
+  head_w_ = cfg.tie_embeddings ? wte_ : table_.add("head.weight", {V, C}, TK::Dense, true);
   params.assign(static_cast<size_t>(table_.total()), T(0));
   grads.assign(static_cast<size_t>(table_.total()), T(0));
 
@@ -246,6 +246,7 @@ void Transformer<T>::backward() {
   const nn::RouterKind rk = cfg_.kind == ModelKind::GaussMoe ? nn::RouterKind::Gaussian : nn::RouterKind::Linear;
   if (S == 0) return;
   nn::crossentropy_backward<T>(dlogits_, probs_, scored_targets_, static_cast<T>(1.0 / S), S, V);
+  // accumulates into dwte when tied; the embedding backward adds its part later
   nn::linear_backward<T>(dhs_, g(head_w_), nullptr, dlogits_, hs_, p(head_w_), S, C, V);
   std::fill(dln_, dln_ + 1LL * N * C, T(0));
   for (int s = 0; s < S; ++s)

@@ -29,6 +29,7 @@ struct ModelConfig {
   int top_k = 0;     // MoE only
   int d_ff = 0;      // hidden width of the dense FFN and of each expert
   bool causal = true;
+  bool tie_embeddings = true;  // the output head reuses wte (GPT-2, Zoology)
   bool is_moe() const { return kind != ModelKind::Dense; }
 };
 
@@ -85,7 +86,7 @@ class Transformer {
   ModelConfig cfg_;
   int Bcap_, Scap_;
   ParamTable table_;
-  int wte_, wpe_, lnf_w_, lnf_b_, head_w_;
+  int wte_, wpe_, lnf_w_, lnf_b_, head_w_;  // head_w_ == wte_ when tied
   std::vector<Layer> layers_;
   std::vector<T> arena_;
   std::vector<int32_t> iarena_;

@@ -1,7 +1,7 @@
 // Dumps what the independent PyTorch implementation (test_torch_reference.py) must reproduce:
 // initial parameters, 5 MQAR batches, the first batch's loss and every gradient, and the parameters
 // and losses after 5 training steps (clipping, schedule, AdamW) through the production train_step.
-// usage: hyperrnn_refdump MODEL float|double OUT.h5
+// usage: hyperrnn_refdump MODEL float|double TIE_EMBEDDINGS(true|false) OUT.h5
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -57,8 +57,8 @@ void run(const RunConfig& cfg, const std::string& out) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 4 || (std::strcmp(argv[2], "float") != 0 && std::strcmp(argv[2], "double") != 0)) {
-    std::fprintf(stderr, "usage: hyperrnn_refdump MODEL float|double OUT.h5\n");
+  if (argc != 5 || (std::strcmp(argv[2], "float") != 0 && std::strcmp(argv[2], "double") != 0)) {
+    std::fprintf(stderr, "usage: hyperrnn_refdump MODEL float|double true|false OUT.h5\n");
     return 2;
   }
   try {
@@ -67,10 +67,11 @@ int main(int argc, char** argv) {
     const std::string ini = std::string("model = ") + argv[1] +
                             "\nvocab = 40\nseq-len = 16\nkv-pairs = 3\nd-model = 16\nlayers = 2\nheads = 2\n"
                             "experts = 4\ntop-k = 2\nd-ff = 24\nbatch = 4\nsteps = 5\nwarmup = 2\n"
-                            "lr = 0.01\nlr-min-ratio = 0.1\ngrad-clip = 0.5\nweight-decay = 0.1\nseed = 3\n";
+                            "lr = 0.01\nlr-min-ratio = 0.1\ngrad-clip = 0.5\nweight-decay = 0.1\nseed = 3\n"
+                            "tie-embeddings = " + argv[3] + "\n";
     const RunConfig cfg = from_ini(ini, "refdump");
-    if (std::strcmp(argv[2], "float") == 0) run<float>(cfg, argv[3]);
-    else run<double>(cfg, argv[3]);
+    if (std::strcmp(argv[2], "float") == 0) run<float>(cfg, argv[4]);
+    else run<double>(cfg, argv[4]);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "hyperrnn_refdump: %s\n", e.what());
     return 1;

@@ -57,6 +57,7 @@ class TorchModel:
         self.H = int(cfg["heads"])
         self.E = int(cfg["experts"])
         self.K = int(cfg["top-k"])
+        self.tied = cfg["tie-embeddings"] == "true"
         self.p = {k: torch.tensor(np.asarray(v, dtype=np.float64), requires_grad=True) for k, v in tensors.items()}
 
     def expert(self, pre, x):
@@ -94,7 +95,7 @@ class TorchModel:
                 out = out + w * self.expert(f"{pre}moe.experts.{e}.", h)
             x = x + out
         x = F.layer_norm(x, (C,), p["lnf.weight"], p["lnf.bias"], eps=1e-5)
-        logits = F.linear(x, p["head.weight"])
+        logits = F.linear(x, p["wte"] if self.tied else p["head.weight"])
         mask = targets >= 0
         return F.cross_entropy(logits[mask], targets[mask])
 
@@ -115,12 +116,12 @@ def rel(a, b):
     return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300)
 
 
-def dump(tmp_path, model, dtype):
+def dump(tmp_path, model, dtype, tied):
     exe = os.environ.get("HYPERRNN_REFDUMP")
     if not exe:
         pytest.skip("HYPERRNN_REFDUMP not set: run through ctest")
     out = tmp_path / f"{model}-{dtype}.h5"
-    subprocess.run([exe, model, dtype, str(out)], check=True)
+    subprocess.run([exe, model, dtype, "true" if tied else "false", str(out)], check=True)
     return h5py.File(out, "r")
 
 
@@ -128,9 +129,10 @@ TOL = {"double": {"loss": 1e-12, "grad": 1e-9, "step": 1e-10}, "float": {"loss":
 
 
 @pytest.mark.parametrize("dtype", ["double", "float"])
-@pytest.mark.parametrize("model", ["dense", "moe", "gauss-moe"])
-def test_matches_torch(tmp_path, model, dtype):
-    f = dump(tmp_path, model, dtype)
+@pytest.mark.parametrize("model,tied", [("dense", True), ("dense", False), ("moe", True), ("gauss-moe", True),
+                                        ("gauss-moe", False)])
+def test_matches_torch(tmp_path, model, tied, dtype):
+    f = dump(tmp_path, model, dtype, tied)
     cfg = parse_ini(f.attrs["config"])
     names = list(f["params0"].keys())
     p0 = {n: f["params0"][n][()] for n in names}

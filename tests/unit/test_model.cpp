@@ -9,10 +9,14 @@
 using namespace hyperrnn;
 
 TEST_CASE("model gradients match finite differences", "[model][grad]") {
-  for (ModelKind kind : {ModelKind::Dense, ModelKind::Moe, ModelKind::GaussMoe}) {
-    INFO("model " << to_string(kind));
+  const std::pair<ModelKind, bool> cases[] = {{ModelKind::Dense, true}, {ModelKind::Dense, false},
+                                              {ModelKind::Moe, true}, {ModelKind::GaussMoe, true},
+                                              {ModelKind::GaussMoe, false}};
+  for (const auto& [kind, tied] : cases) {
+    INFO("model " << to_string(kind) << (tied ? ", tied embeddings" : ", separate head"));
     ModelConfig mc;
     mc.kind = kind;
+    mc.tie_embeddings = tied;
     mc.vocab = 20;
     mc.seq_len = 12;
     mc.d_model = 8;
