@@ -31,6 +31,8 @@ void add_model_task_train(po::options_description& d, RunConfig& c) {
     ("experts", po::value(&c.experts)->default_value(c.experts), "experts per MoE layer")
     ("top-k", po::value(&c.top_k)->default_value(c.top_k), "experts chosen per token")
     ("d-ff", po::value(&c.d_ff)->default_value(c.d_ff), "FFN / expert hidden width (0 = 4 * d-model)")
+    ("init-scale", po::value(&c.init_scale)->default_value(c.init_scale, fmt_double(c.init_scale)), "weight matrices start as N(0, init-scale^2 / (2 fan_in))")
+    ("embed-init-std", po::value(&c.embed_init_std)->default_value(c.embed_init_std, fmt_double(c.embed_init_std)), "std of the token and position embeddings at initialisation")
     ("tie-embeddings", po::value(&c.tie_embeddings)->default_value(c.tie_embeddings), "output head shares the token embedding (true | false)")
     ("task", po::value(&c.task)->default_value(c.task), "task: mqar")
     ("vocab", po::value(&c.vocab)->default_value(c.vocab), "vocabulary size V (> seq-len)")
@@ -107,6 +109,8 @@ ModelConfig RunConfig::model_config() const {
   m.d_ff = static_cast<int>(d_ff > 0 ? d_ff : 4 * d_model);
   m.causal = true;
   m.tie_embeddings = tie_embeddings;
+  m.init_scale = init_scale;
+  m.embed_init_std = embed_init_std;
   return m;
 }
 
@@ -134,6 +138,9 @@ void validate(const RunConfig& c) {
   if (c.d_model % c.heads != 0)
     bad("heads", "d-model " + std::to_string(c.d_model) + " is not divisible by heads " + std::to_string(c.heads));
   non_negative("d-ff", c.d_ff);
+  if (!(c.init_scale > 0.0 && c.init_scale < 100.0)) bad("init-scale", "must be in (0, 100), got " + fmt_double(c.init_scale));
+  if (!(c.embed_init_std > 0.0 && c.embed_init_std < 10.0))
+    bad("embed-init-std", "must be in (0, 10), got " + fmt_double(c.embed_init_std));
   if (mk != ModelKind::Dense) {
     positive("experts", c.experts);
     positive("top-k", c.top_k);

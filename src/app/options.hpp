@@ -18,6 +18,7 @@ struct RunConfig {
   std::string model = "gauss-moe";
   int64_t d_model = 64, layers = 2, heads = 4, experts = 4, top_k = 2, d_ff = 0;
   bool tie_embeddings = true;
+  double init_scale = 1.0, embed_init_std = 1.0;
   // task
   std::string task = "mqar";
   int64_t vocab = 256, seq_len = 64, kv_pairs = 8;

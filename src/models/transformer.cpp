@@ -131,10 +131,13 @@ Transformer<T>::Transformer(const ModelConfig& cfg, int batch_capacity, int max_
 
 template <class T>
 void Transformer<T>::init(uint64_t seed) {
-  // GPT-2 style: N(0, 0.02) matrices, residual-output projections scaled by 1/sqrt(2L), positions
-  // N(0, 0.01), LayerNorm (1, 0), biases 0; Gaussian router mu ~ N(0, 1/C) so that x.mu has unit
-  // spread across experts for unit-variance inputs, log_sigma = 0.
-  const double resid_std = 0.02 / std::sqrt(2.0 * cfg_.layers);
+  // Matrices N(0, s^2 / (2 fan_in)) with s = init_scale (for a square matrix this is Xavier's
+  // 1/(fan_in + fan_out)); embeddings N(0, embed_init_std^2), unit variance by default (as
+  // torch.nn.Embedding); LayerNorm (1, 0); biases 0; Gaussian router mu ~ N(0, 1/C), so that x.mu
+  // has unit spread across experts for unit-variance inputs, and log_sigma = 0.
+  // Why not GPT-2's N(0, 0.02): with it (and with 0.02 embeddings) a 2-layer model sits on the
+  // MQAR plateau (accuracy 1/D) for thousands of steps, in PyTorch as well as here; with these
+  // scales it leaves the plateau within ~1000 steps (docs/results.md).
   for (int i = 0; i < table_.size(); ++i) {
     const TensorInfo& t = table_[i];
     T* d = params.data() + t.offset;
@@ -147,9 +150,8 @@ void Transformer<T>::init(uint64_t seed) {
     if (ends_with("ln1.weight") || ends_with("ln2.weight") || n == "lnf.weight") fill = 1.0;
     else if (ends_with(".bias") || ends_with("log_sigma")) fill = 0.0;
     else if (ends_with("router.mu")) stdv = 1.0 / std::sqrt(static_cast<double>(cfg_.d_model));
-    else if (n == "wpe") stdv = 0.01;
-    else if (ends_with("proj.weight") || ends_with("fc2.weight")) stdv = resid_std;
-    else stdv = 0.02;
+    else if (n == "wpe" || n == "wte") stdv = cfg_.embed_init_std;
+    else stdv = cfg_.init_scale / std::sqrt(2.0 * static_cast<double>(t.shape.back()));  // (out, in)
     CounterRng rng(seed, RngPurpose::Init, static_cast<uint32_t>(i), 0);
     for (int64_t k = 0; k < t.size; ++k) d[k] = static_cast<T>(stdv > 0 ? stdv * rng.normal() : fill);
   }

@@ -30,6 +30,8 @@ struct ModelConfig {
   int d_ff = 0;      // hidden width of the dense FFN and of each expert
   bool causal = true;
   bool tie_embeddings = true;  // the output head reuses wte (GPT-2, Zoology)
+  double init_scale = 1.0;      // matrices ~ N(0, init_scale^2 / (2 fan_in))
+  double embed_init_std = 1.0;  // std of wte and wpe at initialisation
   bool is_moe() const { return kind != ModelKind::Dense; }
 };
 

@@ -1,9 +1,12 @@
 // Dumps what the independent PyTorch implementation (test_torch_reference.py) must reproduce:
 // initial parameters, 5 MQAR batches, the first batch's loss and every gradient, and the parameters
 // and losses after 5 training steps (clipping, schedule, AdamW) through the production train_step.
-// usage: hyperrnn_refdump MODEL float|double TIE_EMBEDDINGS(true|false) OUT.h5
+// usage: hyperrnn_refdump MODEL float|double TIE_EMBEDDINGS(true|false) OUT.h5 [EXTRA_INI_LINES]
+// (EXTRA_INI_LINES override the small default shapes, e.g. "d-model = 64\nseq-len = 32\n").
 #include <cstdio>
 #include <cstring>
+#include <map>
+#include <sstream>
 #include <string>
 
 #include "app/options.hpp"
@@ -57,18 +60,36 @@ void run(const RunConfig& cfg, const std::string& out) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 5 || (std::strcmp(argv[2], "float") != 0 && std::strcmp(argv[2], "double") != 0)) {
+  if ((argc != 5 && argc != 6) || (std::strcmp(argv[2], "float") != 0 && std::strcmp(argv[2], "double") != 0)) {
     std::fprintf(stderr, "usage: hyperrnn_refdump MODEL float|double true|false OUT.h5\n");
     return 2;
   }
   try {
     // Small shapes so that the PyTorch side runs in a second; a clip threshold the first steps
     // exceed, so that clipping is exercised; warm-up and cosine both active within 5 steps.
-    const std::string ini = std::string("model = ") + argv[1] +
-                            "\nvocab = 40\nseq-len = 16\nkv-pairs = 3\nd-model = 16\nlayers = 2\nheads = 2\n"
-                            "experts = 4\ntop-k = 2\nd-ff = 24\nbatch = 4\nsteps = 5\nwarmup = 2\n"
-                            "lr = 0.01\nlr-min-ratio = 0.1\ngrad-clip = 0.5\nweight-decay = 0.1\nseed = 3\n"
-                            "tie-embeddings = " + argv[3] + "\n";
+    std::map<std::string, std::string> kv;
+    auto merge = [&kv](const std::string& text) {
+      std::istringstream in(text);
+      std::string line;
+      while (std::getline(in, line)) {
+        const size_t eq = line.find('=');
+        if (eq == std::string::npos) continue;
+        auto trim = [](std::string x) {
+          x.erase(0, x.find_first_not_of(' '));
+          x.erase(x.find_last_not_of(' ') + 1);
+          return x;
+        };
+        kv[trim(line.substr(0, eq))] = trim(line.substr(eq + 1));
+      }
+    };
+    merge(std::string("model = ") + argv[1] +
+          "\nvocab = 40\nseq-len = 16\nkv-pairs = 3\nd-model = 16\nlayers = 2\nheads = 2\n"
+          "experts = 4\ntop-k = 2\nd-ff = 24\nbatch = 4\nsteps = 5\nwarmup = 2\n"
+          "lr = 0.01\nlr-min-ratio = 0.1\ngrad-clip = 0.5\nweight-decay = 0.1\nseed = 3\n"
+          "tie-embeddings = " + argv[3] + "\n");
+    if (argc == 6) merge(argv[5]);
+    std::string ini;
+    for (const auto& [k, v] : kv) ini += k + " = " + v + "\n";
     const RunConfig cfg = from_ini(ini, "refdump");
     if (std::strcmp(argv[2], "float") == 0) run<float>(cfg, argv[4]);
     else run<double>(cfg, argv[4]);

@@ -172,12 +172,20 @@ def test_matches_torch(tmp_path, model, tied, dtype):
             g["lr"] = lr_at(s, steps, int(cfg["warmup"]), float(cfg["lr"]), float(cfg["lr-min-ratio"]))
         opt.step()
     worst = 0.0
+    C = int(cfg["d-model"])
     for n in names:
-        moved = np.linalg.norm(tm.p[n].detach().numpy() - p0[n])
+        ours, theirs, start = f["params_final"][n][()], tm.p[n].detach().numpy(), p0[n]
+        if n.endswith("attn.qkv.bias"):
+            # The key bias adds the same q.b_k to every score of a row, which softmax ignores: its
+            # true gradient is exactly zero, so both implementations' Adam steps there are
+            # rounding noise normalised to +-lr. Compare the query and value biases only.
+            keep = np.r_[0:C, 2 * C:3 * C]
+            ours, theirs, start = ours[keep], theirs[keep], start[keep]
+        moved = np.linalg.norm(theirs - start)
         if moved == 0:
-            assert np.array_equal(f["params_final"][n][()], p0[n]), n
+            assert np.array_equal(ours, start), n
             continue
-        err = np.linalg.norm(f["params_final"][n][()] - tm.p[n].detach().numpy()) / moved
+        err = np.linalg.norm(ours - theirs) / moved
         worst = max(worst, err)
         assert err <= tol["step"], f"{n}: parameters after {steps} steps differ by {err:.3g} of their change"
     print(f"{model}/{dtype}: worst parameter error after {steps} steps {worst:.3g} of the change")
