@@ -21,15 +21,16 @@ struct RunConfig {
   double init_scale = 1.0, embed_init_std = 1.0;
   // task
   std::string task = "mqar";
-  int64_t vocab = 256, seq_len = 64, kv_pairs = 8;
+  // The defaults are the embedded quick-start job (README): a ~1 minute MQAR run on one core.
+  int64_t vocab = 256, seq_len = 32, kv_pairs = 4;
   double mqar_power_a = 0.01;
   std::string mqar_filler = "random";
   // training
-  int64_t batch = 64, shards = 1, steps = 400, warmup = 50;
+  int64_t batch = 64, shards = 1, steps = 1500, warmup = 100;
   double lr = 3e-3, lr_min_ratio = 0.1, weight_decay = 0.1, grad_clip = 1.0;
   double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_eps = 1e-8;
   uint64_t seed = 1;
-  int64_t eval_every = 100, eval_samples = 1000, log_every = 0;
+  int64_t eval_every = 250, eval_samples = 1000, log_every = 0;
   std::string out;  // default derived from model, task and seed
   // eval subcommand
   std::string snapshot;
