@@ -10,8 +10,7 @@
 #include "core/error.hpp"
 #include "io/csv.hpp"
 #include "io/snapshot.hpp"
-#include "nn/adamw.hpp"
-#include "pilf/step.hpp"
+#include "app/session.hpp"
 
 namespace fs = std::filesystem;
 
@@ -88,16 +87,10 @@ int run_train(Comm& comm, const RunConfig& cfg) {
     if (!c) throw RuntimeError("cannot write " + (out / "config.ini").string());
   }
 
-  const ModelConfig mc = cfg.model_config();
-  const MqarConfig qc = cfg.mqar_config();
+  Session<float> ses(cfg);
+  Transformer<float>& model = ses.model;
+  const ModelConfig& mc = model.config();
   const int B = static_cast<int>(cfg.batch), L = static_cast<int>(cfg.seq_len);
-  const int D = static_cast<int>(cfg.kv_pairs);
-  Transformer<float> model(mc, B, B * D);
-  model.init(cfg.seed);
-  nn::AdamW<float> opt(model.table(), cfg.adamw_config());
-  MqarGenerator gen(qc);
-  Batch batch;
-  batch.resize(B, L);
 
   std::vector<std::string> header = {"step", "loss", "acc", "lr", "grad_norm", "tokens_per_s", "step_time_s", "scored"};
   for (int l = 0; l < mc.layers && mc.is_moe(); ++l)
@@ -112,7 +105,7 @@ int run_train(Comm& comm, const RunConfig& cfg) {
                 " steps of " + std::to_string(B) + " samples -> " + cfg.out);
 
   auto run_eval_now = [&](int64_t step) {
-    const EvalResult r = evaluate_heldout(model, gen, batch, cfg.seed, cfg.eval_samples);
+    const EvalResult r = evaluate_heldout(model, ses.gen, ses.batch, cfg.seed, cfg.eval_samples);
     evals.add(step).add(std::string("heldout")).add(r.loss).add(r.acc).end_row();
     char buf[160];
     std::snprintf(buf, sizeof buf, "eval step %lld: heldout loss %.4f acc %.4f (%lld samples)",
@@ -121,7 +114,6 @@ int run_train(Comm& comm, const RunConfig& cfg) {
     return r;
   };
 
-  const StepConfig sc = cfg.step_config();
   const int64_t N = static_cast<int64_t>(B) * L;
   double flops = 0.0, busy = 0.0;
   EvalResult last{};
@@ -129,8 +121,7 @@ int run_train(Comm& comm, const RunConfig& cfg) {
   const auto t_run = std::chrono::steady_clock::now();
   for (int64_t step = 0; step < cfg.steps; ++step) {
     const auto t0 = std::chrono::steady_clock::now();
-    gen.fill(batch, cfg.seed, RngPurpose::TrainData, static_cast<uint32_t>(step), 0, B);
-    const StepStats st = train_step(model, opt, batch, sc, step);
+    const StepStats st = ses.train(step);
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     busy += dt;
     flops += model.step_flops();

@@ -12,7 +12,7 @@
 #include "app/options.hpp"
 #include "core/error.hpp"
 #include "io/h5.hpp"
-#include "pilf/step.hpp"
+#include "app/session.hpp"
 
 using namespace hyperrnn;
 
@@ -25,20 +25,16 @@ void dump_tensors(H5File& f, const std::string& group, const ParamTable& table, 
 
 template <class T>
 void run(const RunConfig& cfg, const std::string& out) {
-  const ModelConfig mc = cfg.model_config();
+  Session<T> ses(cfg);
   const int B = static_cast<int>(cfg.batch), L = static_cast<int>(cfg.seq_len);
-  Transformer<T> model(mc, B, B * static_cast<int>(cfg.kv_pairs));
-  model.init(cfg.seed);
-  nn::AdamW<T> opt(model.table(), cfg.adamw_config());
-  MqarGenerator gen(cfg.mqar_config());
-  Batch batch;
-  batch.resize(B, L);
+  Transformer<T>& model = ses.model;
+  const Batch& batch = ses.batch;
   H5File f(out, H5File::Mode::Create);
   f.set_attr("config", to_ini(cfg));
   dump_tensors(f, "params0", model.table(), model.params);
   std::vector<double> losses, norms;
   for (int64_t step = 0; step < cfg.steps; ++step) {
-    gen.fill(batch, cfg.seed, RngPurpose::TrainData, static_cast<uint32_t>(step), 0, B);
+    ses.fill_train_batch(step);
     f.write("batch/" + std::to_string(step) + "/tokens", batch.tokens.data(), {B, L});
     f.write("batch/" + std::to_string(step) + "/targets", batch.targets.data(), {B, L});
     if (step == 0) {  // the first gradients, before clipping and the update
@@ -48,7 +44,7 @@ void run(const RunConfig& cfg, const std::string& out) {
       f.write("loss0", &loss, {1});
       dump_tensors(f, "grads0", model.table(), model.grads);
     }
-    const StepStats s = train_step(model, opt, batch, cfg.step_config(), step);
+    const StepStats s = train_step(model, ses.opt, batch, ses.step_cfg, step);
     losses.push_back(s.loss);
     norms.push_back(s.grad_norm);
   }
