@@ -41,7 +41,7 @@ void add_model_task_train(po::options_description& d, RunConfig& c) {
     ("mqar-power-a", po::value(&c.mqar_power_a)->default_value(c.mqar_power_a, fmt_double(c.mqar_power_a)), "MQAR query-gap power law a")
     ("mqar-filler", po::value(&c.mqar_filler)->default_value(c.mqar_filler), "MQAR filler tokens: random | zero")
     ("batch", po::value(&c.batch)->default_value(c.batch), "global samples per step")
-    ("shards", po::value(&c.shards)->default_value(c.shards), "canonical batch shards S (must divide batch)")
+    ("shards", po::value(&c.shards)->default_value(c.shards), "canonical batch shards S (must divide batch; validated now, used by the expert-parallel step)")
     ("steps", po::value(&c.steps)->default_value(c.steps), "training steps")
     ("warmup", po::value(&c.warmup)->default_value(c.warmup), "linear learning-rate warm-up steps")
     ("lr", po::value(&c.lr)->default_value(c.lr, fmt_double(c.lr)), "peak learning rate")

@@ -67,22 +67,19 @@ def test_unreadable_config(tmp_path):
     bad(tmp_path, ["--config", str(tmp_path / "missing.ini")], "config", "cannot read")
 
 
-def test_malformed_config(tmp_path):
+CONFIG_CASES = [
+    ("d-model = 16\nthis line has no equals sign\n", "config", "malformed"),
+    ("d-modle = 16\n", "config", "d-modle"),     # unknown key
+    ("top-k = 9\n", "top-k", "exceeds"),          # valid syntax, bad value
+    ("vocab = lots\n", "vocab", "invalid"),       # non-numeric value
+]
+
+
+@pytest.mark.parametrize("text,option,reason", CONFIG_CASES, ids=["syntax", "unknown-key", "top-k", "non-numeric"])
+def test_bad_config_file(tmp_path, text, option, reason):
     cfg = tmp_path / "bad.ini"
-    cfg.write_text("d-model = 16\nthis line has no equals sign\n")
-    bad(tmp_path, ["--config", str(cfg)], "config", "malformed")
-
-
-def test_unknown_key_in_config(tmp_path):
-    cfg = tmp_path / "bad.ini"
-    cfg.write_text("d-modle = 16\n")
-    bad(tmp_path, ["--config", str(cfg)], "config", "d-modle")
-
-
-def test_bad_value_in_config(tmp_path):
-    cfg = tmp_path / "bad.ini"
-    cfg.write_text("top-k = 9\n")
-    bad(tmp_path, ["--config", str(cfg)], "top-k", "exceeds")
+    cfg.write_text(text)
+    bad(tmp_path, ["--config", str(cfg)], option, reason)
 
 
 def test_out_holds_a_different_run(tmp_path):

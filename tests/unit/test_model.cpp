@@ -42,15 +42,19 @@ TEST_CASE("model gradients match finite differences", "[model][grad]") {
     const std::vector<double> analytic = model.grads;
     auto f = [&] { return model.forward(batch); };
     auto sig = [&] { return model.routing_hash(); };
-    int checked = 0;
+    int checked = 0, skipped = 0;
     for (const TensorInfo& t : model.table().entries()) {
       const auto r = test::check_gradient(f, model.params.data() + t.offset, analytic.data() + t.offset, t.size, 24, sig);
       INFO("tensor " << t.name << ": " << r.first_failure << " worst " << r.worst);
       REQUIRE(r.failed == 0);
       checked += r.checked;
+      skipped += r.skipped;
     }
-    // nearly every coordinate must have been checked (ties skip a few at most)
-    CHECK(checked > 0.8 * 24 * model.table().size() * 0.5);
+    // Perturbations of 2e-4 flip a routing decision only next to a top-k tie: at most a fifth of
+    // the probed coordinates may be skipped, or the check would prove little.
+    INFO("checked " << checked << ", skipped " << skipped);
+    CHECK(checked > 0);
+    CHECK(skipped * 5 <= checked + skipped);
   }
 }
 
