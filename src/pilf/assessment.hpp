@@ -1,0 +1,38 @@
+// PI assessment of one step (PILF, ../shared/reference/pilf.md): epsilon (task loss), tau (mean
+// entropy of the output distribution over scored positions), surprise (gradient L2 norms) and the
+// predictive integrity PI in the published (IPWT) form or the reference-code form.
+// Leaves out: where the numbers come from (the hyper-step) and what PI drives (PILR, the buffer).
+#pragma once
+#include <cstdint>
+
+namespace hyperrnn::pilf {
+
+enum class PiForm {
+  Published,      // PI = exp(-alpha ((1-gamma) eps/tau + gamma surprise))
+  ReferenceCode,  // PI = exp(-alpha (eps/tau + (1-gamma) expert_surprise + gamma gating_surprise))
+};
+
+struct PiConfig {
+  double alpha = 1.0;  // > 0
+  double gamma = 0.5;  // in [0, 1]
+  PiForm form = PiForm::Published;
+};
+
+struct PiInputs {
+  double epsilon = 0.0;          // task loss
+  double tau = 0.0;              // mean output entropy (nats)
+  double surprise = 0.0;         // L2 norm of all gradients
+  double expert_surprise = 0.0;  // L2 norm of the expert group's gradients
+  double gating_surprise = 0.0;  // L2 norm of the gating group's gradients
+};
+
+// eps / tau is guarded as eps / (tau + 1e-9): a fully confident model (tau = 0) gives a large but
+// finite normalised error, as in the reference.
+double predictive_integrity(const PiInputs& in, const PiConfig& cfg);
+
+// Mean over rows of the Shannon entropy -sum p log p of each row of probabilities (p = 0 adds 0).
+template <class T>
+double mean_entropy(const T* probs,  // (N,V), rows sum to 1
+                    int N, int V);
+
+}  // namespace hyperrnn::pilf
