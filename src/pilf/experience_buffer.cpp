@@ -1,0 +1,161 @@
+// Experience buffer. Sizes are small (capacity ~128, batch ~1024): plain loops, no allocation
+// beyond per-call index vectors.
+#include "pilf/experience_buffer.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "core/error.hpp"
+#include "core/rng.hpp"
+
+namespace hyperrnn::pilf {
+
+ExperienceBuffer::ExperienceBuffer(int capacity, int dim, int experts, double priority_decay)
+    : cap_(capacity), dim_(dim), experts_(experts), decay_(priority_decay),
+      q_(static_cast<size_t>(capacity) * dim, 0.f), act_(static_cast<size_t>(capacity) * experts, 0),
+      prio_(static_cast<size_t>(capacity), 0.0), proto_of_(static_cast<size_t>(capacity), -1),
+      proto_(static_cast<size_t>(capacity) * dim, 0.f), proto_count_(static_cast<size_t>(capacity), 0) {
+  HYPERRNN_CHECK(capacity > 0 && dim > 0 && experts > 0, "experience buffer needs positive sizes");
+}
+
+int ExperienceBuffer::active_prototypes() const {
+  return static_cast<int>(std::count_if(proto_count_.begin(), proto_count_.end(), [](int c) { return c > 0; }));
+}
+
+double ExperienceBuffer::cosine(const float* a, const float* b) const {
+  double ab = 0, aa = 0, bb = 0;
+  for (int i = 0; i < dim_; ++i) {
+    ab += static_cast<double>(a[i]) * b[i];
+    aa += static_cast<double>(a[i]) * a[i];
+    bb += static_cast<double>(b[i]) * b[i];
+  }
+  return ab / std::max(std::sqrt(aa) * std::sqrt(bb), 1e-12);  // F.normalize's eps
+}
+
+int ExperienceBuffer::add(const float* q, const uint8_t* action, const double* pi, int B) {
+  if (B <= 0) return 0;
+  double mean_pi = 0;
+  for (int b = 0; b < B; ++b) mean_pi += pi[b];
+  mean_pi /= B;
+  const int budget = std::min(B, static_cast<int>(std::floor(B * (1.0 - mean_pi))));
+  if (budget <= 0) return 0;
+  // 1. candidates: the `budget` highest priorities, descending, ties by lower sample index
+  std::vector<int> cand(static_cast<size_t>(B));
+  std::iota(cand.begin(), cand.end(), 0);
+  std::stable_sort(cand.begin(), cand.end(), [pi](int a, int b) { return 1.0 - pi[a] > 1.0 - pi[b]; });
+  cand.resize(static_cast<size_t>(budget));
+  auto prio_of = [pi](int c) { return 1.0 - pi[c]; };
+  // 2. prototype matching against the prototypes active before this call
+  std::vector<int> proto(static_cast<size_t>(budget), -1);
+  std::vector<char> needs_new(static_cast<size_t>(budget), 1);
+  for (int i = 0; i < budget; ++i) {
+    double best = -2.0;
+    for (int p = 0; p < cap_; ++p) {
+      if (proto_count_[static_cast<size_t>(p)] <= 0) continue;
+      const double s = cosine(q + static_cast<size_t>(cand[static_cast<size_t>(i)]) * dim_, prototype(p));
+      if (s > best) {
+        best = s;
+        proto[static_cast<size_t>(i)] = p;
+      }
+    }
+    needs_new[static_cast<size_t>(i)] = proto[static_cast<size_t>(i)] < 0 || best < prio_of(cand[static_cast<size_t>(i)]);
+  }
+  // 3. new prototypes from free slots (ascending), to the highest-priority candidates first
+  //    (candidates are already in descending priority order)
+  int free_slot = 0;  // inactive slots are claimed in ascending order, each at most once
+  for (int i = 0; i < budget; ++i) {
+    if (!needs_new[static_cast<size_t>(i)]) continue;
+    while (free_slot < cap_ && proto_count_[static_cast<size_t>(free_slot)] > 0) ++free_slot;
+    if (free_slot < cap_) proto[static_cast<size_t>(i)] = free_slot++;
+    // no free slot: keep the best existing prototype (or -1: not stored)
+  }
+  // 4. where each candidate goes
+  std::vector<std::pair<int, int>> writes;  // (buffer slot, candidate position)
+  if (size_ < cap_) {
+    for (int i = 0; i < budget && size_ + static_cast<int>(writes.size()) < cap_; ++i)
+      if (proto[static_cast<size_t>(i)] >= 0) writes.emplace_back(size_ + static_cast<int>(writes.size()), i);
+  } else {
+    std::vector<int> low(static_cast<size_t>(cap_));
+    std::iota(low.begin(), low.end(), 0);
+    std::stable_sort(low.begin(), low.end(), [this](int a, int b) { return prio_[static_cast<size_t>(a)] < prio_[static_cast<size_t>(b)]; });
+    int j = 0;
+    for (int i = 0; i < budget && j < cap_; ++i) {
+      if (proto[static_cast<size_t>(i)] < 0) continue;
+      if (prio_of(cand[static_cast<size_t>(i)]) > prio_[static_cast<size_t>(low[static_cast<size_t>(j)])])
+        writes.emplace_back(low[static_cast<size_t>(j)], i);
+      ++j;  // the i-th highest candidate is compared with the j-th lowest stored item
+    }
+  }
+  // 5. evict, write, and update prototype running means
+  for (const auto& [slot, i] : writes) {
+    const int old = proto_of_[static_cast<size_t>(slot)];
+    if (slot < size_ && old >= 0) --proto_count_[static_cast<size_t>(old)];
+    const int c = cand[static_cast<size_t>(i)], p = proto[static_cast<size_t>(i)];
+    std::copy_n(q + static_cast<size_t>(c) * dim_, dim_, q_.begin() + static_cast<std::ptrdiff_t>(slot) * dim_);
+    std::copy_n(action + static_cast<size_t>(c) * experts_, experts_, act_.begin() + static_cast<std::ptrdiff_t>(slot) * experts_);
+    prio_[static_cast<size_t>(slot)] = prio_of(c);
+    proto_of_[static_cast<size_t>(slot)] = p;
+    const int n = std::max(proto_count_[static_cast<size_t>(p)], 0);
+    float* m = proto_.data() + static_cast<size_t>(p) * dim_;
+    for (int d = 0; d < dim_; ++d)
+      m[d] = static_cast<float>((static_cast<double>(m[d]) * n + q[static_cast<size_t>(c) * dim_ + d]) / (n + 1));
+    proto_count_[static_cast<size_t>(p)] = n + 1;
+  }
+  size_ = std::min(cap_, size_ + (size_ < cap_ ? static_cast<int>(writes.size()) : 0));
+  // 6. prototypes left without members are deactivated and cleared
+  for (int p = 0; p < cap_; ++p)
+    if (proto_count_[static_cast<size_t>(p)] <= 0) {
+      proto_count_[static_cast<size_t>(p)] = 0;
+      std::fill_n(proto_.begin() + static_cast<std::ptrdiff_t>(p) * dim_, dim_, 0.f);
+    }
+  return static_cast<int>(writes.size());
+}
+
+std::vector<int> ExperienceBuffer::sample(int n, uint64_t seed, uint32_t step) const {
+  std::vector<int> out;
+  if (size_ == 0 || n <= 0) return out;
+  CounterRng rng(seed, RngPurpose::Routing, step, 0);
+  double total = 0;
+  for (int i = 0; i < size_; ++i) total += prio_[static_cast<size_t>(i)];
+  for (int k = 0; k < n; ++k) {
+    if (total <= 0.0) {
+      out.push_back(static_cast<int>(rng.below(static_cast<uint32_t>(size_))));
+      continue;
+    }
+    const double u = rng.uniform_double() * total;
+    double acc = 0;
+    int pick = size_ - 1;
+    for (int i = 0; i < size_; ++i) {
+      acc += prio_[static_cast<size_t>(i)];
+      if (u < acc) {
+        pick = i;
+        break;
+      }
+    }
+    out.push_back(pick);
+  }
+  return out;
+}
+
+void ExperienceBuffer::decay(const std::vector<int>& indices) {
+  std::vector<int> u = indices;
+  std::sort(u.begin(), u.end());
+  u.erase(std::unique(u.begin(), u.end()), u.end());
+  for (int i : u) prio_[static_cast<size_t>(i)] *= decay_;
+}
+
+void ExperienceBuffer::retrieve(float* out, const float* query, int nq, int k) const {
+  std::fill_n(out, static_cast<size_t>(nq) * k * dim_, 0.f);
+  std::vector<int> order(static_cast<size_t>(size_));
+  std::vector<double> sim(static_cast<size_t>(size_));
+  for (int r = 0; r < nq; ++r) {
+    for (int i = 0; i < size_; ++i) sim[static_cast<size_t>(i)] = cosine(query + static_cast<size_t>(r) * dim_, q(i));
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&sim](int a, int b) { return sim[static_cast<size_t>(a)] > sim[static_cast<size_t>(b)]; });
+    for (int j = 0; j < std::min(k, size_); ++j)
+      std::copy_n(q(order[static_cast<size_t>(j)]), dim_, out + (static_cast<size_t>(r) * k + j) * dim_);
+  }
+}
+
+}  // namespace hyperrnn::pilf

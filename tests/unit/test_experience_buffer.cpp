@@ -1,0 +1,126 @@
+// Routing experience buffer invariants: candidate budget from 1 - PI, capacity, eviction of the
+// lowest priorities only by higher ones, prototype creation/joining/counts, replay decay,
+// deterministic priority-proportional sampling and cosine retrieval.
+#include <catch2/catch.hpp>
+
+#include <map>
+#include <vector>
+
+#include "pilf/experience_buffer.hpp"
+
+using hyperrnn::pilf::ExperienceBuffer;
+
+namespace {
+// q vectors along axis a (unit, 2-d); actions one-hot on expert a % 2.
+struct Batch {
+  std::vector<float> q;
+  std::vector<uint8_t> act;
+  std::vector<double> pi;
+  void add(float x, float y, double p, int expert) {
+    q.push_back(x);
+    q.push_back(y);
+    act.push_back(expert == 0);
+    act.push_back(expert == 1);
+    pi.push_back(p);
+  }
+  int n() const { return static_cast<int>(pi.size()); }
+};
+}  // namespace
+
+TEST_CASE("buffer: budget, prototypes and capacity", "[buffer]") {
+  ExperienceBuffer buf(4, 2, 2, 0.5);
+  Batch b;
+  b.add(1, 0, 0.0, 0);    // priority 1
+  b.add(0, 1, 0.0, 1);    // priority 1
+  b.add(1, 0.1f, 0.5, 0); // priority 0.5
+  b.add(5, 5, 1.0, 1);    // priority 0 (PI 1)
+  // mean PI 0.375: budget floor(4 * 0.625) = 2 -> the two priority-1 samples
+  CHECK(buf.add(b.q.data(), b.act.data(), b.pi.data(), b.n()) == 2);
+  CHECK(buf.size() == 2);
+  CHECK(buf.active_prototypes() == 2);  // no prototypes existed: each candidate opens one
+  CHECK(buf.prototype_of(0) == 0);
+  CHECK(buf.prototype_of(1) == 1);
+  CHECK(buf.priority(0) == 1.0);
+
+  // budgets that round down to 0 offer nothing: mean PI 0.75 over 2 samples, or 0.2 over 1
+  Batch c;
+  c.add(1, 0.1f, 0.5, 0);
+  c.add(1, 0.1f, 1.0, 0);
+  CHECK(buf.add(c.q.data(), c.act.data(), c.pi.data(), 2) == 0);
+  Batch d;
+  d.add(1, 0.1f, 0.2, 0);
+  CHECK(buf.add(d.q.data(), d.act.data(), d.pi.data(), 1) == 0);
+  Batch e;
+  e.add(1, 0.1f, 0.0, 0);  // priority 1 > cosine 0.995: needs a new prototype
+  e.add(1, 0.1f, 0.0, 1);
+  CHECK(buf.add(e.q.data(), e.act.data(), e.pi.data(), 2) == 2);
+  CHECK(buf.size() == 4);  // full
+  CHECK(buf.prototype_of(2) == 2);
+  CHECK(buf.prototype_of(3) == 3);
+  CHECK(buf.active_prototypes() == 4);
+}
+
+TEST_CASE("buffer: when full, only higher priorities replace the lowest", "[buffer]") {
+  ExperienceBuffer buf(3, 2, 2, 0.5);
+  Batch a;
+  a.add(1, 0, 0.1, 0);  // priority 0.9
+  a.add(0, 1, 0.3, 1);  // priority 0.7
+  a.add(-1, 0, 0.5, 0); // priority 0.5
+  a.add(0, -1, 0.9, 1); // priority 0.1; mean PI 0.45 -> budget floor(4 * 0.55) = 2
+  CHECK(buf.add(a.q.data(), a.act.data(), a.pi.data(), 4) == 2);
+  Batch b;
+  b.add(-1, 0, 0.0, 0);  // fills the last slot (priority 1)
+  CHECK(buf.add(b.q.data(), b.act.data(), b.pi.data(), 1) == 1);
+  CHECK(buf.size() == 3);
+  // stored priorities {0.9, 0.7, 1.0}. Two candidates: 0.95 and 0.6 (mean PI 0.225, budget 1 of 2
+  // -> only the 0.95 one). It replaces the lowest stored item (slot 1, priority 0.7).
+  Batch c;
+  c.add(0, 1, 0.05, 1);
+  c.add(0, -1, 0.4, 0);
+  buf.add(c.q.data(), c.act.data(), c.pi.data(), 2);
+  CHECK(buf.priority(1) == Approx(0.95));
+  CHECK(buf.priority(0) == Approx(0.9));
+  CHECK(buf.priority(2) == Approx(1.0));
+  // a candidate below every stored priority is not stored: PI 0.5 -> budget floor(0.5) = 0; use
+  // two samples of PI 0.2 (priority 0.8 < lowest stored 0.9): budget 1, nothing replaced
+  Batch d;
+  d.add(0, 1, 0.2, 1);
+  d.add(0, 1, 0.2, 1);
+  CHECK(buf.add(d.q.data(), d.act.data(), d.pi.data(), 2) == 0);
+  // prototype counts always equal the number of stored items pointing at them
+  std::map<int, int> members;
+  for (int i = 0; i < buf.size(); ++i) ++members[buf.prototype_of(i)];
+  for (const auto& [p, n] : members) CHECK(buf.prototype_count(p) == n);
+  int total = 0;
+  for (int p = 0; p < buf.capacity(); ++p) total += buf.prototype_count(p);
+  CHECK(total == buf.size());
+}
+
+TEST_CASE("buffer: replay sampling is deterministic and decays priorities", "[buffer]") {
+  ExperienceBuffer buf(8, 2, 2, 0.5);
+  Batch a;
+  for (int i = 0; i < 8; ++i) a.add(static_cast<float>(i), 1, i < 4 ? 0.0 : 0.9, i % 2);  // budget floor(8*0.55)=4
+  CHECK(buf.add(a.q.data(), a.act.data(), a.pi.data(), 8) == 4);
+  const std::vector<int> s1 = buf.sample(16, 7, 3), s2 = buf.sample(16, 7, 3), s3 = buf.sample(16, 7, 4);
+  CHECK(s1 == s2);  // keyed by (seed, step)
+  CHECK(s1 != s3);
+  for (int i : s1) CHECK((i >= 0 && i < buf.size()));
+  const double before = buf.priority(s1[0]);
+  buf.decay({s1[0], s1[0]});  // a repeated index decays once
+  CHECK(buf.priority(s1[0]) == Approx(before * 0.5));
+  // proportional to priority: decay slots 1..3 to ~1e-12 of slot 0's priority
+  for (int r = 0; r < 40; ++r) buf.decay({1, 2, 3});
+  for (int i : buf.sample(50, 1, 1)) CHECK(i == 0);
+}
+
+TEST_CASE("buffer: retrieval returns the most cosine-similar stored q, zero-padded", "[buffer]") {
+  ExperienceBuffer buf(4, 2, 2);
+  Batch a;
+  a.add(1, 0, 0.0, 0);
+  a.add(0, 1, 0.0, 1);
+  buf.add(a.q.data(), a.act.data(), a.pi.data(), 2);
+  const float query[2] = {0.9f, 0.1f};
+  std::vector<float> out(3 * 2, -1.f);
+  buf.retrieve(out.data(), query, 1, 3);
+  CHECK(out == std::vector<float>{1, 0, 0, 1, 0, 0});
+}
