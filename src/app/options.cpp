@@ -53,7 +53,8 @@ void add_model_task_train(po::options_description& d, RunConfig& c) {
     ("adam-eps", po::value(&c.adam_eps)->default_value(c.adam_eps, fmt_double(c.adam_eps)), "AdamW epsilon")
     ("seed", po::value(&c.seed)->default_value(c.seed), "seed of every random stream")
     ("eval-every", po::value(&c.eval_every)->default_value(c.eval_every), "held-out evaluation interval in steps (0 = only at the end)")
-    ("eval-samples", po::value(&c.eval_samples)->default_value(c.eval_samples), "held-out samples per evaluation");
+    ("eval-samples", po::value(&c.eval_samples)->default_value(c.eval_samples), "held-out samples per evaluation")
+    ("max-bad-steps", po::value(&c.max_bad_steps)->default_value(c.max_bad_steps), "consecutive steps with NaN/Inf loss or gradients (each skipped) before the run stops");
 }
 
 void add_invocation(po::options_description& d, RunConfig& c, Command cmd) {
@@ -172,6 +173,7 @@ void validate(const RunConfig& c) {
   non_negative("eval-every", c.eval_every);
   positive("eval-samples", c.eval_samples);
   non_negative("log-every", c.log_every);
+  positive("max-bad-steps", c.max_bad_steps);
 }
 
 bool parse_options(Command cmd, int argc, const char* const* argv, RunConfig& cfg) {

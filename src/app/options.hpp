@@ -31,6 +31,7 @@ struct RunConfig {
   double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_eps = 1e-8;
   uint64_t seed = 1;
   int64_t eval_every = 250, eval_samples = 1000, log_every = 0;
+  int64_t max_bad_steps = 10;  // consecutive non-finite steps before the run stops
   std::string out;  // default derived from model, task and seed
   // eval subcommand
   std::string snapshot;

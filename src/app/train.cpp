@@ -1,6 +1,7 @@
 // `hyperrnn train`: run directory, the training loop (one process for now), metrics, progress,
 // held-out evaluation and the final snapshot.
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -92,7 +93,7 @@ int run_train(Comm& comm, const RunConfig& cfg) {
   const ModelConfig& mc = model.config();
   const int B = static_cast<int>(cfg.batch), L = static_cast<int>(cfg.seq_len);
 
-  std::vector<std::string> header = {"step", "loss", "acc", "lr", "grad_norm", "tokens_per_s", "step_time_s", "scored"};
+  std::vector<std::string> header = {"step", "loss", "acc", "lr", "grad_norm", "tokens_per_s", "step_time_s", "scored", "skipped"};
   for (int l = 0; l < mc.layers && mc.is_moe(); ++l)
     for (int e = 0; e < mc.experts; ++e)
       header.push_back("tokens_l" + std::to_string(l) + "_e" + std::to_string(e));
@@ -118,6 +119,7 @@ int run_train(Comm& comm, const RunConfig& cfg) {
   double flops = 0.0, busy = 0.0;
   EvalResult last{};
   int64_t last_eval_step = -1;
+  int64_t skipped_total = 0, skipped_in_a_row = 0;
   const auto t_run = std::chrono::steady_clock::now();
   for (int64_t step = 0; step < cfg.steps; ++step) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -127,10 +129,26 @@ int run_train(Comm& comm, const RunConfig& cfg) {
     flops += model.step_flops();
 
     metrics.add(step + 1).add(st.loss).add(st.acc).add(st.lr).add(st.grad_norm)
-        .add(static_cast<double>(N) / dt).add(dt).add(static_cast<int64_t>(model.scored()));
+        .add(static_cast<double>(N) / dt).add(dt).add(static_cast<int64_t>(model.scored()))
+        .add(static_cast<int64_t>(st.skipped));
     for (int32_t n : model.expert_tokens()) metrics.add(static_cast<int64_t>(n));
     metrics.end_row();
     progress.step(step, st.loss, st.acc, static_cast<double>(N) / dt);
+    if (st.skipped) {
+      ++skipped_total;
+      ++skipped_in_a_row;
+      const std::string what = std::isfinite(st.loss) ? "gradient norm " + format_roundtrip(st.grad_norm)
+                                                      : "loss " + format_roundtrip(st.loss);
+      progress.line("step " + std::to_string(step + 1) + ": " + what + "; step skipped, nothing updated (" +
+                    std::to_string(skipped_in_a_row) + " in a row)");
+      if (skipped_in_a_row >= cfg.max_bad_steps)
+        throw RuntimeError("stopping at step " + std::to_string(step + 1) + ": " + std::to_string(skipped_in_a_row) +
+                           " steps in a row had NaN or Inf loss or gradients (--max-bad-steps " +
+                           std::to_string(cfg.max_bad_steps) + "); lower --lr or check the data. Metrics so far are in " +
+                           cfg.out + "/metrics.csv");
+    } else {
+      skipped_in_a_row = 0;
+    }
     if (cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0) {
       last = run_eval_now(step + 1);
       last_eval_step = step + 1;
@@ -141,8 +159,8 @@ int run_train(Comm& comm, const RunConfig& cfg) {
   const std::string snap = write_snapshot(cfg.out, cfg.steps, model.table(), model.params.data(), ini);
   char buf[320];
   std::snprintf(buf, sizeof buf,
-                "done: %lld steps in %s | %.0f tokens/s | %.2f GFLOP/s (model FLOPs) | final held-out accuracy %.4f, loss %.4f",
-                static_cast<long long>(cfg.steps), format_duration(wall).c_str(),
+                "done: %lld steps (%lld skipped) in %s | %.0f tokens/s | %.2f GFLOP/s (model FLOPs) | final held-out accuracy %.4f, loss %.4f",
+                static_cast<long long>(cfg.steps), static_cast<long long>(skipped_total), format_duration(wall).c_str(),
                 static_cast<double>(N) * static_cast<double>(cfg.steps) / busy, flops / busy * 1e-9, last.acc, last.loss);
   progress.line(buf);
   progress.line("run directory: " + cfg.out + " (config.ini, metrics.csv, eval.csv, logs/, snapshot " +

@@ -23,8 +23,11 @@ struct StepStats {
   double acc = 0.0;
   double grad_norm = 0.0;  // before clipping
   double lr = 0.0;
+  bool skipped = false;    // loss or gradients were not finite: nothing was updated
 };
 
+// A step whose loss or gradient norm is NaN or Inf changes nothing (parameters, moments and the
+// optimizer's step count stay as they were) and reports skipped = true.
 template <class T>
 StepStats train_step(Transformer<T>& model, nn::AdamW<T>& opt, const Batch& batch, const StepConfig& sc,
                      int64_t step);

@@ -55,6 +55,7 @@ CASES = [
     (["--lr", "-1"], "lr", "positive"),
     (["--shards", "3"], "shards", "must divide batch"),
     (["--seed", "1", "--seed", "2"], "seed", "more than once"),
+    (["--max-bad-steps", "0"], "max-bad-steps", "positive"),
 ]
 
 
@@ -146,3 +147,16 @@ def test_eval_bad_snapshot(tmp_path):
     junk.write_bytes(b"not hdf5")
     r = hyperrnn("eval", "--snapshot", str(junk))
     assert r.returncode == 2 and "--snapshot" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_non_finite_steps_are_skipped_then_the_run_stops(tmp_path):
+    # lr 1e30 without clipping blows the parameters up after the first update: every later step
+    # has a NaN loss, is skipped, and the third in a row stops the run (a runtime failure: exit 1).
+    out = tmp_path / "run"
+    r = hyperrnn("train", *tiny_except("steps", "warmup"), "--steps", "20", "--warmup", "0", "--lr", "1e30",
+                 "--grad-clip", "0", "--max-bad-steps", "3", "--out", str(out))
+    assert r.returncode == 1, r.stderr
+    assert "3 steps in a row had NaN or Inf" in r.stderr and "--max-bad-steps 3" in r.stderr
+    assert "step skipped, nothing updated" in r.stdout
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [int(row["skipped"]) for row in rows] == [0, 1, 1, 1]
