@@ -2,6 +2,7 @@
 // against finite differences at up to 24 coordinates of every tensor of the parameter table.
 #include <catch2/catch.hpp>
 
+#include "fixtures.hpp"
 #include "gradcheck.hpp"
 #include "models/transformer.hpp"
 #include "tasks/mqar.hpp"
@@ -14,25 +15,12 @@ TEST_CASE("model gradients match finite differences", "[model][grad]") {
                                               {ModelKind::GaussMoe, false}};
   for (const auto& [kind, tied] : cases) {
     INFO("model " << to_string(kind) << (tied ? ", tied embeddings" : ", separate head"));
-    ModelConfig mc;
-    mc.kind = kind;
+    ModelConfig mc = test::small_model(kind, 20, 12, 8, 2, 2, 4, 2, 12);
     mc.tie_embeddings = tied;
-    mc.vocab = 20;
-    mc.seq_len = 12;
-    mc.d_model = 8;
-    mc.layers = 2;
-    mc.heads = 2;
-    mc.experts = mc.is_moe() ? 4 : 0;
-    mc.top_k = mc.is_moe() ? 2 : 0;
-    mc.d_ff = 12;
     const int B = 3, D = 3;
     Transformer<double> model(mc, B, B * D);
     model.init(7);
-    MqarConfig qc;
-    qc.vocab = mc.vocab;
-    qc.seq_len = mc.seq_len;
-    qc.kv_pairs = D;
-    MqarGenerator gen(qc);
+    MqarGenerator gen(test::small_mqar(mc.vocab, mc.seq_len, D));
     Batch batch;
     batch.resize(B, mc.seq_len);
     gen.fill(batch, 3, RngPurpose::TestData, 0, 0, B);
@@ -59,23 +47,9 @@ TEST_CASE("model gradients match finite differences", "[model][grad]") {
 }
 
 TEST_CASE("expert token counts add up to tokens x top-k", "[model]") {
-  ModelConfig mc;
-  mc.kind = ModelKind::GaussMoe;
-  mc.vocab = 40;
-  mc.seq_len = 16;
-  mc.d_model = 8;
-  mc.layers = 2;
-  mc.heads = 2;
-  mc.experts = 3;
-  mc.top_k = 2;
-  mc.d_ff = 8;
-  Transformer<float> model(mc, 4, 16);
+  Transformer<float> model(test::small_model(ModelKind::GaussMoe, 40, 16, 8, 2, 2, 3, 2, 8), 4, 16);
   model.init(1);
-  MqarConfig qc;
-  qc.vocab = 40;
-  qc.seq_len = 16;
-  qc.kv_pairs = 4;
-  MqarGenerator gen(qc);
+  MqarGenerator gen(test::small_mqar(40, 16, 4));
   Batch batch;
   batch.resize(4, 16);
   gen.fill(batch, 1, RngPurpose::TestData, 0, 0, 4);

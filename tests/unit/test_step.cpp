@@ -5,30 +5,16 @@
 #include <cstring>
 #include <limits>
 
+#include "fixtures.hpp"
 #include "pilf/step.hpp"
-#include "tasks/mqar.hpp"
 
 using namespace hyperrnn;
 
 TEST_CASE("a step with NaN loss is skipped and changes nothing", "[step]") {
-  ModelConfig mc;
-  mc.kind = ModelKind::GaussMoe;
-  mc.vocab = 40;
-  mc.seq_len = 16;
-  mc.d_model = 8;
-  mc.layers = 1;
-  mc.heads = 2;
-  mc.experts = 2;
-  mc.top_k = 1;
-  mc.d_ff = 8;
-  Transformer<float> model(mc, 4, 8);
+  Transformer<float> model(test::small_model(ModelKind::GaussMoe, 40, 16, 8, 1, 2, 2, 1, 8), 4, 8);
   model.init(1);
   nn::AdamW<float> opt(model.table(), {});
-  MqarConfig qc;
-  qc.vocab = 40;
-  qc.seq_len = 16;
-  qc.kv_pairs = 2;
-  MqarGenerator gen(qc);
+  MqarGenerator gen(test::small_mqar(40, 16, 2));
   Batch batch;
   batch.resize(4, 16);
   gen.fill(batch, 1, RngPurpose::TestData, 0, 0, 4);
