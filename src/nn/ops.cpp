@@ -314,6 +314,37 @@ void gaussian_scores_backward(T* dinp, T* dmu, T* dlog_sigma, T* scratch_ec, con
   }
 }
 
+template <class T>
+void image_to_patches(T* out, const T* images, int B, int H, int W, int p) {
+  const int gh = H / p, gw = W / p, pp = p * p;
+  for (int b = 0; b < B; ++b)
+    for (int gy = 0; gy < gh; ++gy)
+      for (int gx = 0; gx < gw; ++gx) {
+        T* o = out + ((static_cast<int64_t>(b) * gh + gy) * gw + gx) * pp;
+        for (int y = 0; y < p; ++y)
+          for (int x = 0; x < p; ++x)
+            o[y * p + x] = images[(static_cast<int64_t>(b) * H + gy * p + y) * W + gx * p + x];
+      }
+}
+
+template <class T>
+void meanpool_forward(T* out, const T* inp, int B, int Tn, int C) {
+  for (int b = 0; b < B; ++b)
+    for (int i = 0; i < C; ++i) {
+      double s = 0.0;
+      for (int t = 0; t < Tn; ++t) s += inp[(static_cast<int64_t>(b) * Tn + t) * C + i];
+      out[static_cast<int64_t>(b) * C + i] = static_cast<T>(s / Tn);
+    }
+}
+
+template <class T>
+void meanpool_backward(T* dinp, const T* dout, int B, int Tn, int C) {
+  const T inv = static_cast<T>(1.0 / Tn);
+  for (int b = 0; b < B; ++b)
+    for (int t = 0; t < Tn; ++t)
+      for (int i = 0; i < C; ++i) dinp[(static_cast<int64_t>(b) * Tn + t) * C + i] += dout[static_cast<int64_t>(b) * C + i] * inv;
+}
+
 #define HYPERRNN_INSTANTIATE_OPS(T)                                                               \
   template void embedding_forward<T>(T*, const int32_t*, const T*, const T*, int, int, int);      \
   template void embedding_backward<T>(T*, T*, const T*, const int32_t*, int, int, int);           \
@@ -335,7 +366,10 @@ void gaussian_scores_backward(T* dinp, T* dmu, T* dlog_sigma, T* scratch_ec, con
   template void gaussian_scores_forward<T>(T*, T*, T*, T*, T*, const T*, const T*, const T*, int, \
                                            int, int);                                             \
   template void gaussian_scores_backward<T>(T*, T*, T*, T*, const T*, const T*, const T*,          \
-                                            const T*, const T*, const T*, int, int, int);
+                                            const T*, const T*, const T*, int, int, int);          \
+  template void image_to_patches<T>(T*, const T*, int, int, int, int);                             \
+  template void meanpool_forward<T>(T*, const T*, int, int, int);                                  \
+  template void meanpool_backward<T>(T*, const T*, int, int, int);
 
 HYPERRNN_INSTANTIATE_OPS(float)
 HYPERRNN_INSTANTIATE_OPS(double)

@@ -119,4 +119,22 @@ void gaussian_scores_backward(T* dinp, T* dmu, T* dlog_sigma,  // (N,C) (E,C) (E
                               const T* mu, const T* w, const T* m,  // (E,C) x3
                               int N, int C, int E);
 
+// ViT input: cut (B, H, W) single-channel images into non-overlapping p x p patches, row-major
+// over the patch grid, each patch flattened row-major: out (B, P, p*p), P = (H/p)(W/p). Pure data
+// movement (images need no gradient); the patch projection is then a linear op.
+template <class T>
+void image_to_patches(T* out,          // (B, P, p*p)
+                      const T* images,  // (B, H, W)
+                      int B, int H, int W, int p);
+
+// Mean over the T tokens of each sample (the classifier's pooling).
+template <class T>
+void meanpool_forward(T* out,        // (B,C)
+                      const T* inp,  // (B,T,C)
+                      int B, int Tn, int C);
+template <class T>
+void meanpool_backward(T* dinp,        // (B,T,C) accumulates: its input is the residual stream
+                       const T* dout,  // (B,C)
+                       int B, int Tn, int C);
+
 }  // namespace hyperrnn::nn

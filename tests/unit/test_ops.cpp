@@ -183,3 +183,21 @@ TEST_CASE("float elementwise erf and exp agree with libm", "[ops]") {
   CHECK(erf_elementwise(10.0f) == Approx(1.0f));
   CHECK(exp_elementwise(-200.0f) >= 0.0f);
 }
+
+TEST_CASE("image_to_patches cuts row-major p x p patches", "[ops]") {
+  // one 4x4 image with pixel value = 10*row + col, patch 2: 4 patches of 4 values
+  V img(16);
+  for (int y = 0; y < 4; ++y)
+    for (int x = 0; x < 4; ++x) img[y * 4 + x] = 10 * y + x;
+  V out(16);
+  image_to_patches(out.data(), img.data(), 1, 4, 4, 2);
+  CHECK(out == V{0, 1, 10, 11, 2, 3, 12, 13, 20, 21, 30, 31, 22, 23, 32, 33});
+}
+
+TEST_CASE("mean-pool backward matches finite differences", "[ops][grad]") {
+  const int B = 2, T = 3, C = 4;
+  V x = uniform(B * T * C, 24, 1.0), R = uniform(B * C, 25, 1.0), out(B * C), dx(B * T * C, 0.0);
+  auto f = [&] { meanpool_forward(out.data(), x.data(), B, T, C); return dot(out, R); };
+  meanpool_backward(dx.data(), R.data(), B, T, C);
+  require_ok(check_gradient(f, x.data(), dx.data(), B * T * C), "inp");
+}
