@@ -8,7 +8,8 @@
 
 namespace hyperrnn {
 
-enum class TensorKind { Dense, Expert, Gating };
+// Values index per-kind arrays (e.g. learning rates): keep them 0, 1, 2.
+enum class TensorKind { Dense = 0, Expert = 1, Gating = 2 };
 const char* to_string(TensorKind k);
 
 struct TensorInfo {

@@ -16,14 +16,23 @@ AdamW<T>::AdamW(const ParamTable& table, AdamWConfig cfg)
 
 template <class T>
 void AdamW<T>::step(T* params, const T* grads, double lr) {
+  const double all[3] = {lr, lr, lr};
+  step(params, grads, all, nullptr);
+}
+
+template <class T>
+void AdamW<T>::step(T* params, const T* grads, const double lr_by_kind[3], const uint8_t* skip) {
   ++t_;
   const double bc1 = 1.0 - std::pow(cfg_.beta1, static_cast<double>(t_));
   const double bc2 = 1.0 - std::pow(cfg_.beta2, static_cast<double>(t_));
-  const T step_size = static_cast<T>(lr / bc1);
   const T sqrt_bc2 = static_cast<T>(std::sqrt(bc2));
   const T b1 = static_cast<T>(cfg_.beta1), b2 = static_cast<T>(cfg_.beta2);
   const T eps = static_cast<T>(cfg_.eps);
-  for (const TensorInfo& t : table_.entries()) {
+  for (int ti = 0; ti < table_.size(); ++ti) {
+    if (skip && skip[ti]) continue;
+    const TensorInfo& t = table_[ti];
+    const double lr = lr_by_kind[static_cast<int>(t.kind)];
+    const T step_size = static_cast<T>(lr / bc1);
     const T decay = static_cast<T>(t.decay ? 1.0 - lr * cfg_.weight_decay : 1.0);
     T* p = params + t.offset;
     const T* g = grads + t.offset;

@@ -27,6 +27,25 @@ double mean_entropy(const T* probs, int N, int V) {
   return total / N;
 }
 
+template <class T>
+void gradient_norms(GradNorms& out, const ParamTable& table, const T* grads, int layers, int experts) {
+  out.expert.assign(static_cast<size_t>(layers) * static_cast<size_t>(experts), 0.0);
+  double kind_sq[3] = {0.0, 0.0, 0.0};
+  for (const TensorInfo& t : table.entries()) {
+    double sq = 0.0;
+    const T* g = grads + t.offset;
+    for (int64_t i = 0; i < t.size; ++i) sq += static_cast<double>(g[i]) * g[i];
+    kind_sq[static_cast<int>(t.kind)] += sq;
+    if (t.kind == TensorKind::Expert && t.layer >= 0 && t.layer < layers && t.expert >= 0 && t.expert < experts)
+      out.expert[static_cast<size_t>(t.layer) * static_cast<size_t>(experts) + static_cast<size_t>(t.expert)] += sq;
+  }
+  for (double& e : out.expert) e = std::sqrt(e);
+  for (int k = 0; k < 3; ++k) out.by_kind[k] = std::sqrt(kind_sq[k]);
+  out.total = std::sqrt(kind_sq[0] + kind_sq[1] + kind_sq[2]);
+}
+
+template void gradient_norms<float>(GradNorms&, const ParamTable&, const float*, int, int);
+template void gradient_norms<double>(GradNorms&, const ParamTable&, const double*, int, int);
 template double mean_entropy<float>(const float*, int, int);
 template double mean_entropy<double>(const double*, int, int);
 

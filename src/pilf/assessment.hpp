@@ -4,6 +4,9 @@
 // Leaves out: where the numbers come from (the hyper-step) and what PI drives (PILR, the buffer).
 #pragma once
 #include <cstdint>
+#include <vector>
+
+#include "core/param_table.hpp"
 
 namespace hyperrnn::pilf {
 
@@ -34,5 +37,16 @@ double predictive_integrity(const PiInputs& in, const PiConfig& cfg);
 template <class T>
 double mean_entropy(const T* probs,  // (N,V), rows sum to 1
                     int N, int V);
+
+// L2 norms of a gradient buffer, read through the parameter table: overall, per tensor kind
+// (dense, expert, gating: the surprise split), and per expert of each MoE layer (SMK's surprise_e).
+// Sums of squares in double, tensor by tensor in table order.
+struct GradNorms {
+  double total = 0.0;
+  double by_kind[3] = {0.0, 0.0, 0.0};
+  std::vector<double> expert;  // (layers, experts); resized on first use only
+};
+template <class T>
+void gradient_norms(GradNorms& out, const ParamTable& table, const T* grads, int layers, int experts);
 
 }  // namespace hyperrnn::pilf

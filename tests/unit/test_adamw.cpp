@@ -45,3 +45,24 @@ TEST_CASE("warm-up then cosine decay", "[adamw]") {
   CHECK(nn::lr_at(55, 100, 10, 1.0, 0.1) == Approx(0.1 + 0.9 * 0.5));  // halfway: cos = 0
   CHECK(nn::lr_at(100, 100, 10, 1.0, 0.1) == Approx(0.1));
 }
+
+TEST_CASE("AdamW per-kind learning rates and skipped tensors", "[adamw]") {
+  ParamTable t;
+  t.add("dense", {1}, TensorKind::Dense, false);
+  t.add("expert", {1}, TensorKind::Expert, false);
+  t.add("gating", {1}, TensorKind::Gating, false);
+  t.add("dropped", {1}, TensorKind::Expert, true);
+  nn::AdamW<double> opt(t, {0.9, 0.999, 1e-8, 0.1});
+  std::vector<double> p = {1.0, 1.0, 1.0, 1.0}, g = {0.5, 0.5, 0.5, 0.5};
+  const double lr[3] = {0.1, 0.01, 0.001};
+  const uint8_t skip[4] = {0, 0, 0, 1};
+  opt.step(p.data(), g.data(), lr, skip);
+  // first step: update = lr * g / (|g| + eps) ~ lr
+  CHECK(p[0] == Approx(1.0 - 0.1 * 0.5 / (0.5 + 1e-8)).epsilon(1e-14));
+  CHECK(p[1] == Approx(1.0 - 0.01 * 0.5 / (0.5 + 1e-8)).epsilon(1e-14));
+  CHECK(p[2] == Approx(1.0 - 0.001 * 0.5 / (0.5 + 1e-8)).epsilon(1e-14));
+  CHECK(p[3] == 1.0);  // skipped: no decay, no step
+  CHECK(opt.m[3] == 0.0);
+  CHECK(opt.v[3] == 0.0);
+  CHECK(opt.m[1] == Approx(0.05));
+}

@@ -86,3 +86,22 @@ TEST_CASE("SMK and ASMK select the lowest-surprise experts", "[pilf]") {
   CHECK(std::vector<int>(keep, keep + 3) == std::vector<int>{1, 1, 0});  // ties: lower index
   CHECK(surprise_min_k(keep, s, tokens, 4, 1, SmkMode::Off) == 4);
 }
+
+TEST_CASE("gradient norms by kind and per expert follow the table", "[pilf]") {
+  using hyperrnn::ParamTable;
+  using hyperrnn::TensorKind;
+  ParamTable t;
+  t.add("dense", {2}, TensorKind::Dense, false);
+  t.add("l0.e0", {1}, TensorKind::Expert, false, 0, 0);
+  t.add("l0.e1", {2}, TensorKind::Expert, false, 0, 1);
+  t.add("l1.e1", {1}, TensorKind::Expert, false, 1, 1);
+  t.add("router", {1}, TensorKind::Gating, false, 0);
+  const std::vector<float> g = {3, 4, /* e0 */ 1, /* e1 */ 2, 2, /* l1 e1 */ 5, /* gating */ 12};
+  GradNorms n;
+  gradient_norms(n, t, g.data(), 2, 2);
+  CHECK(n.by_kind[0] == Approx(5.0));                 // sqrt(9 + 16)
+  CHECK(n.by_kind[1] == Approx(std::sqrt(34.0)));     // 1 + 4 + 4 + 25
+  CHECK(n.by_kind[2] == Approx(12.0));
+  CHECK(n.total == Approx(std::sqrt(25.0 + 34 + 144)));
+  CHECK(n.expert == std::vector<double>{1.0, std::sqrt(8.0), 0.0, 5.0});
+}
