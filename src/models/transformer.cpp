@@ -85,19 +85,25 @@ Transformer<T>::Transformer(const ModelConfig& cfg, int batch_capacity, int max_
   params.assign(static_cast<size_t>(table_.total()), T(0));
   grads.assign(static_cast<size_t>(table_.total()), T(0));
 
-  // Activation arena: sized once for the largest batch; never reallocated in the step loop.
-  const int64_t N = static_cast<int64_t>(Bcap_) * Tn, H = cfg.heads, S = Scap_;
+  // Activation arena: sized once for the largest batch by a counting pass over the same layout
+  // that then binds it; never reallocated in the step loop.
+  Carver<T> count_f;
+  Carver<int32_t> count_i;
+  bind_activations(count_f, count_i);
+  arena_.assign(static_cast<size_t>(count_f.used()), T(0));
+  iarena_.assign(static_cast<size_t>(count_i.used()), 0);
+  Carver<T> f(arena_.data());
+  Carver<int32_t> ip(iarena_.data());
+  bind_activations(f, ip);
+  if (cfg.is_moe()) expert_tokens_.assign(static_cast<size_t>(L) * E, 0);
+}
+
+template <class T>
+void Transformer<T>::bind_activations(Carver<T>& f, Carver<int32_t>& ip) {
+  const int64_t V = cfg_.vocab, Tn = cfg_.seq_len, C = cfg_.d_model, F = cfg_.d_ff;
+  const int64_t N = static_cast<int64_t>(Bcap_) * Tn, H = cfg_.heads, S = Scap_;
   const nn::MoeDims md = moe_dims(static_cast<int>(N));
-  const int64_t per_layer = N * C * 9 + N * 4 + N * 3 * C + Bcap_ * H * Tn * Tn +
-                            (cfg.is_moe() ? nn::moe_cache_floats(md) : 2 * N * F);
-  const int64_t shared = N * C * 2 + N * 2 + S * C + 2 * S * V + S +        // forward
-                         N * C * 3 + N * 3 * C + Bcap_ * H * Tn * Tn +      // dres dln datty dqkv datt
-                         (cfg.is_moe() ? nn::moe_scratch_floats(md) : 2 * N * F) + S * C + S * V;
-  arena_.assign(static_cast<size_t>(per_layer * L + shared), T(0));
-  iarena_.assign(static_cast<size_t>((cfg.is_moe() ? nn::moe_cache_ints(md) * L : 0) + 2 * S), 0);
-  T* f = arena_.data();
-  int32_t* ip = iarena_.data();
-  auto take = [&f](int64_t n) { T* q = f; f += n; return q; };
+  auto take = [&f](int64_t n) { return f.take(n); };
   for (Layer& Ly : layers_) {
     Ly.ln1_out = take(N * C); Ly.ln1_mean = take(N); Ly.ln1_rstd = take(N);
     Ly.qkv = take(N * 3 * C); Ly.att = take(Bcap_ * H * Tn * Tn);
@@ -105,7 +111,7 @@ Transformer<T>::Transformer(const ModelConfig& cfg, int batch_capacity, int max_
     Ly.ln2_out = take(N * C); Ly.ln2_mean = take(N); Ly.ln2_rstd = take(N);
     Ly.ffn_out = take(N * C); Ly.res_out = take(N * C);
     Ly.fc1_h = Ly.fc1_act = nullptr;
-    if (cfg.is_moe()) {
+    if (cfg_.is_moe()) {
       Ly.moe = nn::moe_bind_cache<T>(f, ip, md);
     } else {
       Ly.fc1_h = take(N * F); Ly.fc1_act = take(N * F);
@@ -116,17 +122,14 @@ Transformer<T>::Transformer(const ModelConfig& cfg, int batch_capacity, int max_
   dres_ = take(N * C); dln_ = take(N * C); datty_ = take(N * C); dqkv_ = take(N * 3 * C);
   datt_ = take(Bcap_ * H * Tn * Tn);
   dact_ = dh_ = nullptr;
-  if (cfg.is_moe()) {
+  if (cfg_.is_moe()) {
     moe_scratch_ = nn::moe_bind_scratch<T>(f, md);
   } else {
     dact_ = take(N * F); dh_ = take(N * F);
   }
   dhs_ = take(S * C); dlogits_ = take(S * V);
-  HYPERRNN_CHECK(f <= arena_.data() + arena_.size(), "activation arena overflow");
-  scored_rows_ = ip; ip += S;
-  scored_targets_ = ip; ip += S;
-  HYPERRNN_CHECK(ip <= iarena_.data() + iarena_.size(), "index arena overflow");
-  if (cfg.is_moe()) expert_tokens_.assign(static_cast<size_t>(L) * E, 0);
+  scored_rows_ = ip.take(S);
+  scored_targets_ = ip.take(S);
 }
 
 template <class T>

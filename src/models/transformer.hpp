@@ -80,6 +80,8 @@ class Transformer {
     T *ln2_out, *ln2_mean, *ln2_rstd, *fc1_h, *fc1_act, *ffn_out, *res_out;
     nn::MoeCache<T> moe{};
   };
+  // The activation layout: every buffer below, carved in one fixed order (counted, then bound).
+  void bind_activations(Carver<T>& f, Carver<int32_t>& ip);
   T* p(int tensor) { return params.data() + table_[tensor].offset; }
   T* g(int tensor) { return grads.data() + table_[tensor].offset; }
   nn::MoeWeights<T> moe_weights(const Layer& L, std::vector<T>& buf);

@@ -6,22 +6,11 @@
 
 namespace hyperrnn::nn {
 
-int64_t moe_cache_floats(const MoeDims& d) {
-  const int64_t A = d.assignments();
-  return 1LL * d.N * d.E + 1LL * d.N * d.K + A * d.C * 2 + A * d.F * 2 + 2LL * d.E * d.C + d.E +
-         1LL * d.N * d.C;
-}
-int64_t moe_cache_ints(const MoeDims& d) { return 2LL * d.N * d.K + 2LL * d.E + 1 + d.assignments(); }
-int64_t moe_scratch_floats(const MoeDims& d) {
-  const int64_t A = d.assignments();
-  return A * d.C * 2 + A * d.F * 2 + 1LL * d.N * d.K + 1LL * d.N * d.E + 3LL * d.E * d.C + d.E;
-}
-
 template <class T>
-MoeCache<T> moe_bind_cache(T*& f, int32_t*& i, const MoeDims& d) {
+MoeCache<T> moe_bind_cache(Carver<T>& f, Carver<int32_t>& i, const MoeDims& d) {
   const int64_t A = d.assignments();
-  auto take = [&f](int64_t n) { T* p = f; f += n; return p; };
-  auto takei = [&i](int64_t n) { int32_t* p = i; i += n; return p; };
+  auto take = [&f](int64_t n) { return f.take(n); };
+  auto takei = [&i](int64_t n) { return i.take(n); };
   MoeCache<T> c{};
   c.scores = take(1LL * d.N * d.E);
   c.gates = take(1LL * d.N * d.K);
@@ -42,9 +31,9 @@ MoeCache<T> moe_bind_cache(T*& f, int32_t*& i, const MoeDims& d) {
 }
 
 template <class T>
-MoeScratch<T> moe_bind_scratch(T*& f, const MoeDims& d) {
+MoeScratch<T> moe_bind_scratch(Carver<T>& f, const MoeDims& d) {
   const int64_t A = d.assignments();
-  auto take = [&f](int64_t n) { T* p = f; f += n; return p; };
+  auto take = [&f](int64_t n) { return f.take(n); };
   MoeScratch<T> s{};
   s.dys = take(A * d.C);
   s.dact = take(A * d.F);
@@ -157,8 +146,8 @@ void moe_backward(T* dinp, const MoeWeights<T>& g, MoeScratch<T>& s, const T* do
 }
 
 #define HYPERRNN_INSTANTIATE_MOE(T)                                                             \
-  template MoeCache<T> moe_bind_cache<T>(T*&, int32_t*&, const MoeDims&);                       \
-  template MoeScratch<T> moe_bind_scratch<T>(T*&, const MoeDims&);                              \
+  template MoeCache<T> moe_bind_cache<T>(Carver<T>&, Carver<int32_t>&, const MoeDims&);         \
+  template MoeScratch<T> moe_bind_scratch<T>(Carver<T>&, const MoeDims&);                       \
   template void moe_forward<T>(T*, MoeCache<T>&, const T*, const MoeWeights<T>&, RouterKind,    \
                                const MoeDims&);                                                 \
   template void moe_backward<T>(T*, const MoeWeights<T>&, MoeScratch<T>&, const T*, const T*,   \

@@ -5,6 +5,8 @@
 #pragma once
 #include <cstdint>
 
+#include "core/carver.hpp"
+
 namespace hyperrnn::nn {
 
 enum class RouterKind { Linear, Gaussian };
@@ -61,14 +63,11 @@ struct MoeScratch {
   T* ec;      // (3EC+E)
 };
 
-// Element counts for arena carving.
-int64_t moe_cache_floats(const MoeDims& d);
-int64_t moe_cache_ints(const MoeDims& d);
-int64_t moe_scratch_floats(const MoeDims& d);
+// Carve the cache / scratch for dims d (a counting Carver only measures; see core/carver.hpp).
 template <class T>
-MoeCache<T> moe_bind_cache(T*& fcursor, int32_t*& icursor, const MoeDims& d);
+MoeCache<T> moe_bind_cache(Carver<T>& f, Carver<int32_t>& i, const MoeDims& d);
 template <class T>
-MoeScratch<T> moe_bind_scratch(T*& fcursor, const MoeDims& d);
+MoeScratch<T> moe_bind_scratch(Carver<T>& f, const MoeDims& d);
 
 template <class T>
 void moe_forward(T* out,                   // (N,C) assigned

@@ -29,13 +29,16 @@ struct MoeFixture {
     inp = test::uniform(N * C, seed + 1, 1.0);
     R = test::uniform(N * C, seed + 2, 1.0);
     out.resize(N * C);
-    cache_f.resize(moe_cache_floats(d));
-    cache_i.resize(moe_cache_ints(d));
-    scratch_f.resize(moe_scratch_floats(d));
-    double* f = cache_f.data();
-    int32_t* i = cache_i.data();
+    Carver<double> count_f, count_s;
+    Carver<int32_t> count_i;
+    moe_bind_cache<double>(count_f, count_i, d);
+    moe_bind_scratch<double>(count_s, d);
+    cache_f.resize(static_cast<size_t>(count_f.used()));
+    cache_i.resize(static_cast<size_t>(count_i.used()));
+    scratch_f.resize(static_cast<size_t>(count_s.used()));
+    Carver<double> f(cache_f.data()), s(scratch_f.data());
+    Carver<int32_t> i(cache_i.data());
     cache = moe_bind_cache<double>(f, i, d);
-    double* s = scratch_f.data();
     scratch = moe_bind_scratch<double>(s, d);
   }
   MoeWeights<double> w(V& buf) { return {buf.data(), buf.data() + d.E * d.C, buf.data() + 2LL * d.E * d.C}; }
