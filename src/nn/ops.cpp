@@ -345,6 +345,74 @@ void meanpool_backward(T* dinp, const T* dout, int B, int Tn, int C) {
       for (int i = 0; i < C; ++i) dinp[(static_cast<int64_t>(b) * Tn + t) * C + i] += dout[static_cast<int64_t>(b) * C + i] * inv;
 }
 
+
+template <class T>
+void cross_attention_forward(T* out, T* att, const T* q, const T* kv, int B, int Tq, int Tk, int C, int H) {
+  const int hs = C / H;
+  const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(hs)));
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < H; ++h) {
+      const T* qb = q + static_cast<int64_t>(b) * Tq * C + h * hs;
+      const T* k = kv + static_cast<int64_t>(b) * Tk * 2 * C + h * hs;
+      const T* v = k + C;
+      T* p = att + (static_cast<int64_t>(b) * H + h) * Tq * Tk;
+      gemm<T>(false, true, Tq, Tk, hs, scale, qb, C, k, 2 * C, T(0), p, Tk);
+      for (int i = 0; i < Tq; ++i) {
+        T* row = p + static_cast<int64_t>(i) * Tk;
+        T mx = row[0];
+        for (int j = 1; j < Tk; ++j) mx = row[j] > mx ? row[j] : mx;
+        double s = 0.0;
+        for (int j = 0; j < Tk; ++j) {
+          row[j] = static_cast<T>(std::exp(static_cast<double>(row[j] - mx)));
+          s += row[j];
+        }
+        const T inv = static_cast<T>(1.0 / s);
+        for (int j = 0; j < Tk; ++j) row[j] *= inv;
+      }
+      gemm<T>(false, false, Tq, hs, Tk, T(1), p, Tk, v, 2 * C, T(0), out + static_cast<int64_t>(b) * Tq * C + h * hs, C);
+    }
+}
+
+template <class T>
+void cross_attention_backward(T* dq, T* dkv, T* datt, const T* dout, const T* q, const T* kv, const T* att, int B,
+                              int Tq, int Tk, int C, int H) {
+  const int hs = C / H;
+  const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(hs)));
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < H; ++h) {
+      const int64_t qo = static_cast<int64_t>(b) * Tq * C + h * hs;
+      const int64_t ko = static_cast<int64_t>(b) * Tk * 2 * C + h * hs;
+      const T* k = kv + ko;
+      const T* v = k + C;
+      T* dk = dkv + ko;
+      T* dv = dk + C;
+      const T* p = att + (static_cast<int64_t>(b) * H + h) * Tq * Tk;
+      T* dp = datt + (static_cast<int64_t>(b) * H + h) * Tq * Tk;
+      const T* d = dout + qo;
+      gemm<T>(false, true, Tq, Tk, hs, T(1), d, C, v, 2 * C, T(0), dp, Tk);   // dP = dO V^T
+      gemm<T>(true, false, Tk, hs, Tq, T(1), p, Tk, d, C, T(0), dv, 2 * C);   // dV = P^T dO
+      for (int i = 0; i < Tq; ++i) {
+        const T* pr = p + static_cast<int64_t>(i) * Tk;
+        T* dr = dp + static_cast<int64_t>(i) * Tk;
+        double s = 0.0;
+        for (int j = 0; j < Tk; ++j) s += static_cast<double>(pr[j]) * dr[j];
+        for (int j = 0; j < Tk; ++j) dr[j] = static_cast<T>(pr[j] * (dr[j] - s));
+      }
+      gemm<T>(false, false, Tq, hs, Tk, scale, dp, Tk, k, 2 * C, T(0), dq + qo, C);  // dQ = s dZ K
+      gemm<T>(true, false, Tk, hs, Tq, scale, dp, Tk, q + qo, C, T(0), dk, 2 * C);   // dK = s dZ^T Q
+    }
+}
+
+template <class T>
+void relu_forward(T* out, const T* inp, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = inp[i] > T(0) ? inp[i] : T(0);
+}
+
+template <class T>
+void relu_backward(T* dinp, const T* dout, const T* inp, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dinp[i] = inp[i] > T(0) ? dout[i] : T(0);
+}
+
 #define HYPERRNN_INSTANTIATE_OPS(T)                                                               \
   template void embedding_forward<T>(T*, const int32_t*, const T*, const T*, int, int, int);      \
   template void embedding_backward<T>(T*, T*, const T*, const int32_t*, int, int, int);           \
@@ -369,7 +437,12 @@ void meanpool_backward(T* dinp, const T* dout, int B, int Tn, int C) {
                                             const T*, const T*, const T*, int, int, int);          \
   template void image_to_patches<T>(T*, const T*, int, int, int, int);                             \
   template void meanpool_forward<T>(T*, const T*, int, int, int);                                  \
-  template void meanpool_backward<T>(T*, const T*, int, int, int);
+  template void meanpool_backward<T>(T*, const T*, int, int, int);                                 \
+  template void cross_attention_forward<T>(T*, T*, const T*, const T*, int, int, int, int, int);  \
+  template void cross_attention_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*,   \
+                                            int, int, int, int, int);                            \
+  template void relu_forward<T>(T*, const T*, int64_t);                                             \
+  template void relu_backward<T>(T*, const T*, const T*, int64_t);
 
 HYPERRNN_INSTANTIATE_OPS(float)
 HYPERRNN_INSTANTIATE_OPS(double)

@@ -137,4 +137,26 @@ void meanpool_backward(T* dinp,        // (B,T,C) accumulates: its input is the 
                        const T* dout,  // (B,C)
                        int B, int Tn, int C);
 
+// Cross-attention core (non-causal): Tq queries attend over Tk memory rows per sample; k|v packed.
+// Used by the GatingTransformer (one query q over the retrieved history).
+template <class T>
+void cross_attention_forward(T* out,        // (B,Tq,C)
+                             T* att,        // (B,H,Tq,Tk) softmax probabilities, cached
+                             const T* q,    // (B,Tq,C)
+                             const T* kv,   // (B,Tk,2C): k = [0,C), v = [C,2C)
+                             int B, int Tq, int Tk, int C, int H);
+template <class T>
+void cross_attention_backward(T* dq,          // (B,Tq,C) assigned
+                              T* dkv,         // (B,Tk,2C) assigned
+                              T* datt,        // (B,H,Tq,Tk) scratch
+                              const T* dout,  // (B,Tq,C)
+                              const T* q, const T* kv, const T* att,
+                              int B, int Tq, int Tk, int C, int H);
+
+// ReLU (the GatingTransformer's FFN activation, as torch.nn.TransformerDecoderLayer).
+template <class T>
+void relu_forward(T* out, const T* inp, int64_t n);
+template <class T>
+void relu_backward(T* dinp, const T* dout, const T* inp, int64_t n);  // dinp assigned
+
 }  // namespace hyperrnn::nn
