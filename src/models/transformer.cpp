@@ -9,17 +9,29 @@
 
 namespace hyperrnn {
 
+namespace {
+// Shannon entropy -sum p log p of one probability row (p = 0 adds 0), in double.
+template <class T>
+double pilf_entropy_row(const T* p, int V) {
+  double h = 0.0;
+  for (int v = 0; v < V; ++v)
+    if (p[v] > T(0)) h -= static_cast<double>(p[v]) * std::log(static_cast<double>(p[v]));
+  return h;
+}
+}  // namespace
+
 const char* to_string(ModelKind k) {
   switch (k) {
     case ModelKind::Dense: return "dense";
     case ModelKind::Moe: return "moe";
     case ModelKind::GaussMoe: return "gauss-moe";
+    case ModelKind::Pilf: return "pilf";
   }
   return "?";
 }
 
 bool parse_model_kind(const std::string& s, ModelKind& out) {
-  for (ModelKind k : {ModelKind::Dense, ModelKind::Moe, ModelKind::GaussMoe})
+  for (ModelKind k : {ModelKind::Dense, ModelKind::Moe, ModelKind::GaussMoe, ModelKind::Pilf})
     if (s == to_string(k)) {
       out = k;
       return true;
@@ -29,7 +41,9 @@ bool parse_model_kind(const std::string& s, ModelKind& out) {
 
 template <class T>
 nn::MoeDims Transformer<T>::moe_dims(int N) const {
-  return nn::MoeDims{N, cfg_.d_model, cfg_.experts, cfg_.top_k, cfg_.d_ff};
+  // memory-Gaussian routing: one routing set per sample
+  const int sets = cfg_.memory_routing() ? N / cfg_.seq_len : 1;
+  return nn::MoeDims{N, cfg_.d_model, cfg_.experts, cfg_.top_k, cfg_.d_ff, sets > 0 ? sets : 1};
 }
 
 template <class T>
@@ -60,11 +74,13 @@ Transformer<T>::Transformer(const ModelConfig& cfg, int batch_capacity, int max_
       Ly.fc2_w = table_.add(pre + "mlp.fc2.weight", {C, F}, TK::Dense, true, l);
       Ly.fc2_b = table_.add(pre + "mlp.fc2.bias", {C}, TK::Dense, false, l);
     } else {
+      // router parameters form PILR's gating group (kind Gating); pilf has none here: its
+      // routing Gaussians come from the GatingTransformer
       if (cfg.kind == ModelKind::Moe) {
-        Ly.router_a = table_.add(pre + "moe.router.weight", {E, C}, TK::Dense, true, l);
-      } else {
-        Ly.router_a = table_.add(pre + "moe.router.mu", {E, C}, TK::Dense, false, l);
-        Ly.router_b = table_.add(pre + "moe.router.log_sigma", {E, C}, TK::Dense, false, l);
+        Ly.router_a = table_.add(pre + "moe.router.weight", {E, C}, TK::Gating, true, l);
+      } else if (cfg.kind == ModelKind::GaussMoe) {
+        Ly.router_a = table_.add(pre + "moe.router.mu", {E, C}, TK::Gating, false, l);
+        Ly.router_b = table_.add(pre + "moe.router.log_sigma", {E, C}, TK::Gating, false, l);
       }
       for (int e = 0; e < E; ++e) {
         const std::string ep = pre + "moe.experts." + std::to_string(e) + ".";
@@ -113,6 +129,10 @@ void Transformer<T>::bind_activations(Carver<T>& f, Carver<int32_t>& ip) {
     Ly.fc1_h = Ly.fc1_act = nullptr;
     if (cfg_.is_moe()) {
       Ly.moe = nn::moe_bind_cache<T>(f, ip, md);
+      if (cfg_.memory_routing()) {
+        const int64_t E = cfg_.experts;
+        Ly.q = take(Bcap_ * C); Ly.mu_ls = take(Bcap_ * 2 * E * C); Ly.dmu_ls = take(Bcap_ * 2 * E * C);
+      }
     } else {
       Ly.fc1_h = take(N * F); Ly.fc1_act = take(N * F);
     }
@@ -168,8 +188,16 @@ void Transformer<T>::zero_grad() {
 template <class T>
 nn::MoeWeights<T> Transformer<T>::moe_weights(const Layer& Ly, std::vector<T>& buf) {
   nn::MoeWeights<T> w;
-  w.router_a = buf.data() + table_[Ly.router_a].offset;
-  w.router_b = Ly.router_b >= 0 ? buf.data() + table_[Ly.router_b].offset : nullptr;
+  if (cfg_.memory_routing()) {
+    // the routing sets: mu_ls (forward) or its gradient (backward), (B,2,E,C)
+    const int64_t EC = static_cast<int64_t>(cfg_.experts) * cfg_.d_model;
+    w.router_a = &buf == &params ? Ly.mu_ls : Ly.dmu_ls;
+    w.router_b = w.router_a + EC;
+    w.set_stride = 2 * EC;
+  } else {
+    w.router_a = buf.data() + table_[Ly.router_a].offset;
+    w.router_b = Ly.router_b >= 0 ? buf.data() + table_[Ly.router_b].offset : nullptr;
+  }
   w.experts = buf.data() + table_[Ly.expert0].offset;
   return w;
 }
@@ -194,6 +222,11 @@ double Transformer<T>::forward(const Batch& batch) {
     nn::layernorm_forward<T>(Ly.ln2_out, Ly.ln2_mean, Ly.ln2_rstd, Ly.res_mid, p(Ly.ln2_w), p(Ly.ln2_b), N, C);
     if (cfg_.is_moe()) {
       const nn::MoeDims md = moe_dims(N);
+      if (cfg_.memory_routing()) {
+        HYPERRNN_CHECK(static_cast<bool>(router_), "model pilf needs a memory router (set_memory_router)");
+        nn::meanpool_forward<T>(Ly.q, Ly.ln2_out, B_, Tn, C);
+        router_(static_cast<int>(l), Ly.q, B_, Ly.mu_ls);
+      }
       nn::moe_forward<T>(Ly.ffn_out, Ly.moe, Ly.ln2_out, moe_weights(Ly, params), rk, md);
       for (int e = 0; e < cfg_.experts; ++e)
         expert_tokens_[l * cfg_.experts + e] = nn::moe_tokens_of(Ly.moe.offsets, e);
@@ -264,6 +297,7 @@ void Transformer<T>::backward() {
     const T* res_in = l == 0 ? x0_ : layers_[static_cast<size_t>(l - 1)].res_out;
     // res_out = res_mid + ffn_out: both receive dres unchanged.
     if (cfg_.is_moe()) {
+      if (cfg_.memory_routing()) std::fill(Ly.dmu_ls, Ly.dmu_ls + routing_grad_size(), T(0));
       nn::moe_backward<T>(dln_, moe_weights(Ly, grads), moe_scratch_, dres_, Ly.ln2_out, Ly.moe,
                           moe_weights(Ly, params), rk, moe_dims(N));
     } else {
@@ -279,6 +313,31 @@ void Transformer<T>::backward() {
     nn::layernorm_backward<T>(dres_, g(Ly.ln1_w), g(Ly.ln1_b), dln_, res_in, p(Ly.ln1_w), Ly.ln1_mean, Ly.ln1_rstd, N, C);
   }
   nn::embedding_backward<T>(g(wte_), g(wpe_), dres_, batch_->tokens.data(), B_, Tn, C);
+}
+
+template <class T>
+void Transformer<T>::sample_loss_entropy(double* eps, double* tau) const {
+  const int Tn = cfg_.seq_len, V = cfg_.vocab;
+  std::vector<int> cnt(static_cast<size_t>(B_), 0);
+  for (int b = 0; b < B_; ++b) eps[b] = tau[b] = 0.0;
+  for (int s = 0; s < n_scored_; ++s) {
+    const int b = scored_rows_[s] / Tn;
+    eps[b] += losses_[s];
+    tau[b] += pilf_entropy_row(probs_ + 1LL * s * V, V);
+    ++cnt[static_cast<size_t>(b)];
+  }
+  for (int b = 0; b < B_; ++b)
+    if (cnt[static_cast<size_t>(b)] > 0) {
+      eps[b] /= cnt[static_cast<size_t>(b)];
+      tau[b] /= cnt[static_cast<size_t>(b)];
+    }
+}
+
+template <class T>
+double Transformer<T>::mean_entropy() const {
+  double h = 0.0;
+  for (int s = 0; s < n_scored_; ++s) h += pilf_entropy_row(probs_ + 1LL * s * cfg_.vocab, cfg_.vocab);
+  return n_scored_ ? h / n_scored_ : 0.0;
 }
 
 template <class T>
@@ -300,7 +359,7 @@ double Transformer<T>::step_flops() const {
     fwd += 2 * N * C * 3 * C + 2 * N * C * C;  // qkv, proj
     fwd += 4 * B_ * Tn * Tn * C;               // QK^T and PV over all heads
     if (cfg_.is_moe()) {
-      fwd += (cfg_.kind == ModelKind::GaussMoe ? 4 : 2) * N * C * E;  // router GEMM(s)
+      fwd += (cfg_.kind == ModelKind::Moe ? 2 : 4) * N * C * E;  // router GEMM(s)
       fwd += 4 * N * K * C * F;                                       // experts on N*K rows
     } else {
       fwd += 4 * N * C * F;

@@ -4,6 +4,7 @@
 // Leaves out: communication (later issues wrap the MoE exchange), optimizers (src/nn/adamw).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -13,7 +14,10 @@
 
 namespace hyperrnn {
 
-enum class ModelKind { Dense, Moe, GaussMoe };
+// pilf: memory-Gaussian MoE, each sample's tokens routed by per-expert Gaussians that a router
+// callback (the GatingTransformer over the experience buffer, src/pilf) produces from the sample's
+// mean layer input q.
+enum class ModelKind { Dense, Moe, GaussMoe, Pilf };
 const char* to_string(ModelKind k);
 // Returns false for an unknown name.
 bool parse_model_kind(const std::string& s, ModelKind& out);
@@ -33,6 +37,7 @@ struct ModelConfig {
   double init_scale = 1.0;      // matrices ~ N(0, init_scale^2 / (2 fan_in))
   double embed_init_std = 1.0;  // std of wte and wpe at initialisation
   bool is_moe() const { return kind != ModelKind::Dense; }
+  bool memory_routing() const { return kind == ModelKind::Pilf; }
 };
 
 template <class T>
@@ -53,6 +58,21 @@ class Transformer {
   double forward(const Batch& batch);
   // Backward of the last forward; gradients accumulate into grads (call zero_grad first).
   void backward();
+
+  // Memory-Gaussian routing (model pilf): called once per MoE layer in forward with the samples'
+  // mean layer inputs q (B,C); writes mu_ls (B,2,E,C), every expert's mu then log_sigma. The
+  // routing distribution is data to the task loss (stop-gradient): backward leaves its gradient
+  // in routing_grad(layer) and sends nothing further (the GatingTransformer learns by
+  // meta-training only).
+  using MemoryRouter = std::function<void(int layer, const T* q, int B, T* mu_ls)>;
+  void set_memory_router(MemoryRouter r) { router_ = std::move(r); }
+  const T* routing_grad(int layer) const { return layers_[static_cast<size_t>(layer)].dmu_ls; }  // (B,2,E,C)
+  int64_t routing_grad_size() const { return static_cast<int64_t>(B_) * 2 * cfg_.experts * cfg_.d_model; }
+
+  // Per-sample task loss and output entropy (means over each sample's scored positions; 0 for a
+  // sample without any), and the mean entropy over all scored positions (PI's tau).
+  void sample_loss_entropy(double* eps, double* tau) const;  // (B) (B)
+  double mean_entropy() const;
   void zero_grad();
 
   // Statistics of the last forward.
@@ -79,6 +99,7 @@ class Transformer {
     T *ln1_out, *ln1_mean, *ln1_rstd, *qkv, *att, *atty, *attproj, *res_mid;
     T *ln2_out, *ln2_mean, *ln2_rstd, *fc1_h, *fc1_act, *ffn_out, *res_out;
     nn::MoeCache<T> moe{};
+    T *q = nullptr, *mu_ls = nullptr, *dmu_ls = nullptr;  // pilf: (B,C) (B,2,E,C) (B,2,E,C)
   };
   // The activation layout: every buffer below, carved in one fixed order (counted, then bound).
   void bind_activations(Carver<T>& f, Carver<int32_t>& ip);
@@ -104,6 +125,7 @@ class Transformer {
   int B_ = 0, n_scored_ = 0, samples_scored_ = 0;
   double accuracy_ = 0.0, correct_ = 0.0;
   std::vector<int32_t> expert_tokens_;
+  MemoryRouter router_;
 };
 
 }  // namespace hyperrnn

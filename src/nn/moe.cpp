@@ -2,6 +2,7 @@
 // per-expert MLP through the linear/gelu ops, and the mirror-image backward.
 #include "nn/moe.hpp"
 
+#include "core/error.hpp"
 #include "nn/ops.hpp"
 
 namespace hyperrnn::nn {
@@ -18,9 +19,9 @@ MoeCache<T> moe_bind_cache(Carver<T>& f, Carver<int32_t>& i, const MoeDims& d) {
   c.h = take(A * d.F);
   c.act = take(A * d.F);
   c.ys = take(A * d.C);
-  c.w = take(1LL * d.E * d.C);
-  c.m = take(1LL * d.E * d.C);
-  c.c = take(d.E);
+  c.w = take(1LL * d.sets * d.E * d.C);
+  c.m = take(1LL * d.sets * d.E * d.C);
+  c.c = take(1LL * d.sets * d.E);
   c.inp_sq = take(1LL * d.N * d.C);
   c.idx = takei(1LL * d.N * d.K);
   c.offsets = takei(d.E + 1);
@@ -62,11 +63,17 @@ template <class T>
 void moe_forward(T* out, MoeCache<T>& c, const T* inp, const MoeWeights<T>& wts, RouterKind router,
                  const MoeDims& d) {
   const int N = d.N, C = d.C, E = d.E, K = d.K, F = d.F;
+  HYPERRNN_DASSERT(d.sets >= 1 && N % d.sets == 0);
   if (router == RouterKind::Linear)
     linear_forward<T>(c.scores, inp, wts.router_a, nullptr, N, C, E);
   else
-    gaussian_scores_forward<T>(c.scores, c.w, c.m, c.c, c.inp_sq, inp, wts.router_a, wts.router_b,
-                               N, C, E);
+    for (int s = 0; s < d.sets; ++s) {  // token block s uses routing set s
+      const int Ns = N / d.sets;
+      const int64_t t0 = 1LL * s * Ns, ec = 1LL * s * E * C;
+      gaussian_scores_forward<T>(c.scores + t0 * E, c.w + ec, c.m + ec, c.c + 1LL * s * E, c.inp_sq + t0 * C,
+                                 inp + t0 * C, wts.router_a + s * wts.set_stride, wts.router_b + s * wts.set_stride,
+                                 Ns, C, E);
+    }
   topk_softmax_forward<T>(c.idx, c.gates, c.scores, N, E, K);
 
   // Counting sort of the N*K (token, slot) pairs by expert, stable in (token, slot) order.
@@ -127,8 +134,13 @@ void moe_backward(T* dinp, const MoeWeights<T>& g, MoeScratch<T>& s, const T* do
   if (router == RouterKind::Linear)
     linear_backward<T>(dinp, g.router_a, nullptr, s.dscores, inp, wts.router_a, N, C, E);
   else
-    gaussian_scores_backward<T>(dinp, g.router_a, g.router_b, s.ec, s.dscores, inp, c.inp_sq,
-                                wts.router_a, c.w, c.m, N, C, E);
+    for (int r = 0; r < d.sets; ++r) {
+      const int Ns = N / d.sets;
+      const int64_t t0 = 1LL * r * Ns, ec = 1LL * r * E * C;
+      gaussian_scores_backward<T>(dinp + t0 * C, g.router_a + r * g.set_stride, g.router_b + r * g.set_stride, s.ec,
+                                  s.dscores + t0 * E, inp + t0 * C, c.inp_sq + t0 * C,
+                                  wts.router_a + r * wts.set_stride, c.w + ec, c.m + ec, Ns, C, E);
+    }
   for (int e = 0; e < E; ++e) {
     const int r0 = c.offsets[e], n_e = c.offsets[e + 1] - r0;
     if (n_e == 0) continue;

@@ -17,6 +17,9 @@ struct MoeDims {
   int E = 0;  // experts
   int K = 0;  // top-k
   int F = 0;  // expert hidden width
+  // Gaussian router: number of routing-distribution sets. 1 = one static (mu, log_sigma) per
+  // expert; S > 1 = memory-Gaussian routing, tokens [s N/S, (s+1) N/S) use set s (one per sample).
+  int sets = 1;
   int64_t assignments() const { return static_cast<int64_t>(N) * K; }
   // Elements of one expert in the parameter buffer: fc1.weight (F,C), fc1.bias (F),
   // fc2.weight (C,F), fc2.bias (C), in this order.
@@ -29,6 +32,7 @@ struct MoeWeights {
   T* router_a = nullptr;  // linear: W_g (E,C); gaussian: mu (E,C)
   T* router_b = nullptr;  // gaussian: log_sigma (E,C); linear: unused
   T* experts = nullptr;   // E consecutive experts, expert_stride() elements each
+  int64_t set_stride = 0; // gaussian with sets > 1: elements between consecutive sets' mu (and log_sigma)
 };
 
 // Forward values kept for the backward pass (one per MoE layer, carved from the arena).
@@ -45,9 +49,9 @@ struct MoeCache {
   T* h;             // (A,F) fc1 pre-activation
   T* act;           // (A,F) GELU(h)
   T* ys;            // (A,C) expert outputs
-  T* w;             // (E,C) gaussian: exp(-2 log_sigma)
-  T* m;             // (E,C) gaussian: mu * w
-  T* c;             // (E)   gaussian: per-expert constant
+  T* w;             // (sets,E,C) gaussian: exp(-2 log_sigma)
+  T* m;             // (sets,E,C) gaussian: mu * w
+  T* c;             // (sets,E)   gaussian: per-expert constant
   T* inp_sq;        // (N,C) gaussian: x*x
 };
 
