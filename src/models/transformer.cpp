@@ -43,7 +43,7 @@ template <class T>
 nn::MoeDims Transformer<T>::moe_dims(int N) const {
   // memory-Gaussian routing: one routing set per sample
   const int sets = cfg_.memory_routing() ? N / cfg_.seq_len : 1;
-  return nn::MoeDims{N, cfg_.d_model, cfg_.experts, cfg_.top_k, cfg_.d_ff, sets > 0 ? sets : 1};
+  return nn::MoeDims{N, cfg_.d_model, cfg_.experts, cfg_.top_k, cfg_.d_ff, sets > 0 ? sets : 1, nullptr, cfg_.seq_len};
 }
 
 template <class T>
@@ -132,6 +132,7 @@ void Transformer<T>::bind_activations(Carver<T>& f, Carver<int32_t>& ip) {
       if (cfg_.memory_routing()) {
         const int64_t E = cfg_.experts;
         Ly.q = take(Bcap_ * C); Ly.mu_ls = take(Bcap_ * 2 * E * C); Ly.dmu_ls = take(Bcap_ * 2 * E * C);
+        Ly.k = ip.take(Bcap_);
       }
     } else {
       Ly.fc1_h = take(N * F); Ly.fc1_act = take(N * F);
@@ -221,11 +222,15 @@ double Transformer<T>::forward(const Batch& batch) {
     nn::residual_forward<T>(Ly.res_mid, res_in, Ly.attproj, 1LL * N * C);
     nn::layernorm_forward<T>(Ly.ln2_out, Ly.ln2_mean, Ly.ln2_rstd, Ly.res_mid, p(Ly.ln2_w), p(Ly.ln2_b), N, C);
     if (cfg_.is_moe()) {
-      const nn::MoeDims md = moe_dims(N);
+      nn::MoeDims md = moe_dims(N);
       if (cfg_.memory_routing()) {
         HYPERRNN_CHECK(static_cast<bool>(router_), "model pilf needs a memory router (set_memory_router)");
         nn::meanpool_forward<T>(Ly.q, Ly.ln2_out, B_, Tn, C);
-        router_(static_cast<int>(l), Ly.q, B_, Ly.mu_ls);
+        std::fill(Ly.k, Ly.k + B_, static_cast<int32_t>(cfg_.top_k));
+        router_(static_cast<int>(l), Ly.q, B_, Ly.mu_ls, Ly.k);
+        for (int b = 0; b < B_; ++b)
+          HYPERRNN_CHECK(Ly.k[b] >= 1 && Ly.k[b] <= cfg_.top_k, "memory router: k outside [1, top_k]");
+        md.sample_k = Ly.k;
       }
       nn::moe_forward<T>(Ly.ffn_out, Ly.moe, Ly.ln2_out, moe_weights(Ly, params), rk, md);
       for (int e = 0; e < cfg_.experts; ++e)
@@ -298,8 +303,10 @@ void Transformer<T>::backward() {
     // res_out = res_mid + ffn_out: both receive dres unchanged.
     if (cfg_.is_moe()) {
       if (cfg_.memory_routing()) std::fill(Ly.dmu_ls, Ly.dmu_ls + routing_grad_size(), T(0));
+      nn::MoeDims md = moe_dims(N);
+      if (cfg_.memory_routing()) md.sample_k = Ly.k;
       nn::moe_backward<T>(dln_, moe_weights(Ly, grads), moe_scratch_, dres_, Ly.ln2_out, Ly.moe,
-                          moe_weights(Ly, params), rk, moe_dims(N));
+                          moe_weights(Ly, params), rk, md);
     } else {
       nn::linear_backward<T>(dact_, g(Ly.fc2_w), g(Ly.fc2_b), dres_, Ly.fc1_act, p(Ly.fc2_w), N, F, C);
       nn::gelu_backward<T>(dh_, dact_, Ly.fc1_h, 1LL * N * F);
@@ -345,22 +352,25 @@ uint64_t Transformer<T>::routing_hash() const {
   uint64_t h = 1469598103934665603ull;  // FNV-1a
   if (!cfg_.is_moe()) return h;
   const int64_t NK = static_cast<int64_t>(B_) * cfg_.seq_len * cfg_.top_k;
-  for (const Layer& Ly : layers_)
+  for (const Layer& Ly : layers_) {
     for (int64_t i = 0; i < NK; ++i) h = (h ^ static_cast<uint64_t>(Ly.moe.idx[i])) * 1099511628211ull;
+    if (Ly.k)
+      for (int b = 0; b < B_; ++b) h = (h ^ static_cast<uint64_t>(Ly.k[b])) * 1099511628211ull;
+  }
   return h;
 }
 
 template <class T>
 double Transformer<T>::step_flops() const {
   const double N = static_cast<double>(B_) * cfg_.seq_len, C = cfg_.d_model, F = cfg_.d_ff;
-  const double Tn = cfg_.seq_len, E = cfg_.experts, K = cfg_.top_k;
+  const double Tn = cfg_.seq_len, E = cfg_.experts;
   double fwd = 0.0;
   for (size_t l = 0; l < layers_.size(); ++l) {
     fwd += 2 * N * C * 3 * C + 2 * N * C * C;  // qkv, proj
     fwd += 4 * B_ * Tn * Tn * C;               // QK^T and PV over all heads
     if (cfg_.is_moe()) {
       fwd += (cfg_.kind == ModelKind::Moe ? 2 : 4) * N * C * E;  // router GEMM(s)
-      fwd += 4 * N * K * C * F;                                       // experts on N*K rows
+      fwd += 4 * static_cast<double>(layers_[l].moe.offsets[cfg_.experts]) * C * F;  // experts on their rows
     } else {
       fwd += 4 * N * C * F;
     }

@@ -60,11 +60,12 @@ class Transformer {
   void backward();
 
   // Memory-Gaussian routing (model pilf): called once per MoE layer in forward with the samples'
-  // mean layer inputs q (B,C); writes mu_ls (B,2,E,C), every expert's mu then log_sigma. The
+  // mean layer inputs q (B,C); writes mu_ls (B,2,E,C), every expert's mu then log_sigma, and may
+  // lower each sample's k (B, preset to top_k; dynamic top-k) to any value in [1, top_k]. The
   // routing distribution is data to the task loss (stop-gradient): backward leaves its gradient
   // in routing_grad(layer) and sends nothing further (the GatingTransformer learns by
   // meta-training only).
-  using MemoryRouter = std::function<void(int layer, const T* q, int B, T* mu_ls)>;
+  using MemoryRouter = std::function<void(int layer, const T* q, int B, T* mu_ls, int32_t* k)>;
   void set_memory_router(MemoryRouter r) { router_ = std::move(r); }
   const T* routing_grad(int layer) const { return layers_[static_cast<size_t>(layer)].dmu_ls; }  // (B,2,E,C)
   int64_t routing_grad_size() const { return static_cast<int64_t>(B_) * 2 * cfg_.experts * cfg_.d_model; }
@@ -100,6 +101,7 @@ class Transformer {
     T *ln2_out, *ln2_mean, *ln2_rstd, *fc1_h, *fc1_act, *ffn_out, *res_out;
     nn::MoeCache<T> moe{};
     T *q = nullptr, *mu_ls = nullptr, *dmu_ls = nullptr;  // pilf: (B,C) (B,2,E,C) (B,2,E,C)
+    int32_t* k = nullptr;                                 // pilf: (B) experts per token of each sample
   };
   // The activation layout: every buffer below, carved in one fixed order (counted, then bound).
   void bind_activations(Carver<T>& f, Carver<int32_t>& ip);

@@ -2,6 +2,8 @@
 // per-expert MLP through the linear/gelu ops, and the mirror-image backward.
 #include "nn/moe.hpp"
 
+#include <cmath>
+
 #include "core/error.hpp"
 #include "nn/ops.hpp"
 
@@ -75,20 +77,36 @@ void moe_forward(T* out, MoeCache<T>& c, const T* inp, const MoeWeights<T>& wts,
                                  Ns, C, E);
     }
   topk_softmax_forward<T>(c.idx, c.gates, c.scores, N, E, K);
+  if (d.sample_k)  // dynamic top-k: softmax over the first k of the K chosen, the rest gate 0
+    for (int n = 0; n < N; ++n) {
+      const int k = d.k_of(n);
+      if (k >= K) continue;
+      T* g = c.gates + 1LL * n * K;
+      const T* sc = c.scores + 1LL * n * E;
+      const int32_t* id = c.idx + 1LL * n * K;
+      double z = 0.0;
+      for (int j = 0; j < k; ++j) z += std::exp(static_cast<double>(sc[id[j]] - sc[id[0]]));
+      for (int j = 0; j < K; ++j) g[j] = j < k ? static_cast<T>(std::exp(static_cast<double>(sc[id[j]] - sc[id[0]])) / z) : T(0);
+    }
 
-  // Counting sort of the N*K (token, slot) pairs by expert, stable in (token, slot) order.
+  // Counting sort of the active (token, slot) pairs by expert, stable in (token, slot) order.
   for (int e = 0; e <= E; ++e) c.offsets[e] = 0;
-  for (int64_t a = 0; a < 1LL * N * K; ++a) ++c.offsets[c.idx[a] + 1];
+  for (int n = 0; n < N; ++n)
+    for (int j = 0, k = d.k_of(n); j < k; ++j) ++c.offsets[c.idx[1LL * n * K + j] + 1];
   for (int e = 0; e < E; ++e) c.offsets[e + 1] += c.offsets[e];
   for (int e = 0; e < E; ++e) c.cursor[e] = c.offsets[e];
   for (int n = 0; n < N; ++n)
-    for (int j = 0; j < K; ++j) {
+    for (int j = 0, k = d.k_of(n); j < K; ++j) {
       const int64_t nk = 1LL * n * K + j;
+      if (j >= k) {
+        c.pos[nk] = -1;
+        continue;
+      }
       const int32_t a = c.cursor[c.idx[nk]]++;
       c.tok[a] = n;
       c.pos[nk] = a;
     }
-  const int64_t A = d.assignments();
+  const int64_t A = c.offsets[E];
   for (int64_t a = 0; a < A; ++a)
     for (int i = 0; i < C; ++i) c.xs[a * C + i] = inp[1LL * c.tok[a] * C + i];
   for (int e = 0; e < E; ++e) {
@@ -102,7 +120,7 @@ void moe_forward(T* out, MoeCache<T>& c, const T* inp, const MoeWeights<T>& wts,
   for (int n = 0; n < N; ++n) {
     T* o = out + 1LL * n * C;
     for (int i = 0; i < C; ++i) o[i] = T(0);
-    for (int j = 0; j < K; ++j) {
+    for (int j = 0, k = d.k_of(n); j < k; ++j) {
       const T g = c.gates[1LL * n * K + j];
       const T* y = c.ys + 1LL * c.pos[1LL * n * K + j] * C;
       for (int i = 0; i < C; ++i) o[i] += g * y[i];
@@ -117,8 +135,12 @@ void moe_backward(T* dinp, const MoeWeights<T>& g, MoeScratch<T>& s, const T* do
   const int N = d.N, C = d.C, E = d.E, K = d.K, F = d.F;
   // Combine backward: dgate = <dout, y>, dy = gate * dout.
   for (int n = 0; n < N; ++n)
-    for (int j = 0; j < K; ++j) {
+    for (int j = 0, k = d.k_of(n); j < K; ++j) {
       const int64_t nk = 1LL * n * K + j;
+      if (j >= k) {  // inactive slot: gate 0, no gradient
+        s.dgates[nk] = T(0);
+        continue;
+      }
       const T* y = c.ys + 1LL * c.pos[nk] * C;
       T* dy = s.dys + 1LL * c.pos[nk] * C;
       const T* dn = dout + 1LL * n * C;
@@ -152,7 +174,7 @@ void moe_backward(T* dinp, const MoeWeights<T>& g, MoeScratch<T>& s, const T* do
     linear_backward<T>(s.dxs + 1LL * r0 * C, gx.fc1_w, gx.fc1_b, s.dh + 1LL * r0 * F,
                        c.xs + 1LL * r0 * C, x.fc1_w, n_e, C, F);
   }
-  const int64_t A = d.assignments();
+  const int64_t A = c.offsets[E];
   for (int64_t a = 0; a < A; ++a)
     for (int i = 0; i < C; ++i) dinp[1LL * c.tok[a] * C + i] += s.dxs[a * C + i];
 }

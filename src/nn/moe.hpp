@@ -20,7 +20,12 @@ struct MoeDims {
   // Gaussian router: number of routing-distribution sets. 1 = one static (mu, log_sigma) per
   // expert; S > 1 = memory-Gaussian routing, tokens [s N/S, (s+1) N/S) use set s (one per sample).
   int sets = 1;
-  int64_t assignments() const { return static_cast<int64_t>(N) * K; }
+  // Dynamic top-k: sample_k (N / sample_tokens entries) gives each sample's k in [1, K]; tokens of
+  // sample b use their k best of the K chosen experts, with the softmax over those k. Null = K.
+  const int32_t* sample_k = nullptr;
+  int sample_tokens = 0;
+  int k_of(int n) const { return sample_k ? sample_k[n / sample_tokens] : K; }
+  int64_t assignments() const { return static_cast<int64_t>(N) * K; }  // capacity (all k = K)
   // Elements of one expert in the parameter buffer: fc1.weight (F,C), fc1.bias (F),
   // fc2.weight (C,F), fc2.bias (C), in this order.
   int64_t expert_stride() const { return 2LL * F * C + F + C; }
@@ -41,10 +46,10 @@ struct MoeCache {
   T* scores;        // (N,E)
   T* gates;         // (N,K)
   int32_t* idx;     // (N,K) chosen experts, by score descending
-  int32_t* offsets; // (E+1) row ranges of each expert in the dispatched arrays
+  int32_t* offsets; // (E+1) row ranges of each expert in the dispatched arrays; offsets[E] = rows in use
   int32_t* cursor;  // (E)   fill cursor of the counting sort
   int32_t* tok;     // (A) token of each dispatched row, canonical (expert, token, slot) order
-  int32_t* pos;     // (N,K) dispatched row of each (token, slot)
+  int32_t* pos;     // (N,K) dispatched row of each (token, slot); -1 for a slot beyond the token's k
   T* xs;            // (A,C) gathered inputs
   T* h;             // (A,F) fc1 pre-activation
   T* act;           // (A,F) GELU(h)

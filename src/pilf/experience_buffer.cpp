@@ -112,10 +112,10 @@ int ExperienceBuffer::add(const float* q, const uint8_t* action, const double* p
   return static_cast<int>(writes.size());
 }
 
-std::vector<int> ExperienceBuffer::sample(int n, uint64_t seed, uint32_t step) const {
+std::vector<int> ExperienceBuffer::sample(int n, uint64_t seed, uint32_t step, uint32_t stream) const {
   std::vector<int> out;
   if (size_ == 0 || n <= 0) return out;
-  CounterRng rng(seed, RngPurpose::Routing, step, 0);
+  CounterRng rng(seed, RngPurpose::Routing, step, stream);
   double total = 0;
   for (int i = 0; i < size_; ++i) total += prio_[static_cast<size_t>(i)];
   for (int k = 0; k < n; ++k) {

@@ -22,8 +22,8 @@ class ExperienceBuffer {
   int add(const float* q, const uint8_t* action, const double* pi, int B);
 
   // n indices drawn with replacement, proportional to priority (uniform when all are zero), from
-  // the stream (seed, Routing, step, 0). Empty when the buffer is.
-  std::vector<int> sample(int n, uint64_t seed, uint32_t step) const;
+  // the stream (seed, Routing, step, stream) (stream: the MoE layer). Empty when the buffer is.
+  std::vector<int> sample(int n, uint64_t seed, uint32_t step, uint32_t stream = 0) const;
   // Multiplies the priority of each distinct index by priority_decay.
   void decay(const std::vector<int>& indices);
   // For each query row, the k stored q most cosine-similar to it (descending, ties lower index),

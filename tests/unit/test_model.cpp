@@ -76,7 +76,7 @@ TEST_CASE("pilf model: parameter and routing-distribution gradients match finite
     for (int b = 0; b < B; ++b)
       for (int i = 0; i < EC; ++i) t[static_cast<size_t>(b * 2 * EC + EC + i)] *= 0.4;  // log_sigma in [-0.2, 0.2]
   std::vector<double> seen_q(static_cast<size_t>(2 * B * mc.d_model));
-  model.set_memory_router([&](int l, const double* q, int nb, double* mu_ls) {
+  model.set_memory_router([&](int l, const double* q, int nb, double* mu_ls, int32_t*) {
     REQUIRE(nb == B);
     std::copy(q, q + nb * mc.d_model, seen_q.begin() + l * B * mc.d_model);
     std::copy(table[static_cast<size_t>(l)].begin(), table[static_cast<size_t>(l)].end(), mu_ls);

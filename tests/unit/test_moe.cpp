@@ -120,3 +120,51 @@ TEST_CASE("MoE backward matches finite differences for both routers", "[moe][gra
     CHECK(rp.failed == 0);
   }
 }
+
+TEST_CASE("MoE dynamic top-k: each sample uses its own k, output and gradients", "[moe][grad]") {
+  // 3 samples of 4 tokens, K = 3 of 4 experts, k per sample = 1, 3, 2.
+  const std::vector<int32_t> ks = {1, 3, 2};
+  for (RouterKind rk : {RouterKind::Linear, RouterKind::Gaussian}) {
+    MoeFixture m(12, 4, 4, 3, 5, rk, 70);
+    m.d.sample_k = ks.data();
+    m.d.sample_tokens = 4;
+    m.f();
+    const MoeDims& d = m.d;
+    int total = 0;
+    for (int e = 0; e < d.E; ++e) total += moe_tokens_of(m.cache.offsets, e);
+    CHECK(total == 4 * (1 + 3 + 2));
+    for (int n = 0; n < d.N; ++n) {
+      const int k = ks[static_cast<size_t>(n / 4)];
+      // the softmax over the k best scores, recomputed here
+      const double* sc = m.cache.scores + n * d.E;
+      double z = 0;
+      for (int j = 0; j < k; ++j) z += std::exp(sc[m.cache.idx[n * d.K + j]]);
+      std::vector<double> ref(d.C, 0.0), h(d.F), a(d.F), y(d.C);
+      for (int j = 0; j < d.K; ++j) {
+        const double gate = m.cache.gates[n * d.K + j];
+        if (j >= k) {
+          REQUIRE(gate == 0.0);
+          REQUIRE(m.cache.pos[n * d.K + j] == -1);
+          continue;
+        }
+        REQUIRE(gate == Approx(std::exp(sc[m.cache.idx[n * d.K + j]]) / z).epsilon(1e-12));
+        const double* p = m.params.data() + 2LL * d.E * d.C + m.cache.idx[n * d.K + j] * d.expert_stride();
+        linear_forward(h.data(), m.inp.data() + n * d.C, p, p + d.F * d.C, 1, d.C, d.F);
+        gelu_forward(a.data(), h.data(), d.F);
+        linear_forward(y.data(), a.data(), p + d.F * d.C + d.F, p + 2 * d.F * d.C + d.F, 1, d.F, d.C);
+        for (int i = 0; i < d.C; ++i) ref[i] += gate * y[i];
+      }
+      for (int i = 0; i < d.C; ++i) REQUIRE(m.out[n * d.C + i] == Approx(ref[i]).epsilon(1e-12).margin(1e-14));
+    }
+    V dinp(m.inp.size());
+    moe_backward(dinp.data(), m.w(m.grads), m.scratch, m.R.data(), m.inp.data(), m.cache, m.w(m.params), m.router, m.d);
+    auto f = [&] { return m.f(); };
+    auto sig = [&] { return m.routing(); };
+    const auto ri = test::check_gradient(f, m.inp.data(), dinp.data(), static_cast<int64_t>(m.inp.size()), 48, sig);
+    const auto rp = test::check_gradient(f, m.params.data(), m.grads.data(), static_cast<int64_t>(m.params.size()), 400, sig);
+    INFO(ri.first_failure << rp.first_failure);
+    CHECK(ri.failed == 0);
+    CHECK(rp.failed == 0);
+    CHECK(rp.checked > 100);
+  }
+}
