@@ -24,7 +24,7 @@ std::string fmt_double(double v) { return format_roundtrip(v); }
 // when --out already exists); the others only steer this invocation.
 void add_model_task_train(po::options_description& d, RunConfig& c) {
   d.add_options()
-    ("model", po::value(&c.model)->default_value(c.model), "model: dense | moe | gauss-moe")
+    ("model", po::value(&c.model)->default_value(c.model), "model: dense | moe | gauss-moe | pilf")
     ("d-model", po::value(&c.d_model)->default_value(c.d_model), "model width C")
     ("layers", po::value(&c.layers)->default_value(c.layers), "Transformer blocks")
     ("heads", po::value(&c.heads)->default_value(c.heads), "attention heads (must divide d-model)")
@@ -54,7 +54,30 @@ void add_model_task_train(po::options_description& d, RunConfig& c) {
     ("seed", po::value(&c.seed)->default_value(c.seed), "seed of every random stream")
     ("eval-every", po::value(&c.eval_every)->default_value(c.eval_every), "held-out evaluation interval in steps (0 = only at the end)")
     ("eval-samples", po::value(&c.eval_samples)->default_value(c.eval_samples), "held-out samples per evaluation")
-    ("max-bad-steps", po::value(&c.max_bad_steps)->default_value(c.max_bad_steps), "consecutive steps with NaN/Inf loss or gradients (each skipped) before the run stops");
+    ("max-bad-steps", po::value(&c.max_bad_steps)->default_value(c.max_bad_steps), "consecutive steps with NaN/Inf loss or gradients (each skipped) before the run stops")
+    ("pi-alpha", po::value(&c.pi_alpha)->default_value(c.pi_alpha, fmt_double(c.pi_alpha)), "PI: alpha (> 0)")
+    ("pi-gamma", po::value(&c.pi_gamma)->default_value(c.pi_gamma, fmt_double(c.pi_gamma)), "PI: gamma in [0, 1]")
+    ("pi-form", po::value(&c.pi_form)->default_value(c.pi_form), "PI formula: published | reference-code")
+    ("pilr", po::value(&c.pilr)->default_value(c.pilr), "PILR learning-rate modulation: off | single | dual | auto (single for pilf, else off)")
+    ("pilr-beta", po::value(&c.pilr_beta)->default_value(c.pilr_beta, fmt_double(c.pilr_beta)), "PILR: EMA rate beta in (0, 1]")
+    ("pilr-initial-var", po::value(&c.pilr_initial_var)->default_value(c.pilr_initial_var, fmt_double(c.pilr_initial_var)), "PILR: initial variance (very large = soft-disabled)")
+    ("pilr-power", po::value(&c.pilr_power)->default_value(c.pilr_power, fmt_double(c.pilr_power)), "PILR: lr_mod = exp(-power (|S-mu|/sigma)^exponent)")
+    ("pilr-exponent", po::value(&c.pilr_exponent)->default_value(c.pilr_exponent, fmt_double(c.pilr_exponent)), "PILR: exponent")
+    ("pilr-inverse-ema", po::value(&c.pilr_inverse_ema)->default_value(c.pilr_inverse_ema), "PILR: inverse-EMA variance target exp(-k |S-mu|) (true | false)")
+    ("pilr-inverse-k", po::value(&c.pilr_inverse_k)->default_value(c.pilr_inverse_k, fmt_double(c.pilr_inverse_k)), "PILR: k of the inverse-EMA variant")
+    ("pilr-warmup", po::value(&c.pilr_warmup)->default_value(c.pilr_warmup), "PILR: steps with lr_mod 1 while the statistics adapt")
+    ("smk", po::value(&c.smk)->default_value(c.smk), "Surprise-Min-K gradient filter: off | smk | asmk | auto (smk for pilf, else off)")
+    ("min-k", po::value(&c.min_k)->default_value(c.min_k), "SMK: experts per MoE layer whose update is kept")
+    ("buffer-capacity", po::value(&c.buffer_capacity)->default_value(c.buffer_capacity), "pilf: routing experience buffer capacity per MoE layer")
+    ("priority-decay", po::value(&c.priority_decay)->default_value(c.priority_decay, fmt_double(c.priority_decay)), "pilf: priority factor after a replay, in (0, 1]")
+    ("history", po::value(&c.history)->default_value(c.history), "pilf: retrieved history rows per query (k_hist)")
+    ("gating-layers", po::value(&c.gating_layers)->default_value(c.gating_layers), "pilf: GatingTransformer decoder layers")
+    ("gating-heads", po::value(&c.gating_heads)->default_value(c.gating_heads), "pilf: GatingTransformer heads (must divide d-model)")
+    ("meta-every", po::value(&c.meta_every)->default_value(c.meta_every), "pilf: meta-training interval in steps")
+    ("meta-batch", po::value(&c.meta_batch)->default_value(c.meta_batch), "pilf: buffer samples per meta-training step")
+    ("meta-lr", po::value(&c.meta_lr)->default_value(c.meta_lr, fmt_double(c.meta_lr)), "pilf: GatingTransformer AdamW learning rate (times PILR's gating lr_mod)")
+    ("dynamic-top-k", po::value(&c.dynamic_top_k)->default_value(c.dynamic_top_k), "pilf: k per sample from its routing surprise, in [k-min, top-k] (true | false)")
+    ("k-min", po::value(&c.k_min)->default_value(c.k_min), "pilf dynamic top-k: smallest k");
 }
 
 void add_invocation(po::options_description& d, RunConfig& c, Command cmd) {
@@ -129,9 +152,40 @@ StepConfig RunConfig::step_config() const { return {steps, warmup, lr, lr_min_ra
 
 nn::AdamWConfig RunConfig::adamw_config() const { return {adam_beta1, adam_beta2, adam_eps, weight_decay}; }
 
+PilfConfig RunConfig::pilf_config() const {
+  PilfConfig p;
+  const bool is_pilf = model == "pilf";
+  p.pi.alpha = pi_alpha;
+  p.pi.gamma = pi_gamma;
+  p.pi.form = pi_form == "reference-code" ? pilf::PiForm::ReferenceCode : pilf::PiForm::Published;
+  const std::string pm = pilr == "auto" ? (is_pilf ? "single" : "off") : pilr;
+  p.pilr = pm == "single" ? PilrMode::Single : pm == "dual" ? PilrMode::Dual : PilrMode::Off;
+  p.pilr_cfg.beta = pilr_beta;
+  p.pilr_cfg.initial_var = pilr_initial_var;
+  p.pilr_cfg.power = pilr_power;
+  p.pilr_cfg.exponent = pilr_exponent;
+  p.pilr_cfg.inverse_ema = pilr_inverse_ema;
+  p.pilr_cfg.inverse_k = pilr_inverse_k;
+  p.pilr_cfg.warmup = pilr_warmup;
+  const std::string sm = smk == "auto" ? (is_pilf ? "smk" : "off") : smk;
+  p.smk = sm == "smk" ? pilf::SmkMode::Smk : sm == "asmk" ? pilf::SmkMode::Asmk : pilf::SmkMode::Off;
+  p.min_k = static_cast<int>(min_k);
+  p.buffer_capacity = static_cast<int>(buffer_capacity);
+  p.priority_decay = priority_decay;
+  p.history = static_cast<int>(history);
+  p.gating_layers = static_cast<int>(gating_layers);
+  p.gating_heads = static_cast<int>(gating_heads);
+  p.meta_every = static_cast<int>(meta_every);
+  p.meta_batch = static_cast<int>(meta_batch);
+  p.meta_lr = meta_lr;
+  p.dynamic_top_k = dynamic_top_k;
+  p.k_min = static_cast<int>(k_min);
+  return p;
+}
+
 void validate(const RunConfig& c) {
   ModelKind mk;
-  if (!parse_model_kind(c.model, mk)) bad("model", "unknown model '" + c.model + "' (dense, moe, gauss-moe)");
+  if (!parse_model_kind(c.model, mk)) bad("model", "unknown model '" + c.model + "' (dense, moe, gauss-moe, pilf)");
   if (c.task != "mqar") bad("task", "unknown task '" + c.task + "' (mqar)");
   positive("d-model", c.d_model);
   positive("layers", c.layers);
@@ -170,6 +224,45 @@ void validate(const RunConfig& c) {
   if (!(c.adam_beta1 >= 0.0 && c.adam_beta1 < 1.0)) bad("adam-beta1", "must be in [0, 1), got " + fmt_double(c.adam_beta1));
   if (!(c.adam_beta2 >= 0.0 && c.adam_beta2 < 1.0)) bad("adam-beta2", "must be in [0, 1), got " + fmt_double(c.adam_beta2));
   if (!(c.adam_eps > 0.0)) bad("adam-eps", "must be > 0, got " + fmt_double(c.adam_eps));
+  // PILF
+  if (!(c.pi_alpha > 0.0) || !std::isfinite(c.pi_alpha)) bad("pi-alpha", "must be > 0, got " + fmt_double(c.pi_alpha));
+  if (!(c.pi_gamma >= 0.0 && c.pi_gamma <= 1.0)) bad("pi-gamma", "must be in [0, 1], got " + fmt_double(c.pi_gamma));
+  if (c.pi_form != "published" && c.pi_form != "reference-code") bad("pi-form", "must be published or reference-code, got '" + c.pi_form + "'");
+  if (c.pilr != "auto" && c.pilr != "off" && c.pilr != "single" && c.pilr != "dual") bad("pilr", "must be off, single, dual or auto, got '" + c.pilr + "'");
+  if (!(c.pilr_beta > 0.0 && c.pilr_beta <= 1.0)) bad("pilr-beta", "must be in (0, 1], got " + fmt_double(c.pilr_beta));
+  if (!(c.pilr_initial_var > 0.0) || !std::isfinite(c.pilr_initial_var)) bad("pilr-initial-var", "must be > 0, got " + fmt_double(c.pilr_initial_var));
+  if (!(c.pilr_power >= 0.0) || !std::isfinite(c.pilr_power)) bad("pilr-power", "must be >= 0, got " + fmt_double(c.pilr_power));
+  if (!(c.pilr_exponent > 0.0) || !std::isfinite(c.pilr_exponent)) bad("pilr-exponent", "must be > 0, got " + fmt_double(c.pilr_exponent));
+  if (!(c.pilr_inverse_k > 0.0) || !std::isfinite(c.pilr_inverse_k)) bad("pilr-inverse-k", "must be > 0, got " + fmt_double(c.pilr_inverse_k));
+  non_negative("pilr-warmup", c.pilr_warmup);
+  if (c.smk != "auto" && c.smk != "off" && c.smk != "smk" && c.smk != "asmk") bad("smk", "must be off, smk, asmk or auto, got '" + c.smk + "'");
+  if (mk == ModelKind::Dense) {
+    if (c.smk == "smk" || c.smk == "asmk") bad("smk", "needs an MoE model (moe, gauss-moe or pilf), not dense");
+    if (c.pilr == "dual") bad("pilr", "dual mode needs an MoE model (its gating group is the router), not dense");
+  } else {
+    positive("min-k", c.min_k);
+    if (c.min_k > c.experts)
+      bad("min-k", "min-k " + std::to_string(c.min_k) + " exceeds the number of experts " + std::to_string(c.experts));
+  }
+  positive("history", c.history);
+  positive("gating-layers", c.gating_layers);
+  positive("gating-heads", c.gating_heads);
+  positive("meta-every", c.meta_every);
+  positive("meta-batch", c.meta_batch);
+  if (!(c.meta_lr > 0.0) || !std::isfinite(c.meta_lr)) bad("meta-lr", "must be > 0, got " + fmt_double(c.meta_lr));
+  if (!(c.priority_decay > 0.0 && c.priority_decay <= 1.0)) bad("priority-decay", "must be in (0, 1], got " + fmt_double(c.priority_decay));
+  non_negative("buffer-capacity", c.buffer_capacity);
+  if (mk == ModelKind::Pilf) {
+    if (c.buffer_capacity == 0) bad("buffer-capacity", "must be >= 1 with model pilf (its routing reads the experience buffer)");
+    if (c.buffer_capacity > INT_MAX / 4) bad("buffer-capacity", "is too large (" + std::to_string(c.buffer_capacity) + ")");
+    if (c.d_model % c.gating_heads != 0)
+      bad("gating-heads", "d-model " + std::to_string(c.d_model) + " is not divisible by gating-heads " + std::to_string(c.gating_heads));
+  }
+  if (c.dynamic_top_k) {
+    if (mk != ModelKind::Pilf) bad("dynamic-top-k", "needs model pilf (k comes from the memory-Gaussian routing surprise)");
+    if (c.k_min < 1 || c.k_min > c.top_k)
+      bad("k-min", "must be in [1, top-k " + std::to_string(c.top_k) + "], got " + std::to_string(c.k_min));
+  }
   non_negative("eval-every", c.eval_every);
   positive("eval-samples", c.eval_samples);
   non_negative("log-every", c.log_every);

@@ -33,6 +33,20 @@ struct RunConfig {
   int64_t eval_every = 250, eval_samples = 1000, log_every = 0;
   int64_t max_bad_steps = 10;  // consecutive non-finite steps before the run stops
   std::string out;  // default derived from model, task and seed
+  // PILF (../shared/reference/pilf.md); "auto" = on for model pilf (PILR single, SMK), off otherwise
+  double pi_alpha = 1.0, pi_gamma = 0.5;
+  std::string pi_form = "published";
+  std::string pilr = "auto";
+  double pilr_beta = 0.1, pilr_initial_var = 1.0, pilr_power = 0.5, pilr_exponent = 2.0, pilr_inverse_k = 0.1;
+  bool pilr_inverse_ema = false;
+  int64_t pilr_warmup = 0;
+  std::string smk = "auto";
+  int64_t min_k = 2;
+  int64_t buffer_capacity = 128, history = 10, gating_layers = 2, gating_heads = 4;
+  double priority_decay = 0.99, meta_lr = 1e-3;
+  int64_t meta_every = 10, meta_batch = 64;
+  bool dynamic_top_k = false;
+  int64_t k_min = 1;
   // eval subcommand
   std::string snapshot;
   // bench subcommand
@@ -42,6 +56,7 @@ struct RunConfig {
   MqarConfig mqar_config() const;
   StepConfig step_config() const;
   nn::AdamWConfig adamw_config() const;
+  PilfConfig pilf_config() const;
 };
 
 enum class Command { Train, Eval, Bench };

@@ -8,9 +8,11 @@ Session<T>::Session(const RunConfig& c)
     : cfg(c),
       model(c.model_config(), static_cast<int>(c.batch), static_cast<int>(c.batch * c.kv_pairs)),
       opt(model.table(), c.adamw_config()),
+      pilf(c.pilf_config(), model.config(), static_cast<int>(c.batch), c.seed, c.adamw_config()),
       gen(c.mqar_config()),
       step_cfg(c.step_config()) {
   model.init(c.seed);
+  pilf.attach(model);
   batch.resize(static_cast<int>(c.batch), static_cast<int>(c.seq_len));
 }
 
@@ -22,7 +24,7 @@ void Session<T>::fill_train_batch(int64_t step) {
 template <class T>
 StepStats Session<T>::train(int64_t step) {
   fill_train_batch(step);
-  return train_step(model, opt, batch, step_cfg, step);
+  return train_step(model, opt, batch, step_cfg, step, &pilf);
 }
 
 template class Session<float>;

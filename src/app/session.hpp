@@ -25,6 +25,7 @@ class Session {
   const RunConfig cfg;
   Transformer<T> model;
   nn::AdamW<T> opt;
+  PilfState<T> pilf;
   MqarGenerator gen;
   Batch batch;
   const StepConfig step_cfg;

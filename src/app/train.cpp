@@ -93,10 +93,17 @@ int run_train(Comm& comm, const RunConfig& cfg) {
   const ModelConfig& mc = model.config();
   const int B = static_cast<int>(cfg.batch), L = static_cast<int>(cfg.seq_len);
 
-  std::vector<std::string> header = {"step", "loss", "acc", "lr", "grad_norm", "tokens_per_s", "step_time_s", "scored", "skipped"};
+  std::vector<std::string> header = {"step", "loss", "acc", "lr", "grad_norm", "tokens_per_s", "step_time_s", "scored", "skipped",
+                                     "epsilon", "tau", "surprise", "expert_surprise", "gating_surprise", "pi",
+                                     "lr_mod_expert", "lr_mod_gating", "gating_loss", "routing_acc", "k_mean"};
   for (int l = 0; l < mc.layers && mc.is_moe(); ++l)
     for (int e = 0; e < mc.experts; ++e)
       header.push_back("tokens_l" + std::to_string(l) + "_e" + std::to_string(e));
+  for (int l = 0; l < mc.layers && mc.is_moe(); ++l) header.push_back("smk_l" + std::to_string(l));
+  for (int l = 0; l < mc.layers && mc.memory_routing(); ++l) {
+    header.push_back("buffer_size_l" + std::to_string(l));
+    header.push_back("prototypes_l" + std::to_string(l));
+  }
   CsvWriter metrics, evals;
   metrics.open((out / "metrics.csv").string(), header);
   evals.open((out / "eval.csv").string(), {"step", "split", "loss", "acc"});
@@ -130,8 +137,17 @@ int run_train(Comm& comm, const RunConfig& cfg) {
 
     metrics.add(step + 1).add(st.loss).add(st.acc).add(st.lr).add(st.grad_norm)
         .add(static_cast<double>(N) / dt).add(dt).add(static_cast<int64_t>(model.scored()))
-        .add(static_cast<int64_t>(st.skipped));
+        .add(static_cast<int64_t>(st.skipped))
+        .add(st.epsilon).add(st.tau).add(st.surprise).add(st.expert_surprise).add(st.gating_surprise).add(st.pi)
+        .add(st.lr_mod_expert).add(st.lr_mod_gating).add(st.gating_loss).add(st.routing_acc).add(st.k_mean);
     for (int32_t n : model.expert_tokens()) metrics.add(static_cast<int64_t>(n));
+    for (int l = 0; l < mc.layers && mc.is_moe(); ++l)
+      metrics.add(static_cast<int64_t>(st.smk_mask.empty() ? 0u : st.smk_mask[static_cast<size_t>(l)]));
+    for (int l = 0; l < mc.layers && mc.memory_routing(); ++l) {
+      const bool have = !st.buffer_size.empty();
+      metrics.add(static_cast<int64_t>(have ? st.buffer_size[static_cast<size_t>(l)] : ses.pilf.buffers[static_cast<size_t>(l)].size()));
+      metrics.add(static_cast<int64_t>(have ? st.prototypes[static_cast<size_t>(l)] : ses.pilf.buffers[static_cast<size_t>(l)].active_prototypes()));
+    }
     metrics.end_row();
     progress.step(step, st.loss, st.acc, static_cast<double>(N) / dt);
     if (st.skipped) {

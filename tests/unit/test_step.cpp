@@ -34,3 +34,165 @@ TEST_CASE("a step with NaN loss is skipped and changes nothing", "[step]") {
   for (size_t i = 0; i < p.size(); ++i)  // bitwise unchanged (NaN compares unequal: compare bits)
     REQUIRE(std::memcmp(&p[i], &model.params[i], sizeof(float)) == 0);
 }
+
+namespace {
+// A small MQAR problem and a model of the given kind, in double (exact comparisons).
+struct StepFixture {
+  ModelConfig mc;
+  Transformer<double> model;
+  nn::AdamW<double> opt;
+  MqarGenerator gen;
+  Batch batch;
+  StepConfig sc;
+  explicit StepFixture(ModelKind kind, int B = 6)
+      : mc(test::small_model(kind, 40, 16, 8, 2, 2, 4, 2, 8)), model(mc, B, B * 3), opt(model.table(), {}),
+        gen(test::small_mqar(40, 16, 3)) {
+    model.init(3);
+    batch.resize(B, 16);
+    gen.fill(batch, 1, RngPurpose::TestData, 0, 0, B);
+    sc.total_steps = 100;
+    sc.lr = 1e-2;
+    sc.grad_clip = 0.0;
+  }
+};
+}  // namespace
+
+TEST_CASE("hyper-step: dual PILR gives each group its own modulated rate", "[step][pilf]") {
+  StepFixture fx(ModelKind::GaussMoe);
+  PilfConfig pc;
+  pc.pilr = PilrMode::Dual;
+  pc.pilr_cfg.beta = 0.5;
+  PilfState<double> ps(pc, fx.mc, 6, 1, {});
+  const std::vector<double> before = fx.model.params;
+  const StepStats st = train_step(fx.model, fx.opt, fx.batch, fx.sc, 0, &ps);
+  REQUIRE_FALSE(st.skipped);
+  // Hand computation of one adaptor step from mu = 0, var = 1: mu' = beta S,
+  // var' = (1-beta) + beta (S - mu')^2, lr_mod = exp(-0.5 (|S - mu'| / sqrt(var' + 1e-9))^2).
+  auto mod = [](double S) {
+    const double mu = 0.5 * S, dev = std::abs(S - mu), var = 0.5 + 0.5 * dev * dev;
+    return std::exp(-0.5 * std::pow(dev / (std::sqrt(var + 1e-9) + 1e-9), 2.0));
+  };
+  CHECK(st.lr_mod_expert == Approx(mod(st.expert_surprise)).epsilon(1e-12));
+  CHECK(st.lr_mod_gating == Approx(mod(st.gating_surprise)).epsilon(1e-12));
+  CHECK(st.surprise == Approx(std::hypot(st.expert_surprise, st.gating_surprise)).epsilon(1e-14));
+  CHECK(std::abs(st.lr_mod_expert - st.lr_mod_gating) > 1e-3);  // the two groups really differ here
+  // AdamW's first step moves every coordinate with |g| >> eps by lr_t exactly (m_hat/sqrt(v_hat) =
+  // sign g) plus decay: router mu (Gating, no decay) by lr * lr_mod_gating, a LayerNorm weight
+  // (Dense, no decay) by lr * lr_mod_expert.
+  const double lr = st.lr;
+  auto moved = [&](const std::string& name) {
+    const TensorInfo& t = fx.model.table()[fx.model.table().find(name)];
+    return std::abs(fx.model.params[static_cast<size_t>(t.offset)] - before[static_cast<size_t>(t.offset)]);
+  };
+  CHECK(moved("layers.0.moe.router.mu") == Approx(lr * st.lr_mod_gating).epsilon(1e-6));
+  CHECK(moved("layers.1.ln1.weight") == Approx(lr * st.lr_mod_expert).epsilon(1e-6));
+}
+
+TEST_CASE("hyper-step: SMK keeps min_k experts per layer and leaves the others untouched", "[step][pilf]") {
+  for (pilf::SmkMode mode : {pilf::SmkMode::Smk, pilf::SmkMode::Asmk}) {
+    StepFixture fx(ModelKind::GaussMoe);
+    PilfConfig pc;
+    pc.smk = mode;
+    pc.min_k = 2;
+    PilfState<double> ps(pc, fx.mc, 6, 1, {});
+    const std::vector<double> before = fx.model.params;
+    const StepStats st = train_step(fx.model, fx.opt, fx.batch, fx.sc, 0, &ps);
+    REQUIRE(st.smk_mask.size() == 2);
+    // recompute the selection from the gradient norms the step saw
+    fx.model.forward(fx.batch);
+    for (int l = 0; l < 2; ++l) {
+      const uint32_t mask = st.smk_mask[static_cast<size_t>(l)];
+      CHECK(__builtin_popcount(mask) == 2);
+      for (const TensorInfo& t : fx.model.table().entries()) {
+        if (t.kind != TensorKind::Expert || t.layer != l) continue;
+        bool changed = false;
+        for (int64_t k = 0; k < t.size; ++k)
+          changed |= fx.model.params[static_cast<size_t>(t.offset + k)] != before[static_cast<size_t>(t.offset + k)];
+        INFO(t.name);
+        CHECK(changed == static_cast<bool>(mask >> t.expert & 1u));
+      }
+    }
+  }
+}
+
+TEST_CASE("hyper-step (pilf): curation fills the buffers, meta-training moves the GatingTransformer", "[step][pilf]") {
+  StepFixture fx(ModelKind::Pilf);
+  PilfConfig pc;
+  pc.smk = pilf::SmkMode::Smk;
+  pc.min_k = 2;
+  pc.pilr = PilrMode::Single;
+  pc.buffer_capacity = 8;
+  pc.history = 3;
+  pc.meta_every = 2;
+  pc.meta_batch = 5;
+  PilfState<double> ps(pc, fx.mc, 6, 1, {});
+  ps.attach(fx.model);
+  const std::vector<double> g0 = ps.gating->params;
+  const StepStats s1 = train_step(fx.model, fx.opt, fx.batch, fx.sc, 0, &ps);
+  REQUIRE_FALSE(s1.skipped);
+  CHECK_FALSE(s1.meta);
+  CHECK(ps.gating->params == g0);  // no meta step yet
+  // PI near 0 at initialisation: budget floor(6 (1 - mean PI)) = 6, up to the capacity 8
+  for (int l = 0; l < 2; ++l) {
+    const pilf::ExperienceBuffer& b = ps.buffers[static_cast<size_t>(l)];
+    CHECK(b.size() == s1.buffer_size[static_cast<size_t>(l)]);
+    CHECK(b.size() >= 1);
+    CHECK(b.size() <= 6);
+    for (int i = 0; i < b.size(); ++i)
+      for (int e = 0; e < 4; ++e) CHECK(b.action(i)[e] == (s1.smk_mask[static_cast<size_t>(l)] >> e & 1u));
+  }
+  fx.gen.fill(fx.batch, 1, RngPurpose::TestData, 1, 0, 6);
+  const StepStats s2 = train_step(fx.model, fx.opt, fx.batch, fx.sc, 1, &ps);
+  REQUIRE(s2.meta);
+  CHECK(std::isfinite(s2.gating_loss));
+  CHECK(s2.gating_loss > 0.0);
+  CHECK(s2.routing_acc >= 0.0);
+  CHECK(s2.routing_acc <= 1.0);
+  CHECK(ps.gating->params != g0);
+  CHECK(ps.gating_opt->steps() == 1);
+  for (int l = 0; l < 2; ++l) CHECK(ps.buffers[static_cast<size_t>(l)].size() <= 8);
+}
+
+TEST_CASE("hyper-step (pilf): same seed and data, bitwise the same hyper-state", "[step][pilf]") {
+  auto run = [](PilfConfig pc) {
+    StepFixture fx(ModelKind::Pilf);
+    PilfState<double> ps(pc, fx.mc, 6, 1, {});
+    ps.attach(fx.model);
+    std::vector<double> ks;
+    for (int step = 0; step < 4; ++step) {
+      fx.gen.fill(fx.batch, 1, RngPurpose::TestData, static_cast<uint32_t>(step), 0, 6);
+      const StepStats st = train_step(fx.model, fx.opt, fx.batch, fx.sc, step, &ps);
+      ks.push_back(st.k_mean);
+    }
+    std::vector<double> all = fx.model.params;
+    all.insert(all.end(), ps.gating->params.begin(), ps.gating->params.end());
+    for (const auto& b : ps.buffers)
+      for (int i = 0; i < b.size(); ++i) all.push_back(b.priority(i));
+    all.insert(all.end(), ks.begin(), ks.end());
+    return all;
+  };
+  PilfConfig pc;
+  pc.smk = pilf::SmkMode::Asmk;
+  pc.pilr = PilrMode::Dual;
+  pc.meta_every = 1;
+  pc.meta_batch = 4;
+  pc.dynamic_top_k = true;
+  CHECK(run(pc) == run(pc));
+}
+
+TEST_CASE("dynamic top-k rule: k = k_min + round((top_k - k_min) Phi(z))", "[step][pilf]") {
+  const ModelConfig mc = test::small_model(ModelKind::Pilf, 40, 16, 8, 1, 2, 8, 5, 8);
+  PilfConfig pc;
+  pc.dynamic_top_k = true;
+  pc.k_min = 1;
+  PilfState<double> ps(pc, mc, 4, 1, {});
+  CHECK(ps.dynamic_k(123.0, 0) == 3);  // before any statistics: z = 0, the middle 1 + round(4 * 0.5)
+  ps.rs_steps = 1;
+  ps.rs_mu[0] = 2.0;
+  ps.rs_var[0] = 0.25;  // sigma 0.5
+  CHECK(ps.dynamic_k(2.0, 0) == 3);   // z = 0
+  CHECK(ps.dynamic_k(2.5, 0) == 4);   // z = 1: Phi 0.841, 1 + round(3.37) = 4
+  CHECK(ps.dynamic_k(3.0, 0) == 5);   // z = 2: Phi 0.977, 1 + round(3.91) = 5
+  CHECK(ps.dynamic_k(1.5, 0) == 2);   // z = -1: Phi 0.159, 1 + round(0.63) = 2
+  CHECK(ps.dynamic_k(0.0, 0) == 1);   // z = -4
+}
