@@ -14,7 +14,7 @@ namespace hyperrnn {
 int run_bench(Comm& comm, const RunConfig& cfg) {
   const double peak = std::max(measure_sgemm_gflops(512, 5), measure_sgemm_gflops(1024, 3));
   Session<float> ses(cfg);
-  const int B = static_cast<int>(cfg.batch), L = static_cast<int>(cfg.seq_len);
+  const int B = static_cast<int>(cfg.batch), L = static_cast<int>(cfg.positions());
   std::vector<double> per_step;
   double flops = 0.0;
   int64_t step = 0;
@@ -23,7 +23,7 @@ int run_bench(Comm& comm, const RunConfig& cfg) {
     for (int64_t i = 0; i < cfg.bench_steps; ++i, ++step) {
       ses.fill_train_batch(step);  // not timed
       const auto t0 = std::chrono::steady_clock::now();
-      train_step(ses.model, ses.opt, ses.batch, ses.step_cfg, step);
+      train_step(ses.model, ses.opt, ses.batch, ses.step_cfg, step, &ses.pilf);
       t += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       flops = ses.model.step_flops();
     }

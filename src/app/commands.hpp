@@ -6,6 +6,7 @@
 #include "core/batch.hpp"
 #include "models/transformer.hpp"
 #include "mpi/comm.hpp"
+#include "tasks/fmnist.hpp"
 #include "tasks/mqar.hpp"
 
 namespace hyperrnn {
@@ -19,6 +20,9 @@ struct EvalResult {
 // Held-out samples 0..samples-1 of the HeldOut stream, in batches of at most batch.B.
 EvalResult evaluate_heldout(Transformer<float>& model, MqarGenerator& gen, Batch& batch, uint64_t seed,
                             int64_t samples);
+
+// Test samples of Fashion-MNIST task `which` (-1: all classes), at most max_samples, in file order.
+EvalResult evaluate_fmnist(Transformer<float>& model, const FmnistTask& task, Batch& batch, int which, int64_t max_samples);
 
 int run_train(Comm& comm, const RunConfig& cfg);
 int run_eval(Comm& comm, const RunConfig& cli);

@@ -34,7 +34,12 @@ void add_model_task_train(po::options_description& d, RunConfig& c) {
     ("init-scale", po::value(&c.init_scale)->default_value(c.init_scale, fmt_double(c.init_scale)), "weight matrices start as N(0, init-scale^2 / (2 fan_in))")
     ("embed-init-std", po::value(&c.embed_init_std)->default_value(c.embed_init_std, fmt_double(c.embed_init_std)), "std of the token and position embeddings at initialisation")
     ("tie-embeddings", po::value(&c.tie_embeddings)->default_value(c.tie_embeddings), "output head shares the token embedding (true | false)")
-    ("task", po::value(&c.task)->default_value(c.task), "task: mqar")
+    ("task", po::value(&c.task)->default_value(c.task), "task: mqar | fmnist | fmnist-marathon")
+    ("fmnist-dir", po::value(&c.fmnist_dir)->default_value(c.fmnist_dir), "directory of the Fashion-MNIST IDX files (Debian: apt-get install dataset-fashion-mnist)")
+    ("patch", po::value(&c.patch)->default_value(c.patch), "image tasks: ViT patch size (must divide 28)")
+    ("task-steps", po::value(&c.task_steps)->default_value(c.task_steps), "fmnist-marathon: training steps per task before the next one (and a validation pass)")
+    ("classes-per-task", po::value(&c.classes_per_task)->default_value(c.classes_per_task), "fmnist-marathon: consecutive classes per task (must divide 10)")
+    ("marathon-head", po::value(&c.marathon_head)->default_value(c.marathon_head), "fmnist-marathon: task (only the task's classes compete, task-incremental) | class (all 10, class-incremental)")
     ("vocab", po::value(&c.vocab)->default_value(c.vocab), "vocabulary size V (> seq-len)")
     ("seq-len", po::value(&c.seq_len)->default_value(c.seq_len), "sequence length L")
     ("kv-pairs", po::value(&c.kv_pairs)->default_value(c.kv_pairs), "MQAR key-value pairs D (4D <= L)")
@@ -123,16 +128,20 @@ std::string boost_message(const po::error& e) {
 ModelConfig RunConfig::model_config() const {
   ModelConfig m;
   HYPERRNN_CHECK(parse_model_kind(model, m.kind), "unknown model " + model);
-  m.vocab = static_cast<int>(vocab);
-  m.seq_len = static_cast<int>(seq_len);
+  m.vocab = static_cast<int>(image_task() ? 10 : vocab);
+  m.seq_len = static_cast<int>(positions());
   m.d_model = static_cast<int>(d_model);
   m.layers = static_cast<int>(layers);
   m.heads = static_cast<int>(heads);
   m.experts = m.is_moe() ? static_cast<int>(experts) : 0;
   m.top_k = m.is_moe() ? static_cast<int>(top_k) : 0;
   m.d_ff = static_cast<int>(d_ff > 0 ? d_ff : 4 * d_model);
-  m.causal = true;
-  m.tie_embeddings = tie_embeddings;
+  m.causal = !image_task();
+  m.tie_embeddings = image_task() ? false : tie_embeddings;
+  if (image_task()) {
+    m.image_h = m.image_w = 28;
+    m.patch = static_cast<int>(patch);
+  }
   m.init_scale = init_scale;
   m.embed_init_std = embed_init_std;
   return m;
@@ -186,7 +195,7 @@ PilfConfig RunConfig::pilf_config() const {
 void validate(const RunConfig& c) {
   ModelKind mk;
   if (!parse_model_kind(c.model, mk)) bad("model", "unknown model '" + c.model + "' (dense, moe, gauss-moe, pilf)");
-  if (c.task != "mqar") bad("task", "unknown task '" + c.task + "' (mqar)");
+  if (c.task != "mqar" && !c.image_task()) bad("task", "unknown task '" + c.task + "' (mqar, fmnist, fmnist-marathon)");
   positive("d-model", c.d_model);
   positive("layers", c.layers);
   positive("heads", c.heads);
@@ -205,10 +214,20 @@ void validate(const RunConfig& c) {
   positive("vocab", c.vocab);
   positive("seq-len", c.seq_len);
   positive("kv-pairs", c.kv_pairs);
-  if (4 * c.kv_pairs > c.seq_len)
-    bad("kv-pairs", "MQAR needs 4 * kv-pairs <= seq-len, got 4 * " + std::to_string(c.kv_pairs) + " > " + std::to_string(c.seq_len));
-  if (c.vocab <= c.seq_len)
-    bad("vocab", "MQAR needs vocab > seq-len, got vocab " + std::to_string(c.vocab) + " <= seq-len " + std::to_string(c.seq_len));
+  if (c.task == "mqar") {
+    if (4 * c.kv_pairs > c.seq_len)
+      bad("kv-pairs", "MQAR needs 4 * kv-pairs <= seq-len, got 4 * " + std::to_string(c.kv_pairs) + " > " + std::to_string(c.seq_len));
+    if (c.vocab <= c.seq_len)
+      bad("vocab", "MQAR needs vocab > seq-len, got vocab " + std::to_string(c.vocab) + " <= seq-len " + std::to_string(c.seq_len));
+  } else {
+    positive("patch", c.patch);
+    if (28 % c.patch != 0) bad("patch", "must divide the 28-pixel image side, got " + std::to_string(c.patch));
+    positive("task-steps", c.task_steps);
+    positive("classes-per-task", c.classes_per_task);
+    if (10 % c.classes_per_task != 0) bad("classes-per-task", "must divide the 10 classes, got " + std::to_string(c.classes_per_task));
+    if (c.fmnist_dir.empty()) bad("fmnist-dir", "must name a directory");
+    if (c.marathon_head != "task" && c.marathon_head != "class") bad("marathon-head", "must be task or class, got '" + c.marathon_head + "'");
+  }
   if (!(c.mqar_power_a > 0.0 && c.mqar_power_a <= 1.0)) bad("mqar-power-a", "must be in (0, 1], got " + fmt_double(c.mqar_power_a));
   if (c.mqar_filler != "random" && c.mqar_filler != "zero") bad("mqar-filler", "must be random or zero, got '" + c.mqar_filler + "'");
   positive("batch", c.batch);

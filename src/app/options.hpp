@@ -25,6 +25,10 @@ struct RunConfig {
   int64_t vocab = 256, seq_len = 32, kv_pairs = 4;
   double mqar_power_a = 0.01;
   std::string mqar_filler = "random";
+  // image tasks (fmnist, fmnist-marathon)
+  std::string fmnist_dir = "/usr/share/datasets/fashion-mnist";
+  int64_t patch = 4, task_steps = 500, classes_per_task = 2;
+  std::string marathon_head = "task";
   // training
   int64_t batch = 64, shards = 1, steps = 1500, warmup = 100;
   double lr = 3e-3, lr_min_ratio = 0.1, weight_decay = 0.1, grad_clip = 1.0;
@@ -54,6 +58,11 @@ struct RunConfig {
 
   ModelConfig model_config() const;
   MqarConfig mqar_config() const;
+  bool image_task() const { return task == "fmnist" || task == "fmnist-marathon"; }
+  // Scored positions per batch of B samples (MQAR: the queries; images: one label per sample).
+  int64_t scored_per_batch(int64_t B) const { return image_task() ? B : B * kv_pairs; }
+  // Positions per sample the model sees (MQAR: seq-len; images: patches).
+  int64_t positions() const { return image_task() ? (28 / patch) * (28 / patch) : seq_len; }
   StepConfig step_config() const;
   nn::AdamWConfig adamw_config() const;
   PilfConfig pilf_config() const;

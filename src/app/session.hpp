@@ -9,6 +9,9 @@
 #include "models/transformer.hpp"
 #include "nn/adamw.hpp"
 #include "pilf/step.hpp"
+#include <memory>
+
+#include "tasks/fmnist.hpp"
 #include "tasks/mqar.hpp"
 
 namespace hyperrnn {
@@ -26,8 +29,11 @@ class Session {
   Transformer<T> model;
   nn::AdamW<T> opt;
   PilfState<T> pilf;
-  MqarGenerator gen;
+  MqarGenerator gen;                  // task mqar
+  std::unique_ptr<FmnistTask> fmnist;  // image tasks
   Batch batch;
+  // fmnist-marathon: the task trained at `step` (-1 for the other tasks)
+  int task_of(int64_t step) const;
   const StepConfig step_cfg;
 };
 

@@ -1,5 +1,6 @@
 // `hyperrnn train`: run directory, the training loop (one process for now), metrics, progress,
 // held-out evaluation and the final snapshot.
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -74,6 +75,19 @@ EvalResult evaluate_heldout(Transformer<float>& model, MqarGenerator& gen, Batch
           counted ? correct / static_cast<double>(counted) : 0.0, samples};
 }
 
+EvalResult evaluate_fmnist(Transformer<float>& model, const FmnistTask& task, Batch& batch, int which, int64_t max_samples) {
+  const int cap = static_cast<int>(batch.images.size() / (FmnistTask::kH * FmnistTask::kW));
+  const int64_t samples = std::min<int64_t>(max_samples, task.test_count(which));
+  double loss_sum = 0.0, correct = 0.0;
+  for (int64_t first = 0; first < samples; first += cap) {
+    const int n = static_cast<int>(std::min<int64_t>(cap, samples - first));
+    task.fill_test(batch, which, static_cast<int>(first), n);
+    loss_sum += model.forward(batch) * model.scored();
+    correct += model.correct();
+  }
+  return {samples ? loss_sum / static_cast<double>(samples) : 0.0, samples ? correct / static_cast<double>(samples) : 0.0, samples};
+}
+
 int run_train(Comm& comm, const RunConfig& cfg) {
   if (comm.size() > 1)
     throw UsageError("ranks: this build trains on one rank only (" + std::to_string(comm.size()) +
@@ -81,6 +95,7 @@ int run_train(Comm& comm, const RunConfig& cfg) {
   const std::string ini = to_ini(cfg);
   check_out_dir(cfg, ini);
   const fs::path out(cfg.out);
+  Session<float> ses(cfg);  // loads the data first: a missing dataset leaves no run directory behind
   fs::create_directories(out / "logs");
   {
     std::ofstream c(out / "config.ini");
@@ -88,10 +103,9 @@ int run_train(Comm& comm, const RunConfig& cfg) {
     if (!c) throw RuntimeError("cannot write " + (out / "config.ini").string());
   }
 
-  Session<float> ses(cfg);
   Transformer<float>& model = ses.model;
   const ModelConfig& mc = model.config();
-  const int B = static_cast<int>(cfg.batch), L = static_cast<int>(cfg.seq_len);
+  const int B = static_cast<int>(cfg.batch), L = static_cast<int>(cfg.positions());
 
   std::vector<std::string> header = {"step", "loss", "acc", "lr", "grad_norm", "tokens_per_s", "step_time_s", "scored", "skipped",
                                      "epsilon", "tau", "surprise", "expert_surprise", "gating_surprise", "pi",
@@ -113,13 +127,61 @@ int run_train(Comm& comm, const RunConfig& cfg) {
                 " steps of " + std::to_string(B) + " samples -> " + cfg.out);
 
   auto run_eval_now = [&](int64_t step) {
-    const EvalResult r = evaluate_heldout(model, ses.gen, ses.batch, cfg.seed, cfg.eval_samples);
-    evals.add(step).add(std::string("heldout")).add(r.loss).add(r.acc).end_row();
+    const EvalResult r = ses.fmnist ? evaluate_fmnist(model, *ses.fmnist, ses.batch, -1, cfg.eval_samples)
+                                    : evaluate_heldout(model, ses.gen, ses.batch, cfg.seed, cfg.eval_samples);
+    const char* split = ses.fmnist ? "test" : "heldout";
+    evals.add(step).add(std::string(split)).add(r.loss).add(r.acc).end_row();
     char buf[160];
-    std::snprintf(buf, sizeof buf, "eval step %lld: heldout loss %.4f acc %.4f (%lld samples)",
-                  static_cast<long long>(step), r.loss, r.acc, static_cast<long long>(r.samples));
+    std::snprintf(buf, sizeof buf, "eval step %lld: %s loss %.4f acc %.4f (%lld samples)",
+                  static_cast<long long>(step), split, r.loss, r.acc, static_cast<long long>(r.samples));
     progress.line(buf);
     return r;
+  };
+
+  // fmnist-marathon: after each task, validate on every task seen so far; average forgetting is
+  // the mean over seen tasks other than the current one of (best earlier accuracy - accuracy now).
+  const bool marathon = cfg.task == "fmnist-marathon";
+  const int n_tasks = marathon ? ses.fmnist->tasks() : 0;
+  CsvWriter mara;
+  std::vector<double> best(static_cast<size_t>(n_tasks), -1.0), last_acc(static_cast<size_t>(n_tasks), NAN);
+  double last_forgetting = 0.0;
+  if (marathon) {
+    std::vector<std::string> h = {"step", "cycle", "task"};
+    for (int j = 0; j < n_tasks; ++j) h.push_back("acc_task" + std::to_string(j));
+    h.push_back("avg_acc");
+    h.push_back("avg_forgetting");
+    mara.open((out / "marathon.csv").string(), h);
+  }
+  auto validate_tasks = [&](int64_t step) {  // step: steps done, a multiple of task-steps
+    const int64_t done = step / cfg.task_steps;  // tasks completed
+    const int current = static_cast<int>((done - 1) % n_tasks);
+    const int seen = done >= n_tasks ? n_tasks : static_cast<int>(done);
+    std::vector<double> acc(static_cast<size_t>(n_tasks), NAN);
+    double sum = 0.0, forget = 0.0;
+    int nf = 0;
+    std::string line = "validation after task " + std::to_string(current) + " (cycle " + std::to_string((done - 1) / n_tasks) + "):";
+    for (int j = 0; j < seen; ++j) {
+      const EvalResult r = evaluate_fmnist(model, *ses.fmnist, ses.batch, j, cfg.eval_samples);
+      evals.add(step).add("task" + std::to_string(j)).add(r.loss).add(r.acc).end_row();
+      acc[static_cast<size_t>(j)] = r.acc;
+      sum += r.acc;
+      if (j != current && best[static_cast<size_t>(j)] >= 0.0) {
+        forget += best[static_cast<size_t>(j)] - r.acc;
+        ++nf;
+      }
+      char b[48];
+      std::snprintf(b, sizeof b, " t%d %.3f", j, r.acc);
+      line += b;
+    }
+    for (int j = 0; j < seen; ++j) best[static_cast<size_t>(j)] = std::max(best[static_cast<size_t>(j)], acc[static_cast<size_t>(j)]);
+    last_acc = acc;
+    last_forgetting = nf ? forget / nf : 0.0;
+    mara.add(step).add((done - 1) / n_tasks).add(static_cast<int64_t>(current));
+    for (double a : acc) mara.add(a);
+    mara.add(sum / seen).add(last_forgetting).end_row();
+    char b[96];
+    std::snprintf(b, sizeof b, " | mean %.3f, average forgetting %.3f", sum / seen, last_forgetting);
+    progress.line(line + b);
   };
 
   const int64_t N = static_cast<int64_t>(B) * L;
@@ -165,6 +227,7 @@ int run_train(Comm& comm, const RunConfig& cfg) {
     } else {
       skipped_in_a_row = 0;
     }
+    if (marathon && (step + 1) % cfg.task_steps == 0) validate_tasks(step + 1);
     if (cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0) {
       last = run_eval_now(step + 1);
       last_eval_step = step + 1;
@@ -179,7 +242,19 @@ int run_train(Comm& comm, const RunConfig& cfg) {
                 static_cast<long long>(cfg.steps), static_cast<long long>(skipped_total), format_duration(wall).c_str(),
                 static_cast<double>(N) * static_cast<double>(cfg.steps) / busy, flops / busy * 1e-9, last.acc, last.loss);
   progress.line(buf);
-  progress.line("run directory: " + cfg.out + " (config.ini, metrics.csv, eval.csv, logs/, snapshot " +
+  if (marathon && cfg.steps >= cfg.task_steps) {
+    double sum = 0.0;
+    int seen = 0;
+    for (double a : last_acc)
+      if (!std::isnan(a)) {
+        sum += a;
+        ++seen;
+      }
+    std::snprintf(buf, sizeof buf, "marathon: last validation mean task accuracy %.4f over %d tasks, average forgetting %.4f (marathon.csv)",
+                  seen ? sum / seen : 0.0, seen, last_forgetting);
+    progress.line(buf);
+  }
+  progress.line("run directory: " + cfg.out + " (config.ini, metrics.csv, eval.csv, " + (marathon ? "marathon.csv, " : "") + "logs/, snapshot " +
                 fs::path(snap).filename().string() + ")");
   return 0;
 }

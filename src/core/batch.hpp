@@ -11,7 +11,10 @@ struct Batch {
   int B = 0;                      // samples
   int T = 0;                      // positions per sample
   std::vector<int32_t> tokens;    // (B,T)
-  std::vector<int32_t> targets;   // (B,T), -1 = ignored
+  std::vector<int32_t> targets;   // (B,T), -1 = ignored; image tasks: the label at t = 0
+  std::vector<float> images;      // (B,H,W) image tasks only, normalised pixels
+  // Only outputs [class_lo, class_hi) compete in the softmax (task-incremental heads); hi 0 = all.
+  int class_lo = 0, class_hi = 0;
   void resize(int b, int t) {
     B = b;
     T = t;

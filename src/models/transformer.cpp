@@ -2,6 +2,8 @@
 #include "models/transformer.hpp"
 
 #include <cmath>
+#include <limits>
+#include <type_traits>
 
 #include "core/error.hpp"
 #include "core/rng.hpp"
@@ -54,7 +56,15 @@ Transformer<T>::Transformer(const ModelConfig& cfg, int batch_capacity, int max_
   HYPERRNN_CHECK(C % cfg.heads == 0, "d_model must be divisible by heads");
   HYPERRNN_CHECK(!cfg.is_moe() || (cfg.top_k >= 1 && cfg.top_k <= cfg.experts), "bad top_k");
   using TK = TensorKind;
-  wte_ = table_.add("wte", {V, C}, TK::Dense, true);
+  if (cfg.is_image()) {
+    HYPERRNN_CHECK(cfg.image_h % cfg.patch == 0 && cfg.image_w % cfg.patch == 0 &&
+                   (cfg.image_h / cfg.patch) * (cfg.image_w / cfg.patch) == cfg.seq_len && !cfg.tie_embeddings,
+                   "image model: patch grid must equal seq_len, and the head cannot be tied");
+    wte_ = table_.add("patch.weight", {C, static_cast<int64_t>(cfg.patch) * cfg.patch}, TK::Dense, true);
+    patch_b_ = table_.add("patch.bias", {C}, TK::Dense, false);
+  } else {
+    wte_ = table_.add("wte", {V, C}, TK::Dense, true);
+  }
   wpe_ = table_.add("wpe", {Tn, C}, TK::Dense, true);
   layers_.resize(static_cast<size_t>(L));
   for (int l = 0; l < L; ++l) {
@@ -138,6 +148,7 @@ void Transformer<T>::bind_activations(Carver<T>& f, Carver<int32_t>& ip) {
       Ly.fc1_h = take(N * F); Ly.fc1_act = take(N * F);
     }
   }
+  patches_ = cfg_.is_image() ? take(N * cfg_.patch * cfg_.patch) : nullptr;
   x0_ = take(N * C); lnf_out_ = take(N * C); lnf_mean_ = take(N); lnf_rstd_ = take(N);
   hs_ = take(S * C); logits_ = take(S * V); probs_ = take(S * V); losses_ = take(S);
   dres_ = take(N * C); dln_ = take(N * C); datty_ = take(N * C); dqkv_ = take(N * 3 * C);
@@ -175,6 +186,7 @@ void Transformer<T>::init(uint64_t seed) {
     else if (ends_with(".bias") || ends_with("log_sigma")) fill = 0.0;
     else if (ends_with("router.mu")) stdv = 1.0 / std::sqrt(static_cast<double>(cfg_.d_model));
     else if (n == "wpe" || n == "wte") stdv = cfg_.embed_init_std;
+    else if (n == "patch.weight") stdv = cfg_.init_scale / std::sqrt(static_cast<double>(t.shape.back()));  // unit-scale tokens
     else stdv = cfg_.init_scale / std::sqrt(2.0 * static_cast<double>(t.shape.back()));  // (out, in)
     CounterRng rng(seed, RngPurpose::Init, static_cast<uint32_t>(i), 0);
     for (int64_t k = 0; k < t.size; ++k) d[k] = static_cast<T>(stdv > 0 ? stdv * rng.normal() : fill);
@@ -211,7 +223,22 @@ double Transformer<T>::forward(const Batch& batch) {
   const int Tn = batch.T, C = cfg_.d_model, H = cfg_.heads, F = cfg_.d_ff, V = cfg_.vocab;
   const int N = B_ * Tn;
   const nn::RouterKind rk = cfg_.kind == ModelKind::GaussMoe ? nn::RouterKind::Gaussian : nn::RouterKind::Linear;
-  nn::embedding_forward<T>(x0_, batch.tokens.data(), p(wte_), p(wpe_), B_, Tn, C);
+  if (cfg_.is_image()) {
+    const int IH = cfg_.image_h, IW = cfg_.image_w, P = cfg_.patch;
+    HYPERRNN_CHECK(batch.images.size() >= static_cast<size_t>(B_) * IH * IW, "image batch too small");
+    if constexpr (std::is_same_v<T, float>) {
+      nn::image_to_patches<T>(patches_, batch.images.data(), B_, IH, IW, P);
+    } else {
+      std::vector<T> img(batch.images.begin(), batch.images.end());
+      nn::image_to_patches<T>(patches_, img.data(), B_, IH, IW, P);
+    }
+    nn::linear_forward<T>(x0_, patches_, p(wte_), p(patch_b_), N, P * P, C);
+    const T* wpe = p(wpe_);
+    for (int b = 0; b < B_; ++b)
+      for (int64_t i = 0; i < 1LL * Tn * C; ++i) x0_[1LL * b * Tn * C + i] += wpe[i];
+  } else {
+    nn::embedding_forward<T>(x0_, batch.tokens.data(), p(wte_), p(wpe_), B_, Tn, C);
+  }
   const T* res_in = x0_;
   for (size_t l = 0; l < layers_.size(); ++l) {
     Layer& Ly = layers_[l];
@@ -256,10 +283,32 @@ double Transformer<T>::forward(const Batch& batch) {
       ++S;
     }
   n_scored_ = S;
-  for (int s = 0; s < S; ++s)
-    for (int i = 0; i < C; ++i) hs_[1LL * s * C + i] = lnf_out_[1LL * scored_rows_[s] * C + i];
+  if (cfg_.is_image()) {
+    // one scored row per sample (its label at t = 0): the head reads the mean over its tokens
+    for (int s = 0; s < S; ++s) {
+      HYPERRNN_CHECK(scored_rows_[s] == s * Tn, "image batch: exactly one label per sample, at t = 0");
+    }
+    HYPERRNN_CHECK(S == B_, "image batch: every sample needs a label");
+    nn::meanpool_forward<T>(hs_, lnf_out_, B_, Tn, C);
+  } else {
+    for (int s = 0; s < S; ++s)
+      for (int i = 0; i < C; ++i) hs_[1LL * s * C + i] = lnf_out_[1LL * scored_rows_[s] * C + i];
+  }
   nn::linear_forward<T>(logits_, hs_, p(head_w_), nullptr, S, C, V);
+  const bool masked = batch.class_hi > 0 && (batch.class_lo > 0 || batch.class_hi < V);
+  if (masked) {  // outputs outside [lo, hi) take no part: logit -inf, probability exactly 0
+    HYPERRNN_CHECK(batch.class_lo >= 0 && batch.class_lo < batch.class_hi && batch.class_hi <= V, "bad class range");
+    for (int s = 0; s < S; ++s) {
+      HYPERRNN_CHECK(scored_targets_[s] >= batch.class_lo && scored_targets_[s] < batch.class_hi, "target outside the class range");
+      for (int v = 0; v < V; ++v)
+        if (v < batch.class_lo || v >= batch.class_hi) logits_[1LL * s * V + v] = -std::numeric_limits<T>::infinity();
+    }
+  }
   const double total = nn::crossentropy_forward<T>(losses_, probs_, logits_, scored_targets_, S, V);
+  if (masked)
+    for (int s = 0; s < S; ++s)
+      for (int v = 0; v < V; ++v)
+        if (v < batch.class_lo || v >= batch.class_hi) probs_[1LL * s * V + v] = T(0);
 
   // Accuracy: per sample, the share of its scored positions whose argmax is the target; then the
   // mean over samples that have scored positions (rows are grouped by sample in order).
@@ -292,8 +341,12 @@ void Transformer<T>::backward() {
   // accumulates into dwte when tied; the embedding backward adds its part later
   nn::linear_backward<T>(dhs_, g(head_w_), nullptr, dlogits_, hs_, p(head_w_), S, C, V);
   std::fill(dln_, dln_ + 1LL * N * C, T(0));
-  for (int s = 0; s < S; ++s)
-    for (int i = 0; i < C; ++i) dln_[1LL * scored_rows_[s] * C + i] = dhs_[1LL * s * C + i];
+  if (cfg_.is_image()) {
+    nn::meanpool_backward<T>(dln_, dhs_, B_, Tn, C);
+  } else {
+    for (int s = 0; s < S; ++s)
+      for (int i = 0; i < C; ++i) dln_[1LL * scored_rows_[s] * C + i] = dhs_[1LL * s * C + i];
+  }
   std::fill(dres_, dres_ + 1LL * N * C, T(0));
   const T* last = layers_.empty() ? x0_ : layers_.back().res_out;
   nn::layernorm_backward<T>(dres_, g(lnf_w_), g(lnf_b_), dln_, last, p(lnf_w_), lnf_mean_, lnf_rstd_, N, C);
@@ -319,7 +372,15 @@ void Transformer<T>::backward() {
     nn::linear_backward<T>(dln_, g(Ly.qkv_w), g(Ly.qkv_b), dqkv_, Ly.ln1_out, p(Ly.qkv_w), N, C, 3 * C);
     nn::layernorm_backward<T>(dres_, g(Ly.ln1_w), g(Ly.ln1_b), dln_, res_in, p(Ly.ln1_w), Ly.ln1_mean, Ly.ln1_rstd, N, C);
   }
-  nn::embedding_backward<T>(g(wte_), g(wpe_), dres_, batch_->tokens.data(), B_, Tn, C);
+  if (cfg_.is_image()) {
+    const int P = cfg_.patch;
+    nn::linear_backward<T>(static_cast<T*>(nullptr), g(wte_), g(patch_b_), dres_, patches_, p(wte_), N, P * P, C);
+    T* dwpe = g(wpe_);
+    for (int b = 0; b < B_; ++b)
+      for (int64_t i = 0; i < 1LL * Tn * C; ++i) dwpe[i] += dres_[1LL * b * Tn * C + i];
+  } else {
+    nn::embedding_backward<T>(g(wte_), g(wpe_), dres_, batch_->tokens.data(), B_, Tn, C);
+  }
 }
 
 template <class T>
@@ -376,6 +437,7 @@ double Transformer<T>::step_flops() const {
     }
   }
   fwd += 2.0 * n_scored_ * C * cfg_.vocab;  // head on scored rows
+  if (cfg_.is_image()) fwd += 2.0 * N * cfg_.patch * cfg_.patch * C;  // patch embedding
   return 3.0 * fwd;
 }
 

@@ -24,8 +24,8 @@ bool parse_model_kind(const std::string& s, ModelKind& out);
 
 struct ModelConfig {
   ModelKind kind = ModelKind::Dense;
-  int vocab = 0;
-  int seq_len = 0;   // maximum positions (learned position table size)
+  int vocab = 0;     // token models: vocabulary; image models: classes
+  int seq_len = 0;   // maximum positions (learned position table size); image models: patches
   int d_model = 0;
   int layers = 0;
   int heads = 0;
@@ -36,6 +36,11 @@ struct ModelConfig {
   bool tie_embeddings = true;  // the output head reuses wte (GPT-2, Zoology)
   double init_scale = 1.0;      // matrices ~ N(0, init_scale^2 / (2 fan_in))
   double embed_init_std = 1.0;  // std of wte and wpe at initialisation
+  // Image input (ViT): image_h x image_w single-channel images cut into patch x patch patches,
+  // embedded by a linear map; non-causal attention; the head reads the mean over the patch tokens
+  // and predicts one class per sample (the batch's label sits at target position 0).
+  int image_h = 0, image_w = 0, patch = 0;  // patch 0 = token input
+  bool is_image() const { return patch > 0; }
   bool is_moe() const { return kind != ModelKind::Dense; }
   bool memory_routing() const { return kind == ModelKind::Pilf; }
 };
@@ -113,7 +118,9 @@ class Transformer {
   ModelConfig cfg_;
   int Bcap_, Scap_;
   ParamTable table_;
-  int wte_, wpe_, lnf_w_, lnf_b_, head_w_;  // head_w_ == wte_ when tied
+  int wte_, wpe_, lnf_w_, lnf_b_, head_w_;  // head_w_ == wte_ when tied; image: wte_ = patch weight
+  int patch_b_ = -1;
+  T* patches_ = nullptr;  // image: (B,P,p*p)
   std::vector<Layer> layers_;
   std::vector<T> arena_;
   std::vector<int32_t> iarena_;

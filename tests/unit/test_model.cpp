@@ -124,3 +124,45 @@ TEST_CASE("pilf model: parameter and routing-distribution gradients match finite
       CHECK(std::abs(m / mc.d_model) < 1e-12);
     }
 }
+
+TEST_CASE("ViT path: image model gradients match finite differences", "[model][grad][vit]") {
+  for (ModelKind kind : {ModelKind::Dense, ModelKind::GaussMoe, ModelKind::Pilf}) {
+    INFO("model " << to_string(kind));
+    // 8x8 images, 4x4 patches -> 4 tokens; 5 classes
+    ModelConfig mc = test::small_model(kind, 5, 4, 8, 2, 2, 4, 2, 12);
+    mc.image_h = mc.image_w = 8;
+    mc.patch = 4;
+    mc.causal = false;
+    mc.tie_embeddings = false;
+    const int B = 3;
+    Transformer<double> model(mc, B, B);
+    model.init(5);
+    const std::vector<double> fixed = test::uniform(B * 2 * 4 * 8, 31, 0.3);
+    model.set_memory_router([&](int, const double*, int, double* mu_ls, int32_t*) { std::copy(fixed.begin(), fixed.end(), mu_ls); });
+    Batch batch;
+    batch.resize(B, 4);
+    const std::vector<double> px = test::uniform(B * 64, 32, 1.0);
+    batch.images.assign(px.begin(), px.end());
+    for (int b = 0; b < B; ++b) batch.targets[static_cast<size_t>(b * 4)] = (2 * b + 1) % 5;
+    const double loss = model.forward(batch);
+    CHECK(model.scored() == B);
+    CHECK(std::isfinite(loss));
+    model.zero_grad();
+    model.backward();
+    const std::vector<double> analytic = model.grads;
+    auto f = [&] { return model.forward(batch); };
+    auto sig = [&] { return model.routing_hash(); };
+    int checked = 0, skipped = 0;
+    for (const TensorInfo& t : model.table().entries()) {
+      const auto r = test::check_gradient(f, model.params.data() + t.offset, analytic.data() + t.offset, t.size, 24, sig);
+      INFO("tensor " << t.name << ": " << r.first_failure);
+      REQUIRE(r.failed == 0);
+      checked += r.checked;
+      skipped += r.skipped;
+    }
+    CHECK(skipped * 5 <= checked + skipped);
+    // the image input really matters (attention is non-causal: the last patch changes the pool)
+    batch.images[63] += 1.0f;
+    CHECK(model.forward(batch) != loss);
+  }
+}
