@@ -11,6 +11,7 @@ template <class T>
 AdamW<T>::AdamW(const ParamTable& table, AdamWConfig cfg)
     : m(static_cast<size_t>(table.total()), T(0)),
       v(static_cast<size_t>(table.total()), T(0)),
+      tensor_steps(static_cast<size_t>(table.size()), 0),
       table_(table),
       cfg_(cfg) {}
 
@@ -23,13 +24,15 @@ void AdamW<T>::step(T* params, const T* grads, double lr) {
 template <class T>
 void AdamW<T>::step(T* params, const T* grads, const double lr_by_kind[3], const uint8_t* skip) {
   ++t_;
-  const double bc1 = 1.0 - std::pow(cfg_.beta1, static_cast<double>(t_));
-  const double bc2 = 1.0 - std::pow(cfg_.beta2, static_cast<double>(t_));
-  const T sqrt_bc2 = static_cast<T>(std::sqrt(bc2));
   const T b1 = static_cast<T>(cfg_.beta1), b2 = static_cast<T>(cfg_.beta2);
   const T eps = static_cast<T>(cfg_.eps);
   for (int ti = 0; ti < table_.size(); ++ti) {
     if (skip && skip[ti]) continue;
+    // bias correction by the tensor's own number of updates (as torch.optim.AdamW's per-parameter
+    // step): an SMK-dropped expert resumes where its moments left off
+    const int64_t tt = ++tensor_steps[static_cast<size_t>(ti)];
+    const double bc1 = 1.0 - std::pow(cfg_.beta1, static_cast<double>(tt));
+    const T sqrt_bc2 = static_cast<T>(std::sqrt(1.0 - std::pow(cfg_.beta2, static_cast<double>(tt))));
     const TensorInfo& t = table_[ti];
     const double lr = lr_by_kind[static_cast<int>(t.kind)];
     const T step_size = static_cast<T>(lr / bc1);

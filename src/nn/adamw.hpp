@@ -23,10 +23,12 @@ class AdamW {
   void step(T* params, const T* grads, double lr);
   // The general step: tensor i uses lr_by_kind[kind] (dense, expert, gating: PILR's groups), and
   // is left entirely alone (no decay, no moment update) where skip != null and skip[i] != 0
-  // (SMK-dropped experts). Increments the step count once.
+  // (SMK-dropped experts; its own update count, which drives its bias correction, stays too).
+  // Increments the step count once.
   void step(T* params, const T* grads, const double lr_by_kind[3], const uint8_t* skip);
   int64_t steps() const { return t_; }
-  std::vector<T> m, v;  // (table.total())
+  std::vector<T> m, v;                // (table.total())
+  std::vector<int64_t> tensor_steps;  // (table.size()) updates each tensor received (bias correction)
 
  private:
   const ParamTable& table_;

@@ -66,3 +66,22 @@ TEST_CASE("AdamW per-kind learning rates and skipped tensors", "[adamw]") {
   CHECK(opt.v[3] == 0.0);
   CHECK(opt.m[1] == Approx(0.05));
 }
+
+TEST_CASE("AdamW: a skipped tensor keeps its own update count for bias correction", "[adamw]") {
+  ParamTable t;
+  t.add("a", {1}, TensorKind::Expert, false);
+  t.add("b", {1}, TensorKind::Expert, false);
+  nn::AdamW<double> opt(t, {0.9, 0.999, 1e-8, 0.0});
+  std::vector<double> p = {0.0, 0.0}, g = {0.5, 0.5};
+  const double lr[3] = {0.01, 0.01, 0.01};
+  const uint8_t skip_b[2] = {0, 1};
+  opt.step(p.data(), g.data(), lr, skip_b);  // b left alone
+  CHECK(p[1] == 0.0);
+  CHECK(opt.tensor_steps[1] == 0);
+  opt.step(p.data(), g.data(), lr, nullptr);
+  // b's first real update is a first Adam step: exactly lr * g / (|g| + eps)
+  CHECK(p[1] == Approx(-0.01 * 0.5 / (0.5 + 1e-8)).epsilon(1e-14));
+  CHECK(opt.tensor_steps[0] == 2);
+  CHECK(opt.tensor_steps[1] == 1);
+  CHECK(opt.steps() == 2);
+}
