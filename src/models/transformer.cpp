@@ -222,7 +222,7 @@ double Transformer<T>::forward(const Batch& batch) {
   B_ = batch.B;
   const int Tn = batch.T, C = cfg_.d_model, H = cfg_.heads, F = cfg_.d_ff, V = cfg_.vocab;
   const int N = B_ * Tn;
-  const nn::RouterKind rk = cfg_.kind == ModelKind::GaussMoe ? nn::RouterKind::Gaussian : nn::RouterKind::Linear;
+  const nn::RouterKind rk = cfg_.kind == ModelKind::Moe ? nn::RouterKind::Linear : nn::RouterKind::Gaussian;
   if (cfg_.is_image()) {
     const int IH = cfg_.image_h, IW = cfg_.image_w, P = cfg_.patch;
     HYPERRNN_CHECK(batch.images.size() >= static_cast<size_t>(B_) * IH * IW, "image batch too small");
@@ -335,7 +335,7 @@ void Transformer<T>::backward() {
   HYPERRNN_CHECK(batch_ != nullptr, "backward without forward");
   const int Tn = batch_->T, C = cfg_.d_model, H = cfg_.heads, F = cfg_.d_ff, V = cfg_.vocab;
   const int N = B_ * Tn, S = n_scored_;
-  const nn::RouterKind rk = cfg_.kind == ModelKind::GaussMoe ? nn::RouterKind::Gaussian : nn::RouterKind::Linear;
+  const nn::RouterKind rk = cfg_.kind == ModelKind::Moe ? nn::RouterKind::Linear : nn::RouterKind::Gaussian;
   if (S == 0) return;
   nn::crossentropy_backward<T>(dlogits_, probs_, scored_targets_, static_cast<T>(1.0 / S), S, V);
   // accumulates into dwte when tied; the embedding backward adds its part later

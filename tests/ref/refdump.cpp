@@ -1,8 +1,11 @@
 // Dumps what the independent PyTorch implementation (test_torch_reference.py) must reproduce:
 // initial parameters, 5 MQAR batches, the first batch's loss and every gradient, and the parameters
 // and losses after 5 training steps (clipping, schedule, AdamW) through the production train_step.
+// For model pilf also the GatingTransformer, every step's PI/PILR/SMK figures, the buffers after
+// each step and the GatingTransformer after the last (the hyper-step reference).
 // usage: hyperrnn_refdump MODEL float|double TIE_EMBEDDINGS(true|false) OUT.h5 [EXTRA_INI_LINES]
 // (EXTRA_INI_LINES override the small default shapes, e.g. "d-model = 64\nseq-len = 32\n").
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -18,6 +21,8 @@ using namespace hyperrnn;
 
 namespace {
 
+bool model_is_pilf(const RunConfig& cfg) { return cfg.model == "pilf"; }
+
 template <class T>
 void dump_tensors(H5File& f, const std::string& group, const ParamTable& table, const std::vector<T>& buf) {
   for (const TensorInfo& t : table.entries()) f.write(group + "/" + t.name, buf.data() + t.offset, t.shape);
@@ -27,11 +32,27 @@ template <class T>
 void run(const RunConfig& cfg, const std::string& out) {
   Session<T> ses(cfg);
   const int B = static_cast<int>(cfg.batch), L = static_cast<int>(cfg.seq_len);
+  const bool pilf = model_is_pilf(cfg);
   Transformer<T>& model = ses.model;
   const Batch& batch = ses.batch;
   H5File f(out, H5File::Mode::Create);
   f.set_attr("config", to_ini(cfg));
   dump_tensors(f, "params0", model.table(), model.params);
+  if (pilf) {
+    dump_tensors(f, "gating0", ses.pilf.gating->table(), ses.pilf.gating->params);
+    // a probe of the GatingTransformer alone: 2 queries and their histories, bank 1
+    const GatingConfig& gc = ses.pilf.gating->config();
+    const int n = 2, C = gc.d_model, Kh = gc.history;
+    std::vector<T> q(static_cast<size_t>(n) * C), hist(static_cast<size_t>(n) * Kh * C), probe(static_cast<size_t>(n) * 2 * gc.experts * C);
+    for (size_t i = 0; i < q.size(); ++i) q[i] = static_cast<T>(std::sin(0.7 * static_cast<double>(i) + 0.3));
+    for (size_t i = 0; i < hist.size(); ++i) hist[i] = static_cast<T>(std::cos(1.3 * static_cast<double>(i)));
+    f.write("probe/q", q.data(), {n, C});
+    f.write("probe/hist", hist.data(), {n, Kh, C});
+    for (int b = 0; b < gc.banks; ++b) {
+      ses.pilf.gating->forward(probe.data(), q.data(), hist.data(), n, b);
+      f.write("probe/out" + std::to_string(b), probe.data(), {n, 2, gc.experts, C});
+    }
+  }
   std::vector<double> losses, norms;
   for (int64_t step = 0; step < cfg.steps; ++step) {
     ses.fill_train_batch(step);
@@ -44,10 +65,28 @@ void run(const RunConfig& cfg, const std::string& out) {
       f.write("loss0", &loss, {1});
       dump_tensors(f, "grads0", model.table(), model.grads);
     }
-    const StepStats s = train_step(model, ses.opt, batch, ses.step_cfg, step);
+    const StepStats s = train_step(model, ses.opt, batch, ses.step_cfg, step, &ses.pilf);
     losses.push_back(s.loss);
     norms.push_back(s.grad_norm);
+    if (pilf) {
+      const std::string g = "step/" + std::to_string(step) + "/";
+      const double st[] = {s.loss, s.tau, s.surprise, s.expert_surprise, s.gating_surprise, s.pi, s.lr_mod_expert,
+                           s.lr_mod_gating, s.gating_loss, s.routing_acc, s.k_mean};
+      f.write(g + "stats", st, {static_cast<int64_t>(std::size(st))});
+      std::vector<int32_t> masks(s.smk_mask.begin(), s.smk_mask.end());
+      f.write(g + "smk", masks.data(), {static_cast<int64_t>(masks.size())});
+      for (size_t l = 0; l < ses.pilf.buffers.size(); ++l) {
+        const pilf::ExperienceBuffer& b = ses.pilf.buffers[l];
+        std::vector<double> pr;
+        for (int i = 0; i < b.size(); ++i) pr.push_back(b.priority(i));
+        const std::string bl = g + "buffer" + std::to_string(l) + "/";
+        f.write(bl + "priority", pr.data(), {static_cast<int64_t>(pr.size())});
+        const int32_t protos = b.active_prototypes();
+        f.write(bl + "prototypes", &protos, {1});
+      }
+    }
   }
+  if (pilf) dump_tensors(f, "gating_final", ses.pilf.gating->table(), ses.pilf.gating->params);
   f.write("losses", losses.data(), {static_cast<int64_t>(losses.size())});
   f.write("grad_norms", norms.data(), {static_cast<int64_t>(norms.size())});
   dump_tensors(f, "params_final", model.table(), model.params);

@@ -166,3 +166,55 @@ TEST_CASE("ViT path: image model gradients match finite differences", "[model][g
     CHECK(model.forward(batch) != loss);
   }
 }
+
+TEST_CASE("pilf model with every sample routed by the same Gaussians equals gauss-moe", "[model][pilf]") {
+  const ModelConfig g = test::small_model(ModelKind::GaussMoe, 20, 12, 8, 2, 2, 4, 2, 12);
+  ModelConfig pm = g;
+  pm.kind = ModelKind::Pilf;
+  const int B = 3, D = 3;
+  Transformer<double> gm(g, B, B * D), pl(pm, B, B * D);
+  gm.init(7);
+  pl.init(7);
+  // perturb every parameter (the router away from its initial value), then copy the shared
+  // tensors by name
+  const std::vector<double> noise = test::uniform(gm.table().total(), 41, 0.3);
+  for (size_t i = 0; i < gm.params.size(); ++i) gm.params[i] += noise[i];
+  for (const TensorInfo& t : pl.table().entries()) {
+    const TensorInfo& s = gm.table()[gm.table().find(t.name)];
+    std::copy_n(gm.params.begin() + s.offset, t.size, pl.params.begin() + t.offset);
+  }
+  const int EC = 4 * 8;
+  pl.set_memory_router([&](int l, const double*, int nb, double* mu_ls, int32_t*) {
+    const double* mu = gm.params.data() + gm.table()[gm.table().find("layers." + std::to_string(l) + ".moe.router.mu")].offset;
+    const double* ls = gm.params.data() + gm.table()[gm.table().find("layers." + std::to_string(l) + ".moe.router.log_sigma")].offset;
+    for (int b = 0; b < nb; ++b) {
+      std::copy_n(mu, EC, mu_ls + b * 2 * EC);
+      std::copy_n(ls, EC, mu_ls + b * 2 * EC + EC);
+    }
+  });
+  MqarGenerator gen(test::small_mqar(g.vocab, g.seq_len, D));
+  Batch batch;
+  batch.resize(B, g.seq_len);
+  gen.fill(batch, 3, RngPurpose::TestData, 0, 0, B);
+  CHECK(pl.forward(batch) == Approx(gm.forward(batch)).epsilon(1e-14));
+  CHECK(pl.expert_tokens() == gm.expert_tokens());  // (routing_hash also covers pilf's per-sample k)
+  // and the gradients: every shared tensor's, and the routing gradient summed over samples is the
+  // router parameters' gradient
+  gm.zero_grad();
+  gm.backward();
+  pl.zero_grad();
+  pl.backward();
+  for (const TensorInfo& t : pl.table().entries()) {
+    const TensorInfo& s = gm.table()[gm.table().find(t.name)];
+    for (int64_t k = 0; k < t.size; ++k)
+      REQUIRE(pl.grads[static_cast<size_t>(t.offset + k)] == Approx(gm.grads[static_cast<size_t>(s.offset + k)]).epsilon(1e-12).margin(1e-15));
+  }
+  for (int l = 0; l < 2; ++l) {
+    const double* gmu = gm.grads.data() + gm.table()[gm.table().find("layers." + std::to_string(l) + ".moe.router.mu")].offset;
+    for (int i = 0; i < 2 * EC; ++i) {  // mu then log_sigma, contiguous in both layouts
+      double sum = 0;
+      for (int b = 0; b < B; ++b) sum += pl.routing_grad(l)[b * 2 * EC + i];
+      REQUIRE(sum == Approx(gmu[i]).epsilon(1e-12).margin(1e-15));
+    }
+  }
+}
