@@ -123,7 +123,9 @@ int run_train(Comm& comm, const RunConfig& cfg) {
   evals.open((out / "eval.csv").string(), {"step", "split", "loss", "acc"});
   Progress progress(cfg.steps, cfg.log_every, (out / "logs" / "train.log").string());
   progress.line("hyperrnn train: " + cfg.model + " on " + cfg.task + ", " +
-                std::to_string(model.table().total()) + " parameters, " + std::to_string(cfg.steps) +
+                std::to_string(model.table().total()) + " parameters" +
+                (ses.pilf.gating ? " (+" + std::to_string(ses.pilf.gating->table().total()) + " GatingTransformer)" : std::string()) +
+                ", " + std::to_string(cfg.steps) +
                 " steps of " + std::to_string(B) + " samples -> " + cfg.out);
 
   auto run_eval_now = [&](int64_t step) {

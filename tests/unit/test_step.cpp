@@ -196,3 +196,32 @@ TEST_CASE("dynamic top-k rule: k = k_min + round((top_k - k_min) Phi(z))", "[ste
   CHECK(ps.dynamic_k(1.5, 0) == 2);   // z = -1: Phi 0.159, 1 + round(0.63) = 2
   CHECK(ps.dynamic_k(0.0, 0) == 1);   // z = -4
 }
+
+TEST_CASE("hyper-step (pilf): a NaN step leaves the whole hyper-state alone", "[step][pilf]") {
+  StepFixture fx(ModelKind::Pilf);
+  PilfConfig pc;
+  pc.smk = pilf::SmkMode::Smk;
+  pc.pilr = PilrMode::Dual;
+  pc.meta_every = 1;
+  pc.dynamic_top_k = true;
+  PilfState<double> ps(pc, fx.mc, 6, 1, {});
+  ps.attach(fx.model);
+  REQUIRE_FALSE(train_step(fx.model, fx.opt, fx.batch, fx.sc, 0, &ps).skipped);
+  fx.model.params[static_cast<size_t>(fx.model.table()[fx.model.table().find("lnf.weight")].offset)] = std::nan("");
+  const std::vector<double> p = fx.model.params, g = ps.gating->params;
+  const double mu = ps.pilr_expert.mu(), var = ps.pilr_gating.var(), rs = ps.rs_mu[0];
+  const int size0 = ps.buffers[0].size();
+  std::vector<double> prio;
+  for (int i = 0; i < size0; ++i) prio.push_back(ps.buffers[0].priority(i));
+  const StepStats st = train_step(fx.model, fx.opt, fx.batch, fx.sc, 1, &ps);
+  CHECK(st.skipped);
+  CHECK(ps.gating->params == g);
+  CHECK(ps.gating_opt->steps() == 1);
+  CHECK(ps.pilr_expert.mu() == mu);
+  CHECK(ps.pilr_gating.var() == var);
+  CHECK(ps.rs_mu[0] == rs);
+  CHECK(ps.rs_steps == 1);
+  CHECK(ps.buffers[0].size() == size0);
+  for (int i = 0; i < size0; ++i) CHECK(ps.buffers[0].priority(i) == prio[static_cast<size_t>(i)]);
+  for (size_t i = 0; i < p.size(); ++i) REQUIRE(std::memcmp(&p[i], &fx.model.params[i], sizeof(double)) == 0);
+}
