@@ -16,22 +16,26 @@ int run_bench(Comm& comm, const RunConfig& cfg) {
   Session<float> ses(cfg);
   const int B = static_cast<int>(cfg.batch), L = static_cast<int>(cfg.positions());
   std::vector<double> per_step;
-  double flops = 0.0;
-  int64_t step = 0;
+  double flops_sum = 0.0;  // model FLOPs of every timed step (meta-training steps cost more)
+  int64_t step = 0, timed = 0;
   for (int64_t r = 0; r <= cfg.bench_repeats; ++r) {  // repeat 0 warms up and is discarded
     double t = 0.0;
     for (int64_t i = 0; i < cfg.bench_steps; ++i, ++step) {
       ses.fill_train_batch(step);  // not timed
       const auto t0 = std::chrono::steady_clock::now();
-      train_step(ses.model, ses.opt, ses.batch, ses.step_cfg, step, &ses.pilf);
+      const StepStats st = train_step(ses.model, ses.opt, ses.batch, ses.step_cfg, step, &ses.pilf);
       t += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      flops = ses.model.step_flops();
+      if (r > 0) {
+        flops_sum += ses.model.step_flops() + ses.pilf.step_flops(B, st.meta);
+        ++timed;
+      }
     }
     if (r > 0) per_step.push_back(t / static_cast<double>(cfg.bench_steps));
   }
   std::sort(per_step.begin(), per_step.end());
   const double med = per_step[per_step.size() / 2];
   const double tok = static_cast<double>(B) * L / med;
+  const double flops = flops_sum / static_cast<double>(timed);  // per step, on average
   if (comm.rank() == 0) {
     std::printf("sgemm_peak_gflops: %.2f\n", peak);
     std::printf("model: %s, %lld parameters, batch %d x %d tokens\n", cfg.model.c_str(),

@@ -197,7 +197,7 @@ int run_train(Comm& comm, const RunConfig& cfg) {
     const StepStats st = ses.train(step);
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     busy += dt;
-    if (!st.skipped) flops += model.step_flops();  // a skipped step ran no backward
+    if (!st.skipped) flops += model.step_flops() + ses.pilf.step_flops(B, st.meta);  // a skipped step ran no backward
 
     metrics.add(step + 1).add(st.loss).add(st.acc).add(st.lr).add(st.grad_norm)
         .add(static_cast<double>(N) / dt).add(dt).add(static_cast<int64_t>(model.scored()))

@@ -57,6 +57,13 @@ int PilfState<T>::dynamic_k(double r, int l) const {
   return std::clamp(k, cfg.k_min, mc.top_k);
 }
 
+template <class T>
+double PilfState<T>::step_flops(int B, bool meta) const {
+  if (!gating) return 0.0;
+  const double L = mc.layers;
+  return L * gating->forward_flops(B) + (meta ? 3.0 * L * gating->forward_flops(cfg.meta_batch) : 0.0);
+}
+
 // Per-sample Gaussian scores of q under its own routing set: scores (E) for one q.
 template <class T>
 static void score_one(T* scores, typename PilfState<T>::Scratch& s, const T* q, const T* mu_ls, int C, int E) {

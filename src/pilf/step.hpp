@@ -96,6 +96,10 @@ class PilfState {
   // normal CDF: a typical sample gets the middle of the range, surprising ones more experts.
   int dynamic_k(double r, int layer) const;
 
+  // GEMM FLOPs the PILF machinery adds to a step of B samples: the GatingTransformer's forward per
+  // MoE layer, and on a meta-training step its forward + backward (3x) on meta_batch items.
+  double step_flops(int B, bool meta) const;
+
   // internals shared with train_step
   struct Scratch {
     std::vector<std::vector<float>> q;   // (layers)(B,C) the last forward's q, float
