@@ -9,6 +9,30 @@
 
 using namespace hyperrnn;
 
+namespace {
+// Finite-difference check of every tensor of the table at up to 24 coordinates each (skipping
+// points whose perturbation changes a routing decision); REQUIREs no failure. Returns
+// {checked, skipped} for the caller's skip-share check.
+std::pair<int, int> check_all_tensors(Transformer<double>& model, const Batch& batch, const std::vector<double>& analytic) {
+  auto f = [&] { return model.forward(batch); };
+  auto sig = [&] { return model.routing_hash(); };
+  int checked = 0, skipped = 0;
+  for (const TensorInfo& t : model.table().entries()) {
+    const auto r = test::check_gradient(f, model.params.data() + t.offset, analytic.data() + t.offset, t.size, 24, sig);
+    INFO("tensor " << t.name << ": " << r.first_failure << " worst " << r.worst);
+    REQUIRE(r.failed == 0);
+    checked += r.checked;
+    skipped += r.skipped;
+  }
+  return {checked, skipped};
+}
+// B MQAR samples with D key-value pairs shaped for the model (seed 3, the TestData stream).
+Batch mqar_batch(const ModelConfig& mc, int B, int D) {
+  const Batch batch = mqar_batch(mc, B, D);
+  return batch;
+}
+}  // namespace
+
 TEST_CASE("model gradients match finite differences", "[model][grad]") {
   const std::pair<ModelKind, bool> cases[] = {{ModelKind::Dense, true}, {ModelKind::Dense, false},
                                               {ModelKind::Moe, true}, {ModelKind::GaussMoe, true},
@@ -20,24 +44,11 @@ TEST_CASE("model gradients match finite differences", "[model][grad]") {
     const int B = 3, D = 3;
     Transformer<double> model(mc, B, B * D);
     model.init(7);
-    MqarGenerator gen(test::small_mqar(mc.vocab, mc.seq_len, D));
-    Batch batch;
-    batch.resize(B, mc.seq_len);
-    gen.fill(batch, 3, RngPurpose::TestData, 0, 0, B);
+    const Batch batch = mqar_batch(mc, B, D);
     model.forward(batch);
     model.zero_grad();
     model.backward();
-    const std::vector<double> analytic = model.grads;
-    auto f = [&] { return model.forward(batch); };
-    auto sig = [&] { return model.routing_hash(); };
-    int checked = 0, skipped = 0;
-    for (const TensorInfo& t : model.table().entries()) {
-      const auto r = test::check_gradient(f, model.params.data() + t.offset, analytic.data() + t.offset, t.size, 24, sig);
-      INFO("tensor " << t.name << ": " << r.first_failure << " worst " << r.worst);
-      REQUIRE(r.failed == 0);
-      checked += r.checked;
-      skipped += r.skipped;
-    }
+    const auto [checked, skipped] = check_all_tensors(model, batch, model.grads);
     // Perturbations of 2e-4 flip a routing decision only next to a top-k tie: at most a fifth of
     // the probed coordinates may be skipped, or the check would prove little.
     INFO("checked " << checked << ", skipped " << skipped);
@@ -81,28 +92,17 @@ TEST_CASE("pilf model: parameter and routing-distribution gradients match finite
     std::copy(q, q + nb * mc.d_model, seen_q.begin() + l * B * mc.d_model);
     std::copy(table[static_cast<size_t>(l)].begin(), table[static_cast<size_t>(l)].end(), mu_ls);
   });
-  MqarGenerator gen(test::small_mqar(mc.vocab, mc.seq_len, D));
-  Batch batch;
-  batch.resize(B, mc.seq_len);
-  gen.fill(batch, 3, RngPurpose::TestData, 0, 0, B);
+  const Batch batch = mqar_batch(mc, B, D);
   model.forward(batch);
   model.zero_grad();
   model.backward();
   // no router tensors in the table: routing lives outside theta's main model
   for (const TensorInfo& t : model.table().entries()) CHECK(t.kind != TensorKind::Gating);
-  const std::vector<double> analytic = model.grads;
   std::vector<std::vector<double>> rgrad(2);
   for (int l = 0; l < 2; ++l) rgrad[static_cast<size_t>(l)].assign(model.routing_grad(l), model.routing_grad(l) + model.routing_grad_size());
+  auto [checked, skipped] = check_all_tensors(model, batch, model.grads);
   auto f = [&] { return model.forward(batch); };
   auto sig = [&] { return model.routing_hash(); };
-  int checked = 0, skipped = 0;
-  for (const TensorInfo& t : model.table().entries()) {
-    const auto r = test::check_gradient(f, model.params.data() + t.offset, analytic.data() + t.offset, t.size, 24, sig);
-    INFO("tensor " << t.name << ": " << r.first_failure);
-    REQUIRE(r.failed == 0);
-    checked += r.checked;
-    skipped += r.skipped;
-  }
   for (int l = 0; l < 2; ++l) {
     const auto r = test::check_gradient(f, table[static_cast<size_t>(l)].data(), rgrad[static_cast<size_t>(l)].data(),
                                         B * 2 * EC, 64, sig);
@@ -149,17 +149,7 @@ TEST_CASE("ViT path: image model gradients match finite differences", "[model][g
     CHECK(std::isfinite(loss));
     model.zero_grad();
     model.backward();
-    const std::vector<double> analytic = model.grads;
-    auto f = [&] { return model.forward(batch); };
-    auto sig = [&] { return model.routing_hash(); };
-    int checked = 0, skipped = 0;
-    for (const TensorInfo& t : model.table().entries()) {
-      const auto r = test::check_gradient(f, model.params.data() + t.offset, analytic.data() + t.offset, t.size, 24, sig);
-      INFO("tensor " << t.name << ": " << r.first_failure);
-      REQUIRE(r.failed == 0);
-      checked += r.checked;
-      skipped += r.skipped;
-    }
+    const auto [checked, skipped] = check_all_tensors(model, batch, model.grads);
     CHECK(skipped * 5 <= checked + skipped);
     // the image input really matters (attention is non-causal: the last patch changes the pool)
     batch.images[63] += 1.0f;
@@ -192,10 +182,7 @@ TEST_CASE("pilf model with every sample routed by the same Gaussians equals gaus
       std::copy_n(ls, EC, mu_ls + b * 2 * EC + EC);
     }
   });
-  MqarGenerator gen(test::small_mqar(g.vocab, g.seq_len, D));
-  Batch batch;
-  batch.resize(B, g.seq_len);
-  gen.fill(batch, 3, RngPurpose::TestData, 0, 0, B);
+  const Batch batch = mqar_batch(g, B, D);
   CHECK(pl.forward(batch) == Approx(gm.forward(batch)).epsilon(1e-14));
   CHECK(pl.expert_tokens() == gm.expert_tokens());  // (routing_hash also covers pilf's per-sample k)
   // and the gradients: every shared tensor's, and the routing gradient summed over samples is the
