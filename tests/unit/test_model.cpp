@@ -28,7 +28,10 @@ std::pair<int, int> check_all_tensors(Transformer<double>& model, const Batch& b
 }
 // B MQAR samples with D key-value pairs shaped for the model (seed 3, the TestData stream).
 Batch mqar_batch(const ModelConfig& mc, int B, int D) {
-  const Batch batch = mqar_batch(mc, B, D);
+  MqarGenerator gen(test::small_mqar(mc.vocab, mc.seq_len, D));
+  Batch batch;
+  batch.resize(B, mc.seq_len);
+  gen.fill(batch, 3, RngPurpose::TestData, 0, 0, B);
   return batch;
 }
 }  // namespace
