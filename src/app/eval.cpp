@@ -3,6 +3,8 @@
 #include <cstdio>
 
 #include "app/commands.hpp"
+#include "app/hyper_state.hpp"
+#include "io/h5.hpp"
 #include "core/error.hpp"
 #include "io/snapshot.hpp"
 
@@ -13,12 +15,15 @@ int run_eval(Comm& comm, const RunConfig& cli) {
   const RunConfig cfg = from_ini(snap.config_ini, snap.manifest);
   const ModelConfig mc = cfg.model_config();
   const int B = static_cast<int>(cli.batch);
-  if (mc.memory_routing())
-    throw UsageError("option '--snapshot': model pilf routes through its GatingTransformer and experience buffers, "
-                     "which this snapshot format does not hold yet (hyper-state snapshots); its held-out accuracy "
-                     "is in the run's eval.csv");
   Transformer<float> model(mc, B, static_cast<int>(cfg.scored_per_batch(B)));
   read_snapshot_params(snap, model.table(), model.params.data());
+  // model pilf routes through its GatingTransformer and experience buffers: restore them too
+  PilfState<float> pilf(cfg.pilf_config(), mc, B, cfg.seed, cfg.adamw_config());
+  if (mc.memory_routing()) {
+    const H5File f(snap.manifest, H5File::Mode::Read);
+    read_pilf_state(f, pilf);
+    pilf.attach(model);
+  }
   Batch batch;
   batch.resize(B, static_cast<int>(cfg.positions()));
   EvalResult r;

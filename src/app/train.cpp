@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "app/commands.hpp"
+#include "app/hyper_state.hpp"
 #include "app/progress.hpp"
 #include "core/error.hpp"
 #include "io/csv.hpp"
@@ -237,7 +238,8 @@ int run_train(Comm& comm, const RunConfig& cfg) {
   }
   if (last_eval_step != cfg.steps) last = run_eval_now(cfg.steps);
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_run).count();
-  const std::string snap = write_snapshot(cfg.out, cfg.steps, model.table(), model.params.data(), ini);
+  const std::string snap = write_snapshot(cfg.out, cfg.steps, model.table(), model.params.data(), ini,
+                                          [&ses](H5File& f) { write_pilf_state(f, ses.pilf); });
   char buf[320];
   std::snprintf(buf, sizeof buf,
                 "done: %lld steps (%lld skipped) in %s | %.0f tokens/s | %.2f GFLOP/s (model FLOPs) | final held-out accuracy %.4f, loss %.4f",

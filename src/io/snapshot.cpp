@@ -21,7 +21,8 @@ std::string step_name(int64_t step) {
 }  // namespace
 
 std::string write_snapshot(const std::string& run_dir, int64_t step, const ParamTable& table,
-                           const float* params, const std::string& config_ini) {
+                           const float* params, const std::string& config_ini,
+                           const std::function<void(H5File&)>& extra) {
   const fs::path root = fs::path(run_dir) / "snapshots";
   const fs::path final_dir = root / step_name(step);
   const fs::path tmp_dir = root / (step_name(step) + ".tmp");
@@ -33,6 +34,7 @@ std::string write_snapshot(const std::string& run_dir, int64_t step, const Param
     f.set_attr("step", step);
     f.set_attr("config", config_ini);
     for (const TensorInfo& t : table.entries()) f.write("params/" + t.name, params + t.offset, t.shape);
+    if (extra) extra(f);
     f.flush();
   }
   if (fs::exists(final_dir)) fs::remove_all(final_dir);

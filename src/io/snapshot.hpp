@@ -4,6 +4,7 @@
 // sharding, optimizer state, checksums and resume are the snapshot issue's.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "core/param_table.hpp"
@@ -16,10 +17,14 @@ struct SnapshotInfo {
   std::string config_ini;  // the run's effective configuration
 };
 
+class H5File;
+
 // Writes a snapshot under a temporary name and renames it into place, then replaces `latest`.
-// Returns the snapshot directory.
+// `extra` (optional) writes further state into the manifest before it is closed. Returns the
+// snapshot directory.
 std::string write_snapshot(const std::string& run_dir, int64_t step, const ParamTable& table,
-                           const float* params, const std::string& config_ini);
+                           const float* params, const std::string& config_ini,
+                           const std::function<void(H5File&)>& extra = {});
 
 // PATH may be a manifest.h5, a snapshot directory, or a run directory (then snapshots/latest).
 SnapshotInfo open_snapshot(const std::string& path);

@@ -112,6 +112,35 @@ int ExperienceBuffer::add(const float* q, const uint8_t* action, const double* p
   return static_cast<int>(writes.size());
 }
 
+ExperienceBuffer::State ExperienceBuffer::state() const {
+  State s;
+  s.size = size_;
+  const size_t n = static_cast<size_t>(size_);
+  s.q.assign(q_.begin(), q_.begin() + static_cast<std::ptrdiff_t>(n * static_cast<size_t>(dim_)));
+  s.action.assign(act_.begin(), act_.begin() + static_cast<std::ptrdiff_t>(n * static_cast<size_t>(experts_)));
+  s.priority.assign(prio_.begin(), prio_.begin() + static_cast<std::ptrdiff_t>(n));
+  s.prototype_of.assign(proto_of_.begin(), proto_of_.begin() + static_cast<std::ptrdiff_t>(n));
+  s.prototypes = proto_;
+  s.prototype_count.assign(proto_count_.begin(), proto_count_.end());
+  return s;
+}
+
+void ExperienceBuffer::restore(const State& s) {
+  const size_t n = static_cast<size_t>(s.size);
+  HYPERRNN_CHECK(s.size >= 0 && s.size <= cap_ && s.q.size() == n * static_cast<size_t>(dim_) &&
+                     s.action.size() == n * static_cast<size_t>(experts_) && s.priority.size() == n &&
+                     s.prototype_of.size() == n && s.prototypes.size() == proto_.size() &&
+                     s.prototype_count.size() == proto_count_.size(),
+                 "experience buffer state does not fit this buffer (capacity, width or experts differ)");
+  size_ = s.size;
+  std::copy(s.q.begin(), s.q.end(), q_.begin());
+  std::copy(s.action.begin(), s.action.end(), act_.begin());
+  std::copy(s.priority.begin(), s.priority.end(), prio_.begin());
+  std::copy(s.prototype_of.begin(), s.prototype_of.end(), proto_of_.begin());
+  proto_ = s.prototypes;
+  proto_count_.assign(s.prototype_count.begin(), s.prototype_count.end());
+}
+
 std::vector<int> ExperienceBuffer::sample(int n, uint64_t seed, uint32_t step, uint32_t stream) const {
   std::vector<int> out;
   if (size_ == 0 || n <= 0) return out;

@@ -40,6 +40,23 @@ class ExperienceBuffer {
   int prototype_count(int p) const { return proto_count_[static_cast<size_t>(p)]; }
   const float* prototype(int p) const { return proto_.data() + static_cast<size_t>(p) * dim_; }
 
+  // Everything the buffer holds, for snapshots: the first `size` rows of the per-item arrays and
+  // every prototype slot.
+  struct State {
+    int size = 0;
+    std::vector<float> q;           // (size, dim)
+    std::vector<int32_t> action;    // (size, experts) 0/1
+    std::vector<double> priority;   // (size)
+    std::vector<int32_t> prototype_of;     // (size), -1 none
+    std::vector<float> prototypes;         // (capacity, dim)
+    std::vector<int32_t> prototype_count;  // (capacity)
+  };
+  State state() const;
+  // Restores a state of a buffer with the same capacity, dim and experts (checked).
+  void restore(const State& s);
+  int dim() const { return dim_; }
+  int experts() const { return experts_; }
+
  private:
   double cosine(const float* a, const float* b) const;
   int cap_, dim_, experts_;

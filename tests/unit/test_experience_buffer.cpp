@@ -124,3 +124,36 @@ TEST_CASE("buffer: retrieval returns the most cosine-similar stored q, zero-padd
   buf.retrieve(out.data(), query, 1, 3);
   CHECK(out == std::vector<float>{1, 0, 0, 1, 0, 0});
 }
+
+TEST_CASE("buffer: a restored state behaves exactly like the original", "[buffer]") {
+  ExperienceBuffer a(4, 2, 2);
+  Batch b1;
+  b1.add(1.f, 0.f, 0.1, 0);
+  b1.add(0.f, 1.f, 0.2, 1);
+  b1.add(0.7f, 0.7f, 0.3, 0);
+  a.add(b1.q.data(), b1.act.data(), b1.pi.data(), b1.n());
+  a.decay(a.sample(3, 5, 1));
+  ExperienceBuffer b(4, 2, 2);
+  b.restore(a.state());
+  REQUIRE(b.size() == a.size());
+  // the same next curation, replay and retrieval
+  Batch b2;
+  b2.add(-1.f, 0.f, 0.05, 1);
+  b2.add(0.f, -1.f, 0.0, 0);
+  CHECK(a.add(b2.q.data(), b2.act.data(), b2.pi.data(), b2.n()) == b.add(b2.q.data(), b2.act.data(), b2.pi.data(), b2.n()));
+  CHECK(a.sample(8, 5, 2) == b.sample(8, 5, 2));
+  CHECK(a.active_prototypes() == b.active_prototypes());
+  for (int i = 0; i < a.size(); ++i) {
+    CHECK(a.priority(i) == b.priority(i));
+    CHECK(a.prototype_of(i) == b.prototype_of(i));
+  }
+  std::vector<float> ra(2 * 2 * 2), rb(ra.size());
+  const float query[4] = {1.f, 0.1f, -0.2f, 1.f};
+  a.retrieve(ra.data(), query, 2, 2);
+  b.restore(a.state());
+  b.retrieve(rb.data(), query, 2, 2);
+  CHECK(ra == rb);
+  // a state of another shape is refused
+  ExperienceBuffer c(3, 2, 2);
+  CHECK_THROWS(c.restore(a.state()));
+}
