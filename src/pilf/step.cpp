@@ -144,7 +144,8 @@ double meta_layer(PilfState<T>& ps, int l, const std::vector<int>& idx, double& 
     }
     // routing accuracy: share of the top-k experts by score (ties: lower index) in the action
     int hits = 0;
-    std::vector<uint8_t> taken(static_cast<size_t>(E), 0);
+    std::vector<uint8_t>& taken = s.taken;
+    taken.assign(static_cast<size_t>(E), 0);
     for (int j = 0; j < K; ++j) {
       int best = -1;
       for (int e = 0; e < E; ++e)
@@ -215,7 +216,9 @@ StepStats train_step(Transformer<T>& model, nn::AdamW<T>& opt, const Batch& batc
   std::vector<uint8_t>& skip = ps ? ps->s.skip : local_skip;
   skip.assign(static_cast<size_t>(table.size()), 0);
   st.smk_mask.assign(static_cast<size_t>(Lm), 0u);
-  std::vector<uint8_t> keep(static_cast<size_t>(std::max(E, 1)));
+  std::vector<uint8_t> local_keep;
+  std::vector<uint8_t>& keep = ps ? ps->s.keep : local_keep;
+  keep.resize(static_cast<size_t>(std::max(E, 1)));
   for (int l = 0; l < Lm; ++l) {
     pilf::surprise_min_k(keep.data(), gn.expert.data() + static_cast<int64_t>(l) * E,
                          model.expert_tokens().data() + static_cast<int64_t>(l) * E, E, pc.min_k, pc.smk);
@@ -291,7 +294,8 @@ StepStats train_step(Transformer<T>& model, nn::AdamW<T>& opt, const Batch& batc
     ps->gating->zero_grad();
     double loss = 0.0, acc = 0.0;
     int used = 0;
-    std::vector<std::vector<int>> drawn(static_cast<size_t>(Lm));
+    std::vector<std::vector<int>>& drawn = ps->s.drawn;
+    drawn.resize(static_cast<size_t>(Lm));
     for (int l = 0; l < Lm; ++l) {
       drawn[static_cast<size_t>(l)] = ps->buffers[static_cast<size_t>(l)].sample(pc.meta_batch, ps->seed, static_cast<uint32_t>(step), static_cast<uint32_t>(l));
       if (drawn[static_cast<size_t>(l)].empty()) continue;

@@ -107,7 +107,8 @@ class PilfState {
     std::vector<std::vector<int32_t>> k; // (layers)(B)
     std::vector<float> qf, histf;
     std::vector<T> qt, hist, mu_ls, dmu_ls, sc_w, sc_m, sc_c, sc_sq, sc_ec, scores, dscores, dq;
-    std::vector<uint8_t> skip, action;
+    std::vector<uint8_t> skip, action, keep, taken;
+    std::vector<std::vector<int>> drawn;  // (layers) replayed buffer indices of a meta step
     std::vector<double> eps, tau, pi;
   } s;
 
