@@ -50,6 +50,7 @@ void add_model_task_train(po::options_description& d, RunConfig& c) {
     ("steps", po::value(&c.steps)->default_value(c.steps), "training steps")
     ("warmup", po::value(&c.warmup)->default_value(c.warmup), "linear learning-rate warm-up steps")
     ("lr", po::value(&c.lr)->default_value(c.lr, fmt_double(c.lr)), "peak learning rate")
+    ("gating-lr", po::value(&c.gating_lr)->default_value(c.gating_lr, fmt_double(c.gating_lr)), "peak learning rate of the gating group (router parameters; 0 = --lr); pilf's GatingTransformer uses --meta-lr")
     ("lr-min-ratio", po::value(&c.lr_min_ratio)->default_value(c.lr_min_ratio, fmt_double(c.lr_min_ratio)), "cosine decay floor as a fraction of --lr")
     ("weight-decay", po::value(&c.weight_decay)->default_value(c.weight_decay, fmt_double(c.weight_decay)), "AdamW decoupled weight decay (matrices only)")
     ("grad-clip", po::value(&c.grad_clip)->default_value(c.grad_clip, fmt_double(c.grad_clip)), "global gradient-norm clip (0 = off)")
@@ -157,7 +158,7 @@ MqarConfig RunConfig::mqar_config() const {
   return q;
 }
 
-StepConfig RunConfig::step_config() const { return {steps, warmup, lr, lr_min_ratio, grad_clip}; }
+StepConfig RunConfig::step_config() const { return {steps, warmup, lr, lr_min_ratio, grad_clip, gating_lr}; }
 
 nn::AdamWConfig RunConfig::adamw_config() const { return {adam_beta1, adam_beta2, adam_eps, weight_decay}; }
 
@@ -237,6 +238,7 @@ void validate(const RunConfig& c) {
   positive("steps", c.steps);
   non_negative("warmup", c.warmup);
   if (!(c.lr > 0.0) || !std::isfinite(c.lr)) bad("lr", "must be a positive number, got " + fmt_double(c.lr));
+  if (!(c.gating_lr >= 0.0) || !std::isfinite(c.gating_lr)) bad("gating-lr", "must be >= 0, got " + fmt_double(c.gating_lr));
   if (!(c.lr_min_ratio >= 0.0 && c.lr_min_ratio <= 1.0)) bad("lr-min-ratio", "must be in [0, 1], got " + fmt_double(c.lr_min_ratio));
   if (!(c.weight_decay >= 0.0) || !std::isfinite(c.weight_decay)) bad("weight-decay", "must be >= 0, got " + fmt_double(c.weight_decay));
   if (!(c.grad_clip >= 0.0) || !std::isfinite(c.grad_clip)) bad("grad-clip", "must be >= 0, got " + fmt_double(c.grad_clip));

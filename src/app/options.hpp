@@ -31,7 +31,7 @@ struct RunConfig {
   std::string marathon_head = "task";
   // training
   int64_t batch = 64, shards = 1, steps = 1500, warmup = 100;
-  double lr = 3e-3, lr_min_ratio = 0.1, weight_decay = 0.1, grad_clip = 1.0;
+  double lr = 3e-3, lr_min_ratio = 0.1, weight_decay = 0.1, grad_clip = 1.0, gating_lr = 0.0;
   double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_eps = 1e-8;
   uint64_t seed = 1;
   int64_t eval_every = 250, eval_samples = 1000, log_every = 0;

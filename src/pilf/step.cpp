@@ -243,7 +243,9 @@ StepStats train_step(Transformer<T>& model, nn::AdamW<T>& opt, const Batch& batc
   }
   double lr_by_kind[3];
   lr_by_kind[Dn] = lr_by_kind[Ex] = st.lr * st.lr_mod_expert;
-  lr_by_kind[Ga] = st.lr * st.lr_mod_gating;
+  // the gating group follows the same schedule from its own peak rate
+  const double gating_lr = sc.gating_lr > 0.0 ? st.lr * (sc.gating_lr / sc.lr) : st.lr;
+  lr_by_kind[Ga] = gating_lr * st.lr_mod_gating;
   const int64_t n = table.total();
   nn::clip_grads(model.grads.data(), n, st.grad_norm, sc.grad_clip);
   opt.step(model.params.data(), model.grads.data(), lr_by_kind, any_skip ? skip.data() : nullptr);

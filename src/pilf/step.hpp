@@ -27,6 +27,7 @@ struct StepConfig {
   double lr = 1e-3;
   double lr_min_ratio = 0.1;
   double grad_clip = 1.0;  // 0 = off
+  double gating_lr = 0.0;  // peak rate of the gating group (router parameters); 0 = lr
 };
 
 enum class PilrMode { Off, Single, Dual };

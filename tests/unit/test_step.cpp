@@ -63,6 +63,7 @@ TEST_CASE("hyper-step: dual PILR gives each group its own modulated rate", "[ste
   pc.pilr = PilrMode::Dual;
   pc.pilr_cfg.beta = 0.5;
   PilfState<double> ps(pc, fx.mc, 6, 1, {});
+  fx.sc.gating_lr = 3.0 * fx.sc.lr;  // the gating group's own peak rate
   const std::vector<double> before = fx.model.params;
   const StepStats st = train_step(fx.model, fx.opt, fx.batch, fx.sc, 0, &ps);
   REQUIRE_FALSE(st.skipped);
@@ -78,13 +79,13 @@ TEST_CASE("hyper-step: dual PILR gives each group its own modulated rate", "[ste
   CHECK(std::abs(st.lr_mod_expert - st.lr_mod_gating) > 1e-3);  // the two groups really differ here
   // AdamW's first step moves every coordinate with |g| >> eps by lr_t exactly (m_hat/sqrt(v_hat) =
   // sign g) plus decay: router mu (Gating, no decay) by lr * lr_mod_gating, a LayerNorm weight
-  // (Dense, no decay) by lr * lr_mod_expert.
+  // (Dense, no decay) by lr * lr_mod_expert; the gating group from its own peak rate (3x).
   const double lr = st.lr;
   auto moved = [&](const std::string& name) {
     const TensorInfo& t = fx.model.table()[fx.model.table().find(name)];
     return std::abs(fx.model.params[static_cast<size_t>(t.offset)] - before[static_cast<size_t>(t.offset)]);
   };
-  CHECK(moved("layers.0.moe.router.mu") == Approx(lr * st.lr_mod_gating).epsilon(1e-6));
+  CHECK(moved("layers.0.moe.router.mu") == Approx(3.0 * lr * st.lr_mod_gating).epsilon(1e-6));
   CHECK(moved("layers.1.ln1.weight") == Approx(lr * st.lr_mod_expert).epsilon(1e-6));
 }
 
