@@ -8,20 +8,14 @@ optionally a plot of the mean task accuracy and the average forgetting after eve
 A run is a run directory (or its marathon.csv); its label is the directory name.
 """
 import argparse
-import csv
-import math
 import os
 import sys
 
+from runfiles import read_rows
 
-def load(path):
-    f = path if path.endswith(".csv") else os.path.join(path, "marathon.csv")
-    if not os.path.exists(f):
-        sys.exit(f"marathon_summary: {f} not found (is {path} an fmnist-marathon run directory?)")
-    with open(f) as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows:
-        sys.exit(f"marathon_summary: {f} has no validation rows yet")
+
+def load(run):
+    f, rows = read_rows(run, "marathon.csv", "marathon_summary")
     tasks = sorted(int(k[len("acc_task"):]) for k in rows[0] if k.startswith("acc_task"))
     label = os.path.basename(os.path.dirname(os.path.abspath(f)))
     return label, tasks, rows

@@ -7,24 +7,17 @@ tokens_l<l>_e<e>); optionally a plot of them against the step.
     /usr/bin/python3 analysis/pilf_dynamics.py RUN [--windows 5] [--plot pilf.png]
 """
 import argparse
-import csv
 import math
-import os
 import sys
+
+from runfiles import read_rows
 
 COLUMNS = ["loss", "epsilon", "tau", "surprise", "expert_surprise", "gating_surprise", "pi", "lr_mod_expert",
            "lr_mod_gating", "gating_loss", "routing_acc", "k_mean"]
 
 
 def load(run):
-    path = run if run.endswith(".csv") else os.path.join(run, "metrics.csv")
-    if not os.path.exists(path):
-        sys.exit(f"pilf_dynamics: {path} not found")
-    with open(path) as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        sys.exit(f"pilf_dynamics: {path} has no rows")
-    return rows
+    return read_rows(run, "metrics.csv", "pilf_dynamics")[1]
 
 
 def smk_coverage(row):

@@ -40,7 +40,6 @@ PilfState<T>::PilfState(const PilfConfig& c, const ModelConfig& m, int batch_cap
   }
   s.q.resize(static_cast<size_t>(L));
   s.r.resize(static_cast<size_t>(L));
-  s.k.resize(static_cast<size_t>(L));
 }
 
 template <class T>
@@ -86,16 +85,16 @@ void PilfState<T>::route(int l, const T* q, int B, T* mu_ls, int32_t* k) {
   buffers[L].retrieve(s.histf.data(), qf.data(), B, Kh);
   s.hist.assign(s.histf.begin(), s.histf.end());
   gating->forward(mu_ls, q, s.hist.data(), B, l);
+  if (!cfg.dynamic_top_k) return;
+  // dynamic top-k: each sample's routing surprise, then its k
   s.r[L].resize(static_cast<size_t>(B));
-  s.k[L].resize(static_cast<size_t>(B));
   s.scores.resize(static_cast<size_t>(E));
   for (int b = 0; b < B; ++b) {
     score_one<T>(s.scores.data(), s, q + static_cast<int64_t>(b) * C, mu_ls + static_cast<int64_t>(b) * 2 * E * C, C, E);
     double best = s.scores[0];
     for (int e = 1; e < E; ++e) best = std::max(best, static_cast<double>(s.scores[static_cast<size_t>(e)]));
     s.r[L][static_cast<size_t>(b)] = -best / C;
-    if (cfg.dynamic_top_k) k[b] = dynamic_k(s.r[L][static_cast<size_t>(b)], l);
-    s.k[L][static_cast<size_t>(b)] = k[b];
+    k[b] = dynamic_k(s.r[L][static_cast<size_t>(b)], l);
   }
 }
 
@@ -271,7 +270,7 @@ StepStats train_step(Transformer<T>& model, nn::AdamW<T>& opt, const Batch& batc
     ps->buffers[static_cast<size_t>(l)].add(s.q[static_cast<size_t>(l)].data(), s.action.data(), s.pi.data(), B);
   }
   // dynamic top-k statistics: EMA of the batch's routing surprise (first batch initialises)
-  for (int l = 0; l < Lm; ++l) {
+  for (int l = 0; l < Lm && pc.dynamic_top_k; ++l) {
     const std::vector<double>& r = s.r[static_cast<size_t>(l)];
     double mean = 0.0, var = 0.0;
     for (double v : r) mean += v;
@@ -289,7 +288,7 @@ StepStats train_step(Transformer<T>& model, nn::AdamW<T>& opt, const Batch& batc
       vv = (1.0 - beta) * vv + beta * (var + (mean - mu) * (mean - mu));
     }
   }
-  ++ps->rs_steps;
+  if (pc.dynamic_top_k) ++ps->rs_steps;
 
   // Meta-training of the GatingTransformer every meta_every steps.
   if ((step + 1) % pc.meta_every == 0) {

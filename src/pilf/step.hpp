@@ -89,7 +89,7 @@ class PilfState {
   std::unique_ptr<nn::AdamW<T>> gating_opt;
   std::vector<pilf::ExperienceBuffer> buffers;
   std::vector<double> rs_mu, rs_var;  // (MoE layers) dynamic top-k: routing-surprise EMA
-  int64_t rs_steps = 0;
+  int64_t rs_steps = 0;               // steps that updated them (dynamic top-k on)
 
   // Dynamic top-k rule: r = -max_e s_e(q) / C (per-channel negative log-likelihood of the sample's
   // mean input under its best-matching expert Gaussian), z = (r - mu) / sqrt(var + 1e-9) against
@@ -104,8 +104,7 @@ class PilfState {
   // internals shared with train_step
   struct Scratch {
     std::vector<std::vector<float>> q;   // (layers)(B,C) the last forward's q, float
-    std::vector<std::vector<double>> r;  // (layers)(B) routing surprise of each sample
-    std::vector<std::vector<int32_t>> k; // (layers)(B)
+    std::vector<std::vector<double>> r;  // (layers)(B) routing surprise of each sample (dynamic top-k)
     std::vector<float> qf, histf;
     std::vector<T> qt, hist, mu_ls, dmu_ls, sc_w, sc_m, sc_c, sc_sq, sc_ec, scores, dscores, dq;
     std::vector<uint8_t> skip, action, keep, taken;
