@@ -74,6 +74,7 @@ void add_model_task_train(po::options_description& d, RunConfig& c) {
     ("pilr-warmup", po::value(&c.pilr_warmup)->default_value(c.pilr_warmup), "PILR: steps with lr_mod 1 while the statistics adapt")
     ("smk", po::value(&c.smk)->default_value(c.smk), "Surprise-Min-K gradient filter: off | smk | asmk | auto (smk for pilf, else off)")
     ("min-k", po::value(&c.min_k)->default_value(c.min_k), "SMK: experts per MoE layer whose update is kept")
+    ("smk-per-token", po::value(&c.smk_per_token)->default_value(c.smk_per_token), "SMK research variant: rank experts by gradient norm per routed token (true | false; false = the reference)")
     ("buffer-capacity", po::value(&c.buffer_capacity)->default_value(c.buffer_capacity), "pilf: routing experience buffer capacity per MoE layer")
     ("priority-decay", po::value(&c.priority_decay)->default_value(c.priority_decay, fmt_double(c.priority_decay)), "pilf: priority factor after a replay, in (0, 1]")
     ("history", po::value(&c.history)->default_value(c.history), "pilf: retrieved history rows per query (k_hist)")
@@ -180,6 +181,7 @@ PilfConfig RunConfig::pilf_config() const {
   const std::string sm = smk == "auto" ? (is_pilf ? "smk" : "off") : smk;
   p.smk = sm == "smk" ? pilf::SmkMode::Smk : sm == "asmk" ? pilf::SmkMode::Asmk : pilf::SmkMode::Off;
   p.min_k = static_cast<int>(min_k);
+  p.smk_per_token = smk_per_token;
   p.buffer_capacity = static_cast<int>(buffer_capacity);
   p.priority_decay = priority_decay;
   p.history = static_cast<int>(history);

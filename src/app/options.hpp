@@ -46,6 +46,7 @@ struct RunConfig {
   int64_t pilr_warmup = 0;
   std::string smk = "auto";
   int64_t min_k = 2;
+  bool smk_per_token = false;
   int64_t buffer_capacity = 128, history = 10, gating_layers = 2, gating_heads = 4;
   double priority_decay = 0.99, meta_lr = 1e-3;
   int64_t meta_every = 10, meta_batch = 64;

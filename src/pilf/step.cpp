@@ -218,6 +218,12 @@ StepStats train_step(Transformer<T>& model, nn::AdamW<T>& opt, const Batch& batc
   std::vector<uint8_t> local_keep;
   std::vector<uint8_t>& keep = ps ? ps->s.keep : local_keep;
   keep.resize(static_cast<size_t>(std::max(E, 1)));
+  if (pc.smk_per_token)  // research variant: an expert's gradient norm per token it processed
+    for (int l = 0; l < Lm; ++l)
+      for (int e = 0; e < E; ++e) {
+        const int32_t n = model.expert_tokens()[static_cast<size_t>(l * E + e)];
+        if (n > 0) gn.expert[static_cast<size_t>(l * E + e)] /= n;
+      }
   for (int l = 0; l < Lm; ++l) {
     pilf::surprise_min_k(keep.data(), gn.expert.data() + static_cast<int64_t>(l) * E,
                          model.expert_tokens().data() + static_cast<int64_t>(l) * E, E, pc.min_k, pc.smk);

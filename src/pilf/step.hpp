@@ -40,6 +40,9 @@ struct PilfConfig {
   pilf::PilrConfig pilr_cfg;  // both groups' adaptors use these knobs
   pilf::SmkMode smk = pilf::SmkMode::Off;
   int min_k = 2;
+  // Beyond the reference (off = the spec): rank experts by gradient norm per routed token, so that
+  // SMK does not systematically keep the least-used experts (docs/results.md, PILF benchmark 1).
+  bool smk_per_token = false;
   // memory-Gaussian routing (model pilf)
   int buffer_capacity = 128;
   double priority_decay = 0.99;

@@ -90,38 +90,61 @@ TEST_CASE("hyper-step: dual PILR gives each group its own modulated rate", "[ste
   CHECK(moved("layers.1.ln1.weight") == Approx(lr * st.lr_mod_expert).epsilon(1e-6));
 }
 
+namespace {
+// The SMK/ASMK set of each of the fixture's 2 layers (4 experts, min-k 2) computed by hand from the
+// model's current gradients: the 2 lowest per-expert L2 norms (per routed token if asked), experts
+// without tokens last (SMK) or excluded (ASMK); ties by lower index.
+std::vector<uint32_t> expected_smk(const Transformer<double>& model, pilf::SmkMode mode, bool per_token) {
+  const std::vector<int32_t>& tokens = model.expert_tokens();
+  std::vector<double> norm(8, 0.0);
+  for (const TensorInfo& t : model.table().entries())
+    if (t.kind == TensorKind::Expert)
+      for (int64_t k = 0; k < t.size; ++k) norm[static_cast<size_t>(t.layer * 4 + t.expert)] += std::pow(model.grads[static_cast<size_t>(t.offset + k)], 2);
+  for (size_t i = 0; i < norm.size(); ++i) norm[i] = std::sqrt(norm[i]) / (per_token && tokens[i] > 0 ? tokens[i] : 1);
+  std::vector<uint32_t> masks;
+  for (int l = 0; l < 2; ++l) {
+    std::vector<int> order = {0, 1, 2, 3};
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
+      const bool ia = tokens[static_cast<size_t>(l * 4 + a)] == 0, ib = tokens[static_cast<size_t>(l * 4 + b)] == 0;
+      if (ia != ib) return ib;
+      return norm[static_cast<size_t>(l * 4 + a)] < norm[static_cast<size_t>(l * 4 + b)];
+    });
+    uint32_t m = 0;
+    for (int j = 0; j < 2; ++j)
+      if (mode == pilf::SmkMode::Smk || tokens[static_cast<size_t>(l * 4 + order[static_cast<size_t>(j)])] > 0) m |= 1u << order[static_cast<size_t>(j)];
+    masks.push_back(m);
+  }
+  return masks;
+}
+}  // namespace
+
 TEST_CASE("hyper-step: SMK keeps min_k experts per layer and leaves the others untouched", "[step][pilf]") {
-  for (pilf::SmkMode mode : {pilf::SmkMode::Smk, pilf::SmkMode::Asmk}) {
+  for (const auto& [mode, per_token] : {std::pair{pilf::SmkMode::Smk, false}, std::pair{pilf::SmkMode::Asmk, false},
+                                        std::pair{pilf::SmkMode::Smk, true}}) {
+    INFO((mode == pilf::SmkMode::Smk ? "SMK" : "ASMK") << (per_token ? ", per-token norms" : ""));
     StepFixture fx(ModelKind::GaussMoe);
     PilfConfig pc;
     pc.smk = mode;
     pc.min_k = 2;
+    pc.smk_per_token = per_token;
     PilfState<double> ps(pc, fx.mc, 6, 1, {});
-    // the gradients the step will see (same parameters, same batch): per-expert norms by hand
-    fx.model.forward(fx.batch);
-    fx.model.zero_grad();
-    fx.model.backward();
-    const std::vector<int32_t> tokens = fx.model.expert_tokens();
-    std::vector<double> norm(8, 0.0);
-    for (const TensorInfo& t : fx.model.table().entries())
-      if (t.kind == TensorKind::Expert)
-        for (int64_t k = 0; k < t.size; ++k) norm[static_cast<size_t>(t.layer * 4 + t.expert)] += std::pow(fx.model.grads[static_cast<size_t>(t.offset + k)], 2);
+    // the gradients the step will see (same parameters, same batch); for the per-token variant,
+    // the first batch on which the two criteria choose differently (so the test can tell them apart)
+    std::vector<uint32_t> expect;
+    for (uint32_t data = 0; data < 64; ++data) {
+      fx.gen.fill(fx.batch, 1, RngPurpose::TestData, data, 0, 6);
+      fx.model.forward(fx.batch);
+      fx.model.zero_grad();
+      fx.model.backward();
+      expect = expected_smk(fx.model, mode, per_token);
+      if (!per_token || expect != expected_smk(fx.model, mode, false)) break;
+    }
+    if (per_token) REQUIRE(expect != expected_smk(fx.model, mode, false));
     const std::vector<double> before = fx.model.params;
     const StepStats st = train_step(fx.model, fx.opt, fx.batch, fx.sc, 0, &ps);
-    REQUIRE(st.smk_mask.size() == 2);
+    REQUIRE(st.smk_mask == expect);
     for (int l = 0; l < 2; ++l) {
       const uint32_t mask = st.smk_mask[static_cast<size_t>(l)];
-      // expected: the 2 lowest norms among experts with tokens (ASMK) or among all, token-less last (SMK)
-      std::vector<int> order = {0, 1, 2, 3};
-      std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
-        const bool ia = tokens[static_cast<size_t>(l * 4 + a)] == 0, ib = tokens[static_cast<size_t>(l * 4 + b)] == 0;
-        if (ia != ib) return ib;
-        return norm[static_cast<size_t>(l * 4 + a)] < norm[static_cast<size_t>(l * 4 + b)];
-      });
-      uint32_t expect = 0;
-      for (int j = 0; j < 2; ++j)
-        if (mode == pilf::SmkMode::Smk || tokens[static_cast<size_t>(l * 4 + order[static_cast<size_t>(j)])] > 0) expect |= 1u << order[static_cast<size_t>(j)];
-      CHECK(mask == expect);
       CHECK(__builtin_popcount(mask) >= 1);
       for (const TensorInfo& t : fx.model.table().entries()) {
         if (t.kind != TensorKind::Expert || t.layer != l) continue;
