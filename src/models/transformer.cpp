@@ -11,16 +11,6 @@
 
 namespace hyperrnn {
 
-namespace {
-// Shannon entropy -sum p log p of one probability row (p = 0 adds 0), in double.
-template <class T>
-double pilf_entropy_row(const T* p, int V) {
-  double h = 0.0;
-  for (int v = 0; v < V; ++v)
-    if (p[v] > T(0)) h -= static_cast<double>(p[v]) * std::log(static_cast<double>(p[v]));
-  return h;
-}
-}  // namespace
 
 const char* to_string(ModelKind k) {
   switch (k) {
@@ -391,7 +381,7 @@ void Transformer<T>::sample_loss_entropy(double* eps, double* tau) const {
   for (int s = 0; s < n_scored_; ++s) {
     const int b = scored_rows_[s] / Tn;
     eps[b] += losses_[s];
-    tau[b] += pilf_entropy_row(probs_ + 1LL * s * V, V);
+    tau[b] += nn::row_entropy(probs_ + 1LL * s * V, V);
     ++cnt[static_cast<size_t>(b)];
   }
   for (int b = 0; b < B_; ++b)
@@ -403,9 +393,7 @@ void Transformer<T>::sample_loss_entropy(double* eps, double* tau) const {
 
 template <class T>
 double Transformer<T>::mean_entropy() const {
-  double h = 0.0;
-  for (int s = 0; s < n_scored_; ++s) h += pilf_entropy_row(probs_ + 1LL * s * cfg_.vocab, cfg_.vocab);
-  return n_scored_ ? h / n_scored_ : 0.0;
+  return nn::mean_entropy(probs_, n_scored_, cfg_.vocab);
 }
 
 template <class T>

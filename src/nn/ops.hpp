@@ -81,6 +81,14 @@ double crossentropy_forward(T* losses, T* probs,  // (N) (N,V)
                             const T* logits,      // (N,V)
                             const int32_t* targets,  // (N), each in [0,V)
                             int N, int V);
+// Shannon entropy -sum p log p of one probability row (p = 0 adds 0), in double; and its mean
+// over N rows (PILF's tau over the scored output rows).
+template <class T>
+double row_entropy(const T* p, int V);
+template <class T>
+double mean_entropy(const T* probs,  // (N,V), rows sum to 1
+                    int N, int V);
+
 // dlogits = scale * (probs - onehot(target)), assigned.
 template <class T>
 void crossentropy_backward(T* dlogits, const T* probs, const int32_t* targets, T scale, int N,

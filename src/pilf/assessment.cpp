@@ -14,20 +14,6 @@ double predictive_integrity(const PiInputs& in, const PiConfig& cfg) {
 }
 
 template <class T>
-double mean_entropy(const T* probs, int N, int V) {
-  if (N == 0) return 0.0;
-  double total = 0.0;
-  for (int n = 0; n < N; ++n) {
-    const T* p = probs + static_cast<int64_t>(n) * V;
-    double h = 0.0;
-    for (int v = 0; v < V; ++v)
-      if (p[v] > T(0)) h -= static_cast<double>(p[v]) * std::log(static_cast<double>(p[v]));
-    total += h;
-  }
-  return total / N;
-}
-
-template <class T>
 void gradient_norms(GradNorms& out, const ParamTable& table, const T* grads, int layers, int experts) {
   out.expert.assign(static_cast<size_t>(layers) * static_cast<size_t>(experts), 0.0);
   double kind_sq[3] = {0.0, 0.0, 0.0};
@@ -46,7 +32,5 @@ void gradient_norms(GradNorms& out, const ParamTable& table, const T* grads, int
 
 template void gradient_norms<float>(GradNorms&, const ParamTable&, const float*, int, int);
 template void gradient_norms<double>(GradNorms&, const ParamTable&, const double*, int, int);
-template double mean_entropy<float>(const float*, int, int);
-template double mean_entropy<double>(const double*, int, int);
 
 }  // namespace hyperrnn::pilf

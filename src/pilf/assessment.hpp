@@ -33,10 +33,7 @@ struct PiInputs {
 // finite normalised error, as in the reference.
 double predictive_integrity(const PiInputs& in, const PiConfig& cfg);
 
-// Mean over rows of the Shannon entropy -sum p log p of each row of probabilities (p = 0 adds 0).
-template <class T>
-double mean_entropy(const T* probs,  // (N,V), rows sum to 1
-                    int N, int V);
+// tau is nn::mean_entropy over the scored output rows (src/nn/ops.hpp).
 
 // L2 norms of a gradient buffer, read through the parameter table: overall, per tensor kind
 // (dense, expert, gating: the surprise split), and per expert of each MoE layer (SMK's surprise_e).

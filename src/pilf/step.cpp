@@ -187,7 +187,8 @@ StepStats train_step(Transformer<T>& model, nn::AdamW<T>& opt, const Batch& batc
   }
   model.zero_grad();
   model.backward();
-  pilf::GradNorms gn;
+  pilf::GradNorms local_gn;
+  pilf::GradNorms& gn = ps ? ps->s.gn : local_gn;  // its per-expert vector is reused across steps
   pilf::gradient_norms(gn, model.table(), model.grads.data(), Lm, E);
   double routing_sq = 0.0;  // pilf: the task-loss gradient at the routing distributions
   if (mc.memory_routing())

@@ -113,6 +113,7 @@ class PilfState {
     std::vector<uint8_t> skip, action, keep, taken;
     std::vector<std::vector<int>> drawn;  // (layers) replayed buffer indices of a meta step
     std::vector<double> eps, tau, pi;
+    pilf::GradNorms gn;
   } s;
 
  private:

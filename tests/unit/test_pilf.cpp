@@ -7,6 +7,7 @@
 #include <cmath>
 #include <vector>
 
+#include "nn/ops.hpp"
 #include "pilf/assessment.hpp"
 #include "pilf/pilr.hpp"
 #include "pilf/smk.hpp"
@@ -33,9 +34,9 @@ TEST_CASE("predictive integrity, published and reference-code forms", "[pilf]") 
 TEST_CASE("tau is the mean Shannon entropy of the output rows", "[pilf]") {
   const std::vector<double> p = {0.5, 0.5, 0.0, 0.0,    // ln 2
                                  1.0, 0.0, 0.0, 0.0};   // 0
-  CHECK(mean_entropy(p.data(), 2, 4) == Approx(0.34657359027997264).epsilon(1e-15));
+  CHECK(hyperrnn::nn::mean_entropy(p.data(), 2, 4) == Approx(0.34657359027997264).epsilon(1e-15));
   const std::vector<float> u(8, 0.125f);  // uniform over 8: ln 8
-  CHECK(mean_entropy(u.data(), 1, 8) == Approx(std::log(8.0)).epsilon(1e-7));
+  CHECK(hyperrnn::nn::mean_entropy(u.data(), 1, 8) == Approx(std::log(8.0)).epsilon(1e-7));
 }
 
 TEST_CASE("PILR adaptor: statistics first, then the modulation", "[pilf]") {
