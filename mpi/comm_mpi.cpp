@@ -3,9 +3,11 @@
 // silently inside the library.
 #include <mpi.h>
 
+#include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "core/error.hpp"
 #include "mpi/comm.hpp"
@@ -49,9 +51,48 @@ class MpiComm final : public Comm {
     HYPERRNN_MPI(MPI_Allreduce(&value, &out, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD));
     return out;
   }
+  void allreduce_max(int* data, std::size_t n) override {
+    if (size_ == 1 || n == 0) return;
+    HYPERRNN_MPI(MPI_Allreduce(MPI_IN_PLACE, data, count(n), MPI_INT, MPI_MAX, MPI_COMM_WORLD));
+  }
   void bcast_bytes(void* data, std::size_t bytes, int root) override {
     if (size_ == 1) return;
     HYPERRNN_MPI(MPI_Bcast(data, static_cast<int>(bytes), MPI_BYTE, root, MPI_COMM_WORLD));
+  }
+  void allreduce_sum(int64_t* data, std::size_t n) override {
+    if (size_ == 1 || n == 0) return;
+    HYPERRNN_MPI(MPI_Allreduce(MPI_IN_PLACE, data, count(n), MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD));
+  }
+  void allreduce_sum(float* data, std::size_t n) override {
+    if (size_ == 1 || n == 0) return;
+    HYPERRNN_MPI(MPI_Allreduce(MPI_IN_PLACE, data, count(n), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD));
+  }
+  void allreduce_sum(double* data, std::size_t n) override {
+    if (size_ == 1 || n == 0) return;
+    HYPERRNN_MPI(MPI_Allreduce(MPI_IN_PLACE, data, count(n), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD));
+  }
+  void allgather_bytes(const void* send, std::size_t bytes, void* recv) override {
+    HYPERRNN_MPI(MPI_Allgather(send, count(bytes), MPI_BYTE, recv, count(bytes), MPI_BYTE, MPI_COMM_WORLD));
+  }
+  void allgatherv_bytes(const void* send, void* recv, const std::size_t* counts) override {
+    rc_.resize(static_cast<std::size_t>(size_));
+    rd_.resize(static_cast<std::size_t>(size_));
+    std::size_t at = 0;
+    for (int r = 0; r < size_; ++r) {
+      rc_[static_cast<std::size_t>(r)] = count(counts[r]);
+      rd_[static_cast<std::size_t>(r)] = count(at);
+      at += counts[r];
+    }
+    HYPERRNN_MPI(MPI_Allgatherv(send, rc_[static_cast<std::size_t>(rank_)], MPI_BYTE, recv, rc_.data(), rd_.data(),
+                                MPI_BYTE, MPI_COMM_WORLD));
+  }
+  void alltoallv(const float* send, const int64_t* sc, const int64_t* sd, float* recv, const int64_t* rc,
+                 const int64_t* rd) override {
+    exchange(send, sc, sd, recv, rc, rd, MPI_FLOAT);
+  }
+  void alltoallv(const double* send, const int64_t* sc, const int64_t* sd, double* recv, const int64_t* rc,
+                 const int64_t* rd) override {
+    exchange(send, sc, sd, recv, rc, rd, MPI_DOUBLE);
   }
   [[noreturn]] void abort(int status) override {
     std::fflush(stdout);
@@ -65,7 +106,27 @@ class MpiComm final : public Comm {
   }
 
  private:
+  // MPI counts and displacements are int: refuse (naming the cause) rather than truncate.
+  static int count(std::size_t n) {
+    if (n > static_cast<std::size_t>(INT_MAX))
+      ::hyperrnn::fail_check("count <= INT_MAX", "an MPI message of " + std::to_string(n) + " elements exceeds the int range",
+                             __FILE__, __LINE__);
+    return static_cast<int>(n);
+  }
+  void exchange(const void* send, const int64_t* sc, const int64_t* sd, void* recv, const int64_t* rc,
+                const int64_t* rd, MPI_Datatype type) {
+    const std::size_t P = static_cast<std::size_t>(size_);
+    sc_.resize(P); sd_.resize(P); rc_.resize(P); rd_.resize(P);
+    for (std::size_t r = 0; r < P; ++r) {
+      sc_[r] = count(static_cast<std::size_t>(sc[r]));
+      sd_[r] = count(static_cast<std::size_t>(sd[r]));
+      rc_[r] = count(static_cast<std::size_t>(rc[r]));
+      rd_[r] = count(static_cast<std::size_t>(rd[r]));
+    }
+    HYPERRNN_MPI(MPI_Alltoallv(send, sc_.data(), sd_.data(), type, recv, rc_.data(), rd_.data(), type, MPI_COMM_WORLD));
+  }
   int rank_ = 0, size_ = 1;
+  std::vector<int> sc_, sd_, rc_, rd_;  // reused across calls: no allocation in the step loop
 };
 }  // namespace
 

@@ -1,5 +1,6 @@
-// 1-rank Comm: every collective is the identity.
+// 1-rank Comm: every collective is the identity (or a copy into the receive buffer).
 #include <cstdlib>
+#include <cstring>
 
 #include "mpi/comm.hpp"
 
@@ -11,7 +12,25 @@ class SerialComm final : public Comm {
   int size() const override { return 1; }
   void barrier() override {}
   int allreduce_max(int value) override { return value; }
+  void allreduce_max(int*, std::size_t) override {}
   void bcast_bytes(void*, std::size_t, int) override {}
+  void allreduce_sum(int64_t*, std::size_t) override {}
+  void allreduce_sum(float*, std::size_t) override {}
+  void allreduce_sum(double*, std::size_t) override {}
+  void allgather_bytes(const void* send, std::size_t bytes, void* recv) override {
+    if (bytes && send != recv) std::memmove(recv, send, bytes);
+  }
+  void allgatherv_bytes(const void* send, void* recv, const std::size_t* counts) override {
+    if (counts[0] && send != recv) std::memmove(recv, send, counts[0]);
+  }
+  void alltoallv(const float* send, const int64_t* sc, const int64_t* sd, float* recv, const int64_t*,
+                 const int64_t* rd) override {
+    if (sc[0] && send + sd[0] != recv + rd[0]) std::memmove(recv + rd[0], send + sd[0], static_cast<std::size_t>(sc[0]) * sizeof(float));
+  }
+  void alltoallv(const double* send, const int64_t* sc, const int64_t* sd, double* recv, const int64_t*,
+                 const int64_t* rd) override {
+    if (sc[0] && send + sd[0] != recv + rd[0]) std::memmove(recv + rd[0], send + sd[0], static_cast<std::size_t>(sc[0]) * sizeof(double));
+  }
   [[noreturn]] void abort(int status) override { std::exit(status); }
 };
 }  // namespace

@@ -1,0 +1,295 @@
+// Layout, shard sums, the reproducible gradient sum and the MoE token exchange.
+#include "core/parallel.hpp"
+
+#include <chrono>
+#include <climits>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "core/error.hpp"
+#include "mpi/comm.hpp"
+
+namespace hyperrnn {
+
+namespace {
+// Adds the seconds since construction to `acc` when it goes out of scope.
+class Stopwatch {
+ public:
+  explicit Stopwatch(double& acc) : acc_(acc), t0_(std::chrono::steady_clock::now()) {}
+  ~Stopwatch() { acc_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count(); }
+
+ private:
+  double& acc_;
+  std::chrono::steady_clock::time_point t0_;
+};
+}  // namespace
+
+Parallel::Parallel(Comm* c, int shards, int experts) : comm(c), S(shards), E(experts) {
+  if (comm && comm->size() > 1) {
+    P = comm->size();
+    rank = comm->rank();
+  } else {
+    comm = nullptr;
+  }
+  shard_lo = S / P * rank;
+  shard_hi = S / P * (rank + 1);
+  expert_lo.resize(static_cast<size_t>(P) + 1);
+  for (int r = 0; r <= P; ++r) expert_lo[static_cast<size_t>(r)] = static_cast<int>(static_cast<int64_t>(E) * r / P);
+}
+
+int Parallel::owner(int e) const {
+  int r = 0;
+  while (r + 1 < P && e >= expert_lo[static_cast<size_t>(r) + 1]) ++r;
+  return r;
+}
+
+void Parallel::local_block(int64_t n, int64_t& first, int& count, std::vector<int>& shard_samples) const {
+  first = shard_begin(n, shard_lo);
+  count = static_cast<int>(shard_begin(n, shard_hi) - first);
+  shard_samples.resize(static_cast<size_t>(local_shards()));
+  for (int s = shard_lo; s < shard_hi; ++s)
+    shard_samples[static_cast<size_t>(s - shard_lo)] = static_cast<int>(shard_begin(n, s + 1) - shard_begin(n, s));
+}
+
+void Parallel::reset_accounting(int moe_layers) {
+  dispatch_s = reduce_s = 0.0;
+  layer_bytes.assign(static_cast<size_t>(moe_layers), 0);
+}
+
+void Parallel::sum_over_shards(const double* local, int m, double* out) {
+  const double* all = local;
+  if (P > 1) {
+    Stopwatch w(reduce_s);
+    gather_.resize(static_cast<size_t>(S) * static_cast<size_t>(m));
+    comm->allgather_bytes(local, static_cast<size_t>(local_shards()) * static_cast<size_t>(m) * sizeof(double), gather_.data());
+    all = gather_.data();
+  }
+  for (int j = 0; j < m; ++j) out[j] = 0.0;
+  for (int s = 0; s < S; ++s)
+    for (int j = 0; j < m; ++j) out[j] += all[static_cast<int64_t>(s) * m + j];
+}
+
+void Parallel::merge_owned(double* v, size_t n) {
+  if (P == 1) return;
+  Stopwatch w(reduce_s);
+  comm->allreduce_sum(v, n);
+}
+
+size_t Parallel::total_bytes(size_t bytes) {
+  if (P == 1) return bytes;
+  Stopwatch w(reduce_s);
+  counts_.resize(static_cast<size_t>(P));
+  comm->allgather_bytes(&bytes, sizeof(size_t), counts_.data());
+  size_t total = 0;
+  for (size_t c : counts_) total += c;
+  return total;
+}
+
+size_t Parallel::allgatherv(const void* send, size_t bytes, void* recv) {
+  if (P == 1) {
+    if (bytes && send != recv) std::memmove(recv, send, bytes);
+    return bytes;
+  }
+  Stopwatch w(reduce_s);
+  counts_.resize(static_cast<size_t>(P));
+  comm->allgather_bytes(&bytes, sizeof(size_t), counts_.data());
+  size_t total = 0;
+  for (size_t c : counts_) total += c;
+  comm->allgatherv_bytes(send, recv, counts_.data());
+  return total;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reproducible sum
+
+namespace {
+constexpr int64_t kBlock = 256;
+constexpr int kZero = INT_MIN;    // block of zeros
+constexpr int kNonFinite = INT_MAX;
+}  // namespace
+
+template <class T>
+void ShardSum<T>::sum(T* out, const std::vector<const T*>& shards, const std::vector<std::pair<int64_t, int64_t>>& ranges,
+                      Parallel& par) {
+  const int Sl = static_cast<int>(shards.size());
+  HYPERRNN_CHECK(Sl == par.local_shards(), "ShardSum: one buffer per local shard");
+  Stopwatch w(par.reduce_s);
+  if (par.reduction == Reduction::Plain) {  // benchmark baseline: shard order locally, then MPI's sum
+    for (const auto& [b, e] : ranges) {
+      for (int64_t i = b; i < e; ++i) {
+        T acc = shards[0][i];
+        for (int s = 1; s < Sl; ++s) acc += shards[static_cast<size_t>(s)][i];
+        out[i] = acc;
+      }
+      if (par.P > 1) par.comm->allreduce_sum(out + b, static_cast<size_t>(e - b));
+    }
+    return;
+  }
+  int64_t nblocks = 0;
+  for (const auto& [b, e] : ranges) nblocks += (e - b + kBlock - 1) / kBlock;
+  exps_.assign(static_cast<size_t>(nblocks), kZero);
+  // 1. the largest binary exponent of each block over this rank's shards, then over all ranks
+  int64_t k = 0;
+  for (const auto& [b, e] : ranges)
+    for (int64_t b0 = b; b0 < e; b0 += kBlock, ++k) {
+      const int64_t b1 = std::min(e, b0 + kBlock);
+      int& ex = exps_[static_cast<size_t>(k)];
+      for (int s = 0; s < Sl; ++s)
+        for (int64_t i = b0; i < b1; ++i) {
+          const T v = shards[static_cast<size_t>(s)][i];
+          if (!std::isfinite(v)) {
+            ex = kNonFinite;
+          } else if (v != T(0) && ex != kNonFinite) {
+            int e2 = 0;
+            std::frexp(static_cast<double>(v), &e2);  // |v| < 2^e2
+            ex = std::max(ex, e2);
+          }
+        }
+    }
+  if (par.P > 1) par.comm->allreduce_max(exps_.data(), exps_.size());
+  // 2. fixed point on the block's exponent with headroom for S terms, exact integer sums
+  int headroom = 0;
+  while ((int64_t{1} << headroom) < par.S) ++headroom;
+  int64_t total = 0;
+  for (const auto& [b, e] : ranges) total += e - b;
+  acc_.assign(static_cast<size_t>(total), 0);
+  k = 0;
+  int64_t at = 0;
+  for (const auto& [b, e] : ranges)
+    for (int64_t b0 = b; b0 < e; b0 += kBlock, ++k) {
+      const int64_t b1 = std::min(e, b0 + kBlock);
+      const int ex = exps_[static_cast<size_t>(k)];
+      if (ex == kZero || ex == kNonFinite) {
+        at += b1 - b0;
+        continue;
+      }
+      const int shift = 62 - headroom - ex;  // |v| 2^shift < 2^(62 - headroom)
+      for (int64_t i = b0; i < b1; ++i, ++at) {
+        int64_t a = 0;
+        for (int s = 0; s < Sl; ++s) a += std::llround(std::ldexp(static_cast<double>(shards[static_cast<size_t>(s)][i]), shift));
+        acc_[static_cast<size_t>(at)] = a;
+      }
+    }
+  if (par.P > 1) par.comm->allreduce_sum(acc_.data(), acc_.size());
+  // 3. back to floating point, once
+  k = 0;
+  at = 0;
+  for (const auto& [b, e] : ranges)
+    for (int64_t b0 = b; b0 < e; b0 += kBlock, ++k) {
+      const int64_t b1 = std::min(e, b0 + kBlock);
+      const int ex = exps_[static_cast<size_t>(k)];
+      const int shift = 62 - headroom - ex;
+      for (int64_t i = b0; i < b1; ++i, ++at) {
+        if (ex == kZero) out[i] = T(0);
+        else if (ex == kNonFinite) out[i] = std::numeric_limits<T>::quiet_NaN();
+        else out[i] = static_cast<T>(std::ldexp(static_cast<double>(acc_[static_cast<size_t>(at)]), -shift));
+      }
+    }
+}
+
+template class ShardSum<float>;
+template class ShardSum<double>;
+
+// ---------------------------------------------------------------------------------------------
+// Token exchange
+
+template <>
+std::vector<float>& ExpertExchange::tmp<float>() { return tmp_f_; }
+template <>
+std::vector<double>& ExpertExchange::tmp<double>() { return tmp_d_; }
+
+void ExpertExchange::plan(const int32_t* local_offsets, Parallel& par, int layer, int width_bytes) {
+  const int P = par.P, E = par.E;
+  Stopwatch w(par.dispatch_s);
+  std::vector<int32_t> mine(static_cast<size_t>(E));
+  for (int e = 0; e < E; ++e) mine[static_cast<size_t>(e)] = local_offsets[e + 1] - local_offsets[e];
+  counts_.resize(static_cast<size_t>(P) * E);
+  par.comm->allgather_bytes(mine.data(), sizeof(int32_t) * static_cast<size_t>(E), counts_.data());
+  expert_rows_.assign(static_cast<size_t>(E), 0);
+  for (int s = 0; s < P; ++s)
+    for (int e = 0; e < E; ++e) expert_rows_[static_cast<size_t>(e)] += counts_[static_cast<size_t>(s) * E + e];
+  sc_.assign(static_cast<size_t>(P), 0); sd_.assign(static_cast<size_t>(P), 0);
+  rc_.assign(static_cast<size_t>(P), 0); rd_.assign(static_cast<size_t>(P), 0);
+  int64_t off_rank = 0;  // rows that leave their rank, all ranks together
+  for (int d = 0; d < P; ++d) {
+    const int e0 = par.expert_lo[static_cast<size_t>(d)], e1 = par.expert_lo[static_cast<size_t>(d) + 1];
+    sd_[static_cast<size_t>(d)] = local_offsets[e0];
+    sc_[static_cast<size_t>(d)] = local_offsets[e1] - local_offsets[e0];
+    for (int s = 0; s < P; ++s)
+      for (int e = e0; e < e1; ++e)
+        if (s != d) off_rank += counts_[static_cast<size_t>(s) * E + e];
+  }
+  const int lo = par.experts_lo(), hi = par.experts_hi();
+  int64_t at = 0;
+  for (int s = 0; s < P; ++s) {
+    rd_[static_cast<size_t>(s)] = at;
+    for (int e = lo; e < hi; ++e) rc_[static_cast<size_t>(s)] += counts_[static_cast<size_t>(s) * E + e];
+    at += rc_[static_cast<size_t>(s)];
+  }
+  first_own_ = lo;
+  own_offsets_.assign(static_cast<size_t>(hi - lo) + 1, 0);
+  for (int e = lo; e < hi; ++e) own_offsets_[static_cast<size_t>(e - lo) + 1] = own_offsets_[static_cast<size_t>(e - lo)] + expert_rows_[static_cast<size_t>(e)];
+  // four exchanges of the rows (forward there and back, backward there and back) plus the counts
+  if (layer >= 0 && layer < static_cast<int>(par.layer_bytes.size()))
+    par.layer_bytes[static_cast<size_t>(layer)] += 4 * off_rank * width_bytes + static_cast<int64_t>(P) * (P - 1) * E * 4;
+}
+
+void ExpertExchange::scale(int W) {
+  const size_t P = sc_.size();
+  sc_w_.resize(P); sd_w_.resize(P); rc_w_.resize(P); rd_w_.resize(P);
+  for (size_t r = 0; r < P; ++r) {
+    sc_w_[r] = sc_[r] * W; sd_w_[r] = sd_[r] * W; rc_w_[r] = rc_[r] * W; rd_w_[r] = rd_[r] * W;
+  }
+}
+
+template <class T>
+void ExpertExchange::permute(const T* from, T* to, int W, bool to_canonical) {
+  // recv layout: source-major (s, e, rows); canonical: expert-major (e, s, rows)
+  const int P = static_cast<int>(rc_.size());
+  const int n_own = static_cast<int>(own_offsets_.size()) - 1;
+  const int E = static_cast<int>(expert_rows_.size());
+  std::vector<int64_t>& cur = cur_;  // per own expert: next canonical row
+  cur.assign(static_cast<size_t>(n_own), 0);
+  for (int j = 0; j < n_own; ++j) cur[static_cast<size_t>(j)] = own_offsets_[static_cast<size_t>(j)];
+  for (int s = 0; s < P; ++s) {
+    int64_t r = rd_[static_cast<size_t>(s)];
+    for (int j = 0; j < n_own; ++j) {
+      const int e = first_own_ + j;
+      const int64_t n = counts_[static_cast<size_t>(s) * E + e];
+      if (n == 0) continue;
+      const T* src = to_canonical ? from + r * W : from + cur[static_cast<size_t>(j)] * W;
+      T* dst = to_canonical ? to + cur[static_cast<size_t>(j)] * W : to + r * W;
+      std::memcpy(dst, src, static_cast<size_t>(n) * W * sizeof(T));
+      r += n;
+      cur[static_cast<size_t>(j)] += n;
+    }
+  }
+}
+
+template <class T>
+void ExpertExchange::dispatch(const T* local, T* own, int W, Parallel& par) {
+  Stopwatch w(par.dispatch_s);
+  std::vector<T>& buf = tmp<T>();
+  buf.resize(static_cast<size_t>(own_rows()) * W);
+  scale(W);
+  par.comm->alltoallv(local, sc_w_.data(), sd_w_.data(), buf.data(), rc_w_.data(), rd_w_.data());
+  permute(buf.data(), own, W, true);
+}
+
+template <class T>
+void ExpertExchange::give_back(const T* own, T* local, int W, Parallel& par) {
+  Stopwatch w(par.dispatch_s);
+  std::vector<T>& buf = tmp<T>();
+  buf.resize(static_cast<size_t>(own_rows()) * W);
+  permute(own, buf.data(), W, false);
+  scale(W);
+  par.comm->alltoallv(buf.data(), rc_w_.data(), rd_w_.data(), local, sc_w_.data(), sd_w_.data());
+}
+
+template void ExpertExchange::dispatch<float>(const float*, float*, int, Parallel&);
+template void ExpertExchange::dispatch<double>(const double*, double*, int, Parallel&);
+template void ExpertExchange::give_back<float>(const float*, float*, int, Parallel&);
+template void ExpertExchange::give_back<double>(const double*, double*, int, Parallel&);
+
+}  // namespace hyperrnn
