@@ -62,20 +62,28 @@ ExpertView<T> expert_view(T* base, int e, const MoeDims& d) {
 }  // namespace
 
 template <class T>
-void moe_forward(T* out, MoeCache<T>& c, const T* inp, const MoeWeights<T>& wts, RouterKind router,
-                 const MoeDims& d) {
-  const int N = d.N, C = d.C, E = d.E, K = d.K, F = d.F;
+void moe_route(MoeCache<T>& c, const T* inp, const MoeWeights<T>& wts, RouterKind router, const MoeDims& d) {
+  const int N = d.N, C = d.C, E = d.E, K = d.K;
   HYPERRNN_DASSERT(d.sets >= 1 && N % d.sets == 0);
-  if (router == RouterKind::Linear)
-    linear_forward<T>(c.scores, inp, wts.router_a, nullptr, N, C, E);
-  else
-    for (int s = 0; s < d.sets; ++s) {  // token block s uses routing set s
+  if (d.sets > 1) {  // memory-Gaussian: token block r uses routing set r (per-sample GEMMs)
+    for (int r = 0; r < d.sets; ++r) {
       const int Ns = N / d.sets;
-      const int64_t t0 = 1LL * s * Ns, ec = 1LL * s * E * C;
-      gaussian_scores_forward<T>(c.scores + t0 * E, c.w + ec, c.m + ec, c.c + 1LL * s * E, c.inp_sq + t0 * C,
-                                 inp + t0 * C, wts.router_a + s * wts.set_stride, wts.router_b + s * wts.set_stride,
+      const int64_t t0 = 1LL * r * Ns, ec = 1LL * r * E * C;
+      gaussian_scores_forward<T>(c.scores + t0 * E, c.w + ec, c.m + ec, c.c + 1LL * r * E, c.inp_sq + t0 * C,
+                                 inp + t0 * C, wts.router_a + r * wts.set_stride, wts.router_b + r * wts.set_stride,
                                  Ns, C, E);
     }
+  } else {
+    for (int s = 0; s < d.shards; ++s) {
+      const int t0 = d.shard_begin(s), n = d.shard_begin(s + 1) - t0;
+      if (n == 0) continue;
+      if (router == RouterKind::Linear)
+        linear_forward<T>(c.scores + 1LL * t0 * E, inp + 1LL * t0 * C, wts.router_a, nullptr, n, C, E);
+      else
+        gaussian_scores_forward<T>(c.scores + 1LL * t0 * E, c.w, c.m, c.c, c.inp_sq + 1LL * t0 * C, inp + 1LL * t0 * C,
+                                   wts.router_a, wts.router_b, n, C, E);
+    }
+  }
   topk_softmax_forward<T>(c.idx, c.gates, c.scores, N, E, K);
   if (d.sample_k)  // dynamic top-k: softmax over the first k of the K chosen, the rest gate 0
     for (int n = 0; n < N; ++n) {
@@ -109,14 +117,25 @@ void moe_forward(T* out, MoeCache<T>& c, const T* inp, const MoeWeights<T>& wts,
   const int64_t A = c.offsets[E];
   for (int64_t a = 0; a < A; ++a)
     for (int i = 0; i < C; ++i) c.xs[a * C + i] = inp[1LL * c.tok[a] * C + i];
-  for (int e = 0; e < E; ++e) {
-    const int r0 = c.offsets[e], n_e = c.offsets[e + 1] - r0;
+}
+
+template <class T>
+void moe_experts_forward(T* ys, T* h, T* act, const T* xs, const int32_t* offsets, int n_experts, const T* experts,
+                         const MoeDims& d) {
+  const int C = d.C, F = d.F;
+  for (int e = 0; e < n_experts; ++e) {
+    const int r0 = offsets[e], n_e = offsets[e + 1] - r0;
     if (n_e == 0) continue;
-    const ExpertView<T> x = expert_view(wts.experts, e, d);
-    linear_forward<T>(c.h + 1LL * r0 * F, c.xs + 1LL * r0 * C, x.fc1_w, x.fc1_b, n_e, C, F);
-    gelu_forward<T>(c.act + 1LL * r0 * F, c.h + 1LL * r0 * F, 1LL * n_e * F);
-    linear_forward<T>(c.ys + 1LL * r0 * C, c.act + 1LL * r0 * F, x.fc2_w, x.fc2_b, n_e, F, C);
+    const ExpertView<T> x = expert_view(const_cast<T*>(experts), e, d);
+    linear_forward<T>(h + 1LL * r0 * F, xs + 1LL * r0 * C, x.fc1_w, x.fc1_b, n_e, C, F);
+    gelu_forward<T>(act + 1LL * r0 * F, h + 1LL * r0 * F, 1LL * n_e * F);
+    linear_forward<T>(ys + 1LL * r0 * C, act + 1LL * r0 * F, x.fc2_w, x.fc2_b, n_e, F, C);
   }
+}
+
+template <class T>
+void moe_combine(T* out, const MoeCache<T>& c, const MoeDims& d) {
+  const int N = d.N, C = d.C, K = d.K;
   for (int n = 0; n < N; ++n) {
     T* o = out + 1LL * n * C;
     for (int i = 0; i < C; ++i) o[i] = T(0);
@@ -129,33 +148,43 @@ void moe_forward(T* out, MoeCache<T>& c, const T* inp, const MoeWeights<T>& wts,
 }
 
 template <class T>
-void moe_backward(T* dinp, const MoeWeights<T>& g, MoeScratch<T>& s, const T* dout, const T* inp,
-                  const MoeCache<T>& c, const MoeWeights<T>& wts, RouterKind router,
-                  const MoeDims& d) {
-  const int N = d.N, C = d.C, E = d.E, K = d.K, F = d.F;
-  // Combine backward: dgate = <dout, y>, dy = gate * dout.
+void moe_forward(T* out, MoeCache<T>& c, const T* inp, const MoeWeights<T>& wts, RouterKind router,
+                 const MoeDims& d) {
+  moe_route(c, inp, wts, router, d);
+  moe_experts_forward(c.ys, c.h, c.act, c.xs, c.offsets, d.E, wts.experts, d);
+  moe_combine(out, c, d);
+}
+
+template <class T>
+void moe_combine_backward(T* dys, T* dgates, const T* dout, const MoeCache<T>& c, const MoeDims& d) {
+  const int N = d.N, C = d.C, K = d.K;
+  // dgate = <dout, y>, dy = gate * dout.
   for (int n = 0; n < N; ++n)
     for (int j = 0, k = d.k_of(n); j < K; ++j) {
       const int64_t nk = 1LL * n * K + j;
       if (j >= k) {  // inactive slot: gate 0, no gradient
-        s.dgates[nk] = T(0);
+        dgates[nk] = T(0);
         continue;
       }
       const T* y = c.ys + 1LL * c.pos[nk] * C;
-      T* dy = s.dys + 1LL * c.pos[nk] * C;
+      T* dy = dys + 1LL * c.pos[nk] * C;
       const T* dn = dout + 1LL * n * C;
       double dot = 0.0;
       for (int i = 0; i < C; ++i) {
         dot += static_cast<double>(dn[i]) * y[i];
         dy[i] = c.gates[nk] * dn[i];
       }
-      s.dgates[nk] = static_cast<T>(dot);
+      dgates[nk] = static_cast<T>(dot);
     }
-  // Router backward first: it assigns dinp; the experts' contributions then accumulate.
+}
+
+template <class T>
+void moe_router_backward(T* dinp, const MoeWeights<T>* rg, MoeScratch<T>& s, const T* inp, const MoeCache<T>& c,
+                         const MoeWeights<T>& wts, RouterKind router, const MoeDims& d) {
+  const int N = d.N, C = d.C, E = d.E, K = d.K;
   topk_softmax_backward<T>(s.dscores, s.dgates, c.gates, c.idx, N, E, K);
-  if (router == RouterKind::Linear)
-    linear_backward<T>(dinp, g.router_a, nullptr, s.dscores, inp, wts.router_a, N, C, E);
-  else
+  if (d.sets > 1) {
+    const MoeWeights<T>& g = rg[0];
     for (int r = 0; r < d.sets; ++r) {
       const int Ns = N / d.sets;
       const int64_t t0 = 1LL * r * Ns, ec = 1LL * r * E * C;
@@ -163,20 +192,53 @@ void moe_backward(T* dinp, const MoeWeights<T>& g, MoeScratch<T>& s, const T* do
                                   s.dscores + t0 * E, inp + t0 * C, c.inp_sq + t0 * C,
                                   wts.router_a + r * wts.set_stride, c.w + ec, c.m + ec, Ns, C, E);
     }
-  for (int e = 0; e < E; ++e) {
-    const int r0 = c.offsets[e], n_e = c.offsets[e + 1] - r0;
-    if (n_e == 0) continue;
-    const ExpertView<T> x = expert_view(wts.experts, e, d);
-    const ExpertView<T> gx = expert_view(g.experts, e, d);
-    linear_backward<T>(s.dact + 1LL * r0 * F, gx.fc2_w, gx.fc2_b, s.dys + 1LL * r0 * C,
-                       c.act + 1LL * r0 * F, x.fc2_w, n_e, F, C);
-    gelu_backward<T>(s.dh + 1LL * r0 * F, s.dact + 1LL * r0 * F, c.h + 1LL * r0 * F, 1LL * n_e * F);
-    linear_backward<T>(s.dxs + 1LL * r0 * C, gx.fc1_w, gx.fc1_b, s.dh + 1LL * r0 * F,
-                       c.xs + 1LL * r0 * C, x.fc1_w, n_e, C, F);
+    return;
   }
-  const int64_t A = c.offsets[E];
+  for (int sh = 0; sh < d.shards; ++sh) {
+    const int t0 = d.shard_begin(sh), n = d.shard_begin(sh + 1) - t0;
+    if (n == 0) continue;
+    const MoeWeights<T>& g = rg[sh];
+    if (router == RouterKind::Linear)
+      linear_backward<T>(dinp + 1LL * t0 * C, g.router_a, nullptr, s.dscores + 1LL * t0 * E, inp + 1LL * t0 * C,
+                         wts.router_a, n, C, E);
+    else
+      gaussian_scores_backward<T>(dinp + 1LL * t0 * C, g.router_a, g.router_b, s.ec, s.dscores + 1LL * t0 * E,
+                                  inp + 1LL * t0 * C, c.inp_sq + 1LL * t0 * C, wts.router_a, c.w, c.m, n, C, E);
+  }
+}
+
+template <class T>
+void moe_experts_backward(T* dxs, T* dact, T* dh, T* grad_experts, const T* dys, const T* xs, const T* h, const T* act,
+                          const int32_t* offsets, int n_experts, const T* experts, const MoeDims& d) {
+  const int C = d.C, F = d.F;
+  for (int e = 0; e < n_experts; ++e) {
+    const int r0 = offsets[e], n_e = offsets[e + 1] - r0;
+    if (n_e == 0) continue;
+    const ExpertView<T> x = expert_view(const_cast<T*>(experts), e, d);
+    const ExpertView<T> gx = expert_view(grad_experts, e, d);
+    linear_backward<T>(dact + 1LL * r0 * F, gx.fc2_w, gx.fc2_b, dys + 1LL * r0 * C, act + 1LL * r0 * F, x.fc2_w, n_e, F, C);
+    gelu_backward<T>(dh + 1LL * r0 * F, dact + 1LL * r0 * F, h + 1LL * r0 * F, 1LL * n_e * F);
+    linear_backward<T>(dxs + 1LL * r0 * C, gx.fc1_w, gx.fc1_b, dh + 1LL * r0 * F, xs + 1LL * r0 * C, x.fc1_w, n_e, C, F);
+  }
+}
+
+template <class T>
+void moe_scatter_add(T* dinp, const T* dxs, const MoeCache<T>& c, const MoeDims& d) {
+  const int C = d.C;
+  const int64_t A = c.offsets[d.E];
   for (int64_t a = 0; a < A; ++a)
-    for (int i = 0; i < C; ++i) dinp[1LL * c.tok[a] * C + i] += s.dxs[a * C + i];
+    for (int i = 0; i < C; ++i) dinp[1LL * c.tok[a] * C + i] += dxs[a * C + i];
+}
+
+template <class T>
+void moe_backward(T* dinp, const MoeWeights<T>& g, MoeScratch<T>& s, const T* dout, const T* inp,
+                  const MoeCache<T>& c, const MoeWeights<T>& wts, RouterKind router,
+                  const MoeDims& d) {
+  moe_combine_backward(s.dys, s.dgates, dout, c, d);
+  // router backward first: it assigns dinp; the experts' contributions then accumulate
+  moe_router_backward(dinp, &g, s, inp, c, wts, router, d);
+  moe_experts_backward(s.dxs, s.dact, s.dh, g.experts, s.dys, c.xs, c.h, c.act, c.offsets, d.E, wts.experts, d);
+  moe_scatter_add(dinp, s.dxs, c, d);
 }
 
 #define HYPERRNN_INSTANTIATE_MOE(T)                                                             \
@@ -186,7 +248,16 @@ void moe_backward(T* dinp, const MoeWeights<T>& g, MoeScratch<T>& s, const T* do
                                const MoeDims&);                                                 \
   template void moe_backward<T>(T*, const MoeWeights<T>&, MoeScratch<T>&, const T*, const T*,   \
                                 const MoeCache<T>&, const MoeWeights<T>&, RouterKind,           \
-                                const MoeDims&);
+                                const MoeDims&);                                                \
+  template void moe_route<T>(MoeCache<T>&, const T*, const MoeWeights<T>&, RouterKind, const MoeDims&); \
+  template void moe_experts_forward<T>(T*, T*, T*, const T*, const int32_t*, int, const T*, const MoeDims&); \
+  template void moe_combine<T>(T*, const MoeCache<T>&, const MoeDims&);                        \
+  template void moe_combine_backward<T>(T*, T*, const T*, const MoeCache<T>&, const MoeDims&);  \
+  template void moe_router_backward<T>(T*, const MoeWeights<T>*, MoeScratch<T>&, const T*, const MoeCache<T>&, \
+                                       const MoeWeights<T>&, RouterKind, const MoeDims&);      \
+  template void moe_experts_backward<T>(T*, T*, T*, T*, const T*, const T*, const T*, const T*, const int32_t*, int, \
+                                        const T*, const MoeDims&);                              \
+  template void moe_scatter_add<T>(T*, const T*, const MoeCache<T>&, const MoeDims&);
 HYPERRNN_INSTANTIATE_MOE(float)
 HYPERRNN_INSTANTIATE_MOE(double)
 

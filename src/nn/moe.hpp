@@ -1,7 +1,8 @@
 // Mixture-of-Experts feed-forward layer: router (linear or diagonal-Gaussian) -> top-k -> softmax
 // over the k chosen -> experts (Linear-GELU-Linear) on their tokens in canonical token order ->
-// gate-weighted combine. No capacity limit; no communication (the expert-parallel exchange wraps
-// these functions in a later layer).
+// gate-weighted combine. No capacity limit; no communication: the phase functions below let the
+// model run the expert phases on the experts' owners with the exchange (src/core/parallel.hpp)
+// in between; moe_forward / moe_backward compose them for one process.
 #pragma once
 #include <cstdint>
 
@@ -25,6 +26,12 @@ struct MoeDims {
   const int32_t* sample_k = nullptr;
   int sample_tokens = 0;
   int k_of(int n) const { return sample_k ? sample_k[n / sample_tokens] : K; }
+  // Canonical batch shards: token ranges [shard_rows[s], shard_rows[s+1]) (shards + 1 entries;
+  // null = one shard). The router's GEMMs run shard by shard so that their shapes, and so their
+  // results, do not depend on how many shards a process holds.
+  int shards = 1;
+  const int32_t* shard_rows = nullptr;
+  int shard_begin(int s) const { return shard_rows ? shard_rows[s] : (s == 0 ? 0 : N); }
   int64_t assignments() const { return static_cast<int64_t>(N) * K; }  // capacity (all k = K)
   // Elements of one expert in the parameter buffer: fc1.weight (F,C), fc1.bias (F),
   // fc2.weight (C,F), fc2.bias (C), in this order.
@@ -91,6 +98,37 @@ void moe_backward(T* dinp,                 // (N,C)
                   const T* dout,           // (N,C)
                   const T* inp, const MoeCache<T>& cache,
                   const MoeWeights<T>& wts, RouterKind router, const MoeDims& d);
+
+// The phases (moe_forward = route, experts_forward, combine; moe_backward = combine_backward,
+// router_backward, experts_backward, scatter_add).
+// Router scores, top-k, gates, counting sort of the active (token, slot) pairs by expert (stable in
+// token order) and the gathered inputs xs in that order.
+template <class T>
+void moe_route(MoeCache<T>& cache, const T* inp, const MoeWeights<T>& wts, RouterKind router, const MoeDims& d);
+// Experts [0, n_experts) of the block `experts` (expert_stride() elements each) on their row ranges
+// offsets (n_experts + 1) of xs: h, act, ys assigned.
+template <class T>
+void moe_experts_forward(T* ys, T* h, T* act, const T* xs, const int32_t* offsets, int n_experts, const T* experts,
+                         const MoeDims& d);
+// out (N,C) assigned: gate-weighted sum of cache.ys rows.
+template <class T>
+void moe_combine(T* out, const MoeCache<T>& cache, const MoeDims& d);
+// dys (A,C) and dgates (N,K) assigned from dout.
+template <class T>
+void moe_combine_backward(T* dys, T* dgates, const T* dout, const MoeCache<T>& cache, const MoeDims& d);
+// From scratch.dgates: dscores, dinp assigned, router gradients accumulated; router_grads holds one
+// MoeWeights per shard (routing sets > 1: the per-set gradients, entry 0 only).
+template <class T>
+void moe_router_backward(T* dinp, const MoeWeights<T>* router_grads, MoeScratch<T>& scratch, const T* inp,
+                         const MoeCache<T>& cache, const MoeWeights<T>& wts, RouterKind router, const MoeDims& d);
+// Expert backward on the rows of experts_forward: dxs, dact, dh assigned; weight gradients
+// accumulate into grad_experts.
+template <class T>
+void moe_experts_backward(T* dxs, T* dact, T* dh, T* grad_experts, const T* dys, const T* xs, const T* h, const T* act,
+                          const int32_t* offsets, int n_experts, const T* experts, const MoeDims& d);
+// dinp[token] += dxs[row] over the sorted rows.
+template <class T>
+void moe_scatter_add(T* dinp, const T* dxs, const MoeCache<T>& cache, const MoeDims& d);
 
 // Tokens routed to expert e in the last forward: offsets[e+1] - offsets[e].
 inline int moe_tokens_of(const int32_t* offsets, int e) { return offsets[e + 1] - offsets[e]; }
