@@ -1,6 +1,8 @@
 // The subcommands of the `hyperrnn` program and the pieces they share.
 #pragma once
 #include <cstdint>
+#include <functional>
+#include <string>
 
 #include "app/options.hpp"
 #include "core/batch.hpp"
@@ -17,12 +19,21 @@ struct EvalResult {
   int64_t samples = 0;
 };
 
-// Held-out samples 0..samples-1 of the HeldOut stream, in batches of at most batch.B.
+// Held-out samples 0..samples-1 of the HeldOut stream, in global batches of `chunk` samples cut
+// into the model's shards (collective; batch must hold this rank's block of a chunk).
 EvalResult evaluate_heldout(Transformer<float>& model, MqarGenerator& gen, Batch& batch, uint64_t seed,
-                            int64_t samples);
+                            int64_t samples, int64_t chunk);
 
-// Test samples of Fashion-MNIST task `which` (-1: all classes), at most max_samples, in file order.
-EvalResult evaluate_fmnist(Transformer<float>& model, const FmnistTask& task, Batch& batch, int which, int64_t max_samples);
+// Test samples of Fashion-MNIST task `which` (-1: all classes), at most max_samples, in file order,
+// in global batches of `chunk` samples (collective).
+EvalResult evaluate_fmnist(Transformer<float>& model, const FmnistTask& task, Batch& batch, int which, int64_t max_samples,
+                           int64_t chunk);
+
+// Runs fn on every rank (root_only: on rank 0 only) and agrees on the outcome: when it threw a
+// UsageError anywhere, every rank throws the lowest failing rank's message (collective).
+void collective(Comm& comm, const std::function<void()>& fn, bool root_only = false);
+// UsageError on every rank unless `what` (an effective configuration) is the same on all ranks.
+void check_same_everywhere(Comm& comm, const std::string& what);
 
 int run_train(Comm& comm, const RunConfig& cfg);
 int run_eval(Comm& comm, const RunConfig& cli);

@@ -1,5 +1,6 @@
 // `hyperrnn eval --snapshot PATH`: rebuilds the model from the snapshot's own configuration and
-// evaluates it on the held-out stream.
+// evaluates it on the held-out stream, on any number of ranks that fits the run's layout, in global
+// batches cut into the run's shards (so the run's own final evaluation is reproduced exactly).
 #include <cstdio>
 
 #include "app/commands.hpp"
@@ -11,11 +12,19 @@
 namespace hyperrnn {
 
 int run_eval(Comm& comm, const RunConfig& cli) {
-  const SnapshotInfo snap = open_snapshot(cli.snapshot);
-  const RunConfig cfg = from_ini(snap.config_ini, snap.manifest);
+  SnapshotInfo snap;
+  RunConfig cfg;
+  collective(comm, [&] {
+    snap = open_snapshot(cli.snapshot);
+    cfg = from_ini(snap.config_ini, snap.manifest);
+    validate_layout(cfg, comm.size());
+  });
   const ModelConfig mc = cfg.model_config();
-  const int B = static_cast<int>(cli.batch);
-  Transformer<float> model(mc, B, static_cast<int>(cfg.scored_per_batch(B)));
+  const int64_t chunk = cli.batch > 0 ? cli.batch : cfg.batch;  // global samples per evaluation batch
+  Parallel par(&comm, static_cast<int>(cfg.shards), mc.is_moe() ? mc.experts : 0);
+  const int S = static_cast<int>(cfg.shards);
+  const int B = static_cast<int>((chunk + S - 1) / S * (S / par.P));  // largest local block of a chunk
+  Transformer<float> model(mc, B, static_cast<int>(cfg.scored_per_batch(B)), &par);
   read_snapshot_params(snap, model.table(), model.params.data());
   // model pilf routes through its GatingTransformer and experience buffers: restore them too
   PilfState<float> pilf(cfg.pilf_config(), mc, B, cfg.seed, cfg.adamw_config());
@@ -31,11 +40,11 @@ int run_eval(Comm& comm, const RunConfig& cli) {
   if (cfg.image_task()) {
     const FmnistTask task(cfg.fmnist_dir, 1);
     batch.images.assign(static_cast<size_t>(B) * FmnistTask::kH * FmnistTask::kW, 0.0f);
-    r = evaluate_fmnist(model, task, batch, -1, cli.eval_samples);
+    r = evaluate_fmnist(model, task, batch, -1, cli.eval_samples, chunk);
     split = "test";
   } else {
     MqarGenerator gen(cfg.mqar_config());
-    r = evaluate_heldout(model, gen, batch, cfg.seed, cli.eval_samples);
+    r = evaluate_heldout(model, gen, batch, cfg.seed, cli.eval_samples, chunk);
   }
   if (comm.rank() == 0)
     std::printf("snapshot %s (step %lld, %s on %s): %s loss %.6f acc %.6f (%lld samples)\n",

@@ -22,24 +22,27 @@ int main(int argc, char** argv) {
   const std::string cmd = argv[1];
   try {
     RunConfig cfg;
-    if (cmd == "train") {
-      if (!parse_options(Command::Train, argc - 1, argv + 1, cfg)) return 0;
-      return run_train(*comm, cfg);
-    }
-    if (cmd == "eval") {
-      if (!parse_options(Command::Eval, argc - 1, argv + 1, cfg)) return 0;
-      return run_eval(*comm, cfg);
-    }
-    if (cmd == "bench") {
-      if (!parse_options(Command::Bench, argc - 1, argv + 1, cfg)) return 0;
-      return run_bench(*comm, cfg);
-    }
-    return fail(2, ("unknown command '" + cmd + "' (train, eval, bench); see 'hyperrnn --help'").c_str());
+    Command c = Command::Train;
+    if (cmd == "train") c = Command::Train;
+    else if (cmd == "eval") c = Command::Eval;
+    else if (cmd == "bench") c = Command::Bench;
+    else return fail(2, ("unknown command '" + cmd + "' (train, eval, bench); see 'hyperrnn --help'").c_str());
+    // Every rank parses its own arguments; errors and differences are agreed on collectively, so
+    // a bad option on any rank ends every rank with status 2 and none hangs.
+    bool go = true;
+    collective(*comm, [&] { go = parse_options(c, argc - 1, argv + 1, cfg); });
+    if (!go) return 0;
+    check_same_everywhere(*comm, cmd + "\n" + to_ini(cfg) + "snapshot = " + cfg.snapshot + "\n");
+    if (c == Command::Train) return run_train(*comm, cfg);
+    if (c == Command::Eval) return run_eval(*comm, cfg);
+    return run_bench(*comm, cfg);
   } catch (const UsageError& e) {
     return fail(2, e.what());
   } catch (const std::exception& e) {
-    const int status = fail(1, e.what());
-    if (comm->size() > 1) comm->abort(status);
-    return status;
+    // a failure on one rank: that rank reports it (the others may be waiting in a collective)
+    // and takes the whole job down
+    if (comm->size() == 1) return fail(1, e.what());
+    std::fprintf(stderr, "hyperrnn: error on rank %d: %s\n", comm->rank(), e.what());
+    comm->abort(1);
   }
 }

@@ -46,7 +46,8 @@ void add_model_task_train(po::options_description& d, RunConfig& c) {
     ("mqar-power-a", po::value(&c.mqar_power_a)->default_value(c.mqar_power_a, fmt_double(c.mqar_power_a)), "MQAR query-gap power law a")
     ("mqar-filler", po::value(&c.mqar_filler)->default_value(c.mqar_filler), "MQAR filler tokens: random | zero")
     ("batch", po::value(&c.batch)->default_value(c.batch), "global samples per step")
-    ("shards", po::value(&c.shards)->default_value(c.shards), "canonical batch shards S (must divide batch; validated now, used by the expert-parallel step)")
+    ("shards", po::value(&c.shards)->default_value(c.shards), "canonical batch shards S: the global batch is cut into S equal shards, each rank runs S/P of them (the rank count P must divide S; results do not depend on P)")
+    ("reduction", po::value(&c.reduction)->default_value(c.reduction), "sum of replicated gradients over shards: exact (reproducible, independent of the rank count) | plain (floating-point MPI_Allreduce; benchmark comparison only)")
     ("steps", po::value(&c.steps)->default_value(c.steps), "training steps")
     ("warmup", po::value(&c.warmup)->default_value(c.warmup), "linear learning-rate warm-up steps")
     ("lr", po::value(&c.lr)->default_value(c.lr, fmt_double(c.lr)), "peak learning rate")
@@ -102,7 +103,7 @@ void add_invocation(po::options_description& d, RunConfig& c, Command cmd) {
     d.add_options()
       ("snapshot", po::value(&c.snapshot), "snapshot directory, its manifest.h5, or a run directory (uses snapshots/latest)")
       ("eval-samples", po::value(&c.eval_samples)->default_value(c.eval_samples), "held-out samples to evaluate")
-      ("batch", po::value(&c.batch)->default_value(c.batch), "samples per evaluation batch");
+      ("batch", po::value(&c.batch)->default_value(0), "samples per evaluation batch (0 = the run's --batch, which reproduces the run's own evaluation exactly)");
 }
 
 [[noreturn]] void bad(const std::string& opt, const std::string& why) {
@@ -237,6 +238,7 @@ void validate(const RunConfig& c) {
   positive("shards", c.shards);
   if (c.batch % c.shards != 0)
     bad("shards", "shards " + std::to_string(c.shards) + " must divide batch " + std::to_string(c.batch));
+  if (c.reduction != "exact" && c.reduction != "plain") bad("reduction", "must be exact or plain, got '" + c.reduction + "'");
   positive("steps", c.steps);
   non_negative("warmup", c.warmup);
   if (!(c.lr > 0.0) || !std::isfinite(c.lr)) bad("lr", "must be a positive number, got " + fmt_double(c.lr));
@@ -339,7 +341,7 @@ bool parse_options(Command cmd, int argc, const char* const* argv, RunConfig& cf
   } else {
     if (cfg.snapshot.empty()) bad("snapshot", "is required for eval");
     positive("eval-samples", cfg.eval_samples);
-    positive("batch", cfg.batch);
+    non_negative("batch", cfg.batch);
   }
   return true;
 }
@@ -368,6 +370,16 @@ std::string to_ini(const RunConfig& c) {
     o << "\n";
   }
   return o.str();
+}
+
+void validate_layout(const RunConfig& c, int ranks) {
+  const std::string P = std::to_string(ranks);
+  if (c.shards % ranks != 0)
+    bad("shards", "the " + P + " ranks must divide the " + std::to_string(c.shards) +
+                      " shards (each rank runs an equal block of shards); use a shard count that is a multiple of " + P);
+  if (c.model_config().is_moe() && c.experts < ranks)
+    bad("experts", "every rank must own at least one expert: " + std::to_string(c.experts) + " experts per layer on " + P +
+                       " ranks; use at most " + std::to_string(c.experts) + " ranks or more experts");
 }
 
 RunConfig from_ini(const std::string& text, const std::string& origin) {

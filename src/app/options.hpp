@@ -31,6 +31,7 @@ struct RunConfig {
   std::string marathon_head = "task";
   // training
   int64_t batch = 64, shards = 1, steps = 1500, warmup = 100;
+  std::string reduction = "exact";
   double lr = 3e-3, lr_min_ratio = 0.1, weight_decay = 0.1, grad_clip = 1.0, gating_lr = 0.0;
   double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_eps = 1e-8;
   uint64_t seed = 1;
@@ -77,6 +78,10 @@ bool parse_options(Command cmd, int argc, const char* const* argv, RunConfig& cf
 
 // Checks every value (also used on a configuration read back from a snapshot).
 void validate(const RunConfig& cfg);
+
+// Checks the layout against the number of ranks: P must divide --shards, and MoE models need at
+// least one expert per rank. UsageError naming the option.
+void validate_layout(const RunConfig& cfg, int ranks);
 
 // The effective configuration as INI text (every option that defines the run, round-trip exact).
 std::string to_ini(const RunConfig& cfg);

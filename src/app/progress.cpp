@@ -18,10 +18,10 @@ std::string format_duration(double s) {
   return buf;
 }
 
-Progress::Progress(int64_t total, int64_t every, const std::string& log_path)
+Progress::Progress(int64_t total, int64_t every, const std::string& log_path, bool enabled)
     : total_(total), every_(every > 0 ? every : std::max<int64_t>(1, total / 20)),
-      tty_(isatty(STDOUT_FILENO) != 0), start_(std::chrono::steady_clock::now()) {
-  if (!log_path.empty()) log_ = std::fopen(log_path.c_str(), "a");
+      tty_(isatty(STDOUT_FILENO) != 0), enabled_(enabled), start_(std::chrono::steady_clock::now()) {
+  if (enabled_ && !log_path.empty()) log_ = std::fopen(log_path.c_str(), "a");
 }
 
 Progress::~Progress() {
@@ -30,6 +30,7 @@ Progress::~Progress() {
 }
 
 void Progress::step(int64_t step, double loss, double acc, double tokens_per_s) {
+  if (!enabled_) return;
   const int64_t done = step + 1;
   const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   const double eta = elapsed / static_cast<double>(done) * static_cast<double>(total_ - done);
@@ -53,6 +54,7 @@ void Progress::step(int64_t step, double loss, double acc, double tokens_per_s) 
 }
 
 void Progress::line(const std::string& text) {
+  if (!enabled_) return;
   if (dirty_) {
     std::printf("\n");
     dirty_ = false;

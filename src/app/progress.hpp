@@ -11,7 +11,8 @@ namespace hyperrnn {
 
 class Progress {
  public:
-  Progress(int64_t total_steps, int64_t every, const std::string& log_path);
+  // enabled false (ranks other than 0): prints and logs nothing.
+  Progress(int64_t total_steps, int64_t every, const std::string& log_path, bool enabled = true);
   ~Progress();
   void step(int64_t step, double loss, double acc, double tokens_per_s);
   // A whole line (evaluation results, summaries): printed and logged.
@@ -20,6 +21,7 @@ class Progress {
  private:
   int64_t total_, every_;
   bool tty_;
+  bool enabled_;
   std::FILE* log_ = nullptr;
   bool dirty_ = false;  // a terminal line is being rewritten in place
   std::chrono::steady_clock::time_point start_;

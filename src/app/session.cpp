@@ -4,21 +4,23 @@
 namespace hyperrnn {
 
 template <class T>
-Session<T>::Session(const RunConfig& c)
+Session<T>::Session(const RunConfig& c, Comm* comm)
     : cfg(c),
-      model(c.model_config(), static_cast<int>(c.batch), static_cast<int>(c.scored_per_batch(c.batch))),
+      par(comm, static_cast<int>(c.shards), c.model_config().is_moe() ? static_cast<int>(c.experts) : 0),
+      model(c.model_config(), static_cast<int>(c.batch / par.P), static_cast<int>(c.scored_per_batch(c.batch / par.P)), &par),
       opt(model.table(), c.adamw_config()),
-      pilf(c.pilf_config(), model.config(), static_cast<int>(c.batch), c.seed, c.adamw_config()),
+      pilf(c.pilf_config(), model.config(), static_cast<int>(c.batch / par.P), c.seed, c.adamw_config()),
       gen(c.image_task() ? RunConfig{}.mqar_config() : c.mqar_config()),  // unused by image tasks
       step_cfg(c.step_config()) {
   model.init(c.seed);
   pilf.attach(model);
-  batch.resize(static_cast<int>(c.batch), static_cast<int>(c.positions()));
+  par.reduction = c.reduction == "plain" ? Reduction::Plain : Reduction::Exact;
+  batch.resize(static_cast<int>(c.batch / par.P), static_cast<int>(c.positions()));
   if (c.image_task()) {
     const bool marathon = c.task == "fmnist-marathon";
     fmnist = std::make_unique<FmnistTask>(c.fmnist_dir, marathon ? static_cast<int>(c.classes_per_task) : 1,
                                           marathon && c.marathon_head == "task");
-    batch.images.assign(static_cast<size_t>(c.batch) * FmnistTask::kH * FmnistTask::kW, 0.0f);
+    batch.images.assign(static_cast<size_t>(c.batch / par.P) * FmnistTask::kH * FmnistTask::kW, 0.0f);
   }
 }
 
@@ -30,10 +32,13 @@ int Session<T>::task_of(int64_t step) const {
 
 template <class T>
 void Session<T>::fill_train_batch(int64_t step) {
+  int64_t first = 0;
+  int n = 0;
+  par.local_block(cfg.batch, first, n, batch.shard_samples);
   if (fmnist)
-    fmnist->fill_train(batch, cfg.seed, static_cast<uint32_t>(step), static_cast<int>(cfg.batch), task_of(step));
+    fmnist->fill_train(batch, cfg.seed, static_cast<uint32_t>(step), static_cast<uint32_t>(first), n, task_of(step));
   else
-    gen.fill(batch, cfg.seed, RngPurpose::TrainData, static_cast<uint32_t>(step), 0, static_cast<int>(cfg.batch));
+    gen.fill(batch, cfg.seed, RngPurpose::TrainData, static_cast<uint32_t>(step), static_cast<uint32_t>(first), n);
 }
 
 template <class T>

@@ -6,6 +6,8 @@
 
 #include "app/options.hpp"
 #include "core/batch.hpp"
+#include "core/parallel.hpp"
+#include "mpi/comm.hpp"
 #include "models/transformer.hpp"
 #include "nn/adamw.hpp"
 #include "pilf/step.hpp"
@@ -19,13 +21,15 @@ namespace hyperrnn {
 template <class T>
 class Session {
  public:
-  explicit Session(const RunConfig& cfg);
+  // comm null: one rank. The layout (shards, expert owners) comes from cfg and comm's size.
+  explicit Session(const RunConfig& cfg, Comm* comm = nullptr);
   // Fills the batch with training step `step`'s samples (counter RNG) and runs one hyper-step.
   StepStats train(int64_t step);
-  // Fills the batch with training step `step`'s samples only.
+  // Fills the batch with this rank's block of training step `step`'s samples only.
   void fill_train_batch(int64_t step);
 
   const RunConfig cfg;
+  Parallel par;
   Transformer<T> model;
   nn::AdamW<T> opt;
   PilfState<T> pilf;

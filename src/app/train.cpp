@@ -1,10 +1,11 @@
-// `hyperrnn train`: run directory, the training loop (one process for now), metrics, progress,
-// held-out evaluation and the final snapshot.
+// `hyperrnn train`: run directory, the training loop on P ranks (expert parallel, every rank in
+// every step), metrics and timing on rank 0, progress, held-out evaluation and the final snapshot.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <sstream>
 
 #include "app/commands.hpp"
@@ -58,14 +59,19 @@ void check_out_dir(const RunConfig& cfg, const std::string& ini) {
 
 }  // namespace
 
+// Evaluation batches are global, like training batches: `chunk` samples cut into the run's S
+// shards, each rank evaluating its block, so the figures do not depend on P.
 EvalResult evaluate_heldout(Transformer<float>& model, MqarGenerator& gen, Batch& batch, uint64_t seed,
-                            int64_t samples) {
-  const int cap = static_cast<int>(batch.tokens.size() / static_cast<size_t>(gen.config().seq_len));
+                            int64_t samples, int64_t chunk) {
+  Parallel& par = model.parallel();
   double loss_sum = 0.0, correct = 0.0;
   int64_t scored = 0, counted = 0;
-  for (int64_t first = 0; first < samples; first += cap) {
-    const int n = static_cast<int>(std::min<int64_t>(cap, samples - first));
-    gen.fill(batch, seed, RngPurpose::HeldOut, 0, static_cast<uint32_t>(first), n);
+  for (int64_t first = 0; first < samples; first += chunk) {
+    const int64_t n = std::min<int64_t>(chunk, samples - first);
+    int64_t f0 = 0;
+    int cnt = 0;
+    par.local_block(n, f0, cnt, batch.shard_samples);
+    gen.fill(batch, seed, RngPurpose::HeldOut, 0, static_cast<uint32_t>(first + f0), cnt);
     const double loss = model.forward(batch);
     loss_sum += loss * model.scored();
     scored += model.scored();
@@ -76,13 +82,17 @@ EvalResult evaluate_heldout(Transformer<float>& model, MqarGenerator& gen, Batch
           counted ? correct / static_cast<double>(counted) : 0.0, samples};
 }
 
-EvalResult evaluate_fmnist(Transformer<float>& model, const FmnistTask& task, Batch& batch, int which, int64_t max_samples) {
-  const int cap = static_cast<int>(batch.images.size() / (FmnistTask::kH * FmnistTask::kW));
+EvalResult evaluate_fmnist(Transformer<float>& model, const FmnistTask& task, Batch& batch, int which, int64_t max_samples,
+                           int64_t chunk) {
+  Parallel& par = model.parallel();
   const int64_t samples = std::min<int64_t>(max_samples, task.test_count(which));
   double loss_sum = 0.0, correct = 0.0;
-  for (int64_t first = 0; first < samples; first += cap) {
-    const int n = static_cast<int>(std::min<int64_t>(cap, samples - first));
-    task.fill_test(batch, which, static_cast<int>(first), n);
+  for (int64_t first = 0; first < samples; first += chunk) {
+    const int64_t n = std::min<int64_t>(chunk, samples - first);
+    int64_t f0 = 0;
+    int cnt = 0;
+    par.local_block(n, f0, cnt, batch.shard_samples);
+    task.fill_test(batch, which, static_cast<int>(first + f0), cnt);
     loss_sum += model.forward(batch) * model.scored();
     correct += model.correct();
   }
@@ -90,19 +100,22 @@ EvalResult evaluate_fmnist(Transformer<float>& model, const FmnistTask& task, Ba
 }
 
 int run_train(Comm& comm, const RunConfig& cfg) {
-  if (comm.size() > 1)
-    throw UsageError("ranks: this build trains on one rank only (" + std::to_string(comm.size()) +
-                     " started); expert-parallel training over MPI is not implemented yet");
+  validate_layout(cfg, comm.size());
+  const bool root = comm.rank() == 0;
   const std::string ini = to_ini(cfg);
-  check_out_dir(cfg, ini);
+  collective(comm, [&] { check_out_dir(cfg, ini); }, true);
   const fs::path out(cfg.out);
-  Session<float> ses(cfg);  // loads the data first: a missing dataset leaves no run directory behind
-  fs::create_directories(out / "logs");
-  {
+  // loads the data first: a missing dataset leaves no run directory behind
+  std::unique_ptr<Session<float>> session;
+  collective(comm, [&] { session = std::make_unique<Session<float>>(cfg, &comm); });
+  Session<float>& ses = *session;
+  if (root) {
+    fs::create_directories(out / "logs");
     std::ofstream c(out / "config.ini");
     c << ini;
     if (!c) throw RuntimeError("cannot write " + (out / "config.ini").string());
   }
+  Parallel& par = ses.par;
 
   Transformer<float>& model = ses.model;
   const ModelConfig& mc = model.config();
@@ -119,19 +132,29 @@ int run_train(Comm& comm, const RunConfig& cfg) {
     header.push_back("buffer_size_l" + std::to_string(l));
     header.push_back("prototypes_l" + std::to_string(l));
   }
-  CsvWriter metrics, evals;
-  metrics.open((out / "metrics.csv").string(), header);
-  evals.open((out / "eval.csv").string(), {"step", "split", "loss", "acc"});
-  Progress progress(cfg.steps, cfg.log_every, (out / "logs" / "train.log").string());
+  // timing.csv: where each step's time went (rank 0's view) and the bytes each MoE layer moved
+  // between ranks (all ranks together): everything that depends on the rank count lives here, so
+  // metrics.csv is the same for every P apart from its wall-clock columns.
+  const int Lmoe = mc.is_moe() ? mc.layers : 0;
+  std::vector<std::string> theader = {"step", "ranks", "step_time_s", "compute_s", "dispatch_s", "reduce_s", "optimizer_s"};
+  for (int l = 0; l < Lmoe; ++l) theader.push_back("xfer_bytes_l" + std::to_string(l));
+  CsvWriter metrics, evals, timing;
+  if (root) {
+    metrics.open((out / "metrics.csv").string(), header);
+    evals.open((out / "eval.csv").string(), {"step", "split", "loss", "acc"});
+    timing.open((out / "timing.csv").string(), theader);
+  }
+  Progress progress(cfg.steps, cfg.log_every, (out / "logs" / "train.log").string(), root);
   progress.line("hyperrnn train: " + cfg.model + " on " + cfg.task + ", " +
                 std::to_string(model.table().total()) + " parameters" +
                 (ses.pilf.gating ? " (+" + std::to_string(ses.pilf.gating->table().total()) + " GatingTransformer)" : std::string()) +
                 ", " + std::to_string(cfg.steps) +
-                " steps of " + std::to_string(B) + " samples -> " + cfg.out);
+                " steps of " + std::to_string(B) + " samples in " + std::to_string(cfg.shards) + " shard(s) on " +
+                std::to_string(par.P) + " rank(s) -> " + cfg.out);
 
   auto run_eval_now = [&](int64_t step) {
-    const EvalResult r = ses.fmnist ? evaluate_fmnist(model, *ses.fmnist, ses.batch, -1, cfg.eval_samples)
-                                    : evaluate_heldout(model, ses.gen, ses.batch, cfg.seed, cfg.eval_samples);
+    const EvalResult r = ses.fmnist ? evaluate_fmnist(model, *ses.fmnist, ses.batch, -1, cfg.eval_samples, cfg.batch)
+                                    : evaluate_heldout(model, ses.gen, ses.batch, cfg.seed, cfg.eval_samples, cfg.batch);
     const char* split = ses.fmnist ? "test" : "heldout";
     evals.add(step).add(std::string(split)).add(r.loss).add(r.acc).end_row();
     char buf[160];
@@ -153,7 +176,7 @@ int run_train(Comm& comm, const RunConfig& cfg) {
     for (int j = 0; j < n_tasks; ++j) h.push_back("acc_task" + std::to_string(j));
     h.push_back("avg_acc");
     h.push_back("avg_forgetting");
-    mara.open((out / "marathon.csv").string(), h);
+    if (root) mara.open((out / "marathon.csv").string(), h);
   }
   auto validate_tasks = [&](int64_t step) {  // step: steps done, a multiple of task-steps
     const int64_t done = step / cfg.task_steps;  // tasks completed
@@ -164,7 +187,7 @@ int run_train(Comm& comm, const RunConfig& cfg) {
     int nf = 0;
     std::string line = "validation after task " + std::to_string(current) + " (cycle " + std::to_string((done - 1) / n_tasks) + "):";
     for (int j = 0; j < seen; ++j) {
-      const EvalResult r = evaluate_fmnist(model, *ses.fmnist, ses.batch, j, cfg.eval_samples);
+      const EvalResult r = evaluate_fmnist(model, *ses.fmnist, ses.batch, j, cfg.eval_samples, cfg.batch);
       evals.add(step).add("task" + std::to_string(j)).add(r.loss).add(r.acc).end_row();
       acc[static_cast<size_t>(j)] = r.acc;
       sum += r.acc;
@@ -194,9 +217,15 @@ int run_train(Comm& comm, const RunConfig& cfg) {
   int64_t skipped_total = 0, skipped_in_a_row = 0;
   const auto t_run = std::chrono::steady_clock::now();
   for (int64_t step = 0; step < cfg.steps; ++step) {
+    par.reset_accounting(Lmoe);
     const auto t0 = std::chrono::steady_clock::now();
     const StepStats st = ses.train(step);
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    timing.add(step + 1).add(static_cast<int64_t>(par.P)).add(dt)
+        .add(std::max(0.0, dt - par.dispatch_s - par.reduce_s - st.optimizer_s))
+        .add(par.dispatch_s).add(par.reduce_s).add(st.optimizer_s);
+    for (int64_t b : par.layer_bytes) timing.add(b);
+    timing.end_row();
     busy += dt;
     if (!st.skipped) flops += model.step_flops() + ses.pilf.step_flops(B, st.meta);  // a skipped step ran no backward
 
@@ -238,8 +267,11 @@ int run_train(Comm& comm, const RunConfig& cfg) {
   }
   if (last_eval_step != cfg.steps) last = run_eval_now(cfg.steps);
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_run).count();
-  const std::string snap = write_snapshot(cfg.out, cfg.steps, model.table(), model.params.data(), ini,
-                                          [&ses](H5File& f) { write_pilf_state(f, ses.pilf); });
+  model.gather_experts();  // the snapshot (rank 0) holds every expert
+  std::string snap;
+  if (root)
+    snap = write_snapshot(cfg.out, cfg.steps, model.table(), model.params.data(), ini,
+                          [&ses](H5File& f) { write_pilf_state(f, ses.pilf); });
   char buf[320];
   std::snprintf(buf, sizeof buf,
                 "done: %lld steps (%lld skipped) in %s | %.0f tokens/s | %.2f GFLOP/s (model FLOPs) | final held-out accuracy %.4f, loss %.4f",

@@ -35,6 +35,16 @@ int ParamTable::add(std::string name, std::vector<int64_t> shape, TensorKind kin
   return static_cast<int>(entries_.size()) - 1;
 }
 
+std::vector<std::pair<int64_t, int64_t>> ParamTable::replicated_ranges() const {
+  std::vector<std::pair<int64_t, int64_t>> r;
+  for (const TensorInfo& t : entries_) {
+    if (!t.replicated()) continue;
+    if (!r.empty() && r.back().second == t.offset) r.back().second += t.size;
+    else r.emplace_back(t.offset, t.offset + t.size);
+  }
+  return r;
+}
+
 int ParamTable::find(const std::string& name) const {
   for (size_t i = 0; i < entries_.size(); ++i)
     if (entries_[i].name == name) return static_cast<int>(i);

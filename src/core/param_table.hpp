@@ -1,9 +1,10 @@
 // The one table that describes the model's tensors: name, shape, offset into the flat buffer,
-// kind (dense, expert, gating), layer and expert index, and whether weight decay applies.
+// kind (dense, expert, gating), layer and expert index, owner rank, and whether weight decay applies.
 // Parameters, gradients and AdamW moments all share this layout, one contiguous buffer each.
 #pragma once
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace hyperrnn {
@@ -21,6 +22,8 @@ struct TensorInfo {
   int layer = -1;              // transformer block, -1 for embeddings / head
   int expert = -1;             // expert index within its MoE layer, -1 otherwise
   bool decay = false;          // AdamW weight decay applies (matrices, not biases/norms)
+  int owner = -1;              // rank that holds and updates it (experts); -1 = replicated on all
+  bool replicated() const { return owner < 0; }
 };
 
 class ParamTable {
@@ -32,6 +35,9 @@ class ParamTable {
   const TensorInfo& operator[](int i) const { return entries_[static_cast<size_t>(i)]; }
   int size() const { return static_cast<int>(entries_.size()); }
   int64_t total() const { return total_; }
+  void set_owner(int i, int rank) { entries_[static_cast<size_t>(i)].owner = rank; }
+  // [begin, end) element ranges of the replicated tensors, adjacent ones merged.
+  std::vector<std::pair<int64_t, int64_t>> replicated_ranges() const;
   // Index of a tensor by name, -1 when absent.
   int find(const std::string& name) const;
 

@@ -37,6 +37,11 @@ CsvWriter& CsvWriter::add(const std::string& v) {
 }
 
 void CsvWriter::end_row() {
+  if (!f_) {  // never opened (ranks other than 0): rows are dropped
+    row_.clear();
+    filled_ = 0;
+    return;
+  }
   HYPERRNN_CHECK(filled_ == columns_, path_ + ": row has " + std::to_string(filled_) + " columns, header " +
                                           std::to_string(columns_));
   row_ += '\n';

@@ -24,7 +24,7 @@ class CsvWriter {
   CsvWriter& add(double v);
   CsvWriter& add(int64_t v);
   CsvWriter& add(const std::string& v);
-  void end_row();  // checks the column count, writes, flushes
+  void end_row();  // checks the column count, writes, flushes; drops the row when not open
 
  private:
   std::FILE* f_ = nullptr;

@@ -39,8 +39,11 @@ nn::MoeDims Transformer<T>::moe_dims(int N) const {
 }
 
 template <class T>
-Transformer<T>::Transformer(const ModelConfig& cfg, int batch_capacity, int max_scored)
-    : cfg_(cfg), Bcap_(batch_capacity), Scap_(max_scored) {
+Transformer<T>::Transformer(const ModelConfig& cfg, int batch_capacity, int max_scored, Parallel* par)
+    : cfg_(cfg), Bcap_(batch_capacity), Scap_(max_scored),
+      own_par_(par ? nullptr : std::make_unique<Parallel>(nullptr, 1, cfg.is_moe() ? cfg.experts : 0)),
+      par_(par ? par : own_par_.get()) {
+  HYPERRNN_CHECK(!cfg.is_moe() || par_->E == cfg.experts, "parallel layout built for another expert count");
   const int64_t V = cfg.vocab, Tn = cfg.seq_len, C = cfg.d_model, F = cfg.d_ff, E = cfg.experts;
   const int L = cfg.layers;
   HYPERRNN_CHECK(C % cfg.heads == 0, "d_model must be divisible by heads");
@@ -88,6 +91,7 @@ Transformer<T>::Transformer(const ModelConfig& cfg, int batch_capacity, int max_
         table_.add(ep + "fc1.bias", {F}, TK::Expert, false, l, e);
         table_.add(ep + "fc2.weight", {C, F}, TK::Expert, true, l, e);
         table_.add(ep + "fc2.bias", {C}, TK::Expert, false, l, e);
+        for (int i = i0; i < i0 + 4; ++i) table_.set_owner(i, par_->owner(e));
         if (e == 0) Ly.expert0 = i0;
         // the MoE kernels address expert e at expert0 + e * stride: check the layout holds
         HYPERRNN_CHECK(table_[i0].offset == table_[Ly.expert0].offset + e * moe_dims(0).expert_stride(),
@@ -112,6 +116,56 @@ Transformer<T>::Transformer(const ModelConfig& cfg, int batch_capacity, int max_
   Carver<int32_t> ip(iarena_.data());
   bind_activations(f, ip);
   if (cfg.is_moe()) expert_tokens_.assign(static_cast<size_t>(L) * E, 0);
+  layer_rows_.assign(static_cast<size_t>(L), 0.0);
+  replicated_ = table_.replicated_ranges();
+  if (par_->S > 1)
+    shard_grads_.assign(static_cast<size_t>(par_->local_shards()), std::vector<T>(static_cast<size_t>(table_.total()), T(0)));
+  if (par_->P > 1 && cfg.is_moe()) {
+    xch_.resize(static_cast<size_t>(L));
+    owned_.resize(static_cast<size_t>(L));
+  }
+}
+
+template <class T>
+void Transformer<T>::lin_fwd(T* out, const T* inp, int w, int b, int IC, int OC) {
+  for (int s = 0; s < nshards(); ++s) {
+    const int r0 = shard_tok_[static_cast<size_t>(s)], n = shard_tok_[static_cast<size_t>(s) + 1] - r0;
+    if (n > 0) nn::linear_forward<T>(out + 1LL * r0 * OC, inp + 1LL * r0 * IC, p(w), b >= 0 ? p(b) : nullptr, n, IC, OC);
+  }
+}
+
+template <class T>
+void Transformer<T>::lin_bwd(T* dinp, int w, int b, const T* dout, const T* inp, int IC, int OC) {
+  for (int s = 0; s < nshards(); ++s) {
+    const int r0 = shard_tok_[static_cast<size_t>(s)], n = shard_tok_[static_cast<size_t>(s) + 1] - r0;
+    if (n > 0)
+      nn::linear_backward<T>(dinp ? dinp + 1LL * r0 * IC : nullptr, gs(w, s), b >= 0 ? gs(b, s) : nullptr,
+                             dout + 1LL * r0 * OC, inp + 1LL * r0 * IC, p(w), n, IC, OC);
+  }
+}
+
+template <class T>
+void Transformer<T>::ln_bwd(T* dinp, int w, int b, const T* dout, const T* inp, const T* mean, const T* rstd) {
+  const int C = cfg_.d_model;
+  for (int s = 0; s < nshards(); ++s) {
+    const int r0 = shard_tok_[static_cast<size_t>(s)], n = shard_tok_[static_cast<size_t>(s) + 1] - r0;
+    if (n > 0)
+      nn::layernorm_backward<T>(dinp + 1LL * r0 * C, gs(w, s), gs(b, s), dout + 1LL * r0 * C, inp + 1LL * r0 * C, p(w),
+                                mean + r0, rstd + r0, n, C);
+  }
+}
+
+template <class T>
+void Transformer<T>::gather_experts() {
+  if (par_->P == 1 || !cfg_.is_moe()) return;
+  const int64_t stride = moe_dims(0).expert_stride();
+  std::vector<T> all(static_cast<size_t>(cfg_.experts * stride));
+  for (const Layer& Ly : layers_) {
+    T* base = params.data() + table_[Ly.expert0].offset;
+    par_->allgatherv(base + par_->experts_lo() * stride,
+                     static_cast<size_t>((par_->experts_hi() - par_->experts_lo()) * stride) * sizeof(T), all.data());
+    std::copy(all.begin(), all.end(), base);
+  }
 }
 
 template <class T>
@@ -186,6 +240,7 @@ void Transformer<T>::init(uint64_t seed) {
 template <class T>
 void Transformer<T>::zero_grad() {
   std::fill(grads.begin(), grads.end(), T(0));
+  for (std::vector<T>& g : shard_grads_) std::fill(g.begin(), g.end(), T(0));
 }
 
 template <class T>
@@ -213,16 +268,28 @@ double Transformer<T>::forward(const Batch& batch) {
   const int Tn = batch.T, C = cfg_.d_model, H = cfg_.heads, F = cfg_.d_ff, V = cfg_.vocab;
   const int N = B_ * Tn;
   const nn::RouterKind rk = cfg_.kind == ModelKind::Moe ? nn::RouterKind::Linear : nn::RouterKind::Gaussian;
+  // this rank's canonical shards: sample and token offsets
+  const int Sl = batch.shard_samples.empty() ? 1 : static_cast<int>(batch.shard_samples.size());
+  HYPERRNN_CHECK(Sl == par_->local_shards(), "batch: one sample count per local shard expected");
+  shard_b_.assign(static_cast<size_t>(Sl) + 1, 0);
+  for (int s = 0; s < Sl; ++s)
+    shard_b_[static_cast<size_t>(s) + 1] = shard_b_[static_cast<size_t>(s)] + (batch.shard_samples.empty() ? B_ : batch.shard_samples[static_cast<size_t>(s)]);
+  HYPERRNN_CHECK(shard_b_.back() == B_, "batch: shard sample counts do not add up to B");
+  shard_tok_.resize(shard_b_.size());
+  for (size_t s = 0; s < shard_b_.size(); ++s) shard_tok_[s] = shard_b_[s] * Tn;
+  Parallel& par = *par_;
+  if (cfg_.is_moe()) par.layer_bytes.resize(layers_.size(), 0);
+
   if (cfg_.is_image()) {
     const int IH = cfg_.image_h, IW = cfg_.image_w, P = cfg_.patch;
     HYPERRNN_CHECK(batch.images.size() >= static_cast<size_t>(B_) * IH * IW, "image batch too small");
     if constexpr (std::is_same_v<T, float>) {
       nn::image_to_patches<T>(patches_, batch.images.data(), B_, IH, IW, P);
     } else {
-      std::vector<T> img(batch.images.begin(), batch.images.end());
+      std::vector<T> img(batch.images.begin(), batch.images.begin() + static_cast<int64_t>(B_) * IH * IW);
       nn::image_to_patches<T>(patches_, img.data(), B_, IH, IW, P);
     }
-    nn::linear_forward<T>(x0_, patches_, p(wte_), p(patch_b_), N, P * P, C);
+    lin_fwd(x0_, patches_, wte_, patch_b_, P * P, C);
     const T* wpe = p(wpe_);
     for (int b = 0; b < B_; ++b)
       for (int64_t i = 0; i < 1LL * Tn * C; ++i) x0_[1LL * b * Tn * C + i] += wpe[i];
@@ -233,45 +300,76 @@ double Transformer<T>::forward(const Batch& batch) {
   for (size_t l = 0; l < layers_.size(); ++l) {
     Layer& Ly = layers_[l];
     nn::layernorm_forward<T>(Ly.ln1_out, Ly.ln1_mean, Ly.ln1_rstd, res_in, p(Ly.ln1_w), p(Ly.ln1_b), N, C);
-    nn::linear_forward<T>(Ly.qkv, Ly.ln1_out, p(Ly.qkv_w), p(Ly.qkv_b), N, C, 3 * C);
+    lin_fwd(Ly.qkv, Ly.ln1_out, Ly.qkv_w, Ly.qkv_b, C, 3 * C);
     nn::attention_forward<T>(Ly.atty, Ly.att, Ly.qkv, B_, Tn, C, H, cfg_.causal);
-    nn::linear_forward<T>(Ly.attproj, Ly.atty, p(Ly.proj_w), p(Ly.proj_b), N, C, C);
+    lin_fwd(Ly.attproj, Ly.atty, Ly.proj_w, Ly.proj_b, C, C);
     nn::residual_forward<T>(Ly.res_mid, res_in, Ly.attproj, 1LL * N * C);
     nn::layernorm_forward<T>(Ly.ln2_out, Ly.ln2_mean, Ly.ln2_rstd, Ly.res_mid, p(Ly.ln2_w), p(Ly.ln2_b), N, C);
     if (cfg_.is_moe()) {
       nn::MoeDims md = moe_dims(N);
+      md.shards = Sl;
+      md.shard_rows = shard_tok_.data();
       if (cfg_.memory_routing()) {
         HYPERRNN_CHECK(static_cast<bool>(router_), "model pilf needs a memory router (set_memory_router)");
         nn::meanpool_forward<T>(Ly.q, Ly.ln2_out, B_, Tn, C);
         std::fill(Ly.k, Ly.k + B_, static_cast<int32_t>(cfg_.top_k));
-        router_(static_cast<int>(l), Ly.q, B_, Ly.mu_ls, Ly.k);
+        const int64_t ls = 2LL * cfg_.experts * C;
+        for (int s = 0; s < Sl; ++s) {  // per shard: the GatingTransformer's GEMMs have shard shapes
+          const int b0 = shard_b_[static_cast<size_t>(s)], nb = shard_b_[static_cast<size_t>(s) + 1] - b0;
+          if (nb > 0) router_(static_cast<int>(l), b0, Ly.q + 1LL * b0 * C, nb, Ly.mu_ls + b0 * ls, Ly.k + b0);
+        }
         for (int b = 0; b < B_; ++b)
           HYPERRNN_CHECK(Ly.k[b] >= 1 && Ly.k[b] <= cfg_.top_k, "memory router: k outside [1, top_k]");
         md.sample_k = Ly.k;
       }
-      nn::moe_forward<T>(Ly.ffn_out, Ly.moe, Ly.ln2_out, moe_weights(Ly, params), rk, md);
-      for (int e = 0; e < cfg_.experts; ++e)
-        expert_tokens_[l * cfg_.experts + e] = nn::moe_tokens_of(Ly.moe.offsets, e);
+      nn::MoeCache<T>& c = Ly.moe;
+      T* experts = params.data() + table_[Ly.expert0].offset;
+      nn::moe_route<T>(c, Ly.ln2_out, moe_weights(Ly, params), rk, md);
+      const int E = cfg_.experts;
+      if (par.P == 1) {
+        nn::moe_experts_forward<T>(c.ys, c.h, c.act, c.xs, c.offsets, E, experts, md);
+        for (int e = 0; e < E; ++e) expert_tokens_[l * E + e] = nn::moe_tokens_of(c.offsets, e);
+      } else {
+        ExpertExchange& X = xch_[l];
+        Owned& o = owned_[l];
+        X.plan(c.offsets, par, static_cast<int>(l), static_cast<int>(C * sizeof(T)));
+        const size_t R = static_cast<size_t>(X.own_rows());
+        o.xs.resize(R * C); o.ys.resize(R * C); o.h.resize(R * F); o.act.resize(R * F);
+        X.dispatch(c.xs, o.xs.data(), C, par);
+        nn::moe_experts_forward<T>(o.ys.data(), o.h.data(), o.act.data(), o.xs.data(), X.own_offsets(),
+                                   par.experts_hi() - par.experts_lo(), experts + par.experts_lo() * md.expert_stride(), md);
+        X.give_back(o.ys.data(), c.ys, C, par);
+        for (int e = 0; e < E; ++e) expert_tokens_[l * E + e] = X.expert_rows()[static_cast<size_t>(e)];
+      }
+      double rows = 0.0;
+      for (int e = 0; e < E; ++e) rows += expert_tokens_[l * E + e];
+      layer_rows_[l] = rows;
+      nn::moe_combine<T>(Ly.ffn_out, c, md);
     } else {
-      nn::linear_forward<T>(Ly.fc1_h, Ly.ln2_out, p(Ly.fc1_w), p(Ly.fc1_b), N, C, F);
+      lin_fwd(Ly.fc1_h, Ly.ln2_out, Ly.fc1_w, Ly.fc1_b, C, F);
       nn::gelu_forward<T>(Ly.fc1_act, Ly.fc1_h, 1LL * N * F);
-      nn::linear_forward<T>(Ly.ffn_out, Ly.fc1_act, p(Ly.fc2_w), p(Ly.fc2_b), N, F, C);
+      lin_fwd(Ly.ffn_out, Ly.fc1_act, Ly.fc2_w, Ly.fc2_b, F, C);
     }
     nn::residual_forward<T>(Ly.res_out, Ly.res_mid, Ly.ffn_out, 1LL * N * C);
     res_in = Ly.res_out;
   }
   nn::layernorm_forward<T>(lnf_out_, lnf_mean_, lnf_rstd_, res_in, p(lnf_w_), p(lnf_b_), N, C);
 
-  // Gather the scored positions; only they reach the head.
+  // Gather the scored positions; only they reach the head. Rows stay in sample order, so each
+  // shard's scored rows are one range.
   int S = 0;
-  for (int n = 0; n < N; ++n)
-    if (batch.targets[static_cast<size_t>(n)] >= 0) {
-      HYPERRNN_CHECK(S < Scap_, "more scored positions than the model was sized for");
-      HYPERRNN_CHECK(batch.targets[static_cast<size_t>(n)] < V, "target outside the vocabulary");
-      scored_rows_[S] = n;
-      scored_targets_[S] = batch.targets[static_cast<size_t>(n)];
-      ++S;
-    }
+  shard_scored_.assign(static_cast<size_t>(Sl) + 1, 0);
+  for (int sh = 0; sh < Sl; ++sh) {
+    for (int n = shard_tok_[static_cast<size_t>(sh)]; n < shard_tok_[static_cast<size_t>(sh) + 1]; ++n)
+      if (batch.targets[static_cast<size_t>(n)] >= 0) {
+        HYPERRNN_CHECK(S < Scap_, "more scored positions than the model was sized for");
+        HYPERRNN_CHECK(batch.targets[static_cast<size_t>(n)] < V, "target outside the vocabulary");
+        scored_rows_[S] = n;
+        scored_targets_[S] = batch.targets[static_cast<size_t>(n)];
+        ++S;
+      }
+    shard_scored_[static_cast<size_t>(sh) + 1] = S;
+  }
   n_scored_ = S;
   if (cfg_.is_image()) {
     // one scored row per sample (its label at t = 0): the head reads the mean over its tokens
@@ -284,7 +382,10 @@ double Transformer<T>::forward(const Batch& batch) {
     for (int s = 0; s < S; ++s)
       for (int i = 0; i < C; ++i) hs_[1LL * s * C + i] = lnf_out_[1LL * scored_rows_[s] * C + i];
   }
-  nn::linear_forward<T>(logits_, hs_, p(head_w_), nullptr, S, C, V);
+  for (int sh = 0; sh < Sl; ++sh) {
+    const int r0 = shard_scored_[static_cast<size_t>(sh)], n = shard_scored_[static_cast<size_t>(sh) + 1] - r0;
+    if (n > 0) nn::linear_forward<T>(logits_ + 1LL * r0 * V, hs_ + 1LL * r0 * C, p(head_w_), nullptr, n, C, V);
+  }
   const bool masked = batch.class_hi > 0 && (batch.class_lo > 0 || batch.class_hi < V);
   if (masked) {  // outputs outside [lo, hi) take no part: logit -inf, probability exactly 0
     HYPERRNN_CHECK(batch.class_lo >= 0 && batch.class_lo < batch.class_hi && batch.class_hi <= V, "bad class range");
@@ -294,42 +395,69 @@ double Transformer<T>::forward(const Batch& batch) {
         if (v < batch.class_lo || v >= batch.class_hi) logits_[1LL * s * V + v] = -std::numeric_limits<T>::infinity();
     }
   }
-  const double total = nn::crossentropy_forward<T>(losses_, probs_, logits_, scored_targets_, S, V);
-  if (masked)
-    for (int s = 0; s < S; ++s)
-      for (int v = 0; v < V; ++v)
-        if (v < batch.class_lo || v >= batch.class_hi) probs_[1LL * s * V + v] = T(0);
-
-  // Accuracy: per sample, the share of its scored positions whose argmax is the target; then the
-  // mean over samples that have scored positions (rows are grouped by sample in order).
+  // Per shard: loss sum, scored rows, correct (sum of per-sample accuracies), samples scored,
+  // entropy sum, samples; then summed over all shards in shard order (the same for every P).
+  constexpr int kStats = 6;
+  shard_stats_.assign(static_cast<size_t>(Sl) * kStats, 0.0);
   correct_ = 0.0;
   samples_scored_ = 0;
-  for (int s = 0; s < S;) {
-    const int b = scored_rows_[s] / Tn;
-    int hit = 0, cnt = 0;
-    for (; s < S && scored_rows_[s] / Tn == b; ++s, ++cnt) {
-      const T* l = logits_ + 1LL * s * V;
-      int am = 0;
-      for (int v = 1; v < V; ++v) am = l[v] > l[am] ? v : am;
-      hit += am == scored_targets_[s];
+  for (int sh = 0; sh < Sl; ++sh) {
+    double* st = shard_stats_.data() + static_cast<int64_t>(sh) * kStats;
+    const int r0 = shard_scored_[static_cast<size_t>(sh)], r1 = shard_scored_[static_cast<size_t>(sh) + 1];
+    st[0] = r1 > r0 ? nn::crossentropy_forward<T>(losses_ + r0, probs_ + 1LL * r0 * V, logits_ + 1LL * r0 * V,
+                                                  scored_targets_ + r0, r1 - r0, V)
+                    : 0.0;
+    if (masked)
+      for (int s = r0; s < r1; ++s)
+        for (int v = 0; v < V; ++v)
+          if (v < batch.class_lo || v >= batch.class_hi) probs_[1LL * s * V + v] = T(0);
+    st[1] = r1 - r0;
+    // Accuracy: per sample, the share of its scored positions whose argmax is the target; then the
+    // mean over samples that have scored positions.
+    for (int s = r0; s < r1;) {
+      const int b = scored_rows_[s] / Tn;
+      int hit = 0, cnt = 0;
+      for (; s < r1 && scored_rows_[s] / Tn == b; ++s, ++cnt) {
+        const T* lg = logits_ + 1LL * s * V;
+        int am = 0;
+        for (int v = 1; v < V; ++v) am = lg[v] > lg[am] ? v : am;
+        hit += am == scored_targets_[s];
+      }
+      st[2] += static_cast<double>(hit) / cnt;
+      st[3] += 1.0;
     }
-    correct_ += static_cast<double>(hit) / cnt;
-    ++samples_scored_;
+    for (int s = r0; s < r1; ++s) st[4] += nn::row_entropy(probs_ + 1LL * s * V, V);
+    st[5] = shard_b_[static_cast<size_t>(sh) + 1] - shard_b_[static_cast<size_t>(sh)];
+    correct_ += st[2];
+    samples_scored_ += static_cast<int>(st[3]);
   }
+  double tot[kStats];
+  par.sum_over_shards(shard_stats_.data(), kStats, tot);
+  scored_global_ = static_cast<int>(tot[1]);
+  samples_global_ = static_cast<int>(tot[5]);
+  correct_ = tot[2];
+  samples_scored_ = static_cast<int>(tot[3]);
+  entropy_mean_ = scored_global_ > 0 ? tot[4] / scored_global_ : 0.0;
   accuracy_ = samples_scored_ ? correct_ / samples_scored_ : 0.0;
-  return S ? total / S : 0.0;
+  return scored_global_ ? tot[0] / scored_global_ : 0.0;
 }
 
 template <class T>
 void Transformer<T>::backward() {
   HYPERRNN_CHECK(batch_ != nullptr, "backward without forward");
   const int Tn = batch_->T, C = cfg_.d_model, H = cfg_.heads, F = cfg_.d_ff, V = cfg_.vocab;
-  const int N = B_ * Tn, S = n_scored_;
+  const int N = B_ * Tn, S = n_scored_, Sl = nshards();
   const nn::RouterKind rk = cfg_.kind == ModelKind::Moe ? nn::RouterKind::Linear : nn::RouterKind::Gaussian;
-  if (S == 0) return;
-  nn::crossentropy_backward<T>(dlogits_, probs_, scored_targets_, static_cast<T>(1.0 / S), S, V);
+  Parallel& par = *par_;
+  if (scored_global_ == 0) return;
+  if (S > 0) nn::crossentropy_backward<T>(dlogits_, probs_, scored_targets_, static_cast<T>(1.0 / scored_global_), S, V);
   // accumulates into dwte when tied; the embedding backward adds its part later
-  nn::linear_backward<T>(dhs_, g(head_w_), nullptr, dlogits_, hs_, p(head_w_), S, C, V);
+  for (int sh = 0; sh < Sl; ++sh) {
+    const int r0 = shard_scored_[static_cast<size_t>(sh)], n = shard_scored_[static_cast<size_t>(sh) + 1] - r0;
+    if (n > 0)
+      nn::linear_backward<T>(dhs_ + 1LL * r0 * C, gs(head_w_, sh), nullptr, dlogits_ + 1LL * r0 * V, hs_ + 1LL * r0 * C,
+                             p(head_w_), n, C, V);
+  }
   std::fill(dln_, dln_ + 1LL * N * C, T(0));
   if (cfg_.is_image()) {
     nn::meanpool_backward<T>(dln_, dhs_, B_, Tn, C);
@@ -339,7 +467,7 @@ void Transformer<T>::backward() {
   }
   std::fill(dres_, dres_ + 1LL * N * C, T(0));
   const T* last = layers_.empty() ? x0_ : layers_.back().res_out;
-  nn::layernorm_backward<T>(dres_, g(lnf_w_), g(lnf_b_), dln_, last, p(lnf_w_), lnf_mean_, lnf_rstd_, N, C);
+  ln_bwd(dres_, lnf_w_, lnf_b_, dln_, last, lnf_mean_, lnf_rstd_);
   for (int l = static_cast<int>(layers_.size()) - 1; l >= 0; --l) {
     Layer& Ly = layers_[static_cast<size_t>(l)];
     const T* res_in = l == 0 ? x0_ : layers_[static_cast<size_t>(l - 1)].res_out;
@@ -347,29 +475,73 @@ void Transformer<T>::backward() {
     if (cfg_.is_moe()) {
       if (cfg_.memory_routing()) std::fill(Ly.dmu_ls, Ly.dmu_ls + routing_grad_size(), T(0));
       nn::MoeDims md = moe_dims(N);
+      md.shards = Sl;
+      md.shard_rows = shard_tok_.data();
       if (cfg_.memory_routing()) md.sample_k = Ly.k;
-      nn::moe_backward<T>(dln_, moe_weights(Ly, grads), moe_scratch_, dres_, Ly.ln2_out, Ly.moe,
-                          moe_weights(Ly, params), rk, md);
+      const nn::MoeCache<T>& c = Ly.moe;
+      nn::MoeScratch<T>& sc = moe_scratch_;
+      nn::moe_combine_backward<T>(sc.dys, sc.dgates, dres_, c, md);
+      // router gradients: per shard for the replicated router tensors, per sample set for pilf
+      router_grads_.resize(static_cast<size_t>(Sl));
+      for (int sh = 0; sh < Sl; ++sh) {
+        router_grads_[static_cast<size_t>(sh)] = moe_weights(Ly, grads);
+        if (!cfg_.memory_routing()) {
+          router_grads_[static_cast<size_t>(sh)].router_a = gs(Ly.router_a, sh);
+          router_grads_[static_cast<size_t>(sh)].router_b = Ly.router_b >= 0 ? gs(Ly.router_b, sh) : nullptr;
+        }
+      }
+      nn::moe_router_backward<T>(dln_, router_grads_.data(), sc, Ly.ln2_out, c, moe_weights(Ly, params), rk, md);
+      T* experts = params.data() + table_[Ly.expert0].offset;
+      T* gexperts = grads.data() + table_[Ly.expert0].offset;
+      if (par.P == 1) {
+        nn::moe_experts_backward<T>(sc.dxs, sc.dact, sc.dh, gexperts, sc.dys, c.xs, c.h, c.act, c.offsets, cfg_.experts,
+                                    experts, md);
+      } else {
+        ExpertExchange& X = xch_[static_cast<size_t>(l)];
+        Owned& o = owned_[static_cast<size_t>(l)];
+        const size_t R = static_cast<size_t>(X.own_rows());
+        own_dys_.resize(R * C); own_dxs_.resize(R * C); own_dact_.resize(R * F); own_dh_.resize(R * F);
+        X.dispatch(sc.dys, own_dys_.data(), C, par);
+        const int64_t lo = par.experts_lo() * md.expert_stride();
+        nn::moe_experts_backward<T>(own_dxs_.data(), own_dact_.data(), own_dh_.data(), gexperts + lo, own_dys_.data(),
+                                    o.xs.data(), o.h.data(), o.act.data(), X.own_offsets(),
+                                    par.experts_hi() - par.experts_lo(), experts + lo, md);
+        X.give_back(own_dxs_.data(), sc.dxs, C, par);
+      }
+      nn::moe_scatter_add<T>(dln_, sc.dxs, c, md);
     } else {
-      nn::linear_backward<T>(dact_, g(Ly.fc2_w), g(Ly.fc2_b), dres_, Ly.fc1_act, p(Ly.fc2_w), N, F, C);
+      lin_bwd(dact_, Ly.fc2_w, Ly.fc2_b, dres_, Ly.fc1_act, F, C);
       nn::gelu_backward<T>(dh_, dact_, Ly.fc1_h, 1LL * N * F);
-      nn::linear_backward<T>(dln_, g(Ly.fc1_w), g(Ly.fc1_b), dh_, Ly.ln2_out, p(Ly.fc1_w), N, C, F);
+      lin_bwd(dln_, Ly.fc1_w, Ly.fc1_b, dh_, Ly.ln2_out, C, F);
     }
-    nn::layernorm_backward<T>(dres_, g(Ly.ln2_w), g(Ly.ln2_b), dln_, Ly.res_mid, p(Ly.ln2_w), Ly.ln2_mean, Ly.ln2_rstd, N, C);
+    ln_bwd(dres_, Ly.ln2_w, Ly.ln2_b, dln_, Ly.res_mid, Ly.ln2_mean, Ly.ln2_rstd);
     // res_mid = res_in + attproj
-    nn::linear_backward<T>(datty_, g(Ly.proj_w), g(Ly.proj_b), dres_, Ly.atty, p(Ly.proj_w), N, C, C);
+    lin_bwd(datty_, Ly.proj_w, Ly.proj_b, dres_, Ly.atty, C, C);
     nn::attention_backward<T>(dqkv_, datt_, datty_, Ly.qkv, Ly.att, B_, Tn, C, H, cfg_.causal);
-    nn::linear_backward<T>(dln_, g(Ly.qkv_w), g(Ly.qkv_b), dqkv_, Ly.ln1_out, p(Ly.qkv_w), N, C, 3 * C);
-    nn::layernorm_backward<T>(dres_, g(Ly.ln1_w), g(Ly.ln1_b), dln_, res_in, p(Ly.ln1_w), Ly.ln1_mean, Ly.ln1_rstd, N, C);
+    lin_bwd(dln_, Ly.qkv_w, Ly.qkv_b, dqkv_, Ly.ln1_out, C, 3 * C);
+    ln_bwd(dres_, Ly.ln1_w, Ly.ln1_b, dln_, res_in, Ly.ln1_mean, Ly.ln1_rstd);
   }
   if (cfg_.is_image()) {
     const int P = cfg_.patch;
-    nn::linear_backward<T>(static_cast<T*>(nullptr), g(wte_), g(patch_b_), dres_, patches_, p(wte_), N, P * P, C);
-    T* dwpe = g(wpe_);
-    for (int b = 0; b < B_; ++b)
-      for (int64_t i = 0; i < 1LL * Tn * C; ++i) dwpe[i] += dres_[1LL * b * Tn * C + i];
+    lin_bwd(static_cast<T*>(nullptr), wte_, patch_b_, dres_, patches_, P * P, C);
+    for (int sh = 0; sh < Sl; ++sh) {
+      T* dwpe = gs(wpe_, sh);
+      for (int b = shard_b_[static_cast<size_t>(sh)]; b < shard_b_[static_cast<size_t>(sh) + 1]; ++b)
+        for (int64_t i = 0; i < 1LL * Tn * C; ++i) dwpe[i] += dres_[1LL * b * Tn * C + i];
+    }
   } else {
-    nn::embedding_backward<T>(g(wte_), g(wpe_), dres_, batch_->tokens.data(), B_, Tn, C);
+    for (int sh = 0; sh < Sl; ++sh) {
+      const int b0 = shard_b_[static_cast<size_t>(sh)], nb = shard_b_[static_cast<size_t>(sh) + 1] - b0;
+      if (nb > 0)
+        nn::embedding_backward<T>(gs(wte_, sh), gs(wpe_, sh), dres_ + 1LL * b0 * Tn * C, batch_->tokens.data() + 1LL * b0 * Tn,
+                                  nb, Tn, C);
+    }
+  }
+  // replicated tensors: the sum over all S shards, reproducible (one shard: already in grads)
+  if (!shard_grads_.empty()) {
+    std::vector<const T*> shards;
+    for (const std::vector<T>& g : shard_grads_) shards.push_back(g.data());
+    shard_sum_.sum(grads.data(), shards, replicated_, par);
   }
 }
 
@@ -393,7 +565,7 @@ void Transformer<T>::sample_loss_entropy(double* eps, double* tau) const {
 
 template <class T>
 double Transformer<T>::mean_entropy() const {
-  return nn::mean_entropy(probs_, n_scored_, cfg_.vocab);
+  return entropy_mean_;
 }
 
 template <class T>
@@ -411,20 +583,20 @@ uint64_t Transformer<T>::routing_hash() const {
 
 template <class T>
 double Transformer<T>::step_flops() const {
-  const double N = static_cast<double>(B_) * cfg_.seq_len, C = cfg_.d_model, F = cfg_.d_ff;
+  const double N = static_cast<double>(samples_global_) * cfg_.seq_len, C = cfg_.d_model, F = cfg_.d_ff;
   const double Tn = cfg_.seq_len, E = cfg_.experts;
   double fwd = 0.0;
   for (size_t l = 0; l < layers_.size(); ++l) {
     fwd += 2 * N * C * 3 * C + 2 * N * C * C;  // qkv, proj
-    fwd += 4 * B_ * Tn * Tn * C;               // QK^T and PV over all heads
+    fwd += 4 * samples_global_ * Tn * Tn * C;  // QK^T and PV over all heads
     if (cfg_.is_moe()) {
       fwd += (cfg_.kind == ModelKind::Moe ? 2 : 4) * N * C * E;  // router GEMM(s)
-      fwd += 4 * static_cast<double>(layers_[l].moe.offsets[cfg_.experts]) * C * F;  // experts on their rows
+      fwd += 4 * layer_rows_[l] * C * F;  // experts on their rows
     } else {
       fwd += 4 * N * C * F;
     }
   }
-  fwd += 2.0 * n_scored_ * C * cfg_.vocab;  // head on scored rows
+  fwd += 2.0 * scored_global_ * C * cfg_.vocab;  // head on scored rows
   if (cfg_.is_image()) fwd += 2.0 * N * cfg_.patch * cfg_.patch * C;  // patch embedding
   return 3.0 * fwd;
 }

@@ -1,14 +1,19 @@
 // Pre-LN Transformer language model over token sequences with a dense or Mixture-of-Experts
 // feed-forward block (linear or Gaussian router). Hand-written forward and backward over the ops
 // in src/nn; parameters and gradients in one flat buffer each, laid out by the ParamTable.
-// Leaves out: communication (later issues wrap the MoE exchange), optimizers (src/nn/adamw).
+// Expert parallel over P ranks (src/core/parallel.hpp): each rank runs its block of the global
+// batch, shard by shard for every GEMM whose shape would otherwise depend on P; MoE layers send
+// tokens to their experts' owners and back; replicated gradients are summed over all shards
+// reproducibly at the end of backward. Leaves out: optimizers (src/nn/adamw), MPI (mpi/).
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "core/batch.hpp"
+#include "core/parallel.hpp"
 #include "core/param_table.hpp"
 #include "nn/moe.hpp"
 
@@ -48,51 +53,63 @@ struct ModelConfig {
 template <class T>
 class Transformer {
  public:
-  // batch_capacity: largest B passed to forward; max_scored: largest number of scored positions.
-  Transformer(const ModelConfig& cfg, int batch_capacity, int max_scored);
+  // batch_capacity: largest B passed to forward (this rank's samples); max_scored: largest number
+  // of scored positions among them. par: the layout (null = one rank, one shard); it must outlive
+  // the model.
+  Transformer(const ModelConfig& cfg, int batch_capacity, int max_scored, Parallel* par = nullptr);
 
   const ModelConfig& config() const { return cfg_; }
   const ParamTable& table() const { return table_; }
+  // Full table layout on every rank; a rank reads and updates only the replicated tensors and the
+  // experts it owns (table owner), the other experts' entries stay at their initial values.
   std::vector<T> params;  // (table.total())
   std::vector<T> grads;   // (table.total())
+  Parallel& parallel() { return *par_; }
 
   // Parameter initialisation from the counter RNG (purpose Init, step = tensor index).
   void init(uint64_t seed);
 
-  // Forward pass; returns the mean cross-entropy over the scored positions.
+  // Forward pass (collective over ranks); returns the mean cross-entropy over the scored positions
+  // of the whole global batch.
   double forward(const Batch& batch);
-  // Backward of the last forward; gradients accumulate into grads (call zero_grad first).
+  // Backward of the last forward (collective); gradients accumulate into grads (call zero_grad
+  // first): replicated tensors receive the reproducible sum over all shards, owned experts theirs.
   void backward();
+  // Copies every expert's parameters from its owner to all ranks (collective; for snapshots).
+  void gather_experts();
 
-  // Memory-Gaussian routing (model pilf): called once per MoE layer in forward with the samples'
-  // mean layer inputs q (B,C); writes mu_ls (B,2,E,C), every expert's mu then log_sigma, and may
-  // lower each sample's k (B, preset to top_k; dynamic top-k) to any value in [1, top_k]. The
+  // Memory-Gaussian routing (model pilf): called per MoE layer and shard in forward with the
+  // shard's samples' mean layer inputs q (B,C), B samples from local sample `first`; writes mu_ls
+  // (B,2,E,C), every expert's mu then log_sigma, and may lower each sample's k (B, preset to top_k;
+  // dynamic top-k) to any value in [1, top_k]. The
   // routing distribution is data to the task loss (stop-gradient): backward leaves its gradient
   // in routing_grad(layer) and sends nothing further (the GatingTransformer learns by
   // meta-training only).
-  using MemoryRouter = std::function<void(int layer, const T* q, int B, T* mu_ls, int32_t* k)>;
+  using MemoryRouter = std::function<void(int layer, int first, const T* q, int B, T* mu_ls, int32_t* k)>;
   void set_memory_router(MemoryRouter r) { router_ = std::move(r); }
   const T* routing_grad(int layer) const { return layers_[static_cast<size_t>(layer)].dmu_ls; }  // (B,2,E,C)
   int64_t routing_grad_size() const { return static_cast<int64_t>(B_) * 2 * cfg_.experts * cfg_.d_model; }
 
-  // Per-sample task loss and output entropy (means over each sample's scored positions; 0 for a
-  // sample without any), and the mean entropy over all scored positions (PI's tau).
+  // Per-sample task loss and output entropy of this rank's samples (means over each sample's scored
+  // positions; 0 for a sample without any), and the mean entropy over all scored positions of the
+  // global batch (PI's tau).
   void sample_loss_entropy(double* eps, double* tau) const;  // (B) (B)
   double mean_entropy() const;
   void zero_grad();
 
-  // Statistics of the last forward.
-  int scored() const { return n_scored_; }
+  // Statistics of the last forward, over the global batch.
+  int scored() const { return scored_global_; }
+  int global_samples() const { return samples_global_; }
   double accuracy() const { return accuracy_; }      // mean over samples of per-sample accuracy
   int samples_scored() const { return samples_scored_; }
   double correct() const { return correct_; }        // sum over samples of per-sample accuracy
-  // tokens routed to each expert, (layers, E) row-major; empty for dense
+  // tokens of the global batch routed to each expert, (layers, E) row-major; empty for dense
   const std::vector<int32_t>& expert_tokens() const { return expert_tokens_; }
   // Hash of every MoE layer's expert choices in the last forward (gradient checks use it to skip
   // points where a perturbation changes the routing, i.e. next to top-k ties).
   uint64_t routing_hash() const;
-  // Analytic model FLOPs of one forward + backward at the last forward's shapes (GEMMs only:
-  // backward counted as twice the forward).
+  // Analytic model FLOPs of one forward + backward of the global batch at the last forward's shapes
+  // (GEMMs only: backward counted as twice the forward), all ranks together.
   double step_flops() const;
 
  private:
@@ -112,11 +129,37 @@ class Transformer {
   void bind_activations(Carver<T>& f, Carver<int32_t>& ip);
   T* p(int tensor) { return params.data() + table_[tensor].offset; }
   T* g(int tensor) { return grads.data() + table_[tensor].offset; }
+  // Gradient of a tensor for local shard s: replicated tensors accumulate per shard (summed over
+  // shards at the end of backward), experts straight into grads.
+  T* gs(int tensor, int s) {
+    const TensorInfo& t = table_[tensor];
+    return (t.replicated() && !shard_grads_.empty() ? shard_grads_[static_cast<size_t>(s)].data() : grads.data()) + t.offset;
+  }
+  int nshards() const { return static_cast<int>(shard_b_.size()) - 1; }
+  // shard-by-shard wrappers of the ops whose shapes (GEMMs) or accumulations span rows
+  void lin_fwd(T* out, const T* inp, int w, int b, int IC, int OC);
+  void lin_bwd(T* dinp, int w, int b, const T* dout, const T* inp, int IC, int OC);
+  void ln_bwd(T* dinp, int w, int b, const T* dout, const T* inp, const T* mean, const T* rstd);
   nn::MoeWeights<T> moe_weights(const Layer& L, std::vector<T>& buf);
   nn::MoeDims moe_dims(int N) const;
 
   ModelConfig cfg_;
   int Bcap_, Scap_;
+  std::unique_ptr<Parallel> own_par_;
+  Parallel* par_;
+  std::vector<std::vector<T>> shard_grads_;  // (local shards)(table.total()) when S > 1
+  std::vector<std::pair<int64_t, int64_t>> replicated_;
+  ShardSum<T> shard_sum_;
+  std::vector<int32_t> shard_b_, shard_tok_, shard_scored_;  // (local shards + 1) sample / token / scored offsets
+  // expert parallel (P > 1): per MoE layer, the exchange and the owner-side rows of its experts
+  struct Owned {
+    std::vector<T> xs, h, act, ys;
+  };
+  std::vector<ExpertExchange> xch_;
+  std::vector<Owned> owned_;
+  std::vector<T> own_dys_, own_dact_, own_dh_, own_dxs_;
+  std::vector<nn::MoeWeights<T>> router_grads_;
+  std::vector<double> layer_rows_;  // (layers) active expert rows of the global batch
   ParamTable table_;
   int wte_, wpe_, lnf_w_, lnf_b_, head_w_;  // head_w_ == wte_ when tied; image: wte_ = patch weight
   int patch_b_ = -1;
@@ -131,7 +174,9 @@ class Transformer {
   int32_t *scored_rows_, *scored_targets_;
   // last forward
   const Batch* batch_ = nullptr;
-  int B_ = 0, n_scored_ = 0, samples_scored_ = 0;
+  int B_ = 0, n_scored_ = 0, samples_scored_ = 0, scored_global_ = 0, samples_global_ = 0;
+  double entropy_mean_ = 0.0;
+  std::vector<double> shard_stats_;
   double accuracy_ = 0.0, correct_ = 0.0;
   std::vector<int32_t> expert_tokens_;
   MemoryRouter router_;

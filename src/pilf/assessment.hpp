@@ -45,5 +45,12 @@ struct GradNorms {
 };
 template <class T>
 void gradient_norms(GradNorms& out, const ParamTable& table, const T* grads, int layers, int experts);
+// The two halves of gradient_norms, for expert-parallel runs: per-tensor sums of squares of the
+// tensors this rank holds (replicated ones on rank 0 only, experts on their owner; 0 elsewhere;
+// rank < 0: every tensor), so that a sum over ranks has one non-zero term per tensor and is exact
+// in any order; then the norms from them, accumulated in table order.
+template <class T>
+void tensor_sq(std::vector<double>& sq, const ParamTable& table, const T* grads, int rank);
+void norms_from_sq(GradNorms& out, const ParamTable& table, const std::vector<double>& sq, int layers, int experts);
 
 }  // namespace hyperrnn::pilf

@@ -2,6 +2,7 @@
 #include "pilf/step.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 
 #include "core/error.hpp"
@@ -45,7 +46,7 @@ PilfState<T>::PilfState(const PilfConfig& c, const ModelConfig& m, int batch_cap
 template <class T>
 void PilfState<T>::attach(Transformer<T>& model) {
   if (!model.config().memory_routing()) return;
-  model.set_memory_router([this](int l, const T* q, int B, T* mu_ls, int32_t* k) { route(l, q, B, mu_ls, k); });
+  model.set_memory_router([this](int l, int first, const T* q, int B, T* mu_ls, int32_t* k) { route(l, first, q, B, mu_ls, k); });
 }
 
 template <class T>
@@ -75,26 +76,29 @@ static void score_one(T* scores, typename PilfState<T>::Scratch& s, const T* q, 
 }
 
 template <class T>
-void PilfState<T>::route(int l, const T* q, int B, T* mu_ls, int32_t* k) {
+void PilfState<T>::route(int l, int first, const T* q, int B, T* mu_ls, int32_t* k) {
   const int C = mc.d_model, E = mc.experts, Kh = cfg.history;
   const size_t L = static_cast<size_t>(l);
-  std::vector<float>& qf = s.q[L];
-  qf.resize(static_cast<size_t>(B) * C);
-  for (size_t i = 0; i < qf.size(); ++i) qf[i] = static_cast<float>(q[i]);
+  // shards arrive in order from sample 0: the layer's q (and r) cover this rank's samples
+  std::vector<float>& qall = s.q[L];
+  qall.resize(static_cast<size_t>(first + B) * C);
+  float* qf = qall.data() + static_cast<int64_t>(first) * C;
+  for (int64_t i = 0; i < static_cast<int64_t>(B) * C; ++i) qf[i] = static_cast<float>(q[i]);
   s.histf.resize(static_cast<size_t>(B) * Kh * C);
-  buffers[L].retrieve(s.histf.data(), qf.data(), B, Kh);
+  buffers[L].retrieve(s.histf.data(), qf, B, Kh);
   s.hist.assign(s.histf.begin(), s.histf.end());
   gating->forward(mu_ls, q, s.hist.data(), B, l);
   if (!cfg.dynamic_top_k) return;
   // dynamic top-k: each sample's routing surprise, then its k
-  s.r[L].resize(static_cast<size_t>(B));
+  s.r[L].resize(static_cast<size_t>(first + B));
   s.scores.resize(static_cast<size_t>(E));
   for (int b = 0; b < B; ++b) {
     score_one<T>(s.scores.data(), s, q + static_cast<int64_t>(b) * C, mu_ls + static_cast<int64_t>(b) * 2 * E * C, C, E);
     double best = s.scores[0];
     for (int e = 1; e < E; ++e) best = std::max(best, static_cast<double>(s.scores[static_cast<size_t>(e)]));
-    s.r[L][static_cast<size_t>(b)] = -best / C;
-    k[b] = dynamic_k(s.r[L][static_cast<size_t>(b)], l);
+    double& r = s.r[L][static_cast<size_t>(first + b)];
+    r = -best / C;
+    k[b] = dynamic_k(r, l);
   }
 }
 
@@ -171,6 +175,7 @@ StepStats train_step(Transformer<T>& model, nn::AdamW<T>& opt, const Batch& batc
   const PilfConfig& pc = ps ? ps->cfg : plain;
   const ModelConfig& mc = model.config();
   const int Lm = mc.is_moe() ? mc.layers : 0, E = mc.experts;
+  Parallel& par = model.parallel();
   StepStats st;
   st.lr = nn::lr_at(step, sc.total_steps, sc.warmup, sc.lr, sc.lr_min_ratio);
   st.loss = model.forward(batch);
@@ -179,7 +184,7 @@ StepStats train_step(Transformer<T>& model, nn::AdamW<T>& opt, const Batch& batc
   if (mc.is_moe()) {
     double used = 0.0;
     for (int32_t t : model.expert_tokens()) used += t;
-    st.k_mean = used / (static_cast<double>(batch.B) * batch.T * Lm);
+    st.k_mean = used / (static_cast<double>(model.global_samples()) * batch.T * Lm);
   }
   if (!std::isfinite(st.loss)) {
     st.skipped = true;
@@ -189,13 +194,31 @@ StepStats train_step(Transformer<T>& model, nn::AdamW<T>& opt, const Batch& batc
   model.backward();
   pilf::GradNorms local_gn;
   pilf::GradNorms& gn = ps ? ps->s.gn : local_gn;  // its per-expert vector is reused across steps
-  pilf::gradient_norms(gn, model.table(), model.grads.data(), Lm, E);
+  // per-tensor sums of squares of what this rank holds, merged exactly over ranks
+  std::vector<double> local_sq;
+  std::vector<double>& sq = ps ? ps->s.sq : local_sq;
+  pilf::tensor_sq(sq, model.table(), model.grads.data(), par.P > 1 ? par.rank : -1);
+  par.merge_owned(sq.data(), sq.size());
+  pilf::norms_from_sq(gn, model.table(), sq, Lm, E);
   double routing_sq = 0.0;  // pilf: the task-loss gradient at the routing distributions
-  if (mc.memory_routing())
+  if (mc.memory_routing()) {
+    // per shard (samples are contiguous in the routing gradient), then over shards in order
+    const int Sl = batch.shard_samples.empty() ? 1 : static_cast<int>(batch.shard_samples.size());
+    const int64_t per_sample = 2LL * E * mc.d_model;
+    std::vector<double> part(static_cast<size_t>(Sl), 0.0);
     for (int l = 0; l < Lm; ++l) {
       const T* g = model.routing_grad(l);
-      for (int64_t i = 0; i < model.routing_grad_size(); ++i) routing_sq += static_cast<double>(g[i]) * g[i];
+      int64_t b0 = 0;
+      for (int sh = 0; sh < Sl; ++sh) {
+        const int64_t nb = batch.shard_samples.empty() ? batch.B : batch.shard_samples[static_cast<size_t>(sh)];
+        double acc = 0.0;
+        for (int64_t i = b0 * per_sample; i < (b0 + nb) * per_sample; ++i) acc += static_cast<double>(g[i]) * g[i];
+        part[static_cast<size_t>(sh)] += acc;
+        b0 += nb;
+      }
     }
+    par.sum_over_shards(part.data(), 1, &routing_sq);
+  }
   const int Dn = static_cast<int>(TensorKind::Dense), Ex = static_cast<int>(TensorKind::Expert), Ga = static_cast<int>(TensorKind::Gating);
   st.grad_norm = gn.total;
   st.expert_surprise = std::hypot(gn.by_kind[Dn], gn.by_kind[Ex]);
@@ -234,7 +257,9 @@ StepStats train_step(Transformer<T>& model, nn::AdamW<T>& opt, const Batch& batc
   bool any_skip = false;
   for (int i = 0; i < table.size(); ++i) {
     const TensorInfo& t = table[i];
-    if (t.kind == TensorKind::Expert && !(st.smk_mask[static_cast<size_t>(t.layer)] >> t.expert & 1u)) {
+    const bool dropped = t.kind == TensorKind::Expert && !(st.smk_mask[static_cast<size_t>(t.layer)] >> t.expert & 1u);
+    const bool elsewhere = par.P > 1 && !t.replicated() && t.owner != par.rank;  // another rank's expert
+    if (dropped || elsewhere) {
       skip[static_cast<size_t>(i)] = 1;
       any_skip = true;
     }
@@ -253,32 +278,47 @@ StepStats train_step(Transformer<T>& model, nn::AdamW<T>& opt, const Batch& batc
   const double gating_lr = sc.gating_lr > 0.0 ? st.lr * (sc.gating_lr / sc.lr) : st.lr;
   lr_by_kind[Ga] = gating_lr * st.lr_mod_gating;
   const int64_t n = table.total();
+  const auto t_opt = std::chrono::steady_clock::now();
   nn::clip_grads(model.grads.data(), n, st.grad_norm, sc.grad_clip);
   opt.step(model.params.data(), model.grads.data(), lr_by_kind, any_skip ? skip.data() : nullptr);
+  st.optimizer_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_opt).count();
 
   if (!ps || !mc.memory_routing()) return st;
-  // Experience curation: each sample offers (q, this layer's SMK set) with priority 1 - PI_b,
-  // PI_b from the sample's own loss and entropy and the batch's surprise.
-  const int B = batch.B;
+  // Experience curation: each sample of the global batch offers (q, this layer's SMK set) with
+  // priority 1 - PI_b, PI_b from the sample's own loss and entropy and the batch's surprise. Every
+  // rank gathers all candidates in rank (= global sample) order, so the buffers stay identical.
+  const int B = model.global_samples(), Bl = batch.B;
   auto& s = ps->s;
-  s.eps.resize(static_cast<size_t>(B));
-  s.tau.resize(static_cast<size_t>(B));
+  s.eps.resize(static_cast<size_t>(Bl));
+  s.tau.resize(static_cast<size_t>(Bl));
   s.pi.resize(static_cast<size_t>(B));
   model.sample_loss_entropy(s.eps.data(), s.tau.data());
+  s.sample_local.resize(2 * static_cast<size_t>(Bl));
+  for (int b = 0; b < Bl; ++b) {
+    s.sample_local[2 * static_cast<size_t>(b)] = s.eps[static_cast<size_t>(b)];
+    s.sample_local[2 * static_cast<size_t>(b) + 1] = s.tau[static_cast<size_t>(b)];
+  }
+  s.sample_all.resize(2 * static_cast<size_t>(B));
+  par.allgatherv(s.sample_local.data(), s.sample_local.size() * sizeof(double), s.sample_all.data());
   for (int b = 0; b < B; ++b)
     s.pi[static_cast<size_t>(b)] = pilf::predictive_integrity(
-        {s.eps[static_cast<size_t>(b)], s.tau[static_cast<size_t>(b)], st.surprise, st.expert_surprise, st.gating_surprise}, pc.pi);
+        {s.sample_all[2 * static_cast<size_t>(b)], s.sample_all[2 * static_cast<size_t>(b) + 1], st.surprise, st.expert_surprise, st.gating_surprise}, pc.pi);
   s.action.resize(static_cast<size_t>(B) * E);
   st.buffer_size.resize(static_cast<size_t>(Lm));
   st.prototypes.resize(static_cast<size_t>(Lm));
   for (int l = 0; l < Lm; ++l) {
     for (int b = 0; b < B; ++b)
       for (int e = 0; e < E; ++e) s.action[static_cast<size_t>(b) * E + e] = st.smk_mask[static_cast<size_t>(l)] >> e & 1u;
-    ps->buffers[static_cast<size_t>(l)].add(s.q[static_cast<size_t>(l)].data(), s.action.data(), s.pi.data(), B);
+    const std::vector<float>& ql = s.q[static_cast<size_t>(l)];
+    s.q_all.resize(static_cast<size_t>(B) * mc.d_model);
+    par.allgatherv(ql.data(), static_cast<size_t>(Bl) * mc.d_model * sizeof(float), s.q_all.data());
+    ps->buffers[static_cast<size_t>(l)].add(s.q_all.data(), s.action.data(), s.pi.data(), B);
   }
   // dynamic top-k statistics: EMA of the batch's routing surprise (first batch initialises)
   for (int l = 0; l < Lm && pc.dynamic_top_k; ++l) {
-    const std::vector<double>& r = s.r[static_cast<size_t>(l)];
+    std::vector<double>& r = s.r_all;
+    r.resize(static_cast<size_t>(B));
+    par.allgatherv(s.r[static_cast<size_t>(l)].data(), static_cast<size_t>(Bl) * sizeof(double), r.data());
     double mean = 0.0, var = 0.0;
     for (double v : r) mean += v;
     mean /= static_cast<double>(r.size());

@@ -72,6 +72,7 @@ struct StepStats {
   double gating_loss = std::numeric_limits<double>::quiet_NaN();
   double routing_acc = std::numeric_limits<double>::quiet_NaN();
   double k_mean = 0.0;  // experts per token, mean over tokens and MoE layers
+  double optimizer_s = 0.0;  // time in clipping and AdamW (the timing split; not part of theta)
 };
 
 // The state PILF adds to theta: PILR statistics, and for model pilf the GatingTransformer with
@@ -106,8 +107,11 @@ class PilfState {
 
   // internals shared with train_step
   struct Scratch {
-    std::vector<std::vector<float>> q;   // (layers)(B,C) the last forward's q, float
+    std::vector<std::vector<float>> q;   // (layers)(B,C) the last forward's q of this rank's samples, float
     std::vector<std::vector<double>> r;  // (layers)(B) routing surprise of each sample (dynamic top-k)
+    std::vector<float> q_all;            // (global B, C) one layer's q of every rank, rank order
+    std::vector<double> r_all, sample_local, sample_all;  // global batch: routing surprise; (eps, tau) pairs
+    std::vector<double> sq;              // (tensors) gradient sums of squares
     std::vector<float> qf, histf;
     std::vector<T> qt, hist, mu_ls, dmu_ls, sc_w, sc_m, sc_c, sc_sq, sc_ec, scores, dscores, dq;
     std::vector<uint8_t> skip, action, keep, taken;
@@ -117,7 +121,7 @@ class PilfState {
   } s;
 
  private:
-  void route(int layer, const T* q, int B, T* mu_ls, int32_t* k);
+  void route(int layer, int first, const T* q, int B, T* mu_ls, int32_t* k);
 };
 
 // One hyper-step on `batch` (training step index `step`, from 0). A step whose loss or gradient

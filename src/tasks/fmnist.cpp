@@ -57,13 +57,13 @@ void FmnistTask::set_range(Batch& batch, int task) const {
   batch.class_hi = restrict ? (task + 1) * cpt_ : 0;
 }
 
-void FmnistTask::fill_train(Batch& batch, uint64_t seed, uint32_t step, int B, int task) const {
+void FmnistTask::fill_train(Batch& batch, uint64_t seed, uint32_t step, uint32_t first, int B, int task) const {
   HYPERRNN_CHECK(B <= static_cast<int>(batch.images.size() / (kH * kW)), "batch too small");
   const std::vector<int>& idx = train_idx_[static_cast<size_t>(task < 0 ? tasks() : task)];
   batch.B = B;
   set_range(batch, task);
   for (int b = 0; b < B; ++b) {
-    CounterRng rng(seed, RngPurpose::TrainData, step, static_cast<uint32_t>(b));
+    CounterRng rng(seed, RngPurpose::TrainData, step, first + static_cast<uint32_t>(b));
     const int i = idx[static_cast<size_t>(rng.below(static_cast<uint32_t>(idx.size())))];
     put(batch, b, train_px_, i, train_y_[static_cast<size_t>(i)]);
   }

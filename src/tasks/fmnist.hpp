@@ -25,8 +25,9 @@ class FmnistTask {
 
   int tasks() const { return kClasses / cpt_; }
   int classes_per_task() const { return cpt_; }
-  // B training samples of `task` (-1: every class), uniformly with replacement.
-  void fill_train(Batch& batch, uint64_t seed, uint32_t step, int B, int task) const;
+  // B training samples of `task` (-1: every class), uniformly with replacement: the samples with
+  // global indices first..first+B-1 of the step's batch.
+  void fill_train(Batch& batch, uint64_t seed, uint32_t step, uint32_t first, int B, int task) const;
   // Test samples [first, first + n) of `task` (-1: every class), in file order.
   int test_count(int task) const;
   void fill_test(Batch& batch, int task, int first, int n) const;

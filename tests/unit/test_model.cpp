@@ -90,7 +90,7 @@ TEST_CASE("pilf model: parameter and routing-distribution gradients match finite
     for (int b = 0; b < B; ++b)
       for (int i = 0; i < EC; ++i) t[static_cast<size_t>(b * 2 * EC + EC + i)] *= 0.4;  // log_sigma in [-0.2, 0.2]
   std::vector<double> seen_q(static_cast<size_t>(2 * B * mc.d_model));
-  model.set_memory_router([&](int l, const double* q, int nb, double* mu_ls, int32_t*) {
+  model.set_memory_router([&](int l, int, const double* q, int nb, double* mu_ls, int32_t*) {
     REQUIRE(nb == B);
     std::copy(q, q + nb * mc.d_model, seen_q.begin() + l * B * mc.d_model);
     std::copy(table[static_cast<size_t>(l)].begin(), table[static_cast<size_t>(l)].end(), mu_ls);
@@ -141,7 +141,7 @@ TEST_CASE("ViT path: image model gradients match finite differences", "[model][g
     Transformer<double> model(mc, B, B);
     model.init(5);
     const std::vector<double> fixed = test::uniform(B * 2 * 4 * 8, 31, 0.3);
-    model.set_memory_router([&](int, const double*, int, double* mu_ls, int32_t*) { std::copy(fixed.begin(), fixed.end(), mu_ls); });
+    model.set_memory_router([&](int, int, const double*, int, double* mu_ls, int32_t*) { std::copy(fixed.begin(), fixed.end(), mu_ls); });
     Batch batch;
     batch.resize(B, 4);
     const std::vector<double> px = test::uniform(B * 64, 32, 1.0);
@@ -177,7 +177,7 @@ TEST_CASE("pilf model with every sample routed by the same Gaussians equals gaus
     std::copy_n(gm.params.begin() + s.offset, t.size, pl.params.begin() + t.offset);
   }
   const int EC = 4 * 8;
-  pl.set_memory_router([&](int l, const double*, int nb, double* mu_ls, int32_t*) {
+  pl.set_memory_router([&](int l, int, const double*, int nb, double* mu_ls, int32_t*) {
     const double* mu = gm.params.data() + gm.table()[gm.table().find("layers." + std::to_string(l) + ".moe.router.mu")].offset;
     const double* ls = gm.params.data() + gm.table()[gm.table().find("layers." + std::to_string(l) + ".moe.router.log_sigma")].offset;
     for (int b = 0; b < nb; ++b) {

@@ -1,0 +1,50 @@
+// Collective error agreement: a usage error found on some ranks becomes the same error on every
+// rank, so all exit with status 2 and none waits forever in a collective the others never reach.
+#include <cstdint>
+
+#include "app/commands.hpp"
+#include "core/error.hpp"
+
+namespace hyperrnn {
+
+void collective(Comm& comm, const std::function<void()>& fn, bool root_only) {
+  std::string err;
+  bool failed = false;
+  if (!root_only || comm.rank() == 0) {
+    try {
+      fn();
+    } catch (const UsageError& e) {
+      failed = true;
+      err = e.what();
+    }
+  }
+  if (comm.size() == 1) {
+    if (failed) throw UsageError(err);
+    return;
+  }
+  // the lowest failing rank speaks for all: max of (P - rank) over failing ranks
+  const int P = comm.size();
+  const int top = comm.allreduce_max(failed ? P - comm.rank() : 0);
+  if (top == 0) return;
+  const int who = P - top;
+  uint64_t len = err.size();
+  comm.bcast_bytes(&len, sizeof len, who);
+  err.resize(static_cast<size_t>(len));
+  comm.bcast_bytes(err.data(), static_cast<size_t>(len), who);
+  throw UsageError(root_only || who == 0 ? err : err + " (on rank " + std::to_string(who) + ")");
+}
+
+void check_same_everywhere(Comm& comm, const std::string& what) {
+  if (comm.size() == 1) return;
+  uint64_t h = 1469598103934665603ull;  // FNV-1a of the effective configuration
+  for (unsigned char ch : what) h = (h ^ ch) * 1099511628211ull;
+  uint64_t h0 = h;
+  comm.bcast_bytes(&h0, sizeof h0, 0);
+  const int P = comm.size();
+  const int top = comm.allreduce_max(h != h0 ? P - comm.rank() : 0);
+  if (top != 0)
+    throw UsageError("ranks: the options differ between ranks (rank " + std::to_string(P - top) +
+                     "'s effective configuration is not rank 0's); start every rank with the same command line and --config file");
+}
+
+}  // namespace hyperrnn
