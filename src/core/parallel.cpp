@@ -202,10 +202,10 @@ std::vector<double>& ExpertExchange::tmp<double>() { return tmp_d_; }
 void ExpertExchange::plan(const int32_t* local_offsets, Parallel& par, int layer, int width_bytes) {
   const int P = par.P, E = par.E;
   Stopwatch w(par.dispatch_s);
-  std::vector<int32_t> mine(static_cast<size_t>(E));
-  for (int e = 0; e < E; ++e) mine[static_cast<size_t>(e)] = local_offsets[e + 1] - local_offsets[e];
+  mine_.resize(static_cast<size_t>(E));
+  for (int e = 0; e < E; ++e) mine_[static_cast<size_t>(e)] = local_offsets[e + 1] - local_offsets[e];
   counts_.resize(static_cast<size_t>(P) * E);
-  par.comm->allgather_bytes(mine.data(), sizeof(int32_t) * static_cast<size_t>(E), counts_.data());
+  par.comm->allgather_bytes(mine_.data(), sizeof(int32_t) * static_cast<size_t>(E), counts_.data());
   expert_rows_.assign(static_cast<size_t>(E), 0);
   for (int s = 0; s < P; ++s)
     for (int e = 0; e < E; ++e) expert_rows_[static_cast<size_t>(e)] += counts_[static_cast<size_t>(s) * E + e];

@@ -112,6 +112,7 @@ class ExpertExchange {
   template <class T>
   void permute(const T* from, T* to, int W, bool to_canonical);
   std::vector<int32_t> counts_;       // (P,E) rows rank s sends to expert e
+  std::vector<int32_t> mine_;         // (E) this rank's part of counts_
   std::vector<int32_t> expert_rows_;  // (E)
   std::vector<int64_t> sc_, sd_, rc_, rd_, sc_w_, sd_w_, rc_w_, rd_w_;  // (P) rows, then elements
   std::vector<int32_t> own_offsets_;

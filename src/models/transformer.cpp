@@ -120,6 +120,7 @@ Transformer<T>::Transformer(const ModelConfig& cfg, int batch_capacity, int max_
   replicated_ = table_.replicated_ranges();
   if (par_->S > 1)
     shard_grads_.assign(static_cast<size_t>(par_->local_shards()), std::vector<T>(static_cast<size_t>(table_.total()), T(0)));
+  for (const std::vector<T>& g : shard_grads_) shard_ptrs_.push_back(g.data());
   if (par_->P > 1 && cfg.is_moe()) {
     xch_.resize(static_cast<size_t>(L));
     owned_.resize(static_cast<size_t>(L));
@@ -538,11 +539,7 @@ void Transformer<T>::backward() {
     }
   }
   // replicated tensors: the sum over all S shards, reproducible (one shard: already in grads)
-  if (!shard_grads_.empty()) {
-    std::vector<const T*> shards;
-    for (const std::vector<T>& g : shard_grads_) shards.push_back(g.data());
-    shard_sum_.sum(grads.data(), shards, replicated_, par);
-  }
+  if (!shard_grads_.empty()) shard_sum_.sum(grads.data(), shard_ptrs_, replicated_, par);
 }
 
 template <class T>

@@ -148,6 +148,7 @@ class Transformer {
   std::unique_ptr<Parallel> own_par_;
   Parallel* par_;
   std::vector<std::vector<T>> shard_grads_;  // (local shards)(table.total()) when S > 1
+  std::vector<const T*> shard_ptrs_;
   std::vector<std::pair<int64_t, int64_t>> replicated_;
   ShardSum<T> shard_sum_;
   std::vector<int32_t> shard_b_, shard_tok_, shard_scored_;  // (local shards + 1) sample / token / scored offsets

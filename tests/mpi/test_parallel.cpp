@@ -1,0 +1,230 @@
+// MPI tests of the expert-parallel building blocks, run by ctest under mpiexec with 1, 2, 4 and 8
+// ranks: the token exchange (round trip, canonical order on the owners, uneven expert splits, an
+// expert without tokens, ranks that receive nothing) and the reproducible shard sum (bitwise the
+// same on every P as in one process, and within its derived error bound of the exact sum).
+#define CATCH_CONFIG_RUNNER
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <bit>
+#include <memory>
+#include <cmath>
+#include <limits>
+#include <tuple>
+#include <vector>
+
+#include "core/parallel.hpp"
+#include "core/rng.hpp"
+#include "mpi/comm.hpp"
+
+using namespace hyperrnn;
+
+namespace {
+Comm* g_comm = nullptr;
+
+// A routing of N global tokens, K slots each: the expert of (token, slot) from `pick`.
+struct Row {
+  int expert, token, slot;
+};
+
+template <class Pick>
+std::vector<Row> rows_of(int t0, int t1, int K, Pick pick) {
+  std::vector<Row> r;
+  for (int t = t0; t < t1; ++t)
+    for (int j = 0; j < K; ++j) r.push_back({pick(t, j), t, j});
+  std::stable_sort(r.begin(), r.end(), [](const Row& a, const Row& b) { return std::tie(a.expert, a.token, a.slot) < std::tie(b.expert, b.token, b.slot); });
+  return r;
+}
+
+constexpr int W = 3;  // a row carries (expert, token, slot) as doubles
+
+// Dispatches this rank's rows, checks the owners' canonical rows and the round trip.
+template <class Pick>
+void check_exchange(int E, int N, int K, Pick pick) {
+  Parallel par(g_comm, g_comm->size(), E);
+  const int P = par.P;
+  const int t0 = N * par.rank / P, t1 = N * (par.rank + 1) / P;
+  const std::vector<Row> local = rows_of(t0, t1, K, pick);
+  std::vector<int32_t> offsets(static_cast<size_t>(E) + 1, 0);
+  for (const Row& r : local) ++offsets[static_cast<size_t>(r.expert) + 1];
+  for (int e = 0; e < E; ++e) offsets[static_cast<size_t>(e) + 1] += offsets[static_cast<size_t>(e)];
+  std::vector<double> send;
+  for (const Row& r : local) send.insert(send.end(), {double(r.expert), double(r.token), double(r.slot)});
+  par.reset_accounting(1);
+  if (P == 1) return;  // one rank: the model never calls the exchange
+  ExpertExchange X;
+  X.plan(offsets.data(), par, 0, W * 8);
+  // what the owner must hold: every rank's rows of its experts in (expert, global token, slot) order
+  std::vector<double> want;
+  for (const Row& r : rows_of(0, N, K, pick))
+    if (par.owns(r.expert)) want.insert(want.end(), {double(r.expert), double(r.token), double(r.slot)});
+  REQUIRE(X.own_rows() * W == static_cast<int64_t>(want.size()));
+  std::vector<double> own(want.size());
+  X.dispatch(send.data(), own.data(), W, par);
+  CHECK(own == want);
+  for (int e = 0; e < E; ++e) {
+    int64_t n = 0;
+    for (const Row& r : rows_of(0, N, K, pick)) n += r.expert == e;
+    CHECK(X.expert_rows()[static_cast<size_t>(e)] == n);
+  }
+  for (int e = par.experts_lo(); e < par.experts_hi(); ++e)  // canonical ranges of the own experts
+    for (int32_t a = X.own_offsets()[e - par.experts_lo()]; a < X.own_offsets()[e - par.experts_lo() + 1]; ++a)
+      CHECK(own[static_cast<size_t>(a) * W] == e);
+  // owners transform their rows; the senders get the transformed rows back in their own order
+  for (size_t i = 0; i < own.size(); i += W) own[i + 1] = 1000.0 * own[i] + own[i + 1];
+  std::vector<double> back(send.size(), -1.0);
+  X.give_back(own.data(), back.data(), W, par);
+  for (size_t i = 0; i < send.size(); i += W) {
+    CHECK(back[i] == send[i]);
+    CHECK(back[i + 1] == 1000.0 * send[i] + send[i + 1]);
+    CHECK(back[i + 2] == send[i + 2]);
+  }
+  int64_t off_rank = 0;  // the bytes the plan logs: rows that leave their rank, four exchanges
+  for (int s = 0; s < P; ++s)
+    for (const Row& r : rows_of(N * s / P, N * (s + 1) / P, K, pick)) off_rank += par.owner(r.expert) != s;
+  CHECK(par.layer_bytes[0] == 4 * off_rank * W * 8 + static_cast<int64_t>(P) * (P - 1) * E * 4);
+}
+
+uint32_t hash(int t, int j, uint32_t salt) {
+  CounterRng r(salt, RngPurpose::TestData, static_cast<uint32_t>(t), static_cast<uint32_t>(j));
+  return r.next_u32();
+}
+}  // namespace
+
+TEST_CASE("token exchange: uneven expert split, random routing, round trip", "[mpi]") {
+  // E = 11 experts split over P ranks unevenly (11 / 2, / 4, / 8 are not integers)
+  check_exchange(11, 37, 2, [](int t, int j) { return static_cast<int>((hash(t, 0, 7) + 5u * j) % 11u); });
+}
+
+TEST_CASE("token exchange: an expert that receives no tokens", "[mpi]") {
+  check_exchange(8, 29, 2, [](int t, int j) {
+    const int e = static_cast<int>((hash(t, 0, 3) + 3u * j) % 7u);  // never expert 7
+    return e;
+  });
+}
+
+TEST_CASE("token exchange: ranks that receive no tokens", "[mpi]") {
+  // every token goes to expert 0 (rank 0's): all other ranks receive nothing, but still send
+  check_exchange(8, 23, 1, [](int, int) { return 0; });
+}
+
+namespace {
+// Shard s's gradient buffer: values spread over many binades, a zero block, and sign changes.
+std::vector<float> shard_values(int s, int64_t n) {
+  std::vector<float> v(static_cast<size_t>(n));
+  CounterRng r(11, RngPurpose::TestData, 100u + static_cast<uint32_t>(s), 0);
+  for (int64_t i = 0; i < n; ++i) {
+    const double mag = std::ldexp(1.0, static_cast<int>(r.below(40)) - 30);
+    v[static_cast<size_t>(i)] = static_cast<float>(mag * (r.uniform_double() - 0.5));
+  }
+  for (int64_t i = 512; i < 768 && i < n; ++i) v[static_cast<size_t>(i)] = 0.0f;  // one whole block of zeros
+  return v;
+}
+}  // namespace
+
+TEST_CASE("reproducible shard sum: bitwise equal to one process, within its bound of the exact sum", "[mpi]") {
+  const int S = 8;
+  const int64_t n = 1000;
+  const std::vector<std::pair<int64_t, int64_t>> ranges = {{0, 300}, {300, 1000}};
+  std::vector<std::vector<float>> all;
+  for (int s = 0; s < S; ++s) all.push_back(shard_values(s, n));
+  // distributed
+  Parallel par(g_comm, S, 0);
+  std::vector<const float*> mine;
+  for (int s = par.shard_lo; s < par.shard_hi; ++s) mine.push_back(all[static_cast<size_t>(s)].data());
+  std::vector<float> got(static_cast<size_t>(n), -1.0f);
+  ShardSum<float> sum;
+  sum.sum(got.data(), mine, ranges, par);
+  // one process holding every shard, in reversed order (integer sums do not care)
+  Parallel one(nullptr, S, 0);
+  std::vector<const float*> every;
+  for (int s = S - 1; s >= 0; --s) every.push_back(all[static_cast<size_t>(s)].data());
+  std::vector<float> ref(static_cast<size_t>(n), -1.0f);
+  ShardSum<float>().sum(ref.data(), every, ranges, one);
+  CHECK(std::equal(got.begin(), got.end(), ref.begin(), [](float a, float b) { return std::bit_cast<uint32_t>(a) == std::bit_cast<uint32_t>(b); }));
+  // Error bound per element: each of the S terms is rounded to the block grid 2^(e-62+h) (h =
+  // ceil(log2 S) = 3), at most half a grid step each; the integer sum is exact; int64 -> double
+  // rounds at most half a double ulp of the sum and double -> float at most half a float ulp, so
+  // |got - exact| <= S 2^(e-63+h) + ulp_float(exact) (double rounding covered by the full ulp).
+  // The reference "exact" sum is taken in long double (64-bit mantissa): its own rounding, at most
+  // S 2^(e-65), is inside the first term.
+  int checked = 0;
+  for (const auto& [b, e] : ranges)
+    for (int64_t k0 = b; k0 < e; k0 += 256) {
+      const int64_t k1 = std::min(e, k0 + 256);
+      int emax = std::numeric_limits<int>::min();
+      for (int s = 0; s < S; ++s)
+        for (int64_t i = k0; i < k1; ++i)
+          if (all[static_cast<size_t>(s)][static_cast<size_t>(i)] != 0.0f) {
+            int ex = 0;
+            std::frexp(static_cast<double>(all[static_cast<size_t>(s)][static_cast<size_t>(i)]), &ex);
+            emax = std::max(emax, ex);
+          }
+      for (int64_t i = k0; i < k1; ++i) {
+        long double exact = 0.0L;
+        for (int s = 0; s < S; ++s) exact += all[static_cast<size_t>(s)][static_cast<size_t>(i)];
+        const double ex_d = static_cast<double>(exact);
+        if (emax == std::numeric_limits<int>::min()) {
+          CHECK(got[static_cast<size_t>(i)] == 0.0f);
+          continue;
+        }
+        const float ef = static_cast<float>(ex_d);
+        const double ulp = std::nextafter(std::fabs(ef), std::numeric_limits<float>::infinity()) - std::fabs(ef);
+        const double bound = S * std::ldexp(1.0, emax - 63 + 3) + ulp;
+        CHECK(std::fabs(static_cast<double>(got[static_cast<size_t>(i)]) - ex_d) <= bound);
+        ++checked;
+      }
+    }
+  CHECK(checked > 900);
+}
+
+TEST_CASE("reproducible shard sum: NaN on one shard poisons its block only", "[mpi]") {
+  const int S = 4;
+  Parallel par(g_comm, S, 0);
+  if (S % par.P != 0) return;
+  const int64_t n = 600;
+  std::vector<std::vector<float>> all;
+  for (int s = 0; s < S; ++s) all.push_back(std::vector<float>(static_cast<size_t>(n), 0.25f * (s + 1)));
+  all[2][300] = std::numeric_limits<float>::quiet_NaN();  // block [256, 512)
+  std::vector<const float*> mine;
+  for (int s = par.shard_lo; s < par.shard_hi; ++s) mine.push_back(all[static_cast<size_t>(s)].data());
+  std::vector<float> got(static_cast<size_t>(n));
+  ShardSum<float>().sum(got.data(), mine, {{0, n}}, par);
+  for (int64_t i = 0; i < n; ++i) {
+    if (i >= 256 && i < 512) CHECK(std::isnan(got[static_cast<size_t>(i)]));
+    else CHECK(got[static_cast<size_t>(i)] == 2.5f);  // 0.25 + 0.5 + 0.75 + 1: exact
+  }
+}
+
+TEST_CASE("sums over shards and gathers are the same on every rank count", "[mpi]") {
+  const int S = 8;
+  Parallel par(g_comm, S, 0);
+  std::vector<double> local;
+  for (int s = par.shard_lo; s < par.shard_hi; ++s) local.insert(local.end(), {0.1 * (s + 1), 1e16 + s, -1e16});
+  double got[3];
+  par.sum_over_shards(local.data(), 3, got);
+  double want[3] = {0.0, 0.0, 0.0};
+  for (int s = 0; s < S; ++s) {  // shard order, left to right
+    want[0] += 0.1 * (s + 1);
+    want[1] += 1e16 + s;
+    want[2] += -1e16;
+  }
+  for (int j = 0; j < 3; ++j) CHECK(std::bit_cast<uint64_t>(got[j]) == std::bit_cast<uint64_t>(want[j]));
+  // uneven gathers: rank r contributes r + 1 values r
+  std::vector<int32_t> mine(static_cast<size_t>(par.rank) + 1, par.rank);
+  std::vector<int32_t> all(static_cast<size_t>(par.P * (par.P + 1) / 2));
+  const size_t total = par.allgatherv(mine.data(), mine.size() * sizeof(int32_t), all.data());
+  CHECK(total == all.size() * sizeof(int32_t));
+  size_t at = 0;
+  for (int r = 0; r < par.P; ++r)
+    for (int k = 0; k <= r; ++k) CHECK(all[at++] == r);
+}
+
+int main(int argc, char** argv) {
+  std::unique_ptr<Comm> comm = init_world(argc, argv);
+  g_comm = comm.get();
+  const int failed = Catch::Session().run(argc, argv);
+  // every rank must agree on the verdict: a failure on any rank fails the job on rank 0 too
+  const int any = comm->allreduce_max(failed > 0 ? 1 : 0);
+  return any ? 1 : 0;
+}
