@@ -5,6 +5,10 @@
 #include "fixtures.hpp"
 #include "gradcheck.hpp"
 #include "models/transformer.hpp"
+#include "mpi/comm.hpp"
+
+#include <cmath>
+#include <stdexcept>
 #include "tasks/mqar.hpp"
 
 using namespace hyperrnn;
@@ -206,5 +210,84 @@ TEST_CASE("pilf model with every sample routed by the same Gaussians equals gaus
       for (int b = 0; b < B; ++b) sum += pl.routing_grad(l)[b * 2 * EC + i];
       REQUIRE(sum == Approx(gmu[i]).epsilon(1e-12).margin(1e-15));
     }
+  }
+}
+
+namespace {
+// A one-rank Comm that counts every call: a 1-rank run must make none.
+struct CountingComm final : Comm {
+  int calls = 0;
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  void barrier() override { ++calls; }
+  int allreduce_max(int v) override { ++calls; return v; }
+  void allreduce_max(int*, std::size_t) override { ++calls; }
+  void bcast_bytes(void*, std::size_t, int) override { ++calls; }
+  void allreduce_sum(int64_t*, std::size_t) override { ++calls; }
+  void allreduce_sum(float*, std::size_t) override { ++calls; }
+  void allreduce_sum(double*, std::size_t) override { ++calls; }
+  void allgather_bytes(const void*, std::size_t, void*) override { ++calls; }
+  void allgatherv_bytes(const void*, void*, const std::size_t*) override { ++calls; }
+  void alltoallv(const float*, const int64_t*, const int64_t*, float*, const int64_t*, const int64_t*) override { ++calls; }
+  void alltoallv(const double*, const int64_t*, const int64_t*, double*, const int64_t*, const int64_t*) override { ++calls; }
+  [[noreturn]] void abort(int) override { throw std::runtime_error("abort"); }
+};
+}  // namespace
+
+TEST_CASE("one process running S shards computes the S = 1 loss and gradients, with no Comm call", "[model][parallel]") {
+  // Shard-by-shard GEMMs and the integer shard sum change only the rounding: in double the
+  // per-shard sums differ from the one-pass sums by a few ulps of the largest term (relative
+  // 1e-16 x rows <= 1e-14), and the shard sum rounds each term to 2^-60 of its block's largest
+  // value; 1e-12 of each tensor's largest gradient is far above both and far below any real error
+  // (a shard left out or counted twice changes gradients by O(1/S)).
+  for (ModelKind kind : {ModelKind::Dense, ModelKind::Moe, ModelKind::GaussMoe, ModelKind::Pilf}) {
+    INFO("model " << to_string(kind));
+    const ModelConfig mc = test::small_model(kind, 20, 12, 8, 2, 2, 4, 2, 12);
+    const int B = 8, D = 3;
+    const Batch one_shard = mqar_batch(mc, B, D);
+    // pilf: a fixed routing distribution per layer stands in for the GatingTransformer
+    auto router = [&](int l, int, const double*, int nb, double* mu_ls, int32_t*) {
+      const int64_t n = 2LL * mc.experts * mc.d_model;
+      for (int b = 0; b < nb; ++b)
+        for (int64_t i = 0; i < n; ++i) mu_ls[b * n + i] = i < n / 2 ? 0.3 * std::sin(1.0 + i + 7 * l) : 0.1 * std::cos(i + l);
+    };
+    Transformer<double> ref(mc, B, B * D);
+    ref.init(5);
+    ref.set_memory_router(router);
+    const double loss_ref = ref.forward(one_shard);
+    ref.zero_grad();
+    ref.backward();
+
+    CountingComm comm;
+    Parallel par(&comm, 4, kind == ModelKind::Dense ? 0 : mc.experts);
+    Transformer<double> sharded(mc, B, B * D, &par);
+    sharded.init(5);
+    sharded.set_memory_router(router);
+    Batch four = one_shard;
+    four.shard_samples = {2, 2, 2, 2};
+    const double loss = sharded.forward(four);
+    sharded.zero_grad();
+    sharded.backward();
+    CHECK(comm.calls == 0);
+    CHECK(loss == Approx(loss_ref).epsilon(1e-14));
+    CHECK(sharded.scored() == ref.scored());
+    for (const TensorInfo& t : ref.table().entries()) {
+      double mx = 0.0, err = 0.0;
+      for (int64_t i = t.offset; i < t.offset + t.size; ++i) {
+        mx = std::max(mx, std::abs(ref.grads[static_cast<size_t>(i)]));
+        err = std::max(err, std::abs(ref.grads[static_cast<size_t>(i)] - sharded.grads[static_cast<size_t>(i)]));
+      }
+      INFO("tensor " << t.name << ": max |grad| " << mx << ", max difference " << err);
+      CHECK(err <= 1e-12 * mx);
+    }
+    // a shard missing from the sum is not within that tolerance: drop shard 3's samples' targets
+    Batch partial = four;
+    for (size_t i = 6 * static_cast<size_t>(mc.seq_len); i < partial.targets.size(); ++i) partial.targets[i] = -1;
+    sharded.forward(partial);
+    sharded.zero_grad();
+    sharded.backward();
+    double worst = 0.0;
+    for (size_t i = 0; i < ref.grads.size(); ++i) worst = std::max(worst, std::abs(ref.grads[i] - sharded.grads[i]));
+    CHECK(worst > 1e-6);
   }
 }
