@@ -160,3 +160,16 @@ def test_options_that_differ_between_ranks(tmp_path, second, message):
     errors = [l for l in r.stderr.splitlines() if l.startswith("hyperrnn: error")]
     assert len(errors) == 1 and message in errors[0], r.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_eval_on_other_rank_counts_reproduces_the_runs_evaluation(tmp_path):
+    r = run(4, [*TOKENS, *MODELS["pilf"]], tmp_path / "p4")
+    assert r.returncode == 0, r.stderr[-2000:]
+    last = list(csv.DictReader(open(tmp_path / "p4" / "eval.csv")))[-1]
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    for p in (1, 2):
+        e = subprocess.run([MPIEXEC, "--oversubscribe", "-n", str(p), BIN, "eval", "--snapshot", str(tmp_path / "p4"),
+                            "--eval-samples", "37"], capture_output=True, text=True, timeout=120, env=env)
+        assert e.returncode == 0, e.stderr
+        # printed with 6 decimals: the same text as the run's own final numbers
+        assert f"loss {float(last['loss']):.6f} acc {float(last['acc']):.6f} (37 samples)" in e.stdout, e.stdout
