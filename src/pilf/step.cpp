@@ -205,7 +205,8 @@ StepStats train_step(Transformer<T>& model, nn::AdamW<T>& opt, const Batch& batc
     // per shard (samples are contiguous in the routing gradient), then over shards in order
     const int Sl = batch.shard_samples.empty() ? 1 : static_cast<int>(batch.shard_samples.size());
     const int64_t per_sample = 2LL * E * mc.d_model;
-    std::vector<double> part(static_cast<size_t>(Sl), 0.0);
+    std::vector<double>& part = ps->s.shard_part;
+    part.assign(static_cast<size_t>(Sl), 0.0);
     for (int l = 0; l < Lm; ++l) {
       const T* g = model.routing_grad(l);
       int64_t b0 = 0;

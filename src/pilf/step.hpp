@@ -112,6 +112,7 @@ class PilfState {
     std::vector<float> q_all;            // (global B, C) one layer's q of every rank, rank order
     std::vector<double> r_all, sample_local, sample_all;  // global batch: routing surprise; (eps, tau) pairs
     std::vector<double> sq;              // (tensors) gradient sums of squares
+    std::vector<double> shard_part;      // (local shards) routing-gradient sums of squares
     std::vector<float> qf, histf;
     std::vector<T> qt, hist, mu_ls, dmu_ls, sc_w, sc_m, sc_c, sc_sq, sc_ec, scores, dscores, dq;
     std::vector<uint8_t> skip, action, keep, taken;
