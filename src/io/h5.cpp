@@ -1,9 +1,16 @@
 // HDF5 wrapper implementation; the only translation unit besides snapshot code that sees hdf5.h.
 #include "io/h5.hpp"
 
+#include <fcntl.h>
 #include <hdf5.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
 
 #include "core/error.hpp"
+#include "core/sha256.hpp"
 
 namespace hyperrnn {
 
@@ -30,6 +37,8 @@ template <>
 hid_t mem_type<double>() { return H5T_NATIVE_DOUBLE; }
 template <>
 hid_t mem_type<int32_t>() { return H5T_NATIVE_INT32; }
+template <>
+hid_t mem_type<int64_t>() { return H5T_NATIVE_INT64; }
 template <class T>
 hid_t file_type();
 template <>
@@ -38,6 +47,48 @@ template <>
 hid_t file_type<double>() { return H5T_IEEE_F64LE; }
 template <>
 hid_t file_type<int32_t>() { return H5T_STD_I32LE; }
+template <>
+hid_t file_type<int64_t>() { return H5T_STD_I64LE; }
+
+void write_string_attr(hid_t obj, const std::string& file, const std::string& name, const std::string& value) {
+  Handle type{H5Tcopy(H5T_C_S1), H5Tclose};
+  H5Tset_size(type.id, value.empty() ? 1 : value.size());
+  Handle space{H5Screate(H5S_SCALAR), H5Sclose};
+  Handle attr{H5Acreate2(obj, name.c_str(), type.id, space.id, H5P_DEFAULT, H5P_DEFAULT), H5Aclose};
+  if (attr.id < 0 || H5Awrite(attr.id, type.id, value.empty() ? "" : value.data()) < 0)
+    h5_fail(file, "cannot write attribute " + name);
+}
+
+// Returns false when the attribute is absent.
+bool read_string_attr(hid_t obj, const std::string& name, std::string& out) {
+  if (H5Aexists(obj, name.c_str()) <= 0) return false;
+  Handle attr{H5Aopen(obj, name.c_str(), H5P_DEFAULT), H5Aclose};
+  Handle type{attr.id >= 0 ? H5Aget_type(attr.id) : -1, H5Tclose};
+  if (type.id < 0) return false;
+  out.assign(H5Tget_size(type.id), '\0');
+  if (H5Aread(attr.id, type.id, out.data()) < 0) return false;
+  while (!out.empty() && out.back() == '\0') out.pop_back();
+  return true;
+}
+
+// Reads a stored dataset in its native type and checks its sha256 attribute; "" when it holds.
+std::string check_dataset(hid_t ds, const std::string& name) {
+  Handle dcpl{H5Dget_create_plist(ds), H5Pclose};
+  if (dcpl.id >= 0 && H5Pget_layout(dcpl.id) == H5D_VIRTUAL) return "";
+  std::string want;
+  if (!read_string_attr(ds, "sha256", want)) return "dataset /" + name + ": no sha256 attribute";
+  Handle ftype{H5Dget_type(ds), H5Tclose};
+  Handle ntype{ftype.id >= 0 ? H5Tget_native_type(ftype.id, H5T_DIR_ASCEND) : -1, H5Tclose};
+  Handle space{H5Dget_space(ds), H5Sclose};
+  if (ntype.id < 0 || space.id < 0) return "dataset /" + name + ": unreadable type or shape";
+  const hssize_t n = H5Sget_simple_extent_npoints(space.id);
+  std::vector<unsigned char> buf(static_cast<size_t>(n) * H5Tget_size(ntype.id));
+  if (n > 0 && H5Dread(ds, ntype.id, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf.data()) < 0)
+    return "dataset /" + name + ": cannot be read (HDF5 error, e.g. a Fletcher32 checksum failure)";
+  const std::string got = sha256_hex(buf.data(), buf.size());
+  if (got != want) return "dataset /" + name + ": sha256 " + got + " does not match the stored " + want;
+  return "";
+}
 
 }  // namespace
 
@@ -59,17 +110,84 @@ void H5File::write(const std::string& name, const T* data, const std::vector<int
   Handle lcpl{H5Pcreate(H5P_LINK_CREATE), H5Pclose};
   if (space.id < 0 || lcpl.id < 0 || H5Pset_create_intermediate_group(lcpl.id, 1) < 0)
     h5_fail(path_, "cannot prepare dataset /" + name);
-  Handle ds{H5Dcreate2(static_cast<hid_t>(id_), name.c_str(), file_type<T>(), space.id, lcpl.id, H5P_DEFAULT, H5P_DEFAULT), H5Dclose};
+  // one chunk per dataset (at most ~1 GiB of elements per chunk dimension product), Fletcher32
+  Handle dcpl{H5Pcreate(H5P_DATASET_CREATE), H5Pclose};
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  if (n > 0 && !dims.empty()) {
+    std::vector<hsize_t> chunk = dims;
+    for (size_t i = 0; i < chunk.size(); ++i) {
+      hsize_t rest = 1;
+      for (size_t j = i + 1; j < chunk.size(); ++j) rest *= chunk[j];
+      const hsize_t limit = std::max<hsize_t>(1, (hsize_t{1} << 28) / (rest * sizeof(T)));
+      if (chunk[i] > limit) chunk[i] = limit;
+    }
+    if (H5Pset_chunk(dcpl.id, static_cast<int>(chunk.size()), chunk.data()) < 0 || H5Pset_fletcher32(dcpl.id) < 0)
+      h5_fail(path_, "cannot set the chunked Fletcher32 layout of /" + name);
+  }
+  Handle ds{H5Dcreate2(static_cast<hid_t>(id_), name.c_str(), file_type<T>(), space.id, lcpl.id, dcpl.id, H5P_DEFAULT), H5Dclose};
   if (ds.id < 0) h5_fail(path_, "cannot create dataset /" + name);
-  if (H5Dwrite(ds.id, mem_type<T>(), H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0)
+  if (n > 0 && H5Dwrite(ds.id, mem_type<T>(), H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0)
     h5_fail(path_, "cannot write dataset /" + name);
+  write_string_attr(ds.id, path_, "sha256", sha256_hex(data, static_cast<size_t>(n) * sizeof(T)));
+}
+
+template <class T>
+void H5File::write_virtual(const std::string& name, const std::vector<int64_t>& shape, const std::vector<VirtualSource>& sources) {
+  std::vector<hsize_t> dims(shape.begin(), shape.end());
+  Handle vspace{H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), H5Sclose};
+  Handle dcpl{H5Pcreate(H5P_DATASET_CREATE), H5Pclose};
+  Handle lcpl{H5Pcreate(H5P_LINK_CREATE), H5Pclose};
+  if (vspace.id < 0 || dcpl.id < 0 || lcpl.id < 0 || H5Pset_create_intermediate_group(lcpl.id, 1) < 0)
+    h5_fail(path_, "cannot prepare virtual dataset /" + name);
+  for (const VirtualSource& src : sources) {
+    std::vector<hsize_t> sdims(src.shape.begin(), src.shape.end()), start(src.start.begin(), src.start.end()),
+        count(src.shape.begin(), src.shape.end());
+    // the source's shape may have fewer dimensions than the virtual one: pad with leading 1s
+    while (count.size() < dims.size()) count.insert(count.begin(), 1);
+    Handle sspace{H5Screate_simple(static_cast<int>(sdims.size()), sdims.data(), nullptr), H5Sclose};
+    Handle region{H5Scopy(vspace.id), H5Sclose};
+    if (sspace.id < 0 || region.id < 0 ||
+        H5Sselect_hyperslab(region.id, H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr) < 0 ||
+        H5Pset_virtual(dcpl.id, region.id, src.file.c_str(), src.dataset.c_str(), sspace.id) < 0)
+      h5_fail(path_, "cannot map " + src.file + ":/" + src.dataset + " into virtual dataset /" + name);
+  }
+  Handle ds{H5Dcreate2(static_cast<hid_t>(id_), name.c_str(), file_type<T>(), vspace.id, lcpl.id, dcpl.id, H5P_DEFAULT), H5Dclose};
+  if (ds.id < 0) h5_fail(path_, "cannot create virtual dataset /" + name);
+}
+
+std::string H5File::verify_datasets(int& checked) const {
+  struct Ctx {
+    std::string failure;
+    int checked = 0;
+  } ctx;
+  auto visit = [](hid_t loc, const char* name, const H5O_info_t* info, void* op) -> herr_t {
+    Ctx& c = *static_cast<Ctx*>(op);
+    if (info->type != H5O_TYPE_DATASET) return 0;
+    Handle ds{H5Dopen2(loc, name, H5P_DEFAULT), H5Dclose};
+    if (ds.id < 0) {
+      c.failure = std::string("dataset /") + name + ": cannot be opened";
+      return 1;
+    }
+    c.failure = check_dataset(ds.id, name);
+    ++c.checked;
+    return c.failure.empty() ? 0 : 1;
+  };
+  if (H5Ovisit(static_cast<hid_t>(id_), H5_INDEX_NAME, H5_ITER_NATIVE, visit, &ctx) < 0 && ctx.failure.empty())
+    ctx.failure = "the file's object structure cannot be read";
+  checked = ctx.checked;
+  return ctx.failure;
 }
 
 template <class T>
 void H5File::read(const std::string& name, T* data) const {
   if (!exists(name)) h5_fail(path_, "dataset /" + name + " is missing");
   Handle ds{H5Dopen2(static_cast<hid_t>(id_), name.c_str(), H5P_DEFAULT), H5Dclose};
-  if (ds.id < 0 || H5Dread(ds.id, mem_type<T>(), H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0)
+  if (ds.id < 0) h5_fail(path_, "cannot open dataset /" + name);
+  const std::string bad = check_dataset(ds.id, name);  // the stored bytes against their sha256
+  if (!bad.empty()) h5_fail(path_, bad);
+  Handle space{H5Dget_space(ds.id), H5Sclose};
+  if (H5Sget_simple_extent_npoints(space.id) > 0 && H5Dread(ds.id, mem_type<T>(), H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0)
     h5_fail(path_, "cannot read dataset /" + name);
 }
 
@@ -97,12 +215,7 @@ std::vector<int64_t> H5File::shape(const std::string& name) const {
 }
 
 void H5File::set_attr(const std::string& name, const std::string& value) {
-  Handle type{H5Tcopy(H5T_C_S1), H5Tclose};
-  H5Tset_size(type.id, value.empty() ? 1 : value.size());
-  Handle space{H5Screate(H5S_SCALAR), H5Sclose};
-  Handle attr{H5Acreate2(static_cast<hid_t>(id_), name.c_str(), type.id, space.id, H5P_DEFAULT, H5P_DEFAULT), H5Aclose};
-  if (attr.id < 0 || H5Awrite(attr.id, type.id, value.empty() ? "" : value.data()) < 0)
-    h5_fail(path_, "cannot write attribute " + name);
+  write_string_attr(static_cast<hid_t>(id_), path_, name, value);
 }
 
 void H5File::set_attr(const std::string& name, int64_t value) {
@@ -112,12 +225,8 @@ void H5File::set_attr(const std::string& name, int64_t value) {
 }
 
 std::string H5File::attr_string(const std::string& name) const {
-  Handle attr{H5Aopen(static_cast<hid_t>(id_), name.c_str(), H5P_DEFAULT), H5Aclose};
-  if (attr.id < 0) h5_fail(path_, "attribute " + name + " is missing");
-  Handle type{H5Aget_type(attr.id), H5Tclose};
-  std::string s(H5Tget_size(type.id), '\0');
-  if (H5Aread(attr.id, type.id, s.data()) < 0) h5_fail(path_, "cannot read attribute " + name);
-  while (!s.empty() && s.back() == '\0') s.pop_back();
+  std::string s;
+  if (!read_string_attr(static_cast<hid_t>(id_), name, s)) h5_fail(path_, "attribute " + name + " is missing or unreadable");
   return s;
 }
 
@@ -132,9 +241,28 @@ void H5File::flush() {
   if (H5Fflush(static_cast<hid_t>(id_), H5F_SCOPE_GLOBAL) < 0) h5_fail(path_, "flush failed");
 }
 
+void H5File::close() {
+  if (id_ < 0) return;
+  flush();
+  const herr_t rc = H5Fclose(static_cast<hid_t>(id_));
+  id_ = -1;
+  if (rc < 0) h5_fail(path_, "close failed");
+}
+
+void fsync_path(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) throw RuntimeError(path + ": cannot open to sync: " + std::strerror(errno));
+  const int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) throw RuntimeError(path + ": fsync failed: " + std::strerror(errno));
+}
+
 template void H5File::write<float>(const std::string&, const float*, const std::vector<int64_t>&);
 template void H5File::write<double>(const std::string&, const double*, const std::vector<int64_t>&);
 template void H5File::write<int32_t>(const std::string&, const int32_t*, const std::vector<int64_t>&);
+template void H5File::write<int64_t>(const std::string&, const int64_t*, const std::vector<int64_t>&);
+template void H5File::read<int64_t>(const std::string&, int64_t*) const;
+template void H5File::write_virtual<float>(const std::string&, const std::vector<int64_t>&, const std::vector<VirtualSource>&);
 template void H5File::read<float>(const std::string&, float*) const;
 template void H5File::read<double>(const std::string&, double*) const;
 template void H5File::read<int32_t>(const std::string&, int32_t*) const;
