@@ -38,5 +38,6 @@ void check_same_everywhere(Comm& comm, const std::string& what);
 int run_train(Comm& comm, const RunConfig& cfg);
 int run_eval(Comm& comm, const RunConfig& cli);
 int run_bench(Comm& comm, const RunConfig& cfg);
+int run_inspect(Comm& comm, const std::string& path);
 
 }  // namespace hyperrnn

@@ -15,17 +15,23 @@ int run_eval(Comm& comm, const RunConfig& cli) {
   SnapshotInfo snap;
   RunConfig cfg;
   collective(comm, [&] {
-    snap = open_snapshot(cli.snapshot);
+    try {
+      snap = open_snapshot(cli.snapshot);
+    } catch (const UsageError& e) {
+      throw UsageError(std::string("option '--snapshot': ") + e.what());
+    }
     cfg = from_ini(snap.config_ini, snap.manifest);
     validate_layout(cfg, comm.size());
   });
+  const std::string bad = verify_snapshot(snap, comm.size() > 1 ? &comm : nullptr);
+  if (!bad.empty()) throw UsageError("option '--snapshot': " + snap.dir + " fails verification: " + bad);
   const ModelConfig mc = cfg.model_config();
   const int64_t chunk = cli.batch > 0 ? cli.batch : cfg.batch;  // global samples per evaluation batch
   Parallel par(&comm, static_cast<int>(cfg.shards), mc.is_moe() ? mc.experts : 0);
   const int S = static_cast<int>(cfg.shards);
   const int B = static_cast<int>((chunk + S - 1) / S * (S / par.P));  // largest local block of a chunk
   Transformer<float> model(mc, B, static_cast<int>(cfg.scored_per_batch(B)), &par);
-  read_snapshot_params(snap, model.table(), model.params.data());
+  read_tensors(snap, model.table(), "params", model.params.data(), &par);
   // model pilf routes through its GatingTransformer and experience buffers: restore them too
   PilfState<float> pilf(cfg.pilf_config(), mc, B, cfg.seed, cfg.adamw_config());
   if (mc.memory_routing()) {

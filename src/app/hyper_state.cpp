@@ -1,10 +1,13 @@
-// Writing and reading the PILF routing state of a snapshot.
+// Writing and reading the hyper-state of a session.
 #include "app/hyper_state.hpp"
 
+#include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "core/error.hpp"
+#include "core/sha256.hpp"
 
 namespace hyperrnn {
 
@@ -20,12 +23,53 @@ void read_checked(const H5File& f, const std::string& name, std::vector<T>& out,
   out.resize(static_cast<size_t>(n));
   if (n > 0) f.read(name, out.data());
 }
+
+template <class T>
+void read_into(const H5File& f, const std::string& name, T* out, const std::vector<int64_t>& shape) {
+  if (!f.exists(name) || f.shape(name) != shape)
+    throw RuntimeError(f.path() + ": dataset /" + name + " is missing or has a shape that does not match the run");
+  f.read(name, out);
+}
+
+std::string names_of(const ParamTable& t) {
+  std::string s;
+  for (const TensorInfo& e : t.entries()) s += e.name + "\n";
+  return s;
+}
+
+// The rank that owned expert e among P ranks (Parallel's split).
+int owner_of(int e, int E, int P) {
+  int r = 0;
+  while (r + 1 < P && static_cast<int64_t>(e) >= static_cast<int64_t>(E) * (r + 1) / P) ++r;
+  return r;
+}
+
+// AdamW state of a table: moments per tensor (replicated here, experts in shards) and the update
+// counts of every tensor, merged over ranks (a rank never updates a foreign expert, so its count
+// there is at most the owner's: the maximum is the owner's).
+void write_adam_replicated(H5File& f, const std::string& pre, const ParamTable& t, const nn::AdamW<float>& opt,
+                           const std::vector<int64_t>& steps) {
+  for (const TensorInfo& e : t.entries()) {
+    if (!e.replicated()) continue;
+    f.write(pre + "m/" + e.name, opt.m.data() + e.offset, e.shape);
+    f.write(pre + "v/" + e.name, opt.v.data() + e.offset, e.shape);
+  }
+  f.write(pre + "tensor_steps", steps.data(), {static_cast<int64_t>(steps.size())});
+  const int64_t st = opt.steps();
+  f.write(pre + "step", &st, {1});
+}
 }  // namespace
 
 void write_pilf_state(H5File& f, const PilfState<float>& ps) {
+  const double pe[3] = {ps.pilr_expert.mu(), ps.pilr_expert.var(), static_cast<double>(ps.pilr_expert.steps())};
+  const double pg[3] = {ps.pilr_gating.mu(), ps.pilr_gating.var(), static_cast<double>(ps.pilr_gating.steps())};
+  f.write("pilf/pilr_expert", pe, {3});
+  f.write("pilf/pilr_gating", pg, {3});
   if (!ps.gating) return;
   const ParamTable& t = ps.gating->table();
   for (const TensorInfo& e : t.entries()) f.write("gating/" + e.name, ps.gating->params.data() + e.offset, e.shape);
+  write_adam_replicated(f, "gating_adam/", t, *ps.gating_opt, ps.gating_opt->tensor_steps);
+  f.set_attr("gating_order", names_of(t));
   for (size_t l = 0; l < ps.buffers.size(); ++l) {
     const pilf::ExperienceBuffer& b = ps.buffers[l];
     const pilf::ExperienceBuffer::State s = b.state();
@@ -50,14 +94,25 @@ void write_pilf_state(H5File& f, const PilfState<float>& ps) {
 }
 
 void read_pilf_state(const H5File& f, PilfState<float>& ps) {
+  if (f.exists("pilf/pilr_expert")) {
+    std::vector<double> pe, pg;
+    read_checked(f, "pilf/pilr_expert", pe, {3});
+    read_checked(f, "pilf/pilr_gating", pg, {3});
+    ps.pilr_expert.restore(pe[0], pe[1], static_cast<int64_t>(pe[2]));
+    ps.pilr_gating.restore(pg[0], pg[1], static_cast<int64_t>(pg[2]));
+  }
   if (!ps.gating) return;
   const ParamTable& t = ps.gating->table();
+  for (const TensorInfo& e : t.entries()) read_into(f, "gating/" + e.name, ps.gating->params.data() + e.offset, e.shape);
+  nn::AdamW<float>& go = *ps.gating_opt;
   for (const TensorInfo& e : t.entries()) {
-    const std::string name = "gating/" + e.name;
-    if (!f.exists(name) || f.shape(name) != e.shape)
-      throw RuntimeError(f.path() + ": dataset /" + name + " is missing or has a shape that does not match the run");
-    f.read(name, ps.gating->params.data() + e.offset);
+    read_into(f, "gating_adam/m/" + e.name, go.m.data() + e.offset, e.shape);
+    read_into(f, "gating_adam/v/" + e.name, go.v.data() + e.offset, e.shape);
   }
+  read_into(f, "gating_adam/tensor_steps", go.tensor_steps.data(), {static_cast<int64_t>(t.size())});
+  int64_t gs = 0;
+  read_into(f, "gating_adam/step", &gs, {1});
+  go.set_steps(gs);
   for (size_t l = 0; l < ps.buffers.size(); ++l) {
     pilf::ExperienceBuffer& b = ps.buffers[l];
     const std::string g = layer_group(l);
@@ -84,6 +139,119 @@ void read_pilf_state(const H5File& f, PilfState<float>& ps) {
   std::vector<double> steps;
   read_checked(f, "pilf/dynamic_k_steps", steps, {1});
   ps.rs_steps = static_cast<int64_t>(steps[0]);
+}
+
+void read_tensors(const SnapshotInfo& snap, const ParamTable& table, const std::string& group, float* buf,
+                  const Parallel* layout) {
+  const H5File manifest(snap.manifest, H5File::Mode::Read);
+  std::map<int, std::unique_ptr<H5File>> shards;
+  int E = 0;
+  for (const TensorInfo& t : table.entries()) E = std::max(E, t.expert + 1);
+  for (const TensorInfo& t : table.entries()) {
+    if (t.replicated()) {
+      read_into(manifest, group + "/" + t.name, buf + t.offset, t.shape);
+      continue;
+    }
+    if (layout && !layout->owns(t.expert)) continue;
+    const int r = owner_of(t.expert, E, snap.files);
+    std::unique_ptr<H5File>& f = shards[r];
+    if (!f) f = std::make_unique<H5File>(snap.shard_path(r), H5File::Mode::Read);
+    read_into(*f, group + "/" + t.name, buf + t.offset, t.shape);
+  }
+}
+
+std::string save_hyper_state(Session<float>& ses, int64_t step, const std::string& config_ini, const LoopState& loop,
+                             int keep) {
+  Transformer<float>& model = ses.model;
+  const ParamTable& table = model.table();
+  Parallel& par = ses.par;
+  // update counts: merged over ranks (see write_adam_replicated)
+  std::vector<int> steps_i(ses.opt.tensor_steps.begin(), ses.opt.tensor_steps.end());
+  if (par.P > 1) par.comm->allreduce_max(steps_i.data(), steps_i.size());
+  const std::vector<int64_t> steps(steps_i.begin(), steps_i.end());
+
+  SnapshotWrite w;
+  w.run_dir = ses.cfg.out;
+  w.step = step;
+  w.config_ini = config_ini;
+  w.files = par.P;
+  w.rank = par.rank;
+  w.keep = keep;
+  w.groups = {"params", "adam/m", "adam/v"};
+  const int E = model.config().experts;
+  for (const TensorInfo& t : table.entries()) {
+    if (t.replicated()) continue;
+    // family: the name without the expert index, e.g. layers.0.moe.experts.fc1.weight
+    const std::string key = "experts." + std::to_string(t.expert) + ".";
+    std::string fam = t.name;
+    fam.replace(fam.find(key), key.size(), "experts.");
+    w.sharded.push_back({t.name, t.shape, t.owner, fam, t.expert, E});
+  }
+  w.shard = [&](H5File& f) {
+    for (const TensorInfo& t : table.entries()) {
+      if (t.replicated() || t.owner != par.rank) continue;
+      f.write("params/" + t.name, model.params.data() + t.offset, t.shape);
+      f.write("adam/m/" + t.name, ses.opt.m.data() + t.offset, t.shape);
+      f.write("adam/v/" + t.name, ses.opt.v.data() + t.offset, t.shape);
+    }
+  };
+  w.manifest = [&](H5File& f) {
+    f.set_attr("param_order", names_of(table));
+    for (const TensorInfo& t : table.entries())
+      if (t.replicated()) f.write("params/" + t.name, model.params.data() + t.offset, t.shape);
+    write_adam_replicated(f, "adam/", table, ses.opt, steps);
+    write_pilf_state(f, ses.pilf);
+    const int64_t counters[4] = {loop.skipped_in_a_row, loop.skipped_total, loop.last_eval_step, loop.last_eval_samples};
+    f.write("loop/counters", counters, {4});
+    const double last_eval[2] = {loop.last_eval_loss, loop.last_eval_acc};
+    f.write("loop/last_eval", last_eval, {2});
+    if (!loop.marathon_best.empty()) {
+      const int64_t n = static_cast<int64_t>(loop.marathon_best.size());
+      f.write("loop/marathon_best", loop.marathon_best.data(), {n});
+      f.write("loop/marathon_last_acc", loop.marathon_last_acc.data(), {n});
+      f.write("loop/marathon_forgetting", &loop.marathon_forgetting, {1});
+    }
+    f.set_attr("metrics_header", loop.metrics_header);
+    f.set_attr("metrics_row", loop.metrics_row);
+  };
+  return write_snapshot(par.P > 1 ? par.comm : nullptr, w);
+}
+
+void load_hyper_state(Session<float>& ses, const SnapshotInfo& snap, LoopState& loop) {
+  Transformer<float>& model = ses.model;
+  const ParamTable& table = model.table();
+  read_tensors(snap, table, "params", model.params.data(), &ses.par);
+  read_tensors(snap, table, "adam/m", ses.opt.m.data(), &ses.par);
+  read_tensors(snap, table, "adam/v", ses.opt.v.data(), &ses.par);
+  const H5File f(snap.manifest, H5File::Mode::Read);
+  read_into(f, "adam/tensor_steps", ses.opt.tensor_steps.data(), {static_cast<int64_t>(table.size())});
+  int64_t st = 0;
+  read_into(f, "adam/step", &st, {1});
+  ses.opt.set_steps(st);
+  read_pilf_state(f, ses.pilf);
+  int64_t counters[4];
+  read_into(f, "loop/counters", counters, {4});
+  loop.skipped_in_a_row = counters[0];
+  loop.skipped_total = counters[1];
+  loop.last_eval_step = counters[2];
+  loop.last_eval_samples = counters[3];
+  double last_eval[2];
+  read_into(f, "loop/last_eval", last_eval, {2});
+  loop.last_eval_loss = last_eval[0];
+  loop.last_eval_acc = last_eval[1];
+  if (!loop.marathon_best.empty()) {
+    const int64_t n = static_cast<int64_t>(loop.marathon_best.size());
+    read_into(f, "loop/marathon_best", loop.marathon_best.data(), {n});
+    read_into(f, "loop/marathon_last_acc", loop.marathon_last_acc.data(), {n});
+    read_into(f, "loop/marathon_forgetting", &loop.marathon_forgetting, {1});
+  }
+}
+
+std::string theta_sha256(const Transformer<float>& model, const PilfState<float>* pilf) {
+  Sha256 h;
+  h.update(model.params.data(), model.params.size() * sizeof(float));  // table order = buffer order
+  if (pilf && pilf->gating) h.update(pilf->gating->params.data(), pilf->gating->params.size() * sizeof(float));
+  return h.hex();
 }
 
 }  // namespace hyperrnn

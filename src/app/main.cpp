@@ -21,12 +21,20 @@ int main(int argc, char** argv) {
   }
   const std::string cmd = argv[1];
   try {
+    if (cmd == "inspect") {
+      if (argc == 3 && (std::strcmp(argv[2], "--help") == 0 || std::strcmp(argv[2], "-h") == 0)) {
+        if (root) std::puts("usage: hyperrnn inspect PATH   (a run directory, a snapshot directory or its manifest.h5)");
+        return 0;
+      }
+      if (argc != 3) return fail(2, "inspect takes one argument: a run directory, a snapshot directory or a manifest.h5");
+      return run_inspect(*comm, argv[2]);
+    }
     RunConfig cfg;
     Command c = Command::Train;
     if (cmd == "train") c = Command::Train;
     else if (cmd == "eval") c = Command::Eval;
     else if (cmd == "bench") c = Command::Bench;
-    else return fail(2, ("unknown command '" + cmd + "' (train, eval, bench); see 'hyperrnn --help'").c_str());
+    else return fail(2, ("unknown command '" + cmd + "' (train, eval, inspect, bench); see 'hyperrnn --help'").c_str());
     // Every rank parses its own arguments; errors and differences are agreed on collectively, so
     // a bad option on any rank ends every rank with status 2 and none hangs.
     bool go = true;

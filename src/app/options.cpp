@@ -94,7 +94,11 @@ void add_invocation(po::options_description& d, RunConfig& c, Command cmd) {
   if (cmd == Command::Train)
     d.add_options()
       ("out", po::value(&c.out), "run directory (default runs/<model>-<task>-s<seed>)")
-      ("log-every", po::value(&c.log_every)->default_value(c.log_every), "progress line interval when stdout is not a terminal (0 = steps/20)");
+      ("log-every", po::value(&c.log_every)->default_value(c.log_every), "progress line interval when stdout is not a terminal (0 = steps/20)")
+      ("snapshot-every", po::value(&c.snapshot_every)->default_value(c.snapshot_every), "write a snapshot of the whole hyper-state every N steps (0 = only at the end; one is always written at the end)")
+      ("keep", po::value(&c.keep)->default_value(c.keep), "keep the newest K complete snapshots, pruning older ones after each new one is complete (0 = keep all)")
+      ("resume", po::value(&c.resume), "continue from a snapshot: auto (the newest complete one in --out that verifies, falling back to older ones; a fresh start when there is none) or a snapshot PATH (stop with exit 2 unless it verifies)")
+      ("stop-after", po::value(&c.stop_after)->default_value(c.stop_after), "stop after this many steps with a snapshot, as a job that runs out of time would (0 = run all --steps); --resume auto continues");
   else if (cmd == Command::Bench)
     d.add_options()
       ("bench-steps", po::value(&c.bench_steps)->default_value(c.bench_steps), "timed training steps per repeat")
@@ -291,6 +295,9 @@ void validate(const RunConfig& c) {
   non_negative("eval-every", c.eval_every);
   positive("eval-samples", c.eval_samples);
   non_negative("log-every", c.log_every);
+  non_negative("snapshot-every", c.snapshot_every);
+  non_negative("keep", c.keep);
+  non_negative("stop-after", c.stop_after);
   positive("max-bad-steps", c.max_bad_steps);
 }
 
@@ -403,6 +410,7 @@ std::string usage_text() {
          "commands:\n"
          "  train   [--config FILE.ini] [options]   train a model; writes a run directory (--out)\n"
          "  eval    --snapshot PATH [options]        evaluate a snapshot on the held-out stream\n"
+         "  inspect PATH                            what a snapshot holds, full verification, theta_sha256\n"
          "  bench   [--config FILE.ini] [options]   SGEMM peak and training-step throughput\n"
          "Run 'hyperrnn <command> --help' for the options of a command.\n";
 }

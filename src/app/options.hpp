@@ -38,6 +38,9 @@ struct RunConfig {
   int64_t eval_every = 250, eval_samples = 1000, log_every = 0;
   int64_t max_bad_steps = 10;  // consecutive non-finite steps before the run stops
   std::string out;  // default derived from model, task and seed
+  // snapshots (invocation options: not part of the run's identity in config.ini)
+  int64_t snapshot_every = 1000, keep = 0, stop_after = 0;
+  std::string resume;  // "", "auto" or a snapshot path
   // PILF (../shared/reference/pilf.md); "auto" = on for model pilf (PILR single, SMK), off otherwise
   double pi_alpha = 1.0, pi_gamma = 0.5;
   std::string pi_form = "published";

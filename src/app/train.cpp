@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <sstream>
 
 #include "app/commands.hpp"
@@ -42,7 +43,9 @@ std::string first_difference(const std::string& a, const std::string& b) {
   }
 }
 
-// Checks --out before anything is written: absent, empty, or holding this very configuration.
+// Checks --out before anything is written: absent, empty, or holding this very configuration (and
+// then, when it has snapshots, only with --resume: a finished or interrupted run is continued,
+// never silently started over).
 void check_out_dir(const RunConfig& cfg, const std::string& ini) {
   const fs::path out(cfg.out);
   std::error_code ec;
@@ -55,6 +58,91 @@ void check_out_dir(const RunConfig& cfg, const std::string& ini) {
   if (old != ini)
     throw UsageError("option '--out': directory '" + cfg.out + "' already holds a different run (" +
                      first_difference(old, ini) + "); choose another --out");
+  const std::vector<std::string> snaps = list_snapshots(cfg.out);
+  if (!snaps.empty() && cfg.resume.empty())
+    throw UsageError("option '--out': directory '" + cfg.out + "' already holds snapshots of this run (newest " +
+                     fs::path(snaps.front()).filename().string() + "); continue it with --resume auto, or choose another --out");
+}
+
+// "" when a snapshot's configuration is this run's, else why not: a model-shape option that
+// differs, or (any other option) another run.
+std::string config_mismatch(const std::string& snap_ini, const std::string& ini) {
+  auto parse = [](const std::string& text) {
+    std::vector<std::pair<std::string, std::string>> kv;
+    std::istringstream in(text);
+    std::string line;
+    while (std::getline(in, line)) {
+      const size_t eq = line.find(" = ");
+      if (line.empty() || line[0] == '#' || eq == std::string::npos) continue;
+      kv.emplace_back(line.substr(0, eq), line.substr(eq + 3));
+    }
+    return kv;
+  };
+  const auto a = parse(snap_ini), b = parse(ini);
+  static const char* const shape_keys[] = {"model", "d-model", "layers", "heads", "experts", "top-k", "d-ff", "vocab",
+                                           "seq-len", "task", "patch", "tie-embeddings", "gating-layers", "gating-heads",
+                                           "history", "buffer-capacity", "classes-per-task", "marathon-head"};
+  std::string other;
+  for (const auto& [k, v] : b) {
+    std::string there = "<absent>";
+    for (const auto& [k2, v2] : a)
+      if (k2 == k) there = v2;
+    if (there == v) continue;
+    const std::string d = k + " = " + there + " in the snapshot, " + v + " here";
+    for (const char* sk : shape_keys)
+      if (k == sk) return "the snapshot's model shape does not match the options (" + d + ")";
+    if (other.empty()) other = "the snapshot belongs to another run (" + d + ")";
+  }
+  if (other.empty() && a.size() != b.size()) other = "the snapshot belongs to another run (its configuration has other options)";
+  return other;
+}
+
+// The snapshot to resume from (collective; the same answer on every rank): --resume PATH must
+// verify (UsageError otherwise: exit 2); --resume auto takes the newest complete snapshot in --out
+// that verifies, noting every one it passes over, and none (a fresh start) when none does.
+std::optional<SnapshotInfo> choose_snapshot(Comm& comm, const RunConfig& cfg, const std::string& ini,
+                                            std::vector<std::string>& notes) {
+  Comm* c = comm.size() > 1 ? &comm : nullptr;
+  auto check = [&](const std::string& path) {
+    SnapshotInfo snap;
+    collective(comm, [&] {
+      snap = open_snapshot(path);
+      const std::string why = config_mismatch(snap.config_ini, ini);
+      if (!why.empty()) throw UsageError(snap.manifest + ": " + why);
+    });
+    const std::string bad = verify_snapshot(snap, c);
+    if (!bad.empty()) throw UsageError("snapshot " + snap.dir + " fails verification: " + bad);
+    return snap;
+  };
+  if (cfg.resume != "auto") {
+    try {
+      return check(cfg.resume);
+    } catch (const UsageError& e) {
+      throw UsageError(std::string("option '--resume': ") + e.what());
+    }
+  }
+  std::vector<std::string> snaps;
+  collective(comm, [&] { snaps = list_snapshots(cfg.out); }, true);
+  uint64_t n = snaps.size();  // rank 0 lists; every rank uses its list
+  comm.bcast_bytes(&n, sizeof n, 0);
+  snaps.resize(static_cast<size_t>(n));
+  for (std::string& s : snaps) {
+    uint64_t len = s.size();
+    comm.bcast_bytes(&len, sizeof len, 0);
+    s.resize(static_cast<size_t>(len));
+    comm.bcast_bytes(s.data(), static_cast<size_t>(len), 0);
+  }
+  for (const std::string& s : snaps) {
+    try {
+      return check(s);
+    } catch (const UsageError& e) {
+      notes.push_back(std::string("resume: passing over ") + fs::path(s).filename().string() + ": " + e.what() +
+                      "; falling back to the previous snapshot");
+    }
+  }
+  notes.push_back(snaps.empty() ? "resume: no snapshot in " + cfg.out + " yet; starting at step 0"
+                                : "resume: no snapshot in " + cfg.out + " verifies; starting at step 0");
+  return std::nullopt;
 }
 
 }  // namespace
@@ -103,23 +191,57 @@ int run_train(Comm& comm, const RunConfig& cfg) {
   validate_layout(cfg, comm.size());
   const bool root = comm.rank() == 0;
   const std::string ini = to_ini(cfg);
-  collective(comm, [&] { check_out_dir(cfg, ini); }, true);
+  collective(comm, [&] {
+    if (!cfg.resume.empty() && cfg.resume != "auto" && cfg.resume.find_first_not_of(' ') == std::string::npos)
+      throw UsageError("option '--resume': must be auto or a snapshot path");
+    check_out_dir(cfg, ini);
+  }, true);
   const fs::path out(cfg.out);
   // loads the data first: a missing dataset leaves no run directory behind
   std::unique_ptr<Session<float>> session;
   collective(comm, [&] { session = std::make_unique<Session<float>>(cfg, &comm); });
   Session<float>& ses = *session;
+  Parallel& par = ses.par;
+  Transformer<float>& model = ses.model;
+  const ModelConfig& mc = model.config();
+  const int B = static_cast<int>(cfg.batch), L = static_cast<int>(cfg.positions());
+  const bool marathon = cfg.task == "fmnist-marathon";
+  const int n_tasks = marathon ? ses.fmnist->tasks() : 0;
+
+  // Resume: choose and verify before anything is written; then load theta on every rank.
+  LoopState loop;
+  loop.marathon_best.assign(static_cast<size_t>(n_tasks), -1.0);
+  loop.marathon_last_acc.assign(static_cast<size_t>(n_tasks), NAN);
+  std::vector<std::string> notes;
+  int64_t start = 0;
+  std::string source_run;  // the run directory whose CSV rows precede the resumed step
+  if (!cfg.resume.empty()) {
+    const std::optional<SnapshotInfo> snap = choose_snapshot(comm, cfg, ini, notes);
+    if (snap) {
+      load_hyper_state(ses, *snap, loop);
+      start = snap->step;
+      source_run = fs::path(snap->dir).parent_path().parent_path().string();
+      notes.push_back("resume: continuing from " + snap->dir + " (step " + std::to_string(start) + ", written by " +
+                      std::to_string(snap->files) + " rank(s), now " + std::to_string(par.P) + ")");
+      if (start > cfg.steps)
+        throw UsageError("option '--resume': the snapshot is at step " + std::to_string(start) + ", beyond --steps " +
+                         std::to_string(cfg.steps));
+      if (start == cfg.steps) {
+        if (root) {
+          for (const std::string& n : notes) std::printf("%s\n", n.c_str());
+          std::printf("hyperrnn train: %s is already complete (snapshot at step %lld); nothing to do\n", cfg.out.c_str(),
+                      static_cast<long long>(start));
+        }
+        return 0;
+      }
+    }
+  }
   if (root) {
     fs::create_directories(out / "logs");
     std::ofstream c(out / "config.ini");
     c << ini;
     if (!c) throw RuntimeError("cannot write " + (out / "config.ini").string());
   }
-  Parallel& par = ses.par;
-
-  Transformer<float>& model = ses.model;
-  const ModelConfig& mc = model.config();
-  const int B = static_cast<int>(cfg.batch), L = static_cast<int>(cfg.positions());
 
   std::vector<std::string> header = {"step", "loss", "acc", "lr", "grad_norm", "tokens_per_s", "step_time_s", "scored", "skipped",
                                      "epsilon", "tau", "surprise", "expert_surprise", "gating_surprise", "pi",
@@ -138,12 +260,27 @@ int run_train(Comm& comm, const RunConfig& cfg) {
   const int Lmoe = mc.is_moe() ? mc.layers : 0;
   std::vector<std::string> theader = {"step", "ranks", "step_time_s", "compute_s", "dispatch_s", "reduce_s", "optimizer_s"};
   for (int l = 0; l < Lmoe; ++l) theader.push_back("xfer_bytes_l" + std::to_string(l));
-  CsvWriter metrics, evals, timing;
+  const std::vector<std::string> eheader = {"step", "split", "loss", "acc"};
+  std::vector<std::string> mheader = {"step", "cycle", "task"};
+  for (int j = 0; j < n_tasks; ++j) mheader.push_back("acc_task" + std::to_string(j));
+  mheader.push_back("avg_acc");
+  mheader.push_back("avg_forgetting");
+  CsvWriter metrics, evals, timing, mara;
+  // A resumed run keeps the rows up to its snapshot's step (from the run that wrote it) and appends.
+  auto open_csv = [&](CsvWriter& w, const char* name, const std::vector<std::string>& h) {
+    const std::string dst = (out / name).string();
+    if (start > 0 && continue_csv((fs::path(source_run) / name).string(), dst, h, start)) w.open_append(dst, h);
+    else w.open(dst, h);
+  };
   if (root) {
-    metrics.open((out / "metrics.csv").string(), header);
-    evals.open((out / "eval.csv").string(), {"step", "split", "loss", "acc"});
-    timing.open((out / "timing.csv").string(), theader);
+    open_csv(metrics, "metrics.csv", header);
+    open_csv(evals, "eval.csv", eheader);
+    open_csv(timing, "timing.csv", theader);
+    if (marathon) open_csv(mara, "marathon.csv", mheader);
   }
+  std::string joined_header;
+  for (size_t i = 0; i < header.size(); ++i) joined_header += (i ? "," : "") + header[i];
+  loop.metrics_header = joined_header;
   Progress progress(cfg.steps, cfg.log_every, (out / "logs" / "train.log").string(), root);
   progress.line("hyperrnn train: " + cfg.model + " on " + cfg.task + ", " +
                 std::to_string(model.table().total()) + " parameters" +
@@ -151,6 +288,7 @@ int run_train(Comm& comm, const RunConfig& cfg) {
                 ", " + std::to_string(cfg.steps) +
                 " steps of " + std::to_string(B) + " samples in " + std::to_string(cfg.shards) + " shard(s) on " +
                 std::to_string(par.P) + " rank(s) -> " + cfg.out);
+  for (const std::string& n : notes) progress.line(n);
 
   auto run_eval_now = [&](int64_t step) {
     const EvalResult r = ses.fmnist ? evaluate_fmnist(model, *ses.fmnist, ses.batch, -1, cfg.eval_samples, cfg.batch)
@@ -161,23 +299,15 @@ int run_train(Comm& comm, const RunConfig& cfg) {
     std::snprintf(buf, sizeof buf, "eval step %lld: %s loss %.4f acc %.4f (%lld samples)",
                   static_cast<long long>(step), split, r.loss, r.acc, static_cast<long long>(r.samples));
     progress.line(buf);
-    return r;
+    loop.last_eval_step = step;
+    loop.last_eval_loss = r.loss;
+    loop.last_eval_acc = r.acc;
+    loop.last_eval_samples = r.samples;
   };
 
   // fmnist-marathon: after each task, validate on every task seen so far; average forgetting is
   // the mean over seen tasks other than the current one of (best earlier accuracy - accuracy now).
-  const bool marathon = cfg.task == "fmnist-marathon";
-  const int n_tasks = marathon ? ses.fmnist->tasks() : 0;
-  CsvWriter mara;
-  std::vector<double> best(static_cast<size_t>(n_tasks), -1.0), last_acc(static_cast<size_t>(n_tasks), NAN);
-  double last_forgetting = 0.0;
-  if (marathon) {
-    std::vector<std::string> h = {"step", "cycle", "task"};
-    for (int j = 0; j < n_tasks; ++j) h.push_back("acc_task" + std::to_string(j));
-    h.push_back("avg_acc");
-    h.push_back("avg_forgetting");
-    if (root) mara.open((out / "marathon.csv").string(), h);
-  }
+  std::vector<double>& best = loop.marathon_best;
   auto validate_tasks = [&](int64_t step) {  // step: steps done, a multiple of task-steps
     const int64_t done = step / cfg.task_steps;  // tasks completed
     const int current = static_cast<int>((done - 1) % n_tasks);
@@ -200,23 +330,31 @@ int run_train(Comm& comm, const RunConfig& cfg) {
       line += b;
     }
     for (int j = 0; j < seen; ++j) best[static_cast<size_t>(j)] = std::max(best[static_cast<size_t>(j)], acc[static_cast<size_t>(j)]);
-    last_acc = acc;
-    last_forgetting = nf ? forget / nf : 0.0;
+    loop.marathon_last_acc = acc;
+    loop.marathon_forgetting = nf ? forget / nf : 0.0;
     mara.add(step).add((done - 1) / n_tasks).add(static_cast<int64_t>(current));
     for (double a : acc) mara.add(a);
-    mara.add(sum / seen).add(last_forgetting).end_row();
+    mara.add(sum / seen).add(loop.marathon_forgetting).end_row();
     char b[96];
-    std::snprintf(b, sizeof b, " | mean %.3f, average forgetting %.3f", sum / seen, last_forgetting);
+    std::snprintf(b, sizeof b, " | mean %.3f, average forgetting %.3f", sum / seen, loop.marathon_forgetting);
     progress.line(line + b);
+  };
+
+  double snap_s = 0.0;
+  int snaps_written = 0;
+  std::string last_snap;
+  auto snapshot = [&](int64_t step) {
+    const auto t0 = std::chrono::steady_clock::now();
+    loop.metrics_row = metrics.last_row();
+    last_snap = save_hyper_state(ses, step, ini, loop, static_cast<int>(cfg.keep));
+    snap_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    ++snaps_written;
   };
 
   const int64_t N = static_cast<int64_t>(B) * L;
   double flops = 0.0, busy = 0.0;
-  EvalResult last{};
-  int64_t last_eval_step = -1;
-  int64_t skipped_total = 0, skipped_in_a_row = 0;
   const auto t_run = std::chrono::steady_clock::now();
-  for (int64_t step = 0; step < cfg.steps; ++step) {
+  for (int64_t step = start; step < cfg.steps; ++step) {
     par.reset_accounting(Lmoe);
     const auto t0 = std::chrono::steady_clock::now();
     const StepStats st = ses.train(step);
@@ -245,53 +383,60 @@ int run_train(Comm& comm, const RunConfig& cfg) {
     metrics.end_row();
     progress.step(step, st.loss, st.acc, static_cast<double>(N) / dt);
     if (st.skipped) {
-      ++skipped_total;
-      ++skipped_in_a_row;
+      ++loop.skipped_total;
+      ++loop.skipped_in_a_row;
       const std::string what = std::isfinite(st.loss) ? "gradient norm " + format_roundtrip(st.grad_norm)
                                                       : "loss " + format_roundtrip(st.loss);
       progress.line("step " + std::to_string(step + 1) + ": " + what + "; step skipped, nothing updated (" +
-                    std::to_string(skipped_in_a_row) + " in a row)");
-      if (skipped_in_a_row >= cfg.max_bad_steps)
-        throw RuntimeError("stopping at step " + std::to_string(step + 1) + ": " + std::to_string(skipped_in_a_row) +
+                    std::to_string(loop.skipped_in_a_row) + " in a row)");
+      if (loop.skipped_in_a_row >= cfg.max_bad_steps)
+        throw RuntimeError("stopping at step " + std::to_string(step + 1) + ": " + std::to_string(loop.skipped_in_a_row) +
                            " steps in a row had NaN or Inf loss or gradients (--max-bad-steps " +
                            std::to_string(cfg.max_bad_steps) + "); lower --lr or check the data. Metrics so far are in " +
                            cfg.out + "/metrics.csv");
     } else {
-      skipped_in_a_row = 0;
+      loop.skipped_in_a_row = 0;
     }
-    if (marathon && (step + 1) % cfg.task_steps == 0) validate_tasks(step + 1);
-    if (cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0) {
-      last = run_eval_now(step + 1);
-      last_eval_step = step + 1;
+    const int64_t done = step + 1;
+    if (marathon && done % cfg.task_steps == 0) validate_tasks(done);
+    if (cfg.eval_every > 0 && done % cfg.eval_every == 0) run_eval_now(done);
+    const bool stop_here = cfg.stop_after > 0 && done == cfg.stop_after && done < cfg.steps;
+    if (done < cfg.steps && ((cfg.snapshot_every > 0 && done % cfg.snapshot_every == 0) || stop_here)) snapshot(done);
+    if (stop_here) {
+      progress.line("stopping after step " + std::to_string(done) + " (--stop-after) with snapshot " + last_snap +
+                    "; continue with --resume auto");
+      return 0;
     }
   }
-  if (last_eval_step != cfg.steps) last = run_eval_now(cfg.steps);
+  if (loop.last_eval_step != cfg.steps) run_eval_now(cfg.steps);
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_run).count();
-  model.gather_experts();  // the snapshot (rank 0) holds every expert
-  std::string snap;
-  if (root)
-    snap = write_snapshot(cfg.out, cfg.steps, model.table(), model.params.data(), ini,
-                          [&ses](H5File& f) { write_pilf_state(f, ses.pilf); });
-  char buf[320];
+  snapshot(cfg.steps);
+  const int64_t ran = cfg.steps - start;
+  char buf[400];
   std::snprintf(buf, sizeof buf,
-                "done: %lld steps (%lld skipped) in %s | %.0f tokens/s | %.2f GFLOP/s (model FLOPs) | final held-out accuracy %.4f, loss %.4f",
-                static_cast<long long>(cfg.steps), static_cast<long long>(skipped_total), format_duration(wall).c_str(),
-                static_cast<double>(N) * static_cast<double>(cfg.steps) / busy, flops / busy * 1e-9, last.acc, last.loss);
+                "done: %lld steps (%lld skipped)%s in %s | %.0f tokens/s | %.2f GFLOP/s (model FLOPs) | final held-out accuracy %.4f, loss %.4f",
+                static_cast<long long>(cfg.steps), static_cast<long long>(loop.skipped_total),
+                start > 0 ? (", " + std::to_string(ran) + " of them after resuming").c_str() : "", format_duration(wall).c_str(),
+                busy > 0 ? static_cast<double>(N) * static_cast<double>(ran) / busy : 0.0, busy > 0 ? flops / busy * 1e-9 : 0.0,
+                loop.last_eval_acc, loop.last_eval_loss);
+  progress.line(buf);
+  std::snprintf(buf, sizeof buf, "snapshots: %d written in %.2f s (%.1f%% of the run)", snaps_written, snap_s,
+                100.0 * snap_s / std::max(1e-9, wall + snap_s));
   progress.line(buf);
   if (marathon && cfg.steps >= cfg.task_steps) {
     double sum = 0.0;
     int seen = 0;
-    for (double a : last_acc)
+    for (double a : loop.marathon_last_acc)
       if (!std::isnan(a)) {
         sum += a;
         ++seen;
       }
     std::snprintf(buf, sizeof buf, "marathon: last validation mean task accuracy %.4f over %d tasks, average forgetting %.4f (marathon.csv)",
-                  seen ? sum / seen : 0.0, seen, last_forgetting);
+                  seen ? sum / seen : 0.0, seen, loop.marathon_forgetting);
     progress.line(buf);
   }
-  progress.line("run directory: " + cfg.out + " (config.ini, metrics.csv, eval.csv, " + (marathon ? "marathon.csv, " : "") + "logs/, snapshot " +
-                fs::path(snap).filename().string() + ")");
+  progress.line("run directory: " + cfg.out + " (config.ini, metrics.csv, timing.csv, eval.csv, " + (marathon ? "marathon.csv, " : "") +
+                "logs/, snapshot " + fs::path(last_snap).filename().string() + ")");
   return 0;
 }
 

@@ -20,6 +20,9 @@ class CsvWriter {
   ~CsvWriter();
   // Truncates path and writes the header.
   void open(const std::string& path, const std::vector<std::string>& header);
+  // Appends to path, which already starts with this header (a resumed run).
+  void open_append(const std::string& path, const std::vector<std::string>& header);
+  const std::string& last_row() const { return last_; }  // the last row written, without newline
   bool is_open() const { return f_ != nullptr; }
   CsvWriter& add(double v);
   CsvWriter& add(int64_t v);
@@ -28,8 +31,13 @@ class CsvWriter {
 
  private:
   std::FILE* f_ = nullptr;
-  std::string path_, row_;
+  std::string path_, row_, last_;
   size_t columns_ = 0, filled_ = 0;
 };
+
+// A resumed run's CSV file: the header and the rows of src whose first column (the step) is at
+// most `step`, written to dst through a temporary file and a rename (src may be dst). Returns
+// false, writing nothing, when src is absent or starts with another header.
+bool continue_csv(const std::string& src, const std::string& dst, const std::vector<std::string>& header, int64_t step);
 
 }  // namespace hyperrnn

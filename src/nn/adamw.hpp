@@ -27,6 +27,7 @@ class AdamW {
   // Increments the step count once.
   void step(T* params, const T* grads, const double lr_by_kind[3], const uint8_t* skip);
   int64_t steps() const { return t_; }
+  void set_steps(int64_t t) { t_ = t; }  // restoring a snapshot (with m, v and tensor_steps)
   std::vector<T> m, v;                // (table.total())
   std::vector<int64_t> tensor_steps;  // (table.size()) updates each tensor received (bias correction)
 
