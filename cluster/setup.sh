@@ -14,6 +14,7 @@ packages=(
   catch2                                # unit tests (Catch2 v2)
   libopenblas-dev                       # CBLAS
   zlib1g-dev                            # gzip-compressed IDX files
+  libssl-dev                            # SHA-256 of snapshots (OpenSSL libcrypto, SHA-NI accelerated)
   python3 python3-numpy python3-h5py python3-matplotlib python3-pytest python3-torch  # analysis, reference tests
   dataset-fashion-mnist                 # PILF's continual-learning data
 )

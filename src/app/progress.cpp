@@ -1,6 +1,8 @@
 // Progress printing.
 #include "app/progress.hpp"
 
+#include <cstdlib>
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -18,9 +20,19 @@ std::string format_duration(double s) {
   return buf;
 }
 
+namespace {
+// mpirun forwards a rank's output through a pseudo-terminal even when the job's output goes to a
+// file, so isatty() cannot tell: under a launcher, print one line per interval (batch style).
+bool launched_by_mpi() {
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "SLURM_STEP_ID"})
+    if (std::getenv(v)) return true;
+  return false;
+}
+}  // namespace
+
 Progress::Progress(int64_t total, int64_t every, const std::string& log_path, bool enabled)
     : total_(total), every_(every > 0 ? every : std::max<int64_t>(1, total / 20)),
-      tty_(isatty(STDOUT_FILENO) != 0), enabled_(enabled), start_(std::chrono::steady_clock::now()) {
+      tty_(isatty(STDOUT_FILENO) != 0 && !launched_by_mpi()), enabled_(enabled), start_(std::chrono::steady_clock::now()) {
   if (enabled_ && !log_path.empty()) log_ = std::fopen(log_path.c_str(), "a");
 }
 

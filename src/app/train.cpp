@@ -260,6 +260,7 @@ int run_train(Comm& comm, const RunConfig& cfg) {
   const int Lmoe = mc.is_moe() ? mc.layers : 0;
   std::vector<std::string> theader = {"step", "ranks", "step_time_s", "compute_s", "dispatch_s", "reduce_s", "optimizer_s"};
   for (int l = 0; l < Lmoe; ++l) theader.push_back("xfer_bytes_l" + std::to_string(l));
+  theader.push_back("snapshot_s");  // a snapshot written after this step (0 when none)
   const std::vector<std::string> eheader = {"step", "split", "loss", "acc"};
   std::vector<std::string> mheader = {"step", "cycle", "task"};
   for (int j = 0; j < n_tasks; ++j) mheader.push_back("acc_task" + std::to_string(j));
@@ -340,15 +341,26 @@ int run_train(Comm& comm, const RunConfig& cfg) {
     progress.line(line + b);
   };
 
-  double snap_s = 0.0;
+  double snap_s = 0.0, snap_bytes = 0.0;
   int snaps_written = 0;
   std::string last_snap;
-  auto snapshot = [&](int64_t step) {
+  auto snapshot = [&](int64_t step) {  // returns its wall time
     const auto t0 = std::chrono::steady_clock::now();
     loop.metrics_row = metrics.last_row();
     last_snap = save_hyper_state(ses, step, ini, loop, static_cast<int>(cfg.keep));
-    snap_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    snap_s += dt;
     ++snaps_written;
+    if (root) {
+      double bytes = 0.0;
+      for (const auto& e : fs::directory_iterator(last_snap)) bytes += static_cast<double>(e.file_size());
+      snap_bytes += bytes;
+      char b[200];
+      std::snprintf(b, sizeof b, "snapshot %s: %.2f MB in %.3f s (%.1f MB/s)", fs::path(last_snap).filename().string().c_str(),
+                    bytes * 1e-6, dt, bytes * 1e-6 / std::max(dt, 1e-9));
+      progress.line(b);
+    }
+    return dt;
   };
 
   const int64_t N = static_cast<int64_t>(B) * L;
@@ -362,8 +374,7 @@ int run_train(Comm& comm, const RunConfig& cfg) {
     timing.add(step + 1).add(static_cast<int64_t>(par.P)).add(dt)
         .add(std::max(0.0, dt - par.dispatch_s - par.reduce_s - st.optimizer_s))
         .add(par.dispatch_s).add(par.reduce_s).add(st.optimizer_s);
-    for (int64_t b : par.layer_bytes) timing.add(b);
-    timing.end_row();
+    for (int64_t b : par.layer_bytes) timing.add(b);  // the row ends after the snapshot decision
     busy += dt;
     if (!st.skipped) flops += model.step_flops() + ses.pilf.step_flops(B, st.meta);  // a skipped step ran no backward
 
@@ -401,16 +412,20 @@ int run_train(Comm& comm, const RunConfig& cfg) {
     if (marathon && done % cfg.task_steps == 0) validate_tasks(done);
     if (cfg.eval_every > 0 && done % cfg.eval_every == 0) run_eval_now(done);
     const bool stop_here = cfg.stop_after > 0 && done == cfg.stop_after && done < cfg.steps;
-    if (done < cfg.steps && ((cfg.snapshot_every > 0 && done % cfg.snapshot_every == 0) || stop_here)) snapshot(done);
+    double this_snap = 0.0;
+    if (done < cfg.steps && ((cfg.snapshot_every > 0 && done % cfg.snapshot_every == 0) || stop_here)) this_snap = snapshot(done);
+    if (done == cfg.steps) {  // the final evaluation and snapshot come first
+      if (loop.last_eval_step != cfg.steps) run_eval_now(cfg.steps);
+      this_snap = snapshot(cfg.steps);
+    }
+    timing.add(this_snap).end_row();
     if (stop_here) {
       progress.line("stopping after step " + std::to_string(done) + " (--stop-after) with snapshot " + last_snap +
                     "; continue with --resume auto");
       return 0;
     }
   }
-  if (loop.last_eval_step != cfg.steps) run_eval_now(cfg.steps);
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_run).count();
-  snapshot(cfg.steps);
   const int64_t ran = cfg.steps - start;
   char buf[400];
   std::snprintf(buf, sizeof buf,
@@ -420,8 +435,9 @@ int run_train(Comm& comm, const RunConfig& cfg) {
                 busy > 0 ? static_cast<double>(N) * static_cast<double>(ran) / busy : 0.0, busy > 0 ? flops / busy * 1e-9 : 0.0,
                 loop.last_eval_acc, loop.last_eval_loss);
   progress.line(buf);
-  std::snprintf(buf, sizeof buf, "snapshots: %d written in %.2f s (%.1f%% of the run)", snaps_written, snap_s,
-                100.0 * snap_s / std::max(1e-9, wall + snap_s));
+  std::snprintf(buf, sizeof buf, "snapshots: %d written, %.2f MB in %.2f s (%.1f MB/s, %.2f%% of the run's wall time)",
+                snaps_written, snap_bytes * 1e-6, snap_s, snap_bytes * 1e-6 / std::max(snap_s, 1e-9),
+                100.0 * snap_s / std::max(1e-9, wall));
   progress.line(buf);
   if (marathon && cfg.steps >= cfg.task_steps) {
     double sum = 0.0;

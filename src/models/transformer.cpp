@@ -157,19 +157,6 @@ void Transformer<T>::ln_bwd(T* dinp, int w, int b, const T* dout, const T* inp, 
 }
 
 template <class T>
-void Transformer<T>::gather_experts() {
-  if (par_->P == 1 || !cfg_.is_moe()) return;
-  const int64_t stride = moe_dims(0).expert_stride();
-  std::vector<T> all(static_cast<size_t>(cfg_.experts * stride));
-  for (const Layer& Ly : layers_) {
-    T* base = params.data() + table_[Ly.expert0].offset;
-    par_->allgatherv(base + par_->experts_lo() * stride,
-                     static_cast<size_t>((par_->experts_hi() - par_->experts_lo()) * stride) * sizeof(T), all.data());
-    std::copy(all.begin(), all.end(), base);
-  }
-}
-
-template <class T>
 void Transformer<T>::bind_activations(Carver<T>& f, Carver<int32_t>& ip) {
   const int64_t V = cfg_.vocab, Tn = cfg_.seq_len, C = cfg_.d_model, F = cfg_.d_ff;
   const int64_t N = static_cast<int64_t>(Bcap_) * Tn, H = cfg_.heads, S = Scap_;

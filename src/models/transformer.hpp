@@ -75,8 +75,6 @@ class Transformer {
   // Backward of the last forward (collective); gradients accumulate into grads (call zero_grad
   // first): replicated tensors receive the reproducible sum over all shards, owned experts theirs.
   void backward();
-  // Copies every expert's parameters from its owner to all ranks (collective; for snapshots).
-  void gather_experts();
 
   // Memory-Gaussian routing (model pilf): called per MoE layer and shard in forward with the
   // shard's samples' mean layer inputs q (B,C), B samples from local sample `first`; writes mu_ls
