@@ -179,7 +179,7 @@ def test_corruption_is_detected(tmp_path, reference, case):
 def test_snapshot_of_another_run_or_shape(tmp_path, reference):
     other = tmp_path / "other"
     args = [a if a != "1" or RUN[i - 1] != "--seed" else "2" for i, a in enumerate(RUN)] + ["--seed", "2"]
-    r = train(1, other, args=args)
+    r = train(2, other, args=args)  # 2 ranks like the reference: the same shard file names
     assert r.returncode == 0, r.stderr[-2000:]
     # explicit: exit 2, naming why
     r = train(1, tmp_path / "x", "--resume", str(other / "snapshots" / "step_00000010"))
@@ -198,6 +198,12 @@ def test_snapshot_of_another_run_or_shape(tmp_path, reference):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "passing over step_00000015" in r.stdout and "belongs to another run" in r.stdout
     same_as_reference(run, reference)
+    # another run's manifest placed over this run's shards: inspect names the mismatch
+    swapped = tmp_path / "swapped"
+    shutil.copytree(reference, swapped)
+    shutil.copy(other / "snapshots" / "step_00000020" / "manifest.h5", swapped / "snapshots" / "step_00000020" / "manifest.h5")
+    r = inspect(swapped)
+    assert r.returncode == 1 and "belongs to another snapshot or run" in r.stderr, r.stdout + r.stderr
 
 
 def test_virtual_datasets_read_the_shards(reference):
