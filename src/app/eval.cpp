@@ -5,6 +5,7 @@
 
 #include "app/commands.hpp"
 #include "app/hyper_state.hpp"
+#include "io/csv.hpp"
 #include "io/h5.hpp"
 #include "core/error.hpp"
 #include "io/snapshot.hpp"
@@ -53,9 +54,9 @@ int run_eval(Comm& comm, const RunConfig& cli) {
     r = evaluate_heldout(model, gen, batch, cfg.seed, cli.eval_samples, chunk);
   }
   if (comm.rank() == 0)
-    std::printf("snapshot %s (step %lld, %s on %s): %s loss %.6f acc %.6f (%lld samples)\n",
+    std::printf("snapshot %s (step %lld, %s on %s): %s loss %s acc %s (%lld samples)\n",  // round-trip exact
                 snap.manifest.c_str(), static_cast<long long>(snap.step), cfg.model.c_str(), cfg.task.c_str(), split,
-                r.loss, r.acc, static_cast<long long>(r.samples));
+                format_roundtrip(r.loss).c_str(), format_roundtrip(r.acc).c_str(), static_cast<long long>(r.samples));
   return 0;
 }
 

@@ -38,7 +38,7 @@ int main(int argc, char** argv) {
     // Every rank parses its own arguments; errors and differences are agreed on collectively, so
     // a bad option on any rank ends every rank with status 2 and none hangs.
     bool go = true;
-    collective(*comm, [&] { go = parse_options(c, argc - 1, argv + 1, cfg); });
+    collective(*comm, [&] { go = parse_options(c, argc - 1, argv + 1, cfg, root); });
     if (!go) return 0;
     check_same_everywhere(*comm, cmd + "\n" + to_ini(cfg) + "snapshot = " + cfg.snapshot + "\n");
     if (c == Command::Train) return run_train(*comm, cfg);

@@ -301,7 +301,7 @@ void validate(const RunConfig& c) {
   positive("max-bad-steps", c.max_bad_steps);
 }
 
-bool parse_options(Command cmd, int argc, const char* const* argv, RunConfig& cfg) {
+bool parse_options(Command cmd, int argc, const char* const* argv, RunConfig& cfg, bool print_help) {
   po::options_description run_opts("Run options (also accepted in --config as key = value)");
   add_model_task_train(run_opts, cfg);
   po::options_description inv("Invocation");
@@ -321,7 +321,7 @@ bool parse_options(Command cmd, int argc, const char* const* argv, RunConfig& cf
       static const char* const usage[] = {"usage: hyperrnn train [--config FILE.ini] [options]\n",
                                           "usage: hyperrnn eval --snapshot PATH [options]\n",
                                           "usage: hyperrnn bench [--config FILE.ini] [options]\n"};
-      std::cout << usage[static_cast<int>(cmd)] << all << "\n";
+      if (print_help) std::cout << usage[static_cast<int>(cmd)] << all << "\n";
       return false;
     }
     if (vm.count("config")) {

@@ -76,8 +76,9 @@ struct RunConfig {
 enum class Command { Train, Eval, Bench };
 
 // Parses argv (after the subcommand) and the optional --config file; validates. Throws UsageError
-// with one line naming the option and the reason. Returns false when --help was printed.
-bool parse_options(Command cmd, int argc, const char* const* argv, RunConfig& cfg);
+// with one line naming the option and the reason. Returns false when --help was asked for (printed
+// only when print_help: rank 0 of a multi-rank job).
+bool parse_options(Command cmd, int argc, const char* const* argv, RunConfig& cfg, bool print_help = true);
 
 // Checks every value (also used on a configuration read back from a snapshot).
 void validate(const RunConfig& cfg);

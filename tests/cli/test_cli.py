@@ -138,7 +138,7 @@ def test_run_directory_and_eval(tmp_path):
     e = hyperrnn("eval", "--snapshot", str(out), "--eval-samples", "16")
     assert e.returncode == 0, e.stderr
     acc = float(e.stdout.split(" acc ")[1].split()[0])
-    assert abs(acc - float(evals[-1]["acc"])) <= 1e-6
+    assert acc == float(evals[-1]["acc"])  # printed round-trip exact
 
 
 def test_eval_bad_snapshot(tmp_path):
