@@ -55,7 +55,7 @@ int run_bench(Comm& comm, const RunConfig& cfg) {
   if (comm.rank() == 0) {
     std::printf("sgemm_peak_gflops: %.2f\n", peak);
     std::printf("model: %s, %lld parameters, batch %d x %d tokens in %lld shards on %d ranks (%s reduction)\n",
-                cfg.model.c_str(), static_cast<long long>(ses.model.table().total()), B, L,
+                cfg.model.c_str(), static_cast<long long>(ses.model.table().elements()), B, L,
                 static_cast<long long>(cfg.shards), par.P, cfg.reduction.c_str());
     std::printf("step_time_s: median %.5f, min %.5f, max %.5f over %zu repeats of %lld steps\n", med.step,
                 reps.front().step, reps.back().step, reps.size(), static_cast<long long>(cfg.bench_steps));

@@ -53,7 +53,7 @@ int run_inspect(Comm& comm, const std::string& path) {
                 "-" + std::to_string(static_cast<int64_t>(mc.experts) * (r + 1) / snap.files - 1);
   say(layout);
   Transformer<float> model(mc, 1, 1);
-  say("tensors (" + std::to_string(model.table().size()) + ", " + std::to_string(model.table().total()) +
+  say("tensors (" + std::to_string(model.table().size()) + ", " + std::to_string(model.table().elements()) +
       " parameters; each also under adam/m/ and adam/v/):");
   for (const TensorInfo& t : model.table().entries()) {
     int r = 0;

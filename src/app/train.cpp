@@ -284,7 +284,8 @@ int run_train(Comm& comm, const RunConfig& cfg) {
   loop.metrics_header = joined_header;
   Progress progress(cfg.steps, cfg.log_every, (out / "logs" / "train.log").string(), root);
   progress.line("hyperrnn train: " + cfg.model + " on " + cfg.task + ", " +
-                std::to_string(model.table().total()) + " parameters" +
+                std::to_string(model.table().elements()) + " parameters" +
+                (par.P > 1 ? " (" + std::to_string(model.table().total()) + " held by rank 0)" : std::string()) +
                 (ses.pilf.gating ? " (+" + std::to_string(ses.pilf.gating->table().total()) + " GatingTransformer)" : std::string()) +
                 ", " + std::to_string(cfg.steps) +
                 " steps of " + std::to_string(B) + " samples in " + std::to_string(cfg.shards) + " shard(s) on " +

@@ -31,8 +31,21 @@ int ParamTable::add(std::string name, std::vector<int64_t> shape, TensorKind kin
   t.expert = expert;
   t.decay = decay;
   total_ += t.size;
+  elements_ += t.size;
   entries_.push_back(std::move(t));
   return static_cast<int>(entries_.size()) - 1;
+}
+
+void ParamTable::localize(int rank) {
+  total_ = 0;
+  for (TensorInfo& t : entries_) {
+    if (rank >= 0 && !t.replicated() && t.owner != rank) {
+      t.offset = -1;
+      continue;
+    }
+    t.offset = total_;
+    total_ += t.size;
+  }
 }
 
 std::vector<std::pair<int64_t, int64_t>> ParamTable::replicated_ranges() const {

@@ -16,7 +16,7 @@ const char* to_string(TensorKind k);
 struct TensorInfo {
   std::string name;            // e.g. "layers.0.moe.experts.3.fc1.weight"
   std::vector<int64_t> shape;  // row-major
-  int64_t offset = 0;          // in elements, into every buffer sharing the layout
+  int64_t offset = 0;          // in elements, into every buffer sharing the layout; -1: not held by this rank
   int64_t size = 0;            // product of shape
   TensorKind kind = TensorKind::Dense;
   int layer = -1;              // transformer block, -1 for embeddings / head
@@ -24,6 +24,7 @@ struct TensorInfo {
   bool decay = false;          // AdamW weight decay applies (matrices, not biases/norms)
   int owner = -1;              // rank that holds and updates it (experts); -1 = replicated on all
   bool replicated() const { return owner < 0; }
+  bool held() const { return offset >= 0; }  // this rank's buffers have room for it
 };
 
 class ParamTable {
@@ -36,6 +37,11 @@ class ParamTable {
   int size() const { return static_cast<int>(entries_.size()); }
   int64_t total() const { return total_; }
   void set_owner(int i, int rank) { entries_[static_cast<size_t>(i)].owner = rank; }
+  // Lays the buffers out for `rank`: the replicated tensors and the experts it owns get consecutive
+  // offsets in table order, other ranks' experts offset -1 (they take no memory here). rank < 0:
+  // every tensor (one process). total() becomes this rank's buffer length.
+  void localize(int rank);
+  int64_t elements() const { return elements_; }  // all tensors of the model, every rank's
   // [begin, end) element ranges of the replicated tensors, adjacent ones merged.
   std::vector<std::pair<int64_t, int64_t>> replicated_ranges() const;
   // Index of a tensor by name, -1 when absent.
@@ -43,7 +49,7 @@ class ParamTable {
 
  private:
   std::vector<TensorInfo> entries_;
-  int64_t total_ = 0;
+  int64_t total_ = 0, elements_ = 0;
 };
 
 }  // namespace hyperrnn

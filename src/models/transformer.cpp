@@ -102,6 +102,19 @@ Transformer<T>::Transformer(const ModelConfig& cfg, int batch_capacity, int max_
   lnf_w_ = table_.add("lnf.weight", {C}, TK::Dense, false);
   lnf_b_ = table_.add("lnf.bias", {C}, TK::Dense, false);
   head_w_ = cfg.tie_embeddings ? wte_ : table_.add("head.weight", {V, C}, TK::Dense, true);
+  // this rank's buffers: replicated tensors and its own experts only; each layer's own experts stay
+  // one block addressed as block + (e - first own) * stride
+  table_.localize(par_->P > 1 ? par_->rank : -1);
+  if (cfg.is_moe()) {
+    const int64_t stride = moe_dims(0).expert_stride();
+    const int lo = par_->P > 1 ? par_->experts_lo() : 0, hi = par_->P > 1 ? par_->experts_hi() : E;
+    for (Layer& Ly : layers_) {
+      Ly.expert_here = Ly.expert0 + 4 * lo;  // four tensors per expert, consecutive in the table
+      for (int e = lo; e < hi; ++e)
+        HYPERRNN_CHECK(table_[Ly.expert0 + 4 * e].offset == table_[Ly.expert_here].offset + (e - lo) * stride,
+                       "this rank's experts are not one block");
+    }
+  }
   params.assign(static_cast<size_t>(table_.total()), T(0));
   grads.assign(static_cast<size_t>(table_.total()), T(0));
 
@@ -220,6 +233,7 @@ void Transformer<T>::init(uint64_t seed) {
     else if (n == "wpe" || n == "wte") stdv = cfg_.embed_init_std;
     else if (n == "patch.weight") stdv = cfg_.init_scale / std::sqrt(static_cast<double>(t.shape.back()));  // unit-scale tokens
     else stdv = cfg_.init_scale / std::sqrt(2.0 * static_cast<double>(t.shape.back()));  // (out, in)
+    if (!t.held()) continue;  // another rank's expert (initialised there, from the same stream)
     CounterRng rng(seed, RngPurpose::Init, static_cast<uint32_t>(i), 0);
     for (int64_t k = 0; k < t.size; ++k) d[k] = static_cast<T>(stdv > 0 ? stdv * rng.normal() : fill);
   }
@@ -244,7 +258,7 @@ nn::MoeWeights<T> Transformer<T>::moe_weights(const Layer& Ly, std::vector<T>& b
     w.router_a = buf.data() + table_[Ly.router_a].offset;
     w.router_b = Ly.router_b >= 0 ? buf.data() + table_[Ly.router_b].offset : nullptr;
   }
-  w.experts = buf.data() + table_[Ly.expert0].offset;
+  w.experts = buf.data() + table_[Ly.expert_here].offset;  // the first expert this rank holds
   return w;
 }
 
@@ -311,7 +325,7 @@ double Transformer<T>::forward(const Batch& batch) {
         md.sample_k = Ly.k;
       }
       nn::MoeCache<T>& c = Ly.moe;
-      T* experts = params.data() + table_[Ly.expert0].offset;
+      T* experts = params.data() + table_[Ly.expert_here].offset;  // this rank's experts' block
       nn::moe_route<T>(c, Ly.ln2_out, moe_weights(Ly, params), rk, md);
       const int E = cfg_.experts;
       if (par.P == 1) {
@@ -325,7 +339,7 @@ double Transformer<T>::forward(const Batch& batch) {
         o.xs.resize(R * C); o.ys.resize(R * C); o.h.resize(R * F); o.act.resize(R * F);
         X.dispatch(c.xs, o.xs.data(), C, par);
         nn::moe_experts_forward<T>(o.ys.data(), o.h.data(), o.act.data(), o.xs.data(), X.own_offsets(),
-                                   par.experts_hi() - par.experts_lo(), experts + par.experts_lo() * md.expert_stride(), md);
+                                   par.experts_hi() - par.experts_lo(), experts, md);
         X.give_back(o.ys.data(), c.ys, C, par);
         for (int e = 0; e < E; ++e) expert_tokens_[l * E + e] = X.expert_rows()[static_cast<size_t>(e)];
       }
@@ -479,8 +493,8 @@ void Transformer<T>::backward() {
         }
       }
       nn::moe_router_backward<T>(dln_, router_grads_.data(), sc, Ly.ln2_out, c, moe_weights(Ly, params), rk, md);
-      T* experts = params.data() + table_[Ly.expert0].offset;
-      T* gexperts = grads.data() + table_[Ly.expert0].offset;
+      T* experts = params.data() + table_[Ly.expert_here].offset;  // this rank's experts' block
+      T* gexperts = grads.data() + table_[Ly.expert_here].offset;
       if (par.P == 1) {
         nn::moe_experts_backward<T>(sc.dxs, sc.dact, sc.dh, gexperts, sc.dys, c.xs, c.h, c.act, c.offsets, cfg_.experts,
                                     experts, md);
@@ -490,10 +504,9 @@ void Transformer<T>::backward() {
         const size_t R = static_cast<size_t>(X.own_rows());
         own_dys_.resize(R * C); own_dxs_.resize(R * C); own_dact_.resize(R * F); own_dh_.resize(R * F);
         X.dispatch(sc.dys, own_dys_.data(), C, par);
-        const int64_t lo = par.experts_lo() * md.expert_stride();
-        nn::moe_experts_backward<T>(own_dxs_.data(), own_dact_.data(), own_dh_.data(), gexperts + lo, own_dys_.data(),
+        nn::moe_experts_backward<T>(own_dxs_.data(), own_dact_.data(), own_dh_.data(), gexperts, own_dys_.data(),
                                     o.xs.data(), o.h.data(), o.act.data(), X.own_offsets(),
-                                    par.experts_hi() - par.experts_lo(), experts + lo, md);
+                                    par.experts_hi() - par.experts_lo(), experts, md);
         X.give_back(own_dxs_.data(), sc.dxs, C, par);
       }
       nn::moe_scatter_add<T>(dln_, sc.dxs, c, md);

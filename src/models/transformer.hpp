@@ -60,8 +60,8 @@ class Transformer {
 
   const ModelConfig& config() const { return cfg_; }
   const ParamTable& table() const { return table_; }
-  // Full table layout on every rank; a rank reads and updates only the replicated tensors and the
-  // experts it owns (table owner), the other experts' entries stay at their initial values.
+  // This rank's layout (table offsets): the replicated tensors and the experts it owns; other
+  // ranks' experts take no memory here (their table offset is -1).
   std::vector<T> params;  // (table.total())
   std::vector<T> grads;   // (table.total())
   Parallel& parallel() { return *par_; }
@@ -116,6 +116,7 @@ class Transformer {
     int ln1_w, ln1_b, qkv_w, qkv_b, proj_w, proj_b, ln2_w, ln2_b;
     int fc1_w = -1, fc1_b = -1, fc2_w = -1, fc2_b = -1;  // dense
     int router_a = -1, router_b = -1, expert0 = -1;      // MoE
+    int expert_here = -1;  // MoE: fc1.weight of the first expert this rank holds (its block's start)
     // activations
     T *ln1_out, *ln1_mean, *ln1_rstd, *qkv, *att, *atty, *attproj, *res_mid;
     T *ln2_out, *ln2_mean, *ln2_rstd, *fc1_h, *fc1_act, *ffn_out, *res_out;

@@ -27,7 +27,7 @@ void AdamW<T>::step(T* params, const T* grads, const double lr_by_kind[3], const
   const T b1 = static_cast<T>(cfg_.beta1), b2 = static_cast<T>(cfg_.beta2);
   const T eps = static_cast<T>(cfg_.eps);
   for (int ti = 0; ti < table_.size(); ++ti) {
-    if (skip && skip[ti]) continue;
+    if ((skip && skip[ti]) || !table_[ti].held()) continue;  // another rank's expert is not here
     // bias correction by the tensor's own number of updates (as torch.optim.AdamW's per-parameter
     // step): an SMK-dropped expert resumes where its moments left off
     const int64_t tt = ++tensor_steps[static_cast<size_t>(ti)];
