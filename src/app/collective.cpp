@@ -4,33 +4,22 @@
 
 #include "app/commands.hpp"
 #include "core/error.hpp"
+#include "core/parallel.hpp"
 
 namespace hyperrnn {
 
 void collective(Comm& comm, const std::function<void()>& fn, bool root_only) {
   std::string err;
-  bool failed = false;
   if (!root_only || comm.rank() == 0) {
     try {
       fn();
     } catch (const UsageError& e) {
-      failed = true;
       err = e.what();
     }
   }
-  if (comm.size() == 1) {
-    if (failed) throw UsageError(err);
-    return;
-  }
-  // the lowest failing rank speaks for all: max of (P - rank) over failing ranks
-  const int P = comm.size();
-  const int top = comm.allreduce_max(failed ? P - comm.rank() : 0);
-  if (top == 0) return;
-  const int who = P - top;
-  uint64_t len = err.size();
-  comm.bcast_bytes(&len, sizeof len, who);
-  err.resize(static_cast<size_t>(len));
-  comm.bcast_bytes(err.data(), static_cast<size_t>(len), who);
+  int who = -1;
+  err = first_failure(comm, err, &who);
+  if (who < 0) return;
   throw UsageError(root_only || who == 0 ? err : err + " (on rank " + std::to_string(who) + ")");
 }
 

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <sstream>
@@ -123,15 +124,12 @@ std::optional<SnapshotInfo> choose_snapshot(Comm& comm, const RunConfig& cfg, co
   }
   std::vector<std::string> snaps;
   collective(comm, [&] { snaps = list_snapshots(cfg.out); }, true);
-  uint64_t n = snaps.size();  // rank 0 lists; every rank uses its list
-  comm.bcast_bytes(&n, sizeof n, 0);
-  snaps.resize(static_cast<size_t>(n));
-  for (std::string& s : snaps) {
-    uint64_t len = s.size();
-    comm.bcast_bytes(&len, sizeof len, 0);
-    s.resize(static_cast<size_t>(len));
-    comm.bcast_bytes(s.data(), static_cast<size_t>(len), 0);
-  }
+  std::string listed;  // rank 0 lists; every rank uses its list
+  for (const std::string& s : snaps) listed += s + "\n";
+  bcast_string(comm, listed, 0);
+  snaps.clear();
+  std::istringstream in(listed);
+  for (std::string line; std::getline(in, line);) snaps.push_back(line);
   for (const std::string& s : snaps) {
     try {
       return check(s);
@@ -148,9 +146,10 @@ std::optional<SnapshotInfo> choose_snapshot(Comm& comm, const RunConfig& cfg, co
 }  // namespace
 
 // Evaluation batches are global, like training batches: `chunk` samples cut into the run's S
-// shards, each rank evaluating its block, so the figures do not depend on P.
-EvalResult evaluate_heldout(Transformer<float>& model, MqarGenerator& gen, Batch& batch, uint64_t seed,
-                            int64_t samples, int64_t chunk) {
+// shards, each rank evaluating its block, so the figures do not depend on P. fill(first, n) puts
+// the global samples [first, first + n) of the evaluated stream into the batch.
+static EvalResult evaluate(Transformer<float>& model, Batch& batch, int64_t samples, int64_t chunk,
+                           const std::function<void(int64_t, int)>& fill) {
   Parallel& par = model.parallel();
   double loss_sum = 0.0, correct = 0.0;
   int64_t scored = 0, counted = 0;
@@ -159,8 +158,8 @@ EvalResult evaluate_heldout(Transformer<float>& model, MqarGenerator& gen, Batch
     int64_t f0 = 0;
     int cnt = 0;
     par.local_block(n, f0, cnt, batch.shard_samples);
-    gen.fill(batch, seed, RngPurpose::HeldOut, 0, static_cast<uint32_t>(first + f0), cnt);
-    const double loss = model.forward(batch);
+    fill(first + f0, cnt);
+    const double loss = model.forward(batch);  // over the global chunk
     loss_sum += loss * model.scored();
     scored += model.scored();
     correct += model.correct();
@@ -170,21 +169,17 @@ EvalResult evaluate_heldout(Transformer<float>& model, MqarGenerator& gen, Batch
           counted ? correct / static_cast<double>(counted) : 0.0, samples};
 }
 
+EvalResult evaluate_heldout(Transformer<float>& model, MqarGenerator& gen, Batch& batch, uint64_t seed,
+                            int64_t samples, int64_t chunk) {
+  return evaluate(model, batch, samples, chunk, [&](int64_t first, int n) {
+    gen.fill(batch, seed, RngPurpose::HeldOut, 0, static_cast<uint32_t>(first), n);
+  });
+}
+
 EvalResult evaluate_fmnist(Transformer<float>& model, const FmnistTask& task, Batch& batch, int which, int64_t max_samples,
                            int64_t chunk) {
-  Parallel& par = model.parallel();
-  const int64_t samples = std::min<int64_t>(max_samples, task.test_count(which));
-  double loss_sum = 0.0, correct = 0.0;
-  for (int64_t first = 0; first < samples; first += chunk) {
-    const int64_t n = std::min<int64_t>(chunk, samples - first);
-    int64_t f0 = 0;
-    int cnt = 0;
-    par.local_block(n, f0, cnt, batch.shard_samples);
-    task.fill_test(batch, which, static_cast<int>(first + f0), cnt);
-    loss_sum += model.forward(batch) * model.scored();
-    correct += model.correct();
-  }
-  return {samples ? loss_sum / static_cast<double>(samples) : 0.0, samples ? correct / static_cast<double>(samples) : 0.0, samples};
+  return evaluate(model, batch, std::min<int64_t>(max_samples, task.test_count(which)), chunk,
+                  [&](int64_t first, int n) { task.fill_test(batch, which, static_cast<int>(first), n); });
 }
 
 int run_train(Comm& comm, const RunConfig& cfg) {

@@ -100,6 +100,26 @@ size_t Parallel::allgatherv(const void* send, size_t bytes, void* recv) {
   return total;
 }
 
+std::string first_failure(Comm& comm, const std::string& mine, int* who) {
+  if (who) *who = mine.empty() ? -1 : comm.rank();
+  if (comm.size() == 1) return mine;
+  const int P = comm.size();
+  const int top = comm.allreduce_max(mine.empty() ? 0 : P - comm.rank());  // max of P - rank: lowest rank
+  if (who) *who = top == 0 ? -1 : P - top;
+  if (top == 0) return "";
+  std::string msg = mine;
+  bcast_string(comm, msg, P - top);
+  return msg;
+}
+
+void bcast_string(Comm& comm, std::string& s, int root) {
+  if (comm.size() == 1) return;
+  uint64_t len = s.size();
+  comm.bcast_bytes(&len, sizeof len, root);
+  s.resize(static_cast<size_t>(len));
+  if (len > 0) comm.bcast_bytes(s.data(), static_cast<size_t>(len), root);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Reproducible sum
 

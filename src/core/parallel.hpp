@@ -6,6 +6,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -63,6 +64,14 @@ class Parallel {
   std::vector<double> gather_;
   std::vector<size_t> counts_;
 };
+
+// Agreement on failures across ranks (collective over comm): every rank passes its own failure
+// message ("" = none); every rank gets the lowest failing rank's message and that rank (or "" and
+// -1). A failure seen by some ranks thus becomes the same failure everywhere and no rank waits
+// alone in a later collective.
+std::string first_failure(Comm& comm, const std::string& mine, int* who = nullptr);
+// Rank root's string on every rank.
+void bcast_string(Comm& comm, std::string& s, int root);
 
 // Reproducible sum of the replicated tensors' per-shard gradients (deliverable 4; docs/
 // architecture.md): each block of 256 consecutive elements gets a shared exponent (the largest over

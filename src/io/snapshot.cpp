@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "core/error.hpp"
+#include "core/parallel.hpp"
 #include "core/sha256.hpp"
 #include "core/version.hpp"
 #include "io/h5.hpp"
@@ -267,16 +268,7 @@ std::string verify_snapshot(const SnapshotInfo& s, Comm* comm) {
   const int P = size_of(comm), rank = comm ? comm->rank() : 0;
   std::string failure = rank == 0 ? verify_manifest(s) : "";
   for (int r = rank; r < s.files && failure.empty(); r += P) failure = verify_shard(s, r);
-  if (!comm || P == 1) return failure;
-  // agree: the lowest failing rank's message
-  const int top = comm->allreduce_max(failure.empty() ? 0 : P - rank);
-  if (top == 0) return "";
-  const int who = P - top;
-  uint64_t len = failure.size();
-  comm->bcast_bytes(&len, sizeof len, who);
-  failure.resize(static_cast<size_t>(len));
-  comm->bcast_bytes(failure.data(), static_cast<size_t>(len), who);
-  return failure;
+  return comm ? first_failure(*comm, failure) : failure;
 }
 
 }  // namespace hyperrnn
