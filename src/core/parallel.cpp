@@ -199,7 +199,8 @@ void ShardSum<T>::sum(T* out, const std::vector<const T*>& shards, const std::ve
     for (int64_t b0 = b; b0 < e; b0 += kBlock, ++k) {
       const int64_t b1 = std::min(e, b0 + kBlock);
       const int ex = exps_[static_cast<size_t>(k)];
-      const int shift = 62 - headroom - ex;
+      const bool special = ex == kZero || ex == kNonFinite;
+      const int shift = special ? 0 : 62 - headroom - ex;
       for (int64_t i = b0; i < b1; ++i, ++at) {
         if (ex == kZero) out[i] = T(0);
         else if (ex == kNonFinite) out[i] = std::numeric_limits<T>::quiet_NaN();
