@@ -12,7 +12,7 @@ enum class RngPurpose : uint32_t {
   Init = 1,        // parameter initialisation (step = tensor index in the table)
   TrainData = 2,   // training samples (step = training step, index = global sample index)
   HeldOut = 3,     // held-out evaluation samples (step = 0, index = held-out sample index)
-  Routing = 4,     // routing / buffer decisions (later issues)
+  Routing = 4,     // routing / buffer decisions (experience-buffer replay)
   TestData = 5,    // unit tests
 };
 
