@@ -130,6 +130,7 @@ Transformer<T>::Transformer(const ModelConfig& cfg, int batch_capacity, int max_
   bind_activations(f, ip);
   if (cfg.is_moe()) expert_tokens_.assign(static_cast<size_t>(L) * E, 0);
   layer_rows_.assign(static_cast<size_t>(L), 0.0);
+  entropies_.assign(static_cast<size_t>(Scap_), 0.0);
   replicated_ = table_.replicated_ranges();
   if (par_->S > 1)
     shard_grads_.assign(static_cast<size_t>(par_->local_shards()), std::vector<T>(static_cast<size_t>(table_.total()), T(0)));
@@ -401,8 +402,6 @@ double Transformer<T>::forward(const Batch& batch) {
   // entropy sum, samples; then summed over all shards in shard order (the same for every P).
   constexpr int kStats = 6;
   shard_stats_.assign(static_cast<size_t>(Sl) * kStats, 0.0);
-  correct_ = 0.0;
-  samples_scored_ = 0;
   for (int sh = 0; sh < Sl; ++sh) {
     double* st = shard_stats_.data() + static_cast<int64_t>(sh) * kStats;
     const int r0 = shard_scored_[static_cast<size_t>(sh)], r1 = shard_scored_[static_cast<size_t>(sh) + 1];
@@ -428,10 +427,11 @@ double Transformer<T>::forward(const Batch& batch) {
       st[2] += static_cast<double>(hit) / cnt;
       st[3] += 1.0;
     }
-    for (int s = r0; s < r1; ++s) st[4] += nn::row_entropy(probs_ + 1LL * s * V, V);
+    for (int s = r0; s < r1; ++s) {  // kept per row for sample_loss_entropy (pilf's curation)
+      entropies_[static_cast<size_t>(s)] = nn::row_entropy(probs_ + 1LL * s * V, V);
+      st[4] += entropies_[static_cast<size_t>(s)];
+    }
     st[5] = shard_b_[static_cast<size_t>(sh) + 1] - shard_b_[static_cast<size_t>(sh)];
-    correct_ += st[2];
-    samples_scored_ += static_cast<int>(st[3]);
   }
   double tot[kStats];
   par.sum_over_shards(shard_stats_.data(), kStats, tot);
@@ -544,13 +544,13 @@ void Transformer<T>::backward() {
 
 template <class T>
 void Transformer<T>::sample_loss_entropy(double* eps, double* tau) const {
-  const int Tn = cfg_.seq_len, V = cfg_.vocab;
+  const int Tn = cfg_.seq_len;
   std::vector<int> cnt(static_cast<size_t>(B_), 0);
   for (int b = 0; b < B_; ++b) eps[b] = tau[b] = 0.0;
   for (int s = 0; s < n_scored_; ++s) {
     const int b = scored_rows_[s] / Tn;
     eps[b] += losses_[s];
-    tau[b] += nn::row_entropy(probs_ + 1LL * s * V, V);
+    tau[b] += entropies_[static_cast<size_t>(s)];
     ++cnt[static_cast<size_t>(b)];
   }
   for (int b = 0; b < B_; ++b)

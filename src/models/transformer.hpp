@@ -176,6 +176,7 @@ class Transformer {
   const Batch* batch_ = nullptr;
   int B_ = 0, n_scored_ = 0, samples_scored_ = 0, scored_global_ = 0, samples_global_ = 0;
   double entropy_mean_ = 0.0;
+  std::vector<double> entropies_;  // (Scap) output entropy of each scored row of the last forward
   std::vector<double> shard_stats_;
   double accuracy_ = 0.0, correct_ = 0.0;
   std::vector<int32_t> expert_tokens_;
