@@ -30,8 +30,6 @@ class Comm {
   virtual void allreduce_sum(double* data, std::size_t n) = 0;
   // Every rank contributes `bytes` bytes; recv (size() * bytes) receives them in rank order.
   virtual void allgather_bytes(const void* send, std::size_t bytes, void* recv) = 0;
-  // Every rank contributes counts[rank] bytes; recv receives them back to back in rank order.
-  virtual void allgatherv_bytes(const void* send, void* recv, const std::size_t* counts) = 0;
   // Personalised all-to-all of float rows: send_counts[d] floats from send + send_displs[d] go to
   // rank d; recv_counts[s] floats from rank s land at recv + recv_displs[s].
   virtual void alltoallv(const float* send, const int64_t* send_counts, const int64_t* send_displs, float* recv,

@@ -74,18 +74,6 @@ class MpiComm final : public Comm {
   void allgather_bytes(const void* send, std::size_t bytes, void* recv) override {
     HYPERRNN_MPI(MPI_Allgather(send, count(bytes), MPI_BYTE, recv, count(bytes), MPI_BYTE, MPI_COMM_WORLD));
   }
-  void allgatherv_bytes(const void* send, void* recv, const std::size_t* counts) override {
-    rc_.resize(static_cast<std::size_t>(size_));
-    rd_.resize(static_cast<std::size_t>(size_));
-    std::size_t at = 0;
-    for (int r = 0; r < size_; ++r) {
-      rc_[static_cast<std::size_t>(r)] = count(counts[r]);
-      rd_[static_cast<std::size_t>(r)] = count(at);
-      at += counts[r];
-    }
-    HYPERRNN_MPI(MPI_Allgatherv(send, rc_[static_cast<std::size_t>(rank_)], MPI_BYTE, recv, rc_.data(), rd_.data(),
-                                MPI_BYTE, MPI_COMM_WORLD));
-  }
   void alltoallv(const float* send, const int64_t* sc, const int64_t* sd, float* recv, const int64_t* rc,
                  const int64_t* rd) override {
     exchange(send, sc, sd, recv, rc, rd, MPI_FLOAT);

@@ -20,9 +20,6 @@ class SerialComm final : public Comm {
   void allgather_bytes(const void* send, std::size_t bytes, void* recv) override {
     if (bytes && send != recv) std::memmove(recv, send, bytes);
   }
-  void allgatherv_bytes(const void* send, void* recv, const std::size_t* counts) override {
-    if (counts[0] && send != recv) std::memmove(recv, send, counts[0]);
-  }
   void alltoallv(const float* send, const int64_t* sc, const int64_t* sd, float* recv, const int64_t*,
                  const int64_t* rd) override {
     if (sc[0] && send + sd[0] != recv + rd[0]) std::memmove(recv + rd[0], send + sd[0], static_cast<std::size_t>(sc[0]) * sizeof(float));

@@ -29,10 +29,10 @@ void check_same_everywhere(Comm& comm, const std::string& what) {
   for (unsigned char ch : what) h = (h ^ ch) * 1099511628211ull;
   uint64_t h0 = h;
   comm.bcast_bytes(&h0, sizeof h0, 0);
-  const int P = comm.size();
-  const int top = comm.allreduce_max(h != h0 ? P - comm.rank() : 0);
-  if (top != 0)
-    throw UsageError("ranks: the options differ between ranks (rank " + std::to_string(P - top) +
+  int who = -1;
+  first_failure(comm, h != h0 ? "differs" : "", &who);
+  if (who >= 0)
+    throw UsageError("ranks: the options differ between ranks (rank " + std::to_string(who) +
                      "'s effective configuration is not rank 0's); start every rank with the same command line and --config file");
 }
 

@@ -37,13 +37,6 @@ std::string names_of(const ParamTable& t) {
   return s;
 }
 
-// The rank that owned expert e among P ranks (Parallel's split).
-int owner_of(int e, int E, int P) {
-  int r = 0;
-  while (r + 1 < P && static_cast<int64_t>(e) >= static_cast<int64_t>(E) * (r + 1) / P) ++r;
-  return r;
-}
-
 // AdamW state of a table: moments per tensor (replicated here, experts in shards) and the update
 // counts of every tensor, merged over ranks (a rank never updates a foreign expert, so its count
 // there is at most the owner's: the maximum is the owner's).
@@ -153,7 +146,7 @@ void read_tensors(const SnapshotInfo& snap, const ParamTable& table, const std::
       continue;
     }
     if (layout && !layout->owns(t.expert)) continue;
-    const int r = owner_of(t.expert, E, snap.files);
+    const int r = Parallel::owner_of(t.expert, E, snap.files);
     std::unique_ptr<H5File>& f = shards[r];
     if (!f) f = std::make_unique<H5File>(snap.shard_path(r), H5File::Mode::Read);
     read_into(*f, group + "/" + t.name, buf + t.offset, t.shape);
@@ -174,8 +167,6 @@ std::string save_hyper_state(Session<float>& ses, int64_t step, const std::strin
   w.run_dir = ses.cfg.out;
   w.step = step;
   w.config_ini = config_ini;
-  w.files = par.P;
-  w.rank = par.rank;
   w.keep = keep;
   w.groups = {"params", "adam/m", "adam/v"};
   const int E = model.config().experts;

@@ -44,7 +44,6 @@ int run_inspect(Comm& comm, const std::string& path) {
   say("model: " + cfg.model + " on " + cfg.task + " (d-model " + std::to_string(cfg.d_model) + ", layers " +
       std::to_string(cfg.layers) + ", heads " + std::to_string(cfg.heads) +
       (mc.is_moe() ? ", experts " + std::to_string(cfg.experts) + ", top-k " + std::to_string(cfg.top_k) : std::string()) + ")");
-  const Parallel old_layout(nullptr, static_cast<int>(cfg.shards), mc.is_moe() ? mc.experts : 0);
   std::string layout = "layout: " + std::to_string(snap.files) + " shard file(s) (one per rank), batch " +
                        std::to_string(cfg.batch) + " in " + std::to_string(cfg.shards) + " canonical shards";
   if (mc.is_moe())
@@ -56,11 +55,8 @@ int run_inspect(Comm& comm, const std::string& path) {
   say("tensors (" + std::to_string(model.table().size()) + ", " + std::to_string(model.table().elements()) +
       " parameters; each also under adam/m/ and adam/v/):");
   for (const TensorInfo& t : model.table().entries()) {
-    int r = 0;
-    if (!t.replicated() || t.expert >= 0) {
-      while (r + 1 < snap.files && static_cast<int64_t>(t.expert) >= static_cast<int64_t>(mc.experts) * (r + 1) / snap.files) ++r;
-    }
-    say("  params/" + t.name + " " + shape_text(t.shape) + " " + (t.expert < 0 ? std::string("manifest") : shard_file_name(r, snap.files)));
+    say("  params/" + t.name + " " + shape_text(t.shape) + " " +
+        (t.expert < 0 ? std::string("manifest") : shard_file_name(Parallel::owner_of(t.expert, mc.experts, snap.files), snap.files)));
   }
   {
     const H5File f(snap.manifest, H5File::Mode::Read);

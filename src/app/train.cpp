@@ -31,16 +31,17 @@ std::string read_file(const fs::path& p) {
   return s.str();
 }
 
-// The first line where two INI texts differ, for the error message.
-std::string first_difference(const std::string& a, const std::string& b) {
+// The first lines where two INI texts differ ("<none>" past the end of one); both empty when the
+// texts are equal.
+std::pair<std::string, std::string> first_difference(const std::string& a, const std::string& b) {
   std::istringstream sa(a), sb(b);
   std::string la, lb;
   while (true) {
     const bool ga = static_cast<bool>(std::getline(sa, la)), gb = static_cast<bool>(std::getline(sb, lb));
-    if (!ga && !gb) return "";
+    if (!ga && !gb) return {};
     if (!ga) la = "<none>";
     if (!gb) lb = "<none>";
-    if (la != lb) return "'" + la + "' there, '" + lb + "' here";
+    if (la != lb) return {la, lb};
   }
 }
 
@@ -56,9 +57,10 @@ void check_out_dir(const RunConfig& cfg, const std::string& ini) {
   if (!fs::exists(out / "config.ini"))
     throw UsageError("option '--out': directory '" + cfg.out + "' is not empty and holds no hyperrnn run (no config.ini)");
   const std::string old = read_file(out / "config.ini");
-  if (old != ini)
-    throw UsageError("option '--out': directory '" + cfg.out + "' already holds a different run (" +
-                     first_difference(old, ini) + "); choose another --out");
+  const auto [there, here] = first_difference(old, ini);
+  if (!there.empty() || !here.empty())
+    throw UsageError("option '--out': directory '" + cfg.out + "' already holds a different run ('" + there + "' there, '" +
+                     here + "' here); choose another --out");
   const std::vector<std::string> snaps = list_snapshots(cfg.out);
   if (!snaps.empty() && cfg.resume.empty())
     throw UsageError("option '--out': directory '" + cfg.out + "' already holds snapshots of this run (newest " +
@@ -68,34 +70,21 @@ void check_out_dir(const RunConfig& cfg, const std::string& ini) {
 // "" when a snapshot's configuration is this run's, else why not: a model-shape option that
 // differs, or (any other option) another run.
 std::string config_mismatch(const std::string& snap_ini, const std::string& ini) {
-  auto parse = [](const std::string& text) {
-    std::vector<std::pair<std::string, std::string>> kv;
-    std::istringstream in(text);
-    std::string line;
-    while (std::getline(in, line)) {
-      const size_t eq = line.find(" = ");
-      if (line.empty() || line[0] == '#' || eq == std::string::npos) continue;
-      kv.emplace_back(line.substr(0, eq), line.substr(eq + 3));
-    }
-    return kv;
+  const auto [there, here] = first_difference(snap_ini, ini);
+  if (there.empty() && here.empty()) return "";
+  auto value = [](const std::string& line) {
+    const size_t eq = line.find(" = ");
+    return eq == std::string::npos ? line : line.substr(eq + 3);
   };
-  const auto a = parse(snap_ini), b = parse(ini);
+  const std::string& line = here != "<none>" ? here : there;
+  const std::string key = line.substr(0, line.find(" = "));
+  const std::string d = key + " = " + value(there) + " in the snapshot, " + value(here) + " here";
   static const char* const shape_keys[] = {"model", "d-model", "layers", "heads", "experts", "top-k", "d-ff", "vocab",
                                            "seq-len", "task", "patch", "tie-embeddings", "gating-layers", "gating-heads",
                                            "history", "buffer-capacity", "classes-per-task", "marathon-head"};
-  std::string other;
-  for (const auto& [k, v] : b) {
-    std::string there = "<absent>";
-    for (const auto& [k2, v2] : a)
-      if (k2 == k) there = v2;
-    if (there == v) continue;
-    const std::string d = k + " = " + there + " in the snapshot, " + v + " here";
-    for (const char* sk : shape_keys)
-      if (k == sk) return "the snapshot's model shape does not match the options (" + d + ")";
-    if (other.empty()) other = "the snapshot belongs to another run (" + d + ")";
-  }
-  if (other.empty() && a.size() != b.size()) other = "the snapshot belongs to another run (its configuration has other options)";
-  return other;
+  for (const char* sk : shape_keys)
+    if (key == sk) return "the snapshot's model shape does not match the options (" + d + ")";
+  return "the snapshot belongs to another run (" + d + ")";
 }
 
 // The snapshot to resume from (collective; the same answer on every rank): --resume PATH must

@@ -38,9 +38,9 @@ Parallel::Parallel(Comm* c, int shards, int experts) : comm(c), S(shards), E(exp
   for (int r = 0; r <= P; ++r) expert_lo[static_cast<size_t>(r)] = static_cast<int>(static_cast<int64_t>(E) * r / P);
 }
 
-int Parallel::owner(int e) const {
+int Parallel::owner_of(int e, int E, int P) {
   int r = 0;
-  while (r + 1 < P && e >= expert_lo[static_cast<size_t>(r) + 1]) ++r;
+  while (r + 1 < P && static_cast<int64_t>(e) >= static_cast<int64_t>(E) * (r + 1) / P) ++r;
   return r;
 }
 
@@ -76,28 +76,13 @@ void Parallel::merge_owned(double* v, size_t n) {
   comm->allreduce_sum(v, n);
 }
 
-size_t Parallel::total_bytes(size_t bytes) {
-  if (P == 1) return bytes;
-  Stopwatch w(reduce_s);
-  counts_.resize(static_cast<size_t>(P));
-  comm->allgather_bytes(&bytes, sizeof(size_t), counts_.data());
-  size_t total = 0;
-  for (size_t c : counts_) total += c;
-  return total;
-}
-
-size_t Parallel::allgatherv(const void* send, size_t bytes, void* recv) {
+void Parallel::allgather(const void* send, size_t bytes, void* recv) {
   if (P == 1) {
     if (bytes && send != recv) std::memmove(recv, send, bytes);
-    return bytes;
+    return;
   }
   Stopwatch w(reduce_s);
-  counts_.resize(static_cast<size_t>(P));
-  comm->allgather_bytes(&bytes, sizeof(size_t), counts_.data());
-  size_t total = 0;
-  for (size_t c : counts_) total += c;
-  comm->allgatherv_bytes(send, recv, counts_.data());
-  return total;
+  comm->allgather_bytes(send, bytes, recv);
 }
 
 std::string first_failure(Comm& comm, const std::string& mine, int* who) {

@@ -32,7 +32,9 @@ class Parallel {
   Reduction reduction = Reduction::Exact;
 
   int local_shards() const { return shard_hi - shard_lo; }
-  int owner(int e) const;
+  int owner(int e) const { return owner_of(e, E, P); }
+  // The rank that owns expert e of E among P ranks (also for a snapshot written by P ranks).
+  static int owner_of(int e, int E, int P);
   int experts_lo() const { return expert_lo[static_cast<size_t>(rank)]; }
   int experts_hi() const { return expert_lo[static_cast<size_t>(rank) + 1]; }
   bool owns(int e) const { return e >= experts_lo() && e < experts_hi(); }
@@ -54,15 +56,12 @@ class Parallel {
   // Sum over ranks of vectors in which every element has at most one non-zero contributor (values
   // that one rank owns): x + 0 = x, so the floating-point sum is exact in any order.
   void merge_owned(double* v, size_t n);
-  // Concatenation in rank order of every rank's `bytes` bytes (which may differ by rank) into
-  // recv, which must hold the total; returns the total.
-  size_t allgatherv(const void* send, size_t bytes, void* recv);
-  // Total over ranks of a per-rank byte count (sizes recv for allgatherv).
-  size_t total_bytes(size_t bytes);
+  // Concatenation in rank order of every rank's `bytes` bytes (the same count on every rank, as
+  // for the equal blocks of a training batch) into recv (P x bytes).
+  void allgather(const void* send, size_t bytes, void* recv);
 
  private:
   std::vector<double> gather_;
-  std::vector<size_t> counts_;
 };
 
 // Agreement on failures across ranks (collective over comm): every rank passes its own failure
@@ -92,7 +91,6 @@ class ShardSum {
  private:
   std::vector<int> exps_;
   std::vector<int64_t> acc_;
-  std::vector<T> plain_;
 };
 
 // One MoE layer's token exchange in the last forward. Each rank sorts its active (token, slot)

@@ -35,7 +35,6 @@ struct SnapshotWrite {
   std::string run_dir;
   int64_t step = 0;
   std::string config_ini;    // the run's effective configuration (its identity)
-  int files = 1, rank = 0;   // shard files (= ranks) and this rank's
   std::vector<std::string> groups;      // groups holding sharded tensors, e.g. params, adam/m, adam/v
   std::vector<ShardedTensor> sharded;
   std::function<void(H5File&)> manifest;  // rank 0: the replicated state
@@ -43,7 +42,7 @@ struct SnapshotWrite {
   int keep = 0;                           // complete snapshots to keep (0 = all)
 };
 
-// Collective over comm (null = one rank). Returns the snapshot directory. On failure it throws;
+// Collective over comm (null = one rank): one shard file per rank. Returns the snapshot directory. On failure it throws;
 // the complete snapshots and `latest` stay as they were.
 std::string write_snapshot(Comm* comm, const SnapshotWrite& w);
 

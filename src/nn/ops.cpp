@@ -219,13 +219,6 @@ double row_entropy(const T* p, int V) {
 }
 
 template <class T>
-double mean_entropy(const T* probs, int N, int V) {
-  double total = 0.0;
-  for (int n = 0; n < N; ++n) total += row_entropy(probs + static_cast<int64_t>(n) * V, V);
-  return N > 0 ? total / N : 0.0;
-}
-
-template <class T>
 void crossentropy_backward(T* dlogits, const T* probs, const int32_t* targets, T scale, int N, int V) {
   for (int n = 0; n < N; ++n) {
     const T* p = probs + static_cast<int64_t>(n) * V;
@@ -445,7 +438,6 @@ void relu_backward(T* dinp, const T* dout, const T* inp, int64_t n) {
   template double crossentropy_forward<T>(T*, T*, const T*, const int32_t*, int, int);            \
   template void crossentropy_backward<T>(T*, const T*, const int32_t*, T, int, int);              \
   template double row_entropy<T>(const T*, int);                                                   \
-  template double mean_entropy<T>(const T*, int, int);              \
   template void topk_softmax_forward<T>(int32_t*, T*, const T*, int, int, int);                   \
   template void topk_softmax_backward<T>(T*, const T*, const T*, const int32_t*, int, int, int);  \
   template void gaussian_scores_forward<T>(T*, T*, T*, T*, T*, const T*, const T*, const T*, int, \

@@ -81,13 +81,10 @@ double crossentropy_forward(T* losses, T* probs,  // (N) (N,V)
                             const T* logits,      // (N,V)
                             const int32_t* targets,  // (N), each in [0,V)
                             int N, int V);
-// Shannon entropy -sum p log p of one probability row (p = 0 adds 0), in double; and its mean
-// over N rows (PILF's tau over the scored output rows).
+// Shannon entropy -sum p log p of one probability row (p = 0 adds 0), in double (PILF's tau is
+// its mean over the scored output rows: Transformer::mean_entropy).
 template <class T>
 double row_entropy(const T* p, int V);
-template <class T>
-double mean_entropy(const T* probs,  // (N,V), rows sum to 1
-                    int N, int V);
 
 // dlogits = scale * (probs - onehot(target)), assigned.
 template <class T>

@@ -41,16 +41,7 @@ void norms_from_sq(GradNorms& out, const ParamTable& table, const std::vector<do
   out.total = std::sqrt(kind_sq[0] + kind_sq[1] + kind_sq[2]);
 }
 
-template <class T>
-void gradient_norms(GradNorms& out, const ParamTable& table, const T* grads, int layers, int experts) {
-  std::vector<double> sq;
-  tensor_sq(sq, table, grads, -1);
-  norms_from_sq(out, table, sq, layers, experts);
-}
-
 template void tensor_sq<float>(std::vector<double>&, const ParamTable&, const float*, int);
 template void tensor_sq<double>(std::vector<double>&, const ParamTable&, const double*, int);
-template void gradient_norms<float>(GradNorms&, const ParamTable&, const float*, int, int);
-template void gradient_norms<double>(GradNorms&, const ParamTable&, const double*, int, int);
 
 }  // namespace hyperrnn::pilf

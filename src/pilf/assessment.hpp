@@ -33,7 +33,8 @@ struct PiInputs {
 // finite normalised error, as in the reference.
 double predictive_integrity(const PiInputs& in, const PiConfig& cfg);
 
-// tau is nn::mean_entropy over the scored output rows (src/nn/ops.hpp).
+// tau is the mean of nn::row_entropy over the global batch's scored output rows
+// (Transformer::mean_entropy, summed shard by shard).
 
 // L2 norms of a gradient buffer, read through the parameter table: overall, per tensor kind
 // (dense, expert, gating: the surprise split), and per expert of each MoE layer (SMK's surprise_e).
@@ -43,12 +44,10 @@ struct GradNorms {
   double by_kind[3] = {0.0, 0.0, 0.0};
   std::vector<double> expert;  // (layers, experts); resized on first use only
 };
-template <class T>
-void gradient_norms(GradNorms& out, const ParamTable& table, const T* grads, int layers, int experts);
-// The two halves of gradient_norms, for expert-parallel runs: per-tensor sums of squares of the
-// tensors this rank holds (replicated ones on rank 0 only, experts on their owner; 0 elsewhere;
-// rank < 0: every tensor), so that a sum over ranks has one non-zero term per tensor and is exact
-// in any order; then the norms from them, accumulated in table order.
+// Computed in two halves so that ranks can merge them: per-tensor sums of squares of the tensors
+// this rank holds (replicated ones on rank 0 only, experts on their owner, 0 elsewhere; rank < 0:
+// every tensor), whose sum over ranks has one non-zero term per tensor and is exact in any order;
+// then the norms from them, accumulated in table order.
 template <class T>
 void tensor_sq(std::vector<double>& sq, const ParamTable& table, const T* grads, int rank);
 void norms_from_sq(GradNorms& out, const ParamTable& table, const std::vector<double>& sq, int layers, int experts);

@@ -258,9 +258,8 @@ StepStats train_step(Transformer<T>& model, nn::AdamW<T>& opt, const Batch& batc
   bool any_skip = false;
   for (int i = 0; i < table.size(); ++i) {
     const TensorInfo& t = table[i];
-    const bool dropped = t.kind == TensorKind::Expert && !(st.smk_mask[static_cast<size_t>(t.layer)] >> t.expert & 1u);
-    const bool elsewhere = par.P > 1 && !t.replicated() && t.owner != par.rank;  // another rank's expert
-    if (dropped || elsewhere) {
+    // (another rank's expert is not held here: AdamW leaves it alone by itself)
+    if (t.kind == TensorKind::Expert && !(st.smk_mask[static_cast<size_t>(t.layer)] >> t.expert & 1u)) {
       skip[static_cast<size_t>(i)] = 1;
       any_skip = true;
     }
@@ -300,7 +299,8 @@ StepStats train_step(Transformer<T>& model, nn::AdamW<T>& opt, const Batch& batc
     s.sample_local[2 * static_cast<size_t>(b) + 1] = s.tau[static_cast<size_t>(b)];
   }
   s.sample_all.resize(2 * static_cast<size_t>(B));
-  par.allgatherv(s.sample_local.data(), s.sample_local.size() * sizeof(double), s.sample_all.data());
+  HYPERRNN_CHECK(static_cast<int64_t>(Bl) * par.P == B, "curation: every rank holds an equal block of the batch");
+  par.allgather(s.sample_local.data(), s.sample_local.size() * sizeof(double), s.sample_all.data());
   for (int b = 0; b < B; ++b)
     s.pi[static_cast<size_t>(b)] = pilf::predictive_integrity(
         {s.sample_all[2 * static_cast<size_t>(b)], s.sample_all[2 * static_cast<size_t>(b) + 1], st.surprise, st.expert_surprise, st.gating_surprise}, pc.pi);
@@ -312,14 +312,14 @@ StepStats train_step(Transformer<T>& model, nn::AdamW<T>& opt, const Batch& batc
       for (int e = 0; e < E; ++e) s.action[static_cast<size_t>(b) * E + e] = st.smk_mask[static_cast<size_t>(l)] >> e & 1u;
     const std::vector<float>& ql = s.q[static_cast<size_t>(l)];
     s.q_all.resize(static_cast<size_t>(B) * mc.d_model);
-    par.allgatherv(ql.data(), static_cast<size_t>(Bl) * mc.d_model * sizeof(float), s.q_all.data());
+    par.allgather(ql.data(), static_cast<size_t>(Bl) * mc.d_model * sizeof(float), s.q_all.data());
     ps->buffers[static_cast<size_t>(l)].add(s.q_all.data(), s.action.data(), s.pi.data(), B);
   }
   // dynamic top-k statistics: EMA of the batch's routing surprise (first batch initialises)
   for (int l = 0; l < Lm && pc.dynamic_top_k; ++l) {
     std::vector<double>& r = s.r_all;
     r.resize(static_cast<size_t>(B));
-    par.allgatherv(s.r[static_cast<size_t>(l)].data(), static_cast<size_t>(Bl) * sizeof(double), r.data());
+    par.allgather(s.r[static_cast<size_t>(l)].data(), static_cast<size_t>(Bl) * sizeof(double), r.data());
     double mean = 0.0, var = 0.0;
     for (double v : r) mean += v;
     mean /= static_cast<double>(r.size());

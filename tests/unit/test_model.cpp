@@ -227,7 +227,6 @@ struct CountingComm final : Comm {
   void allreduce_sum(float*, std::size_t) override { ++calls; }
   void allreduce_sum(double*, std::size_t) override { ++calls; }
   void allgather_bytes(const void*, std::size_t, void*) override { ++calls; }
-  void allgatherv_bytes(const void*, void*, const std::size_t*) override { ++calls; }
   void alltoallv(const float*, const int64_t*, const int64_t*, float*, const int64_t*, const int64_t*) override { ++calls; }
   void alltoallv(const double*, const int64_t*, const int64_t*, double*, const int64_t*, const int64_t*) override { ++calls; }
   [[noreturn]] void abort(int) override { throw std::runtime_error("abort"); }

@@ -31,12 +31,13 @@ TEST_CASE("predictive integrity, published and reference-code forms", "[pilf]") 
   CHECK(predictive_integrity(PiInputs{0.0, 1.0, 0.0, 0.0, 0.0}, {}) == 1.0);
 }
 
-TEST_CASE("tau is the mean Shannon entropy of the output rows", "[pilf]") {
+TEST_CASE("tau's per-row term is the Shannon entropy of an output row", "[pilf]") {
   const std::vector<double> p = {0.5, 0.5, 0.0, 0.0,    // ln 2
-                                 1.0, 0.0, 0.0, 0.0};   // 0
-  CHECK(hyperrnn::nn::mean_entropy(p.data(), 2, 4) == Approx(0.34657359027997264).epsilon(1e-15));
+                                 1.0, 0.0, 0.0, 0.0};   // 0: p = 0 adds nothing
+  CHECK(hyperrnn::nn::row_entropy(p.data(), 4) == Approx(0.6931471805599453).epsilon(1e-15));
+  CHECK(hyperrnn::nn::row_entropy(p.data() + 4, 4) == 0.0);
   const std::vector<float> u(8, 0.125f);  // uniform over 8: ln 8
-  CHECK(hyperrnn::nn::mean_entropy(u.data(), 1, 8) == Approx(std::log(8.0)).epsilon(1e-7));
+  CHECK(hyperrnn::nn::row_entropy(u.data(), 8) == Approx(std::log(8.0)).epsilon(1e-7));
 }
 
 TEST_CASE("PILR adaptor: statistics first, then the modulation", "[pilf]") {
@@ -98,11 +99,24 @@ TEST_CASE("gradient norms by kind and per expert follow the table", "[pilf]") {
   t.add("l1.e1", {1}, TensorKind::Expert, false, 1, 1);
   t.add("router", {1}, TensorKind::Gating, false, 0);
   const std::vector<float> g = {3, 4, /* e0 */ 1, /* e1 */ 2, 2, /* l1 e1 */ 5, /* gating */ 12};
+  std::vector<double> sq;
+  tensor_sq(sq, t, g.data(), -1);  // one process: every tensor
   GradNorms n;
-  gradient_norms(n, t, g.data(), 2, 2);
+  norms_from_sq(n, t, sq, 2, 2);
   CHECK(n.by_kind[0] == Approx(5.0));                 // sqrt(9 + 16)
   CHECK(n.by_kind[1] == Approx(std::sqrt(34.0)));     // 1 + 4 + 4 + 25
   CHECK(n.by_kind[2] == Approx(12.0));
   CHECK(n.total == Approx(std::sqrt(25.0 + 34 + 144)));
   CHECK(n.expert == std::vector<double>{1.0, std::sqrt(8.0), 0.0, 5.0});
+  // two ranks: expert 0 on rank 0, expert 1 on rank 1; replicated tensors count on rank 0 only,
+  // so the two ranks' vectors have one non-zero term per tensor and add up to the one-process one
+  t.set_owner(1, 0);
+  t.set_owner(2, 1);
+  t.set_owner(3, 1);
+  std::vector<double> r0, r1;
+  tensor_sq(r0, t, g.data(), 0);
+  tensor_sq(r1, t, g.data(), 1);
+  CHECK(r0 == std::vector<double>{25.0, 1.0, 0.0, 0.0, 144.0});
+  CHECK(r1 == std::vector<double>{0.0, 0.0, 8.0, 25.0, 0.0});
+  for (size_t i = 0; i < sq.size(); ++i) CHECK(r0[i] + r1[i] == sq[i]);
 }
