@@ -12,7 +12,11 @@
 namespace hyperrnn {
 
 namespace {
-std::string layer_group(size_t l) { return "buffer/layer" + std::to_string(l) + "/"; }
+// a buffer's group: one shared by every MoE layer, or one per layer
+std::string buffer_group(const PilfState<float>& ps, size_t k) {
+  return ps.cfg.shared_buffer ? "buffer/shared/" : "buffer/layer" + std::to_string(k) + "/";
+}
+std::string replay_group(size_t k, size_t j) { return "replay/" + std::to_string(k) + "/" + std::to_string(j) + "/"; }
 
 template <class T>
 void read_checked(const H5File& f, const std::string& name, std::vector<T>& out, const std::vector<int64_t>& shape) {
@@ -66,7 +70,7 @@ void write_pilf_state(H5File& f, const PilfState<float>& ps) {
   for (size_t l = 0; l < ps.buffers.size(); ++l) {
     const pilf::ExperienceBuffer& b = ps.buffers[l];
     const pilf::ExperienceBuffer::State s = b.state();
-    const std::string g = layer_group(l);
+    const std::string g = buffer_group(ps, l);
     const int64_t n = s.size, cap = b.capacity(), C = b.dim(), E = b.experts();
     const int32_t size = s.size;
     f.write(g + "size", &size, {1});
@@ -78,6 +82,21 @@ void write_pilf_state(H5File& f, const PilfState<float>& ps) {
     }
     f.write(g + "prototypes", s.prototypes.data(), {cap, C});
     f.write(g + "prototype_count", s.prototype_count.data(), {cap});
+    // the cached replay sets of this buffer (meta-replay task-epoch or epoch)
+    const std::vector<PilfState<float>::ReplaySet>& cache = ps.replay[l];
+    const int64_t nsets = static_cast<int64_t>(cache.size());
+    f.write("replay/" + std::to_string(l) + "/sets", &nsets, {1});
+    for (size_t j = 0; j < cache.size(); ++j) {
+      const PilfState<float>::ReplaySet& r = cache[j];
+      const std::string rg = replay_group(l, j);
+      const int64_t key[3] = {r.key_a, r.key_b, r.size()};
+      f.write(rg + "key", key, {3});
+      if (r.size() == 0) continue;
+      const std::vector<int32_t> act(r.action.begin(), r.action.end());
+      f.write(rg + "q", r.q.data(), {r.size(), C});
+      f.write(rg + "action", act.data(), {r.size(), E});
+      f.write(rg + "idx", r.idx.data(), {r.size()});
+    }
   }
   const int64_t L = static_cast<int64_t>(ps.rs_mu.size());
   f.write("pilf/dynamic_k_mu", ps.rs_mu.data(), {L});
@@ -108,7 +127,7 @@ void read_pilf_state(const H5File& f, PilfState<float>& ps) {
   go.set_steps(gs);
   for (size_t l = 0; l < ps.buffers.size(); ++l) {
     pilf::ExperienceBuffer& b = ps.buffers[l];
-    const std::string g = layer_group(l);
+    const std::string g = buffer_group(ps, l);
     const int64_t cap = b.capacity(), C = b.dim(), E = b.experts();
     std::vector<int32_t> size;
     read_checked(f, g + "size", size, {1});
@@ -125,6 +144,29 @@ void read_pilf_state(const H5File& f, PilfState<float>& ps) {
     read_checked(f, g + "prototypes", s.prototypes, {cap, C});
     read_checked(f, g + "prototype_count", s.prototype_count, {cap});
     b.restore(s);
+    std::vector<int64_t> nsets;
+    read_checked(f, "replay/" + std::to_string(l) + "/sets", nsets, {1});
+    if (nsets[0] < 0 || nsets[0] > 1000000) throw RuntimeError(f.path() + ": /replay/" + std::to_string(l) + "/sets is out of range");
+    std::vector<PilfState<float>::ReplaySet>& cache = ps.replay[l];
+    cache.assign(static_cast<size_t>(nsets[0]), {});
+    for (size_t j = 0; j < cache.size(); ++j) {
+      PilfState<float>::ReplaySet& r = cache[j];
+      const std::string rg = replay_group(l, j);
+      std::vector<int64_t> key;
+      read_checked(f, rg + "key", key, {3});
+      r.key_a = key[0];
+      r.key_b = key[1];
+      const int64_t items = key[2];
+      if (items < 0 || items > 100000000) throw RuntimeError(f.path() + ": /" + rg + "key holds a bad size");
+      if (items == 0) continue;
+      std::vector<int32_t> act;
+      read_checked(f, rg + "q", r.q, {items, C});
+      read_checked(f, rg + "action", act, {items, E});
+      read_checked(f, rg + "idx", r.idx, {items});
+      r.action.assign(act.begin(), act.end());
+      for (int i : r.idx)
+        if (i < 0 || i >= cap) throw RuntimeError(f.path() + ": /" + rg + "idx holds a slot outside the buffer");
+    }
   }
   const int64_t L = static_cast<int64_t>(ps.rs_mu.size());
   read_checked(f, "pilf/dynamic_k_mu", ps.rs_mu, {L});

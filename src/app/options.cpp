@@ -7,6 +7,7 @@
 #include <cmath>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <sstream>
 
 #include "core/error.hpp"
@@ -34,6 +35,8 @@ void add_model_task_train(po::options_description& d, RunConfig& c) {
     ("init-scale", po::value(&c.init_scale)->default_value(c.init_scale, fmt_double(c.init_scale)), "weight matrices start as N(0, init-scale^2 / (2 fan_in))")
     ("embed-init-std", po::value(&c.embed_init_std)->default_value(c.embed_init_std, fmt_double(c.embed_init_std)), "std of the token and position embeddings at initialisation")
     ("tie-embeddings", po::value(&c.tie_embeddings)->default_value(c.tie_embeddings), "output head shares the token embedding (true | false)")
+    ("dropout", po::value(&c.dropout)->default_value(c.dropout, fmt_double(c.dropout)), "dropout probability in [0, 1) at the reference ViT's sites (embedding, attention probabilities, attention and feed-forward branches; dense FFN hidden and output), training only [profile]")
+    ("vit-pool", po::value(&c.vit_pool)->default_value(c.vit_pool), "image tasks: what the head reads: mean (the mean over the patch tokens) | cls (a class token, as the reference ViT; its head has a bias) [profile]")
     ("task", po::value(&c.task)->default_value(c.task), "task: mqar | fmnist | fmnist-marathon")
     ("fmnist-dir", po::value(&c.fmnist_dir)->default_value(c.fmnist_dir), "directory of the Fashion-MNIST IDX files (Debian: apt-get install dataset-fashion-mnist)")
     ("patch", po::value(&c.patch)->default_value(c.patch), "image tasks: ViT patch size (must divide 28)")
@@ -62,9 +65,11 @@ void add_model_task_train(po::options_description& d, RunConfig& c) {
     ("eval-every", po::value(&c.eval_every)->default_value(c.eval_every), "held-out evaluation interval in steps (0 = only at the end)")
     ("eval-samples", po::value(&c.eval_samples)->default_value(c.eval_samples), "held-out samples per evaluation")
     ("max-bad-steps", po::value(&c.max_bad_steps)->default_value(c.max_bad_steps), "consecutive steps with NaN/Inf loss or gradients (each skipped) before the run stops")
+    ("pilf-profile", po::value(&c.pilf_profile)->default_value(c.pilf_profile), "model pilf: reference (PILF-2 as the reference's code runs it) | hyperrnn (our choices); sets every option marked [profile] that is not given (options given explicitly win; docs/pilf.md)")
     ("pi-alpha", po::value(&c.pi_alpha)->default_value(c.pi_alpha, fmt_double(c.pi_alpha)), "PI: alpha (> 0)")
     ("pi-gamma", po::value(&c.pi_gamma)->default_value(c.pi_gamma, fmt_double(c.pi_gamma)), "PI: gamma in [0, 1]")
-    ("pi-form", po::value(&c.pi_form)->default_value(c.pi_form), "PI formula: published | reference-code")
+    ("pi-form", po::value(&c.pi_form)->default_value(c.pi_form), "PI formula: published (IPWT) | reference-code (by gradient group) | reference-loop (as the PILF-2 loop calls it: eps/tau + surprise, gamma unused) [profile]")
+    ("surprise-routing", po::value(&c.surprise_routing)->default_value(c.surprise_routing), "pilf: surprise adds the task loss's gradient at the routing Gaussians (mu, log_sigma) to the parameter gradients' (true | false; the reference: false) [profile]")
     ("pilr", po::value(&c.pilr)->default_value(c.pilr), "PILR learning-rate modulation: off | single | dual | auto (single for pilf, else off)")
     ("pilr-beta", po::value(&c.pilr_beta)->default_value(c.pilr_beta, fmt_double(c.pilr_beta)), "PILR: EMA rate beta in (0, 1]")
     ("pilr-initial-var", po::value(&c.pilr_initial_var)->default_value(c.pilr_initial_var, fmt_double(c.pilr_initial_var)), "PILR: initial variance (very large = soft-disabled)")
@@ -75,14 +80,23 @@ void add_model_task_train(po::options_description& d, RunConfig& c) {
     ("pilr-warmup", po::value(&c.pilr_warmup)->default_value(c.pilr_warmup), "PILR: steps with lr_mod 1 while the statistics adapt")
     ("smk", po::value(&c.smk)->default_value(c.smk), "Surprise-Min-K gradient filter: off | smk | asmk | auto (smk for pilf, else off)")
     ("min-k", po::value(&c.min_k)->default_value(c.min_k), "SMK: experts per MoE layer whose update is kept")
+    ("smk-dropped", po::value(&c.smk_dropped)->default_value(c.smk_dropped), "SMK: a dropped expert that received tokens: step (its gradient is zeroed and the optimizer still steps it: it moves by momentum, as the reference) | freeze (left alone) [profile]")
     ("smk-per-token", po::value(&c.smk_per_token)->default_value(c.smk_per_token), "SMK research variant: rank experts by gradient norm per routed token (true | false; false = the reference)")
-    ("buffer-capacity", po::value(&c.buffer_capacity)->default_value(c.buffer_capacity), "pilf: routing experience buffer capacity per MoE layer")
+    ("gating-backprop", po::value(&c.gating_backprop)->default_value(c.gating_backprop), "pilf: the task loss's gradient at the routing Gaussians flows back through the GatingTransformer into q and the backbone (true, the reference: q is not detached) | false [profile]")
+    ("buffer", po::value(&c.buffer)->default_value(c.buffer), "pilf: routing experience buffer: shared (one for all MoE layers, actions over layers x experts, as the reference) | per-layer (one per MoE layer) [profile]")
+    ("buffer-capacity", po::value(&c.buffer_capacity)->default_value(c.buffer_capacity), "pilf: routing experience buffer capacity (of each buffer)")
+    ("curation-pi", po::value(&c.curation_pi)->default_value(c.curation_pi), "pilf: a candidate's priority 1 - PI with PI of the batch (batch, the reference) | of the sample's own loss and entropy (sample) [profile]")
+    ("curation", po::value(&c.curation)->default_value(c.curation), "pilf: curate experience only with SMK on (smk, the reference: the SMK set is the action) | also with SMK off, the action every expert (always) [profile]")
     ("priority-decay", po::value(&c.priority_decay)->default_value(c.priority_decay, fmt_double(c.priority_decay)), "pilf: priority factor after a replay, in (0, 1]")
     ("history", po::value(&c.history)->default_value(c.history), "pilf: retrieved history rows per query (k_hist)")
     ("gating-layers", po::value(&c.gating_layers)->default_value(c.gating_layers), "pilf: GatingTransformer decoder layers")
     ("gating-heads", po::value(&c.gating_heads)->default_value(c.gating_heads), "pilf: GatingTransformer heads (must divide d-model)")
-    ("meta-every", po::value(&c.meta_every)->default_value(c.meta_every), "pilf: meta-training interval in steps")
-    ("meta-batch", po::value(&c.meta_batch)->default_value(c.meta_batch), "pilf: buffer samples per meta-training step")
+    ("gating-dropout", po::value(&c.gating_dropout)->default_value(c.gating_dropout, fmt_double(c.gating_dropout)), "pilf: GatingTransformer dropout in [0, 1), training only [profile]")
+    ("meta-every", po::value(&c.meta_every)->default_value(c.meta_every), "pilf: meta-training interval in steps [profile]")
+    ("meta-replay", po::value(&c.meta_replay)->default_value(c.meta_replay), "pilf: meta-training's replay set: task-epoch (drawn once per task and epoch and reused, in later cycles too: the reference) | epoch (drawn anew every epoch) | fresh (drawn every meta step) [profile]")
+    ("meta-batch", po::value(&c.meta_batch)->default_value(c.meta_batch), "pilf: items per replay draw, with replacement (0 = the buffer's size at the draw, the reference) [profile]")
+    ("meta-loss", po::value(&c.meta_loss)->default_value(c.meta_loss), "pilf: meta-training loss over the MoE layers: mean (the reference) | sum [profile]")
+    ("epoch-steps", po::value(&c.epoch_steps)->default_value(c.epoch_steps), "steps per epoch, which key the replay sets (0 = one pass over the task's training images per --batch; MQAR: 100000 examples, Zoology's training set)")
     ("meta-lr", po::value(&c.meta_lr)->default_value(c.meta_lr, fmt_double(c.meta_lr)), "pilf: GatingTransformer AdamW learning rate (times PILR's gating lr_mod)")
     ("dynamic-top-k", po::value(&c.dynamic_top_k)->default_value(c.dynamic_top_k), "pilf: k per sample from its routing surprise, in [k-min, top-k] (true | false)")
     ("k-min", po::value(&c.k_min)->default_value(c.k_min), "pilf dynamic top-k: smallest k");
@@ -122,6 +136,29 @@ void non_negative(const char* opt, int64_t v) {
   if (v < 0) bad(opt, "must be >= 0, got " + std::to_string(v));
 }
 
+// For model pilf: sets every profile option that vm holds only as a default to the profile's value
+// (through the option table itself, so the values parse exactly as if they had been given).
+void apply_profile(const po::options_description& all, const po::variables_map& vm, RunConfig& c, bool force = false) {
+  if (c.model != "pilf") return;
+  if (c.pilf_profile != "reference" && c.pilf_profile != "hyperrnn")
+    bad("pilf-profile", "must be reference or hyperrnn, got '" + c.pilf_profile + "'");
+  const bool ref = c.pilf_profile == "reference";
+  std::string text;
+  po::options_description sub;
+  for (const ProfileKnob& k : profile_knobs()) {
+    const auto it = vm.find(k.option);
+    if (!force && it != vm.end() && !it->second.defaulted()) continue;  // given: it wins
+    text += std::string(k.option) + " = " + (ref ? k.reference : k.hyperrnn) + "\n";
+    for (const auto& o : all.options())
+      if (o->long_name() == k.option) sub.add(o);
+  }
+  if (text.empty()) return;
+  std::istringstream in(text);
+  po::variables_map pv;
+  po::store(po::parse_config_file(in, sub, false), pv);
+  po::notify(pv);
+}
+
 // Boost's messages already name the option; make them one line and keep the option name first.
 std::string boost_message(const po::error& e) {
   std::string m = e.what();
@@ -151,6 +188,8 @@ ModelConfig RunConfig::model_config() const {
   }
   m.init_scale = init_scale;
   m.embed_init_std = embed_init_std;
+  m.dropout = dropout;
+  m.cls_token = image_task() && vit_pool == "cls";
   return m;
 }
 
@@ -173,8 +212,11 @@ PilfConfig RunConfig::pilf_config() const {
   const bool is_pilf = model == "pilf";
   p.pi.alpha = pi_alpha;
   p.pi.gamma = pi_gamma;
-  p.pi.form = pi_form == "reference-code" ? pilf::PiForm::ReferenceCode : pilf::PiForm::Published;
-  const std::string pm = pilr == "auto" ? (is_pilf ? "single" : "off") : pilr;
+  p.pi.form = pi_form == "reference-code"   ? pilf::PiForm::ReferenceCode
+              : pi_form == "reference-loop" ? pilf::PiForm::ReferenceLoop
+                                            : pilf::PiForm::Published;
+  p.surprise_routing = surprise_routing;
+  const std::string pm = pilr == "auto" ? (is_pilf && pilf_profile == "hyperrnn" ? "single" : "off") : pilr;
   p.pilr = pm == "single" ? PilrMode::Single : pm == "dual" ? PilrMode::Dual : PilrMode::Off;
   p.pilr_cfg.beta = pilr_beta;
   p.pilr_cfg.initial_var = pilr_initial_var;
@@ -186,7 +228,15 @@ PilfConfig RunConfig::pilf_config() const {
   const std::string sm = smk == "auto" ? (is_pilf ? "smk" : "off") : smk;
   p.smk = sm == "smk" ? pilf::SmkMode::Smk : sm == "asmk" ? pilf::SmkMode::Asmk : pilf::SmkMode::Off;
   p.min_k = static_cast<int>(min_k);
+  p.smk_dropped = smk_dropped == "step" ? SmkDropped::Step : SmkDropped::Freeze;
   p.smk_per_token = smk_per_token;
+  p.gating_backprop = gating_backprop;
+  p.shared_buffer = buffer == "shared";
+  p.curate_batch_pi = curation_pi == "batch";
+  p.curate_without_smk = curation == "always";
+  p.gating_dropout = gating_dropout;
+  p.meta_replay = meta_replay == "task-epoch" ? MetaReplay::TaskEpoch : meta_replay == "epoch" ? MetaReplay::Epoch : MetaReplay::Fresh;
+  p.meta_loss_mean = meta_loss == "mean";
   p.buffer_capacity = static_cast<int>(buffer_capacity);
   p.priority_decay = priority_decay;
   p.history = static_cast<int>(history);
@@ -256,7 +306,24 @@ void validate(const RunConfig& c) {
   // PILF
   if (!(c.pi_alpha > 0.0) || !std::isfinite(c.pi_alpha)) bad("pi-alpha", "must be > 0, got " + fmt_double(c.pi_alpha));
   if (!(c.pi_gamma >= 0.0 && c.pi_gamma <= 1.0)) bad("pi-gamma", "must be in [0, 1], got " + fmt_double(c.pi_gamma));
-  if (c.pi_form != "published" && c.pi_form != "reference-code") bad("pi-form", "must be published or reference-code, got '" + c.pi_form + "'");
+  if (c.pilf_profile != "reference" && c.pilf_profile != "hyperrnn")
+    bad("pilf-profile", "must be reference or hyperrnn, got '" + c.pilf_profile + "'");
+  if (c.pi_form != "published" && c.pi_form != "reference-code" && c.pi_form != "reference-loop")
+    bad("pi-form", "must be published, reference-code or reference-loop, got '" + c.pi_form + "'");
+  auto one_of = [](const char* name, const std::string& v, const char* a, const char* b, const char* c3 = nullptr) {
+    if (v != a && v != b && (!c3 || v != c3))
+      bad(name, std::string("must be ") + a + (c3 ? ", " : " or ") + b + (c3 ? std::string(" or ") + c3 : std::string()) + ", got '" + v + "'");
+  };
+  one_of("smk-dropped", c.smk_dropped, "step", "freeze");
+  one_of("buffer", c.buffer, "shared", "per-layer");
+  one_of("curation-pi", c.curation_pi, "batch", "sample");
+  one_of("curation", c.curation, "smk", "always");
+  one_of("meta-replay", c.meta_replay, "task-epoch", "epoch", "fresh");
+  one_of("meta-loss", c.meta_loss, "mean", "sum");
+  one_of("vit-pool", c.vit_pool, "mean", "cls");
+  if (!(c.dropout >= 0.0 && c.dropout < 1.0)) bad("dropout", "must be in [0, 1), got " + fmt_double(c.dropout));
+  if (!(c.gating_dropout >= 0.0 && c.gating_dropout < 1.0)) bad("gating-dropout", "must be in [0, 1), got " + fmt_double(c.gating_dropout));
+  non_negative("epoch-steps", c.epoch_steps);
   if (c.pilr != "auto" && c.pilr != "off" && c.pilr != "single" && c.pilr != "dual") bad("pilr", "must be off, single, dual or auto, got '" + c.pilr + "'");
   if (!(c.pilr_beta > 0.0 && c.pilr_beta <= 1.0)) bad("pilr-beta", "must be in (0, 1], got " + fmt_double(c.pilr_beta));
   if (!(c.pilr_initial_var > 0.0) || !std::isfinite(c.pilr_initial_var)) bad("pilr-initial-var", "must be > 0, got " + fmt_double(c.pilr_initial_var));
@@ -277,7 +344,7 @@ void validate(const RunConfig& c) {
   positive("gating-layers", c.gating_layers);
   positive("gating-heads", c.gating_heads);
   positive("meta-every", c.meta_every);
-  positive("meta-batch", c.meta_batch);
+  non_negative("meta-batch", c.meta_batch);
   if (!(c.meta_lr > 0.0) || !std::isfinite(c.meta_lr)) bad("meta-lr", "must be > 0, got " + fmt_double(c.meta_lr));
   if (!(c.priority_decay > 0.0 && c.priority_decay <= 1.0)) bad("priority-decay", "must be in (0, 1], got " + fmt_double(c.priority_decay));
   non_negative("buffer-capacity", c.buffer_capacity);
@@ -335,6 +402,7 @@ bool parse_options(Command cmd, int argc, const char* const* argv, RunConfig& cf
       }
     }
     po::notify(vm);
+    if (cmd != Command::Eval) apply_profile(all, vm, cfg);
   } catch (const po::error& e) {
     throw UsageError(boost_message(e));
   }
@@ -398,11 +466,65 @@ RunConfig from_ini(const std::string& text, const std::string& origin) {
   try {
     po::store(po::parse_config_file(in, d, false), vm);
     po::notify(vm);
+    apply_profile(d, vm, c);
   } catch (const po::error& e) {
     throw UsageError("configuration in '" + origin + "' is malformed: " + boost_message(e));
   }
   validate(c);
   return c;
+}
+
+const std::vector<ProfileKnob>& profile_knobs() {
+  // option, reference (PILF-2 as its code runs, docs/pilf.md), hyperrnn (our choices; each equals
+  // the option's default, which every other model uses)
+  static const std::vector<ProfileKnob> knobs = {
+      {"pilr", "off", "single"},                 // main.py builds SMK/ASMK only; constant lr
+      {"smk-dropped", "step", "freeze"},         // grad.zero_() then torch.optim.Adam.step()
+      {"weight-decay", "0", "0.1"},              // torch.optim.Adam(main_params, lr): no decay
+      {"grad-clip", "0", "1"},                   // the PILF-2 loop does not clip
+      {"warmup", "0", "100"},                    // constant learning rate
+      {"lr-min-ratio", "1", "0.1"},
+      {"pi-form", "reference-loop", "published"},  // PICalculator given one list of gradients
+      {"surprise-routing", "false", "true"},     // surprise: parameter gradients only
+      {"gating-backprop", "true", "false"},      // q_subject is not detached
+      {"buffer", "shared", "per-layer"},         // one PrototypingExperienceBuffer for all layers
+      {"curation-pi", "batch", "sample"},        // pi_score_tensor.expand(batch_size)
+      {"curation", "smk", "always"},             // curation only inside `if smk_metrics`
+      {"meta-every", "1", "10"},                 // meta_learning_freq 1
+      {"meta-replay", "task-epoch", "fresh"},    // gating_loss_cache[(task_name, epoch)]
+      {"meta-batch", "0", "64"},                 // sample(experience_buffer.current_size)
+      {"meta-loss", "mean", "sum"},              // total_gating_loss / num_gating_layers
+      {"d-ff", "256", "0"},                      // mlp_dim's default (mlp_ratio is swallowed)
+      {"dropout", "0.1", "0"},                   // VisionTransformer(dropout=0.1)
+      {"gating-dropout", "0.1", "0"},            // GatingTransformer(dropout=0.1)
+      {"vit-pool", "cls", "mean"},               // cls_token, head(x[:, 0])
+  };
+  return knobs;
+}
+
+std::vector<std::string> profile_deviations(const RunConfig& c) {
+  std::vector<std::string> out;
+  if (c.model != "pilf") return out;
+  RunConfig prof = c;
+  po::options_description d;
+  add_model_task_train(d, prof);
+  apply_profile(d, po::variables_map{}, prof, true);
+  auto values = [](const RunConfig& x) {
+    std::map<std::string, std::string> m;
+    std::istringstream in(to_ini(x));
+    for (std::string line; std::getline(in, line);) {
+      const size_t eq = line.find(" = ");
+      if (eq != std::string::npos) m[line.substr(0, eq)] = line.substr(eq + 3);
+    }
+    return m;
+  };
+  const auto here = values(c), there = values(prof);
+  for (const ProfileKnob& k : profile_knobs()) {
+    const std::string& a = here.at(k.option);
+    const std::string& b = there.at(k.option);
+    if (a != b) out.push_back(std::string(k.option) + " = " + a + " (profile: " + b + ")");
+  }
+  return out;
 }
 
 std::string usage_text() {

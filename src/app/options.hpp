@@ -19,6 +19,8 @@ struct RunConfig {
   int64_t d_model = 64, layers = 2, heads = 4, experts = 4, top_k = 2, d_ff = 0;
   bool tie_embeddings = true;
   double init_scale = 1.0, embed_init_std = 1.0;
+  double dropout = 0.0;
+  std::string vit_pool = "mean";  // image tasks: mean (over the tokens) | cls (class token, the reference ViT)
   // task
   std::string task = "mqar";
   // The defaults are the embedded quick-start job (README): a ~1 minute MQAR run on one core.
@@ -41,19 +43,28 @@ struct RunConfig {
   // snapshots (invocation options: not part of the run's identity in config.ini)
   int64_t snapshot_every = 1000, keep = 0, stop_after = 0;
   std::string resume;  // "", "auto" or a snapshot path
-  // PILF (../shared/reference/pilf.md); "auto" = on for model pilf (PILR single, SMK), off otherwise
+  // PILF (docs/pilf.md). For model pilf, --pilf-profile sets every option of profile_knobs() that
+  // was not given (reference: PILF-2 as its code runs; hyperrnn: our choices, the defaults below);
+  // "auto" = the profile's choice for pilf, off for the other models.
+  std::string pilf_profile = "reference";
   double pi_alpha = 1.0, pi_gamma = 0.5;
   std::string pi_form = "published";
+  bool surprise_routing = true;
   std::string pilr = "auto";
   double pilr_beta = 0.1, pilr_initial_var = 1.0, pilr_power = 0.5, pilr_exponent = 2.0, pilr_inverse_k = 0.1;
   bool pilr_inverse_ema = false;
   int64_t pilr_warmup = 0;
   std::string smk = "auto";
   int64_t min_k = 2;
+  std::string smk_dropped = "freeze";
   bool smk_per_token = false;
+  bool gating_backprop = false;
+  std::string buffer = "per-layer";
+  std::string curation_pi = "sample", curation = "always";
   int64_t buffer_capacity = 128, history = 10, gating_layers = 2, gating_heads = 4;
-  double priority_decay = 0.99, meta_lr = 1e-3;
-  int64_t meta_every = 10, meta_batch = 64;
+  double priority_decay = 0.99, meta_lr = 1e-3, gating_dropout = 0.0;
+  int64_t meta_every = 10, meta_batch = 64, epoch_steps = 0;
+  std::string meta_replay = "fresh", meta_loss = "sum";
   bool dynamic_top_k = false;
   int64_t k_min = 1;
   // eval subcommand
@@ -67,7 +78,7 @@ struct RunConfig {
   // Scored positions per batch of B samples (MQAR: the queries; images: one label per sample).
   int64_t scored_per_batch(int64_t B) const { return image_task() ? B : B * kv_pairs; }
   // Positions per sample the model sees (MQAR: seq-len; images: patches).
-  int64_t positions() const { return image_task() ? (28 / patch) * (28 / patch) : seq_len; }
+  int64_t positions() const { return image_task() ? (28 / patch) * (28 / patch) + (vit_pool == "cls" ? 1 : 0) : seq_len; }
   StepConfig step_config() const;
   nn::AdamWConfig adamw_config() const;
   PilfConfig pilf_config() const;
@@ -82,6 +93,18 @@ bool parse_options(Command cmd, int argc, const char* const* argv, RunConfig& cf
 
 // Checks every value (also used on a configuration read back from a snapshot).
 void validate(const RunConfig& cfg);
+
+// --pilf-profile: the options a profile sets (for model pilf, when not given), with the value of
+// each profile.
+struct ProfileKnob {
+  const char* option;
+  const char* reference;
+  const char* hyperrnn;
+};
+const std::vector<ProfileKnob>& profile_knobs();
+// The options of a pilf run whose values differ from its profile's ("option = value (profile:
+// value)"), for the run's first lines: explicit options win over the profile.
+std::vector<std::string> profile_deviations(const RunConfig& cfg);
 
 // Checks the layout against the number of ranks: P must divide --shards, and MoE models need at
 // least one expert per rank. UsageError naming the option.

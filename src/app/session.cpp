@@ -35,6 +35,8 @@ void Session<T>::fill_train_batch(int64_t step) {
   int64_t first = 0;
   int n = 0;
   par.local_block(cfg.batch, first, n, batch.shard_samples);
+  batch.step = step;  // keys dropout
+  batch.first = first;
   if (fmnist)
     fmnist->fill_train(batch, cfg.seed, static_cast<uint32_t>(step), static_cast<uint32_t>(first), n, task_of(step));
   else
@@ -42,8 +44,23 @@ void Session<T>::fill_train_batch(int64_t step) {
 }
 
 template <class T>
+int64_t Session<T>::epoch_steps(int task) const {
+  if (cfg.epoch_steps > 0) return cfg.epoch_steps;
+  // one pass over the task's training set (a DataLoader's length): images of the task, or for
+  // MQAR Zoology's 100 000 training examples
+  const int64_t n = fmnist ? fmnist->train_count(cfg.task == "fmnist-marathon" ? task : -1) : 100000;
+  return std::max<int64_t>(1, (n + cfg.batch - 1) / cfg.batch);
+}
+
+template <class T>
 StepStats Session<T>::train(int64_t step) {
   fill_train_batch(step);
+  // where the step is in the schedule: task, visit of a task, epoch within the visit
+  const bool marathon = cfg.task == "fmnist-marathon";
+  const int64_t in_visit = marathon ? step % cfg.task_steps : step;
+  pilf.task = marathon ? task_of(step) : 0;
+  pilf.visit = marathon ? step / cfg.task_steps : 0;
+  pilf.epoch = in_visit / epoch_steps(pilf.task) + 1;
   return train_step(model, opt, batch, step_cfg, step, &pilf);
 }
 

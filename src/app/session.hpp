@@ -38,6 +38,8 @@ class Session {
   Batch batch;
   // fmnist-marathon: the task trained at `step` (-1 for the other tasks)
   int task_of(int64_t step) const;
+  // Steps per epoch of a task (--epoch-steps, or one pass over the task's training data).
+  int64_t epoch_steps(int task) const;
   const StepConfig step_cfg;
 };
 

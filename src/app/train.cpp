@@ -148,6 +148,8 @@ static EvalResult evaluate(Transformer<float>& model, Batch& batch, int64_t samp
     int cnt = 0;
     par.local_block(n, f0, cnt, batch.shard_samples);
     fill(first + f0, cnt);
+    batch.step = -1;  // evaluation: no dropout
+    batch.first = first + f0;
     const double loss = model.forward(batch);  // over the global chunk
     loss_sum += loss * model.scored();
     scored += model.scored();
@@ -234,9 +236,12 @@ int run_train(Comm& comm, const RunConfig& cfg) {
     for (int e = 0; e < mc.experts; ++e)
       header.push_back("tokens_l" + std::to_string(l) + "_e" + std::to_string(e));
   for (int l = 0; l < mc.layers && mc.is_moe(); ++l) header.push_back("smk_l" + std::to_string(l));
-  for (int l = 0; l < mc.layers && mc.memory_routing(); ++l) {
-    header.push_back("buffer_size_l" + std::to_string(l));
-    header.push_back("prototypes_l" + std::to_string(l));
+  // one buffer per MoE layer (columns per layer), or one shared by all of them
+  const int nbuf = static_cast<int>(ses.pilf.buffers.size());
+  for (int k = 0; k < nbuf; ++k) {
+    const std::string suffix = ses.pilf.cfg.shared_buffer ? std::string() : "_l" + std::to_string(k);
+    header.push_back("buffer_size" + suffix);
+    header.push_back("prototypes" + suffix);
   }
   // timing.csv: where each step's time went (rank 0's view) and the bytes each MoE layer moved
   // between ranks (all ranks together): everything that depends on the rank count lives here, so
@@ -274,6 +279,16 @@ int run_train(Comm& comm, const RunConfig& cfg) {
                 ", " + std::to_string(cfg.steps) +
                 " steps of " + std::to_string(B) + " samples in " + std::to_string(cfg.shards) + " shard(s) on " +
                 std::to_string(par.P) + " rank(s) -> " + cfg.out);
+  if (cfg.model == "pilf") {
+    const std::vector<std::string> dev = profile_deviations(cfg);
+    std::string line = "pilf profile " + cfg.pilf_profile;
+    if (dev.empty()) line += " (docs/pilf.md)";
+    else {
+      line += "; explicit options win over it:";
+      for (size_t i = 0; i < dev.size(); ++i) line += (i ? ", " : " ") + dev[i];
+    }
+    progress.line(line);
+  }
   for (const std::string& n : notes) progress.line(n);
 
   auto run_eval_now = [&](int64_t step) {
@@ -371,10 +386,10 @@ int run_train(Comm& comm, const RunConfig& cfg) {
     for (int32_t n : model.expert_tokens()) metrics.add(static_cast<int64_t>(n));
     for (int l = 0; l < mc.layers && mc.is_moe(); ++l)
       metrics.add(static_cast<int64_t>(st.smk_mask.empty() ? 0u : st.smk_mask[static_cast<size_t>(l)]));
-    for (int l = 0; l < mc.layers && mc.memory_routing(); ++l) {
+    for (int k = 0; k < nbuf; ++k) {
       const bool have = !st.buffer_size.empty();
-      metrics.add(static_cast<int64_t>(have ? st.buffer_size[static_cast<size_t>(l)] : ses.pilf.buffers[static_cast<size_t>(l)].size()));
-      metrics.add(static_cast<int64_t>(have ? st.prototypes[static_cast<size_t>(l)] : ses.pilf.buffers[static_cast<size_t>(l)].active_prototypes()));
+      metrics.add(static_cast<int64_t>(have ? st.buffer_size[static_cast<size_t>(k)] : ses.pilf.buffers[static_cast<size_t>(k)].size()));
+      metrics.add(static_cast<int64_t>(have ? st.prototypes[static_cast<size_t>(k)] : ses.pilf.buffers[static_cast<size_t>(k)].active_prototypes()));
     }
     metrics.end_row();
     progress.step(step, st.loss, st.acc, static_cast<double>(N) / dt);

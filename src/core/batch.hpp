@@ -18,6 +18,10 @@ struct Batch {
   // The canonical shards these B samples belong to (src/core/parallel.hpp): each one's sample
   // count, in order, summing to B. Empty = one shard.
   std::vector<int> shard_samples;
+  // Which training step these samples belong to (keys dropout; -1 = an evaluation batch: no
+  // dropout) and the global index of sample 0 in the step's batch.
+  int64_t step = -1;
+  int64_t first = 0;
   void resize(int b, int t) {
     B = b;
     T = t;

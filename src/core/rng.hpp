@@ -14,6 +14,9 @@ enum class RngPurpose : uint32_t {
   HeldOut = 3,     // held-out evaluation samples (step = 0, index = held-out sample index)
   Routing = 4,     // routing / buffer decisions (experience-buffer replay)
   TestData = 5,    // unit tests
+  Dropout = 6,     // main-model dropout (step = training step, index = global sample x sites + site)
+  GatingDropout = 7,  // GatingTransformer dropout on the routing pass (as Dropout)
+  MetaDropout = 8,    // GatingTransformer dropout in meta-training (index = replay item x sites + site)
 };
 
 using Philox4x32Ctr = std::array<uint32_t, 4>;

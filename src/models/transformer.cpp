@@ -7,6 +7,7 @@
 
 #include "core/error.hpp"
 #include "core/rng.hpp"
+#include "nn/dropout.hpp"
 #include "nn/ops.hpp"
 
 namespace hyperrnn {
@@ -51,10 +52,11 @@ Transformer<T>::Transformer(const ModelConfig& cfg, int batch_capacity, int max_
   using TK = TensorKind;
   if (cfg.is_image()) {
     HYPERRNN_CHECK(cfg.image_h % cfg.patch == 0 && cfg.image_w % cfg.patch == 0 &&
-                   (cfg.image_h / cfg.patch) * (cfg.image_w / cfg.patch) == cfg.seq_len && !cfg.tie_embeddings,
-                   "image model: patch grid must equal seq_len, and the head cannot be tied");
+                   (cfg.image_h / cfg.patch) * (cfg.image_w / cfg.patch) == cfg.patches() && !cfg.tie_embeddings,
+                   "image model: patch grid (plus the class token) must equal seq_len, and the head cannot be tied");
     wte_ = table_.add("patch.weight", {C, static_cast<int64_t>(cfg.patch) * cfg.patch}, TK::Dense, true);
     patch_b_ = table_.add("patch.bias", {C}, TK::Dense, false);
+    if (cfg.cls_token) cls_ = table_.add("cls", {C}, TK::Dense, false);
   } else {
     wte_ = table_.add("wte", {V, C}, TK::Dense, true);
   }
@@ -102,6 +104,8 @@ Transformer<T>::Transformer(const ModelConfig& cfg, int batch_capacity, int max_
   lnf_w_ = table_.add("lnf.weight", {C}, TK::Dense, false);
   lnf_b_ = table_.add("lnf.bias", {C}, TK::Dense, false);
   head_w_ = cfg.tie_embeddings ? wte_ : table_.add("head.weight", {V, C}, TK::Dense, true);
+  if (cfg.is_image() && cfg.cls_token) head_b_ = table_.add("head.bias", {V}, TK::Dense, false);
+  HYPERRNN_CHECK(cfg.dropout >= 0.0 && cfg.dropout < 1.0, "dropout must be in [0, 1)");
   // this rank's buffers: replicated tensors and its own experts only; each layer's own experts stay
   // one block addressed as block + (e - first own) * stride
   table_.localize(par_->P > 1 ? par_->rank : -1);
@@ -122,12 +126,15 @@ Transformer<T>::Transformer(const ModelConfig& cfg, int batch_capacity, int max_
   // that then binds it; never reallocated in the step loop.
   Carver<T> count_f;
   Carver<int32_t> count_i;
-  bind_activations(count_f, count_i);
+  Carver<uint8_t> count_b;
+  bind_activations(count_f, count_i, count_b);
   arena_.assign(static_cast<size_t>(count_f.used()), T(0));
   iarena_.assign(static_cast<size_t>(count_i.used()), 0);
+  barena_.assign(static_cast<size_t>(count_b.used()), 0);
   Carver<T> f(arena_.data());
   Carver<int32_t> ip(iarena_.data());
-  bind_activations(f, ip);
+  Carver<uint8_t> bp(barena_.data());
+  bind_activations(f, ip, bp);
   if (cfg.is_moe()) expert_tokens_.assign(static_cast<size_t>(L) * E, 0);
   layer_rows_.assign(static_cast<size_t>(L), 0.0);
   entropies_.assign(static_cast<size_t>(Scap_), 0.0);
@@ -171,7 +178,16 @@ void Transformer<T>::ln_bwd(T* dinp, int w, int b, const T* dout, const T* inp, 
 }
 
 template <class T>
-void Transformer<T>::bind_activations(Carver<T>& f, Carver<int32_t>& ip) {
+void Transformer<T>::dropout_masks(uint8_t* keep, int site, int64_t per_sample) const {
+  const nn::DropoutKey key{seed_, RngPurpose::Dropout, static_cast<uint32_t>(batch_->step)};
+  const uint32_t thr = nn::dropout_threshold(cfg_.dropout);
+  const int sites = dropout_sites();
+  for (int b = 0; b < B_; ++b)
+    nn::dropout_mask(keep + b * per_sample, per_sample, key, static_cast<uint32_t>((batch_->first + b) * sites + site), thr);
+}
+
+template <class T>
+void Transformer<T>::bind_activations(Carver<T>& f, Carver<int32_t>& ip, Carver<uint8_t>& bp) {
   const int64_t V = cfg_.vocab, Tn = cfg_.seq_len, C = cfg_.d_model, F = cfg_.d_ff;
   const int64_t N = static_cast<int64_t>(Bcap_) * Tn, H = cfg_.heads, S = Scap_;
   const nn::MoeDims md = moe_dims(static_cast<int>(N));
@@ -183,6 +199,11 @@ void Transformer<T>::bind_activations(Carver<T>& f, Carver<int32_t>& ip) {
     Ly.ln2_out = take(N * C); Ly.ln2_mean = take(N); Ly.ln2_rstd = take(N);
     Ly.ffn_out = take(N * C); Ly.res_out = take(N * C);
     Ly.fc1_h = Ly.fc1_act = nullptr;
+    if (cfg_.dropout > 0.0) {
+      Ly.att_keep = bp.take(Bcap_ * H * Tn * Tn); Ly.att_drop = take(Bcap_ * H * Tn * Tn);
+      Ly.proj_keep = bp.take(N * C); Ly.ffn_keep = bp.take(N * C);
+      if (!cfg_.is_moe()) { Ly.hid_keep = bp.take(N * F); Ly.out_keep = bp.take(N * C); }
+    }
     if (cfg_.is_moe()) {
       Ly.moe = nn::moe_bind_cache<T>(f, ip, md);
       if (cfg_.memory_routing()) {
@@ -194,7 +215,11 @@ void Transformer<T>::bind_activations(Carver<T>& f, Carver<int32_t>& ip) {
       Ly.fc1_h = take(N * F); Ly.fc1_act = take(N * F);
     }
   }
-  patches_ = cfg_.is_image() ? take(N * cfg_.patch * cfg_.patch) : nullptr;
+  patches_ = cfg_.is_image() ? take(static_cast<int64_t>(Bcap_) * cfg_.patches() * cfg_.patch * cfg_.patch) : nullptr;
+  patch_emb_ = cfg_.is_image() && cfg_.cls_token ? take(static_cast<int64_t>(Bcap_) * cfg_.patches() * C) : nullptr;
+  emb_keep_ = cfg_.dropout > 0.0 ? bp.take(N * C) : nullptr;
+  dmask_ = cfg_.dropout > 0.0 ? take(N * C) : nullptr;
+  dq_ = cfg_.memory_routing() ? take(Bcap_ * C) : nullptr;
   x0_ = take(N * C); lnf_out_ = take(N * C); lnf_mean_ = take(N); lnf_rstd_ = take(N);
   hs_ = take(S * C); logits_ = take(S * V); probs_ = take(S * V); losses_ = take(S);
   dres_ = take(N * C); dln_ = take(N * C); datty_ = take(N * C); dqkv_ = take(N * 3 * C);
@@ -212,6 +237,7 @@ void Transformer<T>::bind_activations(Carver<T>& f, Carver<int32_t>& ip) {
 
 template <class T>
 void Transformer<T>::init(uint64_t seed) {
+  seed_ = seed;  // dropout masks are keyed by it
   // Matrices N(0, s^2 / (2 fan_in)) with s = init_scale (for a square matrix this is Xavier's
   // 1/(fan_in + fan_out)); embeddings N(0, embed_init_std^2), unit variance by default (as
   // torch.nn.Embedding); LayerNorm (1, 0); biases 0; Gaussian router mu ~ N(0, 1/C), so that x.mu
@@ -229,7 +255,7 @@ void Transformer<T>::init(uint64_t seed) {
     };
     double stdv = 0.0, fill = 0.0;
     if (ends_with("ln1.weight") || ends_with("ln2.weight") || n == "lnf.weight") fill = 1.0;
-    else if (ends_with(".bias") || ends_with("log_sigma")) fill = 0.0;
+    else if (ends_with(".bias") || ends_with("log_sigma") || n == "cls") fill = 0.0;  // cls: zeros, as the reference
     else if (ends_with("router.mu")) stdv = 1.0 / std::sqrt(static_cast<double>(cfg_.d_model));
     else if (n == "wpe" || n == "wte") stdv = cfg_.embed_init_std;
     else if (n == "patch.weight") stdv = cfg_.init_scale / std::sqrt(static_cast<double>(t.shape.back()));  // unit-scale tokens
@@ -292,20 +318,51 @@ double Transformer<T>::forward(const Batch& batch) {
       std::vector<T> img(batch.images.begin(), batch.images.begin() + static_cast<int64_t>(B_) * IH * IW);
       nn::image_to_patches<T>(patches_, img.data(), B_, IH, IW, P);
     }
-    lin_fwd(x0_, patches_, wte_, patch_b_, P * P, C);
     const T* wpe = p(wpe_);
-    for (int b = 0; b < B_; ++b)
-      for (int64_t i = 0; i < 1LL * Tn * C; ++i) x0_[1LL * b * Tn * C + i] += wpe[i];
+    if (!cfg_.cls_token) {
+      lin_fwd(x0_, patches_, wte_, patch_b_, P * P, C);
+      for (int b = 0; b < B_; ++b)
+        for (int64_t i = 0; i < 1LL * Tn * C; ++i) x0_[1LL * b * Tn * C + i] += wpe[i];
+    } else {  // [cls, patch_1 .. patch_P] + positions
+      const int Pn = cfg_.patches();
+      for (int s = 0; s < Sl; ++s) {
+        const int b0 = shard_b_[static_cast<size_t>(s)], nb = shard_b_[static_cast<size_t>(s) + 1] - b0;
+        if (nb > 0)
+          nn::linear_forward<T>(patch_emb_ + 1LL * b0 * Pn * C, patches_ + 1LL * b0 * Pn * P * P, p(wte_), p(patch_b_), nb * Pn,
+                                P * P, C);
+      }
+      const T* cls = p(cls_);
+      for (int b = 0; b < B_; ++b) {
+        T* x = x0_ + 1LL * b * Tn * C;
+        for (int i = 0; i < C; ++i) x[i] = cls[i] + wpe[i];
+        for (int64_t i = C; i < 1LL * Tn * C; ++i) x[i] = patch_emb_[1LL * b * Pn * C + i - C] + wpe[i];
+      }
+    }
   } else {
     nn::embedding_forward<T>(x0_, batch.tokens.data(), p(wte_), p(wpe_), B_, Tn, C);
+  }
+  // dropout (training only): masks per global sample and site
+  drop_ = cfg_.dropout > 0.0 && batch.step >= 0;
+  const T dscale = static_cast<T>(1.0 / (1.0 - cfg_.dropout));
+  const int64_t NC = 1LL * N * C;
+  if (drop_) {
+    dropout_masks(emb_keep_, 0, 1LL * Tn * C);
+    nn::dropout_forward<T>(x0_, x0_, emb_keep_, dscale, NC);
   }
   const T* res_in = x0_;
   for (size_t l = 0; l < layers_.size(); ++l) {
     Layer& Ly = layers_[l];
     nn::layernorm_forward<T>(Ly.ln1_out, Ly.ln1_mean, Ly.ln1_rstd, res_in, p(Ly.ln1_w), p(Ly.ln1_b), N, C);
     lin_fwd(Ly.qkv, Ly.ln1_out, Ly.qkv_w, Ly.qkv_b, C, 3 * C);
-    nn::attention_forward<T>(Ly.atty, Ly.att, Ly.qkv, B_, Tn, C, H, cfg_.causal);
+    const int site = 1 + 5 * static_cast<int>(l);  // this layer's dropout sites: site + 0 .. 4
+    nn::AttnDropout<T> ad{Ly.att_keep, dscale, Ly.att_drop};
+    if (drop_) dropout_masks(Ly.att_keep, site, 1LL * H * Tn * Tn);
+    nn::attention_forward<T>(Ly.atty, Ly.att, Ly.qkv, B_, Tn, C, H, cfg_.causal, drop_ ? &ad : nullptr);
     lin_fwd(Ly.attproj, Ly.atty, Ly.proj_w, Ly.proj_b, C, C);
+    if (drop_) {
+      dropout_masks(Ly.proj_keep, site + 1, 1LL * Tn * C);
+      nn::dropout_forward<T>(Ly.attproj, Ly.attproj, Ly.proj_keep, dscale, NC);
+    }
     nn::residual_forward<T>(Ly.res_mid, res_in, Ly.attproj, 1LL * N * C);
     nn::layernorm_forward<T>(Ly.ln2_out, Ly.ln2_mean, Ly.ln2_rstd, Ly.res_mid, p(Ly.ln2_w), p(Ly.ln2_b), N, C);
     if (cfg_.is_moe()) {
@@ -319,7 +376,9 @@ double Transformer<T>::forward(const Batch& batch) {
         const int64_t ls = 2LL * cfg_.experts * C;
         for (int s = 0; s < Sl; ++s) {  // per shard: the GatingTransformer's GEMMs have shard shapes
           const int b0 = shard_b_[static_cast<size_t>(s)], nb = shard_b_[static_cast<size_t>(s) + 1] - b0;
-          if (nb > 0) router_(static_cast<int>(l), b0, Ly.q + 1LL * b0 * C, nb, Ly.mu_ls + b0 * ls, Ly.k + b0);
+          if (nb > 0)
+            router_(static_cast<int>(l), b0, Ly.q + 1LL * b0 * C, nb, Ly.mu_ls + b0 * ls, Ly.k + b0,
+                    RouteKey{batch.step, batch.first + b0});
         }
         for (int b = 0; b < B_; ++b)
           HYPERRNN_CHECK(Ly.k[b] >= 1 && Ly.k[b] <= cfg_.top_k, "memory router: k outside [1, top_k]");
@@ -351,7 +410,19 @@ double Transformer<T>::forward(const Batch& batch) {
     } else {
       lin_fwd(Ly.fc1_h, Ly.ln2_out, Ly.fc1_w, Ly.fc1_b, C, F);
       nn::gelu_forward<T>(Ly.fc1_act, Ly.fc1_h, 1LL * N * F);
+      if (drop_) {  // the reference's dense MLP: Linear, GELU, Dropout, Linear, Dropout
+        dropout_masks(Ly.hid_keep, site + 3, 1LL * Tn * F);
+        nn::dropout_forward<T>(Ly.fc1_act, Ly.fc1_act, Ly.hid_keep, dscale, 1LL * N * F);
+      }
       lin_fwd(Ly.ffn_out, Ly.fc1_act, Ly.fc2_w, Ly.fc2_b, F, C);
+      if (drop_) {
+        dropout_masks(Ly.out_keep, site + 4, 1LL * Tn * C);
+        nn::dropout_forward<T>(Ly.ffn_out, Ly.ffn_out, Ly.out_keep, dscale, NC);
+      }
+    }
+    if (drop_) {  // the block's dropout on the feed-forward branch
+      dropout_masks(Ly.ffn_keep, site + 2, 1LL * Tn * C);
+      nn::dropout_forward<T>(Ly.ffn_out, Ly.ffn_out, Ly.ffn_keep, dscale, NC);
     }
     nn::residual_forward<T>(Ly.res_out, Ly.res_mid, Ly.ffn_out, 1LL * N * C);
     res_in = Ly.res_out;
@@ -380,14 +451,17 @@ double Transformer<T>::forward(const Batch& batch) {
       HYPERRNN_CHECK(scored_rows_[s] == s * Tn, "image batch: exactly one label per sample, at t = 0");
     }
     HYPERRNN_CHECK(S == B_, "image batch: every sample needs a label");
+  }
+  if (cfg_.is_image() && !cfg_.cls_token) {
     nn::meanpool_forward<T>(hs_, lnf_out_, B_, Tn, C);
-  } else {
+  } else {  // token models: the scored positions; class token: position 0 of each sample
     for (int s = 0; s < S; ++s)
       for (int i = 0; i < C; ++i) hs_[1LL * s * C + i] = lnf_out_[1LL * scored_rows_[s] * C + i];
   }
   for (int sh = 0; sh < Sl; ++sh) {
     const int r0 = shard_scored_[static_cast<size_t>(sh)], n = shard_scored_[static_cast<size_t>(sh) + 1] - r0;
-    if (n > 0) nn::linear_forward<T>(logits_ + 1LL * r0 * V, hs_ + 1LL * r0 * C, p(head_w_), nullptr, n, C, V);
+    if (n > 0)
+      nn::linear_forward<T>(logits_ + 1LL * r0 * V, hs_ + 1LL * r0 * C, p(head_w_), head_b_ >= 0 ? p(head_b_) : nullptr, n, C, V);
   }
   const bool masked = batch.class_hi > 0 && (batch.class_lo > 0 || batch.class_hi < V);
   if (masked) {  // outputs outside [lo, hi) take no part: logit -inf, probability exactly 0
@@ -457,11 +531,11 @@ void Transformer<T>::backward() {
   for (int sh = 0; sh < Sl; ++sh) {
     const int r0 = shard_scored_[static_cast<size_t>(sh)], n = shard_scored_[static_cast<size_t>(sh) + 1] - r0;
     if (n > 0)
-      nn::linear_backward<T>(dhs_ + 1LL * r0 * C, gs(head_w_, sh), nullptr, dlogits_ + 1LL * r0 * V, hs_ + 1LL * r0 * C,
-                             p(head_w_), n, C, V);
+      nn::linear_backward<T>(dhs_ + 1LL * r0 * C, gs(head_w_, sh), head_b_ >= 0 ? gs(head_b_, sh) : nullptr,
+                             dlogits_ + 1LL * r0 * V, hs_ + 1LL * r0 * C, p(head_w_), n, C, V);
   }
   std::fill(dln_, dln_ + 1LL * N * C, T(0));
-  if (cfg_.is_image()) {
+  if (cfg_.is_image() && !cfg_.cls_token) {
     nn::meanpool_backward<T>(dln_, dhs_, B_, Tn, C);
   } else {
     for (int s = 0; s < S; ++s)
@@ -473,7 +547,15 @@ void Transformer<T>::backward() {
   for (int l = static_cast<int>(layers_.size()) - 1; l >= 0; --l) {
     Layer& Ly = layers_[static_cast<size_t>(l)];
     const T* res_in = l == 0 ? x0_ : layers_[static_cast<size_t>(l - 1)].res_out;
-    // res_out = res_mid + ffn_out: both receive dres unchanged.
+    // res_out = res_mid + ffn_out: both receive dres unchanged (the branch through its dropout).
+    const T dscale = static_cast<T>(1.0 / (1.0 - cfg_.dropout));
+    const int64_t NC = 1LL * N * C;
+    const T* dffn = dres_;
+    if (drop_) {
+      nn::dropout_backward<T>(dmask_, dres_, Ly.ffn_keep, dscale, NC);
+      if (!cfg_.is_moe()) nn::dropout_backward<T>(dmask_, dmask_, Ly.out_keep, dscale, NC);
+      dffn = dmask_;
+    }
     if (cfg_.is_moe()) {
       if (cfg_.memory_routing()) std::fill(Ly.dmu_ls, Ly.dmu_ls + routing_grad_size(), T(0));
       nn::MoeDims md = moe_dims(N);
@@ -482,7 +564,7 @@ void Transformer<T>::backward() {
       if (cfg_.memory_routing()) md.sample_k = Ly.k;
       const nn::MoeCache<T>& c = Ly.moe;
       nn::MoeScratch<T>& sc = moe_scratch_;
-      nn::moe_combine_backward<T>(sc.dys, sc.dgates, dres_, c, md);
+      nn::moe_combine_backward<T>(sc.dys, sc.dgates, dffn, c, md);
       // router gradients: per shard for the replicated router tensors, per sample set for pilf
       router_grads_.resize(static_cast<size_t>(Sl));
       for (int sh = 0; sh < Sl; ++sh) {
@@ -510,21 +592,53 @@ void Transformer<T>::backward() {
         X.give_back(own_dxs_.data(), sc.dxs, C, par);
       }
       nn::moe_scatter_add<T>(dln_, sc.dxs, c, md);
+      if (cfg_.memory_routing() && router_backward_) {
+        // the routing gradient through the router into each sample's q = mean of its tokens
+        for (int sh = 0; sh < Sl; ++sh) {
+          const int b0 = shard_b_[static_cast<size_t>(sh)], nb = shard_b_[static_cast<size_t>(sh) + 1] - b0;
+          if (nb == 0) continue;
+          router_backward_(l, b0, nb, Ly.dmu_ls + 2LL * b0 * cfg_.experts * C, dq_);
+          nn::meanpool_backward<T>(dln_ + 1LL * b0 * Tn * C, dq_, nb, Tn, C);
+        }
+      }
     } else {
-      lin_bwd(dact_, Ly.fc2_w, Ly.fc2_b, dres_, Ly.fc1_act, F, C);
+      lin_bwd(dact_, Ly.fc2_w, Ly.fc2_b, dffn, Ly.fc1_act, F, C);
+      if (drop_) nn::dropout_backward<T>(dact_, dact_, Ly.hid_keep, dscale, 1LL * N * F);
       nn::gelu_backward<T>(dh_, dact_, Ly.fc1_h, 1LL * N * F);
       lin_bwd(dln_, Ly.fc1_w, Ly.fc1_b, dh_, Ly.ln2_out, C, F);
     }
     ln_bwd(dres_, Ly.ln2_w, Ly.ln2_b, dln_, Ly.res_mid, Ly.ln2_mean, Ly.ln2_rstd);
-    // res_mid = res_in + attproj
-    lin_bwd(datty_, Ly.proj_w, Ly.proj_b, dres_, Ly.atty, C, C);
-    nn::attention_backward<T>(dqkv_, datt_, datty_, Ly.qkv, Ly.att, B_, Tn, C, H, cfg_.causal);
+    // res_mid = res_in + attproj (through its dropout)
+    const T* dproj = dres_;
+    if (drop_) {
+      nn::dropout_backward<T>(dmask_, dres_, Ly.proj_keep, dscale, NC);
+      dproj = dmask_;
+    }
+    lin_bwd(datty_, Ly.proj_w, Ly.proj_b, dproj, Ly.atty, C, C);
+    nn::AttnDropout<T> ad{Ly.att_keep, dscale, Ly.att_drop};
+    nn::attention_backward<T>(dqkv_, datt_, datty_, Ly.qkv, Ly.att, B_, Tn, C, H, cfg_.causal, drop_ ? &ad : nullptr);
     lin_bwd(dln_, Ly.qkv_w, Ly.qkv_b, dqkv_, Ly.ln1_out, C, 3 * C);
     ln_bwd(dres_, Ly.ln1_w, Ly.ln1_b, dln_, res_in, Ly.ln1_mean, Ly.ln1_rstd);
   }
+  if (drop_) nn::dropout_backward<T>(dres_, dres_, emb_keep_, static_cast<T>(1.0 / (1.0 - cfg_.dropout)), 1LL * N * C);
   if (cfg_.is_image()) {
     const int P = cfg_.patch;
-    lin_bwd(static_cast<T*>(nullptr), wte_, patch_b_, dres_, patches_, P * P, C);
+    if (!cfg_.cls_token) {
+      lin_bwd(static_cast<T*>(nullptr), wte_, patch_b_, dres_, patches_, P * P, C);
+    } else {
+      const int Pn = cfg_.patches();
+      for (int b = 0; b < B_; ++b)  // the patch positions' gradient, contiguous (the forward's patch_emb is free now)
+        std::copy(dres_ + (1LL * b * Tn + 1) * C, dres_ + (1LL * b + 1) * Tn * C, patch_emb_ + 1LL * b * Pn * C);
+      for (int sh = 0; sh < Sl; ++sh) {
+        const int b0 = shard_b_[static_cast<size_t>(sh)], nb = shard_b_[static_cast<size_t>(sh) + 1] - b0;
+        if (nb == 0) continue;
+        nn::linear_backward<T>(nullptr, gs(wte_, sh), gs(patch_b_, sh), patch_emb_ + 1LL * b0 * Pn * C,
+                               patches_ + 1LL * b0 * Pn * P * P, p(wte_), nb * Pn, P * P, C);
+        T* dcls = gs(cls_, sh);
+        for (int b = b0; b < b0 + nb; ++b)
+          for (int i = 0; i < C; ++i) dcls[i] += dres_[1LL * b * Tn * C + i];
+      }
+    }
     for (int sh = 0; sh < Sl; ++sh) {
       T* dwpe = gs(wpe_, sh);
       for (int b = shard_b_[static_cast<size_t>(sh)]; b < shard_b_[static_cast<size_t>(sh) + 1]; ++b)
@@ -594,7 +708,7 @@ double Transformer<T>::step_flops() const {
     }
   }
   fwd += 2.0 * scored_global_ * C * cfg_.vocab;  // head on scored rows
-  if (cfg_.is_image()) fwd += 2.0 * N * cfg_.patch * cfg_.patch * C;  // patch embedding
+  if (cfg_.is_image()) fwd += 2.0 * samples_global_ * cfg_.patches() * cfg_.patch * cfg_.patch * C;  // patch embedding
   return 3.0 * fwd;
 }
 

@@ -45,7 +45,17 @@ struct ModelConfig {
   // embedded by a linear map; non-causal attention; the head reads the mean over the patch tokens
   // and predicts one class per sample (the batch's label sits at target position 0).
   int image_h = 0, image_w = 0, patch = 0;  // patch 0 = token input
+  // Image input with a class token (the reference ViT): a learned token (zeros at start) before the
+  // patches, position 0 of the sequence (seq_len = patches + 1); the head reads its final state and
+  // has a bias. Without it the head reads the mean over the tokens and has no bias.
+  bool cls_token = false;
+  // torch.nn.Dropout probability at the reference ViT's sites, in training only (forward on a batch
+  // whose step >= 0): the embedding output, the attention probabilities, the attention and
+  // feed-forward residual branches, and in the dense FFN its hidden activation and its output.
+  // Masks come from the counter RNG keyed by (seed, Dropout, step, global sample x sites + site).
+  double dropout = 0.0;
   bool is_image() const { return patch > 0; }
+  int patches() const { return is_image() ? seq_len - (cls_token ? 1 : 0) : 0; }
   bool is_moe() const { return kind != ModelKind::Dense; }
   bool memory_routing() const { return kind == ModelKind::Pilf; }
 };
@@ -79,12 +89,23 @@ class Transformer {
   // Memory-Gaussian routing (model pilf): called per MoE layer and shard in forward with the
   // shard's samples' mean layer inputs q (B,C), B samples from local sample `first`; writes mu_ls
   // (B,2,E,C), every expert's mu then log_sigma, and may lower each sample's k (B, preset to top_k;
-  // dynamic top-k) to any value in [1, top_k]. The
-  // routing distribution is data to the task loss (stop-gradient): backward leaves its gradient
-  // in routing_grad(layer) and sends nothing further (the GatingTransformer learns by
-  // meta-training only).
-  using MemoryRouter = std::function<void(int layer, int first, const T* q, int B, T* mu_ls, int32_t* k)>;
+  // dynamic top-k) to any value in [1, top_k]. Backward leaves the task loss's gradient at the
+  // routing distribution in routing_grad(layer); it goes further (to q) only through
+  // set_memory_router_backward.
+  // key: the batch's training step (-1: evaluation) and the global index of the call's first sample
+  // (dropout masks of the router are keyed by them).
+  struct RouteKey {
+    int64_t step = -1;
+    int64_t global_first = 0;
+  };
+  using MemoryRouter = std::function<void(int layer, int first, const T* q, int B, T* mu_ls, int32_t* k, const RouteKey& key)>;
   void set_memory_router(MemoryRouter r) { router_ = std::move(r); }
+  // Optional (the reference's q is not detached): called per MoE layer and shard in backward with
+  // the routing gradient of the shard's B samples from local sample `first`; writes dq (B,C), the
+  // gradient that reaches each sample's q through the router, which backward adds to the layer
+  // input (q is the mean over the sample's tokens). Unset: the routing distribution is data.
+  using MemoryRouterBackward = std::function<void(int layer, int first, int B, const T* dmu_ls, T* dq)>;
+  void set_memory_router_backward(MemoryRouterBackward r) { router_backward_ = std::move(r); }
   const T* routing_grad(int layer) const { return layers_[static_cast<size_t>(layer)].dmu_ls; }  // (B,2,E,C)
   int64_t routing_grad_size() const { return static_cast<int64_t>(B_) * 2 * cfg_.experts * cfg_.d_model; }
 
@@ -123,9 +144,15 @@ class Transformer {
     nn::MoeCache<T> moe{};
     T *q = nullptr, *mu_ls = nullptr, *dmu_ls = nullptr;  // pilf: (B,C) (B,2,E,C) (B,2,E,C)
     int32_t* k = nullptr;                                 // pilf: (B) experts per token of each sample
+    // dropout (training, cfg.dropout > 0): keep masks and the dropped attention probabilities
+    uint8_t *att_keep = nullptr, *proj_keep = nullptr, *ffn_keep = nullptr, *hid_keep = nullptr, *out_keep = nullptr;
+    T* att_drop = nullptr;  // (B,H,T,T)
   };
   // The activation layout: every buffer below, carved in one fixed order (counted, then bound).
-  void bind_activations(Carver<T>& f, Carver<int32_t>& ip);
+  void bind_activations(Carver<T>& f, Carver<int32_t>& ip, Carver<uint8_t>& bp);
+  // Dropout masks of this rank's samples for one site: keep (B, per_sample), keyed by global sample.
+  void dropout_masks(uint8_t* keep, int site, int64_t per_sample) const;
+  int dropout_sites() const { return 1 + 5 * cfg_.layers; }
   T* p(int tensor) { return params.data() + table_[tensor].offset; }
   T* g(int tensor) { return grads.data() + table_[tensor].offset; }
   // Gradient of a tensor for local shard s: replicated tensors accumulate per shard (summed over
@@ -162,8 +189,15 @@ class Transformer {
   std::vector<double> layer_rows_;  // (layers) active expert rows of the global batch
   ParamTable table_;
   int wte_, wpe_, lnf_w_, lnf_b_, head_w_;  // head_w_ == wte_ when tied; image: wte_ = patch weight
-  int patch_b_ = -1;
+  int patch_b_ = -1, cls_ = -1, head_b_ = -1;  // image: patch bias; class token and head bias (cls_token)
   T* patches_ = nullptr;  // image: (B,P,p*p)
+  T* patch_emb_ = nullptr;  // image with class token: (B,P,C) the patch projections
+  std::vector<uint8_t> barena_;
+  uint8_t* emb_keep_ = nullptr;  // dropout on the embedding output (B,T,C)
+  T* dmask_ = nullptr;           // dropout backward scratch (B,T,C)
+  T* dq_ = nullptr;              // pilf with routing backward: (B,C)
+  bool drop_ = false;            // the last forward applied dropout
+  uint64_t seed_ = 0;
   std::vector<Layer> layers_;
   std::vector<T> arena_;
   std::vector<int32_t> iarena_;
@@ -181,6 +215,7 @@ class Transformer {
   double accuracy_ = 0.0, correct_ = 0.0;
   std::vector<int32_t> expert_tokens_;
   MemoryRouter router_;
+  MemoryRouterBackward router_backward_;
 };
 
 }  // namespace hyperrnn

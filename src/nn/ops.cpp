@@ -7,6 +7,7 @@
 #include <numbers>
 
 #include "core/blas.hpp"
+#include "nn/dropout.hpp"
 #include "nn/elementwise_math.hpp"
 
 namespace hyperrnn::nn {
@@ -73,11 +74,15 @@ void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* i
     T* dx = dinp + static_cast<int64_t>(n) * C;
     for (int i = 0; i < C; ++i) {
       const double xhat = (x[i] - mean[n]) * rstd[n];
-      dbias[i] += d[i];
-      dweight[i] += static_cast<T>(xhat * d[i]);
       const double dn = static_cast<double>(weight[i]) * d[i];
       dx[i] += static_cast<T>(rstd[n] * (dn - mdn - xhat * mdnx));
     }
+    if (dweight)  // parameter gradients wanted (both or neither)
+      for (int i = 0; i < C; ++i) {
+        const double xhat = (x[i] - mean[n]) * rstd[n];
+        dbias[i] += d[i];
+        dweight[i] += static_cast<T>(xhat * d[i]);
+      }
   }
 }
 
@@ -94,7 +99,7 @@ template <class T>
 void linear_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight,
                      int N, int IC, int OC) {
   if (dinp) gemm<T>(false, false, N, IC, OC, T(1), dout, OC, weight, IC, T(0), dinp, IC);
-  gemm<T>(true, false, OC, IC, N, T(1), dout, OC, inp, IC, T(1), dweight, IC);
+  if (dweight) gemm<T>(true, false, OC, IC, N, T(1), dout, OC, inp, IC, T(1), dweight, IC);
   if (dbias)
     for (int n = 0; n < N; ++n)
       for (int o = 0; o < OC; ++o) dbias[o] += dout[static_cast<int64_t>(n) * OC + o];
@@ -128,7 +133,7 @@ void residual_forward(T* out, const T* a, const T* b, int64_t n) {
 }
 
 template <class T>
-void attention_forward(T* out, T* att, const T* qkv, int B, int Tn, int C, int H, bool causal) {
+void attention_forward(T* out, T* att, const T* qkv, int B, int Tn, int C, int H, bool causal, const AttnDropout<T>* drop) {
   const int hs = C / H;
   const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(hs)));
   const int ld = 3 * C;
@@ -151,14 +156,20 @@ void attention_forward(T* out, T* att, const T* qkv, int B, int Tn, int C, int H
         for (int j = 0; j < jmax; ++j) row[j] *= inv;
         for (int j = jmax; j < Tn; ++j) row[j] = T(0);
       }
-      gemm<T>(false, false, Tn, hs, Tn, T(1), p, Tn, v, ld, T(0),
+      const T* pv = p;
+      if (drop) {
+        const int64_t o = (static_cast<int64_t>(b) * H + h) * Tn * Tn;
+        dropout_forward<T>(drop->att + o, p, drop->keep + o, drop->scale, static_cast<int64_t>(Tn) * Tn);
+        pv = drop->att + o;
+      }
+      gemm<T>(false, false, Tn, hs, Tn, T(1), pv, Tn, v, ld, T(0),
               out + static_cast<int64_t>(b) * Tn * C + h * hs, C);
     }
 }
 
 template <class T>
 void attention_backward(T* dqkv, T* datt, const T* dout, const T* qkv, const T* att, int B, int Tn,
-                        int C, int H, bool causal) {
+                        int C, int H, bool causal, const AttnDropout<T>* drop) {
   const int hs = C / H;
   const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(hs)));
   const int ld = 3 * C;
@@ -174,8 +185,10 @@ void attention_backward(T* dqkv, T* datt, const T* dout, const T* qkv, const T* 
       const T* p = att + (static_cast<int64_t>(b) * H + h) * Tn * Tn;
       T* dp = datt + (static_cast<int64_t>(b) * H + h) * Tn * Tn;
       const T* d = dout + static_cast<int64_t>(b) * Tn * C + h * hs;
+      const int64_t o = (static_cast<int64_t>(b) * H + h) * Tn * Tn;
       gemm<T>(false, true, Tn, Tn, hs, T(1), d, C, v, ld, T(0), dp, Tn);   // dP = dO V^T
-      gemm<T>(true, false, Tn, hs, Tn, T(1), p, Tn, d, C, T(0), dv, ld);   // dV = P^T dO
+      gemm<T>(true, false, Tn, hs, Tn, T(1), drop ? drop->att + o : p, Tn, d, C, T(0), dv, ld);   // dV = P^T dO
+      if (drop) dropout_backward<T>(dp, dp, drop->keep + o, drop->scale, static_cast<int64_t>(Tn) * Tn);
       for (int i = 0; i < Tn; ++i) {  // softmax backward, in place: dZ = P (dP - rowsum(P dP))
         const T* pr = p + static_cast<int64_t>(i) * Tn;
         T* dr = dp + static_cast<int64_t>(i) * Tn;
@@ -212,9 +225,9 @@ double crossentropy_forward(T* losses, T* probs, const T* logits, const int32_t*
 
 template <class T>
 double row_entropy(const T* p, int V) {
-  double h = 0.0;
+  double h = 0.0;  // the reference's PICalculator: -sum p log(p + 1e-9)
   for (int v = 0; v < V; ++v)
-    if (p[v] > T(0)) h -= static_cast<double>(p[v]) * std::log(static_cast<double>(p[v]));
+    if (p[v] > T(0)) h -= static_cast<double>(p[v]) * std::log(static_cast<double>(p[v]) + 1e-9);
   return h;
 }
 
@@ -355,7 +368,8 @@ void meanpool_backward(T* dinp, const T* dout, int B, int Tn, int C) {
 
 
 template <class T>
-void cross_attention_forward(T* out, T* att, const T* q, const T* kv, int B, int Tq, int Tk, int C, int H) {
+void cross_attention_forward(T* out, T* att, const T* q, const T* kv, int B, int Tq, int Tk, int C, int H,
+                             const AttnDropout<T>* drop) {
   const int hs = C / H;
   const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(hs)));
   for (int b = 0; b < B; ++b)
@@ -377,13 +391,19 @@ void cross_attention_forward(T* out, T* att, const T* q, const T* kv, int B, int
         const T inv = static_cast<T>(1.0 / s);
         for (int j = 0; j < Tk; ++j) row[j] *= inv;
       }
-      gemm<T>(false, false, Tq, hs, Tk, T(1), p, Tk, v, 2 * C, T(0), out + static_cast<int64_t>(b) * Tq * C + h * hs, C);
+      const T* pv = p;
+      if (drop) {
+        const int64_t o = (static_cast<int64_t>(b) * H + h) * Tq * Tk;
+        dropout_forward<T>(drop->att + o, p, drop->keep + o, drop->scale, static_cast<int64_t>(Tq) * Tk);
+        pv = drop->att + o;
+      }
+      gemm<T>(false, false, Tq, hs, Tk, T(1), pv, Tk, v, 2 * C, T(0), out + static_cast<int64_t>(b) * Tq * C + h * hs, C);
     }
 }
 
 template <class T>
 void cross_attention_backward(T* dq, T* dkv, T* datt, const T* dout, const T* q, const T* kv, const T* att, int B,
-                              int Tq, int Tk, int C, int H) {
+                              int Tq, int Tk, int C, int H, const AttnDropout<T>* drop) {
   const int hs = C / H;
   const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(hs)));
   for (int b = 0; b < B; ++b)
@@ -397,8 +417,10 @@ void cross_attention_backward(T* dq, T* dkv, T* datt, const T* dout, const T* q,
       const T* p = att + (static_cast<int64_t>(b) * H + h) * Tq * Tk;
       T* dp = datt + (static_cast<int64_t>(b) * H + h) * Tq * Tk;
       const T* d = dout + qo;
+      const int64_t o = (static_cast<int64_t>(b) * H + h) * Tq * Tk;
       gemm<T>(false, true, Tq, Tk, hs, T(1), d, C, v, 2 * C, T(0), dp, Tk);   // dP = dO V^T
-      gemm<T>(true, false, Tk, hs, Tq, T(1), p, Tk, d, C, T(0), dv, 2 * C);   // dV = P^T dO
+      gemm<T>(true, false, Tk, hs, Tq, T(1), drop ? drop->att + o : p, Tk, d, C, T(0), dv, 2 * C);   // dV = P^T dO
+      if (drop) dropout_backward<T>(dp, dp, drop->keep + o, drop->scale, static_cast<int64_t>(Tq) * Tk);
       for (int i = 0; i < Tq; ++i) {
         const T* pr = p + static_cast<int64_t>(i) * Tk;
         T* dr = dp + static_cast<int64_t>(i) * Tk;
@@ -432,9 +454,9 @@ void relu_backward(T* dinp, const T* dout, const T* inp, int64_t n) {
   template void gelu_forward<T>(T*, const T*, int64_t);                                           \
   template void gelu_backward<T>(T*, const T*, const T*, int64_t);                                \
   template void residual_forward<T>(T*, const T*, const T*, int64_t);                             \
-  template void attention_forward<T>(T*, T*, const T*, int, int, int, int, bool);                 \
+  template void attention_forward<T>(T*, T*, const T*, int, int, int, int, bool, const AttnDropout<T>*); \
   template void attention_backward<T>(T*, T*, const T*, const T*, const T*, int, int, int, int,   \
-                                      bool);                                                      \
+                                      bool, const AttnDropout<T>*);                               \
   template double crossentropy_forward<T>(T*, T*, const T*, const int32_t*, int, int);            \
   template void crossentropy_backward<T>(T*, const T*, const int32_t*, T, int, int);              \
   template double row_entropy<T>(const T*, int);                                                   \
@@ -447,9 +469,10 @@ void relu_backward(T* dinp, const T* dout, const T* inp, int64_t n) {
   template void image_to_patches<T>(T*, const T*, int, int, int, int);                             \
   template void meanpool_forward<T>(T*, const T*, int, int, int);                                  \
   template void meanpool_backward<T>(T*, const T*, int, int, int);                                 \
-  template void cross_attention_forward<T>(T*, T*, const T*, const T*, int, int, int, int, int);  \
+  template void cross_attention_forward<T>(T*, T*, const T*, const T*, int, int, int, int, int,    \
+                                           const AttnDropout<T>*);                               \
   template void cross_attention_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*,   \
-                                            int, int, int, int, int);                            \
+                                            int, int, int, int, int, const AttnDropout<T>*);     \
   template void relu_forward<T>(T*, const T*, int64_t);                                             \
   template void relu_backward<T>(T*, const T*, const T*, int64_t);
 

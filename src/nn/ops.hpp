@@ -32,7 +32,8 @@ void layernorm_forward(T* out, T* mean, T* rstd,  // (N,C) (N) (N)
                        const T* inp,               // (N,C)
                        const T* weight, const T* bias,  // (C) (C)
                        int N, int C);
-// dinp ACCUMULATES: the input of every layernorm here is the residual stream.
+// dinp ACCUMULATES: the input of every layernorm here is the residual stream. dweight and dbias
+// may both be null (parameter gradients not needed).
 template <class T>
 void layernorm_backward(T* dinp, T* dweight, T* dbias,  // (N,C) (C) (C), all accumulate
                         const T* dout, const T* inp,     // (N,C) (N,C)
@@ -45,7 +46,7 @@ void linear_forward(T* out,                          // (N,OC)
                     const T* inp,                    // (N,IC)
                     const T* weight, const T* bias,  // (OC,IC) (OC)
                     int N, int IC, int OC);
-// dinp assigned (may be null: not needed); dweight, dbias accumulate (dbias may be null).
+// dinp assigned; dweight, dbias accumulate; each may be null (not needed).
 template <class T>
 void linear_backward(T* dinp, T* dweight, T* dbias,  // (N,IC) (OC,IC) (OC)
                      const T* dout, const T* inp,     // (N,OC) (N,IC)
@@ -61,18 +62,28 @@ void gelu_backward(T* dinp, const T* dout, const T* inp, int64_t n);  // dinp as
 template <class T>
 void residual_forward(T* out, const T* a, const T* b, int64_t n);  // out = a + b
 
+// Dropout on attention probabilities (torch.nn.MultiheadAttention's dropout): the output uses
+// att * keep * scale, cached in `att` of this struct; the softmax probabilities stay in the op's own
+// att cache for the backward.
+template <class T>
+struct AttnDropout {
+  const uint8_t* keep = nullptr;  // (B,H,Tq,Tk)
+  T scale = T(1);                 // 1 / (1 - p)
+  T* att = nullptr;               // (B,H,Tq,Tk) the dropped probabilities (cache)
+};
+
 // Multi-head self-attention core on packed q|k|v. att caches the softmax probabilities.
 template <class T>
 void attention_forward(T* out,        // (B,T,C)
                        T* att,        // (B,H,T,T)
                        const T* qkv,  // (B,T,3C): q = [0,C), k = [C,2C), v = [2C,3C)
-                       int B, int Tn, int C, int H, bool causal);
+                       int B, int Tn, int C, int H, bool causal, const AttnDropout<T>* drop = nullptr);
 template <class T>
 void attention_backward(T* dqkv,      // (B,T,3C) assigned
                         T* datt,      // (B,H,T,T) scratch
                         const T* dout,  // (B,T,C)
                         const T* qkv, const T* att,
-                        int B, int Tn, int C, int H, bool causal);
+                        int B, int Tn, int C, int H, bool causal, const AttnDropout<T>* drop = nullptr);
 
 // Softmax cross-entropy over rows that are all scored (the caller gathers scored positions).
 // Returns the sum of the row losses (double accumulation).
@@ -81,8 +92,9 @@ double crossentropy_forward(T* losses, T* probs,  // (N) (N,V)
                             const T* logits,      // (N,V)
                             const int32_t* targets,  // (N), each in [0,V)
                             int N, int V);
-// Shannon entropy -sum p log p of one probability row (p = 0 adds 0), in double (PILF's tau is
-// its mean over the scored output rows: Transformer::mean_entropy).
+// Shannon entropy of one probability row as the reference's PICalculator computes it,
+// -sum p log(p + 1e-9) (p = 0 adds 0), in double (PILF's tau is its mean over the scored output
+// rows: Transformer::mean_entropy).
 template <class T>
 double row_entropy(const T* p, int V);
 
@@ -149,14 +161,14 @@ void cross_attention_forward(T* out,        // (B,Tq,C)
                              T* att,        // (B,H,Tq,Tk) softmax probabilities, cached
                              const T* q,    // (B,Tq,C)
                              const T* kv,   // (B,Tk,2C): k = [0,C), v = [C,2C)
-                             int B, int Tq, int Tk, int C, int H);
+                             int B, int Tq, int Tk, int C, int H, const AttnDropout<T>* drop = nullptr);
 template <class T>
 void cross_attention_backward(T* dq,          // (B,Tq,C) assigned
                               T* dkv,         // (B,Tk,2C) assigned
                               T* datt,        // (B,H,Tq,Tk) scratch
                               const T* dout,  // (B,Tq,C)
                               const T* q, const T* kv, const T* att,
-                              int B, int Tq, int Tk, int C, int H);
+                              int B, int Tq, int Tk, int C, int H, const AttnDropout<T>* drop = nullptr);
 
 // ReLU (the GatingTransformer's FFN activation, as torch.nn.TransformerDecoderLayer).
 template <class T>

@@ -7,9 +7,14 @@ namespace hyperrnn::pilf {
 
 double predictive_integrity(const PiInputs& in, const PiConfig& cfg) {
   const double normalised_error = in.epsilon / (in.tau + 1e-9);
-  const double cost = cfg.form == PiForm::Published
-                          ? (1.0 - cfg.gamma) * normalised_error + cfg.gamma * in.surprise
-                          : normalised_error + (1.0 - cfg.gamma) * in.expert_surprise + cfg.gamma * in.gating_surprise;
+  double cost = 0.0;
+  switch (cfg.form) {
+    case PiForm::Published: cost = (1.0 - cfg.gamma) * normalised_error + cfg.gamma * in.surprise; break;
+    case PiForm::ReferenceCode:
+      cost = normalised_error + (1.0 - cfg.gamma) * in.expert_surprise + cfg.gamma * in.gating_surprise;
+      break;
+    case PiForm::ReferenceLoop: cost = normalised_error + in.surprise; break;
+  }
   return std::exp(-cfg.alpha * cost);
 }
 

@@ -12,7 +12,10 @@ namespace hyperrnn::pilf {
 
 enum class PiForm {
   Published,      // PI = exp(-alpha ((1-gamma) eps/tau + gamma surprise))
-  ReferenceCode,  // PI = exp(-alpha (eps/tau + (1-gamma) expert_surprise + gamma gating_surprise))
+  ReferenceCode,  // PI = exp(-alpha (eps/tau + (1-gamma) expert_surprise + gamma gating_surprise)):
+                  // the reference's PICalculator given gradients by group (a dict)
+  ReferenceLoop,  // PI = exp(-alpha (eps/tau + surprise)), gamma unused: the same PICalculator as
+                  // the PILF-2 loop calls it, with one list of gradients
 };
 
 struct PiConfig {

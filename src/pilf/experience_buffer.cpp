@@ -87,20 +87,36 @@ int ExperienceBuffer::add(const float* q, const uint8_t* action, const double* p
       ++j;  // the i-th highest candidate is compared with the j-th lowest stored item
     }
   }
-  // 5. evict, write, and update prototype running means
+  // 5. evict, write, and update the prototypes' running means, in the reference's order: every
+  //    evicted item leaves its prototype first, every new item then joins its own, and a prototype
+  //    that gained n items is (mean * (count - n) + sum of their q) / count with its final count
+  //    (its mean still holding the evicted items': the reference's approximation, kept).
   for (const auto& [slot, i] : writes) {
     const int old = proto_of_[static_cast<size_t>(slot)];
     if (slot < size_ && old >= 0) --proto_count_[static_cast<size_t>(old)];
+  }
+  std::vector<int> gained(static_cast<size_t>(cap_), 0);
+  std::vector<double> qsum;
+  for (const auto& [slot, i] : writes) {
     const int c = cand[static_cast<size_t>(i)], p = proto[static_cast<size_t>(i)];
     std::copy_n(q + static_cast<size_t>(c) * dim_, dim_, q_.begin() + static_cast<std::ptrdiff_t>(slot) * dim_);
     std::copy_n(action + static_cast<size_t>(c) * experts_, experts_, act_.begin() + static_cast<std::ptrdiff_t>(slot) * experts_);
     prio_[static_cast<size_t>(slot)] = prio_of(c);
     proto_of_[static_cast<size_t>(slot)] = p;
-    const int n = std::max(proto_count_[static_cast<size_t>(p)], 0);
+    ++proto_count_[static_cast<size_t>(p)];
+    ++gained[static_cast<size_t>(p)];
+  }
+  for (int p = 0; p < cap_; ++p) {
+    const int n = gained[static_cast<size_t>(p)];
+    if (n == 0) continue;
+    qsum.assign(static_cast<size_t>(dim_), 0.0);
+    for (const auto& [slot, i] : writes)
+      if (proto[static_cast<size_t>(i)] == p)
+        for (int d = 0; d < dim_; ++d) qsum[static_cast<size_t>(d)] += q[static_cast<size_t>(cand[static_cast<size_t>(i)]) * dim_ + d];
+    const int count = proto_count_[static_cast<size_t>(p)];
     float* m = proto_.data() + static_cast<size_t>(p) * dim_;
     for (int d = 0; d < dim_; ++d)
-      m[d] = static_cast<float>((static_cast<double>(m[d]) * n + q[static_cast<size_t>(c) * dim_ + d]) / (n + 1));
-    proto_count_[static_cast<size_t>(p)] = n + 1;
+      m[d] = static_cast<float>((static_cast<double>(m[d]) * (count - n) + qsum[static_cast<size_t>(d)]) / count);
   }
   size_ = std::min(cap_, size_ + (size_ < cap_ ? static_cast<int>(writes.size()) : 0));
   // 6. prototypes left without members are deactivated and cleared

@@ -22,6 +22,7 @@ GatingConfig gating_config(const PilfConfig& c, const ModelConfig& mc) {
   g.history = c.history;
   g.banks = mc.layers;
   g.init_scale = mc.init_scale;
+  g.dropout = c.gating_dropout;
   return g;
 }
 }  // namespace
@@ -32,21 +33,64 @@ PilfState<T>::PilfState(const PilfConfig& c, const ModelConfig& m, int batch_cap
     : cfg(c), mc(m), seed(sd), pilr_expert(c.pilr_cfg), pilr_gating(c.pilr_cfg) {
   const int L = mc.layers;
   if (mc.memory_routing()) {
-    gating = std::make_unique<GatingTransformer<T>>(gating_config(c, m), std::max(batch_capacity, c.meta_batch));
+    // a replay set holds at most meta_batch items, or the buffer's capacity (meta_batch 0)
+    const int replay_cap = c.meta_batch > 0 ? c.meta_batch : c.buffer_capacity;
+    gating = std::make_unique<GatingTransformer<T>>(gating_config(c, m), std::max(batch_capacity, replay_cap));
     gating->init(sd);
     gating_opt = std::make_unique<nn::AdamW<T>>(gating->table(), gating_adamw);
-    for (int l = 0; l < L; ++l) buffers.emplace_back(c.buffer_capacity, mc.d_model, mc.experts, c.priority_decay);
+    const int nbuf = c.shared_buffer ? 1 : L, width = c.shared_buffer ? L * mc.experts : mc.experts;
+    for (int k = 0; k < nbuf; ++k) buffers.emplace_back(c.buffer_capacity, mc.d_model, width, c.priority_decay);
+    replay.resize(static_cast<size_t>(nbuf));
     rs_mu.assign(static_cast<size_t>(L), 0.0);
     rs_var.assign(static_cast<size_t>(L), 1.0);
   }
   s.q.resize(static_cast<size_t>(L));
   s.r.resize(static_cast<size_t>(L));
+  s.route_q.resize(static_cast<size_t>(L));
+  s.route_hist.resize(static_cast<size_t>(L));
 }
 
 template <class T>
 void PilfState<T>::attach(Transformer<T>& model) {
   if (!model.config().memory_routing()) return;
-  model.set_memory_router([this](int l, int first, const T* q, int B, T* mu_ls, int32_t* k) { route(l, first, q, B, mu_ls, k); });
+  using Key = typename Transformer<T>::RouteKey;
+  model.set_memory_router(
+      [this](int l, int first, const T* q, int B, T* mu_ls, int32_t* k, const Key& key) { route(l, first, q, B, mu_ls, k, key); });
+  if (cfg.gating_backprop)
+    model.set_memory_router_backward(
+        [this](int l, int first, int B, const T* dmu_ls, T* dq) { route_backward(l, first, B, dmu_ls, dq); });
+}
+
+template <class T>
+const typename PilfState<T>::ReplaySet& PilfState<T>::replay_set(int k, int64_t step) {
+  const pilf::ExperienceBuffer& buf = buffers[static_cast<size_t>(k)];
+  auto draw = [&](ReplaySet& r) {
+    const int n = cfg.meta_batch > 0 ? cfg.meta_batch : buf.size();
+    r.idx = buf.sample(n, seed, static_cast<uint32_t>(step), static_cast<uint32_t>(k));
+    const int C = buf.dim(), W = buf.experts();
+    r.q.resize(r.idx.size() * static_cast<size_t>(C));
+    r.action.resize(r.idx.size() * static_cast<size_t>(W));
+    for (size_t j = 0; j < r.idx.size(); ++j) {
+      std::copy_n(buf.q(r.idx[j]), C, r.q.begin() + static_cast<std::ptrdiff_t>(j) * C);
+      std::copy_n(buf.action(r.idx[j]), W, r.action.begin() + static_cast<std::ptrdiff_t>(j) * W);
+    }
+  };
+  if (cfg.meta_replay == MetaReplay::Fresh) {  // one set per buffer: a meta step uses all of them
+    s.fresh.resize(buffers.size());
+    draw(s.fresh[static_cast<size_t>(k)]);
+    return s.fresh[static_cast<size_t>(k)];
+  }
+  const int64_t a = cfg.meta_replay == MetaReplay::TaskEpoch ? task : visit;
+  std::vector<ReplaySet>& cache = replay[static_cast<size_t>(k)];
+  for (const ReplaySet& r : cache)
+    if (r.key_a == a && r.key_b == epoch) return r;
+  if (cfg.meta_replay == MetaReplay::Epoch) cache.clear();  // only the current epoch's set is ever used again
+  cache.emplace_back();
+  ReplaySet& r = cache.back();
+  r.key_a = a;
+  r.key_b = epoch;
+  draw(r);
+  return r;
 }
 
 template <class T>
@@ -76,7 +120,7 @@ static void score_one(T* scores, typename PilfState<T>::Scratch& s, const T* q, 
 }
 
 template <class T>
-void PilfState<T>::route(int l, int first, const T* q, int B, T* mu_ls, int32_t* k) {
+void PilfState<T>::route(int l, int first, const T* q, int B, T* mu_ls, int32_t* k, const typename Transformer<T>::RouteKey& key) {
   const int C = mc.d_model, E = mc.experts, Kh = cfg.history;
   const size_t L = static_cast<size_t>(l);
   // shards arrive in order from sample 0: the layer's q (and r) cover this rank's samples
@@ -85,9 +129,21 @@ void PilfState<T>::route(int l, int first, const T* q, int B, T* mu_ls, int32_t*
   float* qf = qall.data() + static_cast<int64_t>(first) * C;
   for (int64_t i = 0; i < static_cast<int64_t>(B) * C; ++i) qf[i] = static_cast<float>(q[i]);
   s.histf.resize(static_cast<size_t>(B) * Kh * C);
-  buffers[L].retrieve(s.histf.data(), qf, B, Kh);
-  s.hist.assign(s.histf.begin(), s.histf.end());
-  gating->forward(mu_ls, q, s.hist.data(), B, l);
+  buffers[static_cast<size_t>(buffer_of(l))].retrieve(s.histf.data(), qf, B, Kh);
+  // kept (in T) for the backward's recomputation
+  std::vector<T>& qt = s.route_q[L];
+  std::vector<T>& hist = s.route_hist[L];
+  qt.resize(static_cast<size_t>(first + B) * C);
+  hist.resize(static_cast<size_t>(first + B) * Kh * C);
+  std::copy_n(q, static_cast<int64_t>(B) * C, qt.begin() + static_cast<int64_t>(first) * C);
+  std::copy(s.histf.begin(), s.histf.end(), hist.begin() + static_cast<int64_t>(first) * Kh * C);
+  if (first == 0) {
+    s.route_step = key.step;
+    s.route_first = key.global_first;
+  }
+  const nn::DropoutKey dk{seed, RngPurpose::GatingDropout, static_cast<uint32_t>(key.step)};
+  gating->forward(mu_ls, qt.data() + static_cast<int64_t>(first) * C, hist.data() + static_cast<int64_t>(first) * Kh * C, B, l,
+                  key.step >= 0 ? &dk : nullptr, static_cast<uint32_t>(key.global_first));
   if (!cfg.dynamic_top_k) return;
   // dynamic top-k: each sample's routing surprise, then its k
   s.r[L].resize(static_cast<size_t>(first + B));
@@ -102,31 +158,43 @@ void PilfState<T>::route(int l, int first, const T* q, int B, T* mu_ls, int32_t*
   }
 }
 
+template <class T>
+void PilfState<T>::route_backward(int l, int first, int B, const T* dmu_ls, T* dq) {
+  const int C = mc.d_model, Kh = cfg.history, E = mc.experts;
+  const size_t L = static_cast<size_t>(l);
+  // the GatingTransformer's activations hold another call: recompute this one (same q, history
+  // and dropout masks, so the same values), then backward to q only (the reference's task-loss
+  // gradient on the GatingTransformer's own parameters is discarded before meta-training)
+  s.route_out.resize(static_cast<size_t>(B) * 2 * E * C);
+  const nn::DropoutKey dk{seed, RngPurpose::GatingDropout, static_cast<uint32_t>(s.route_step)};
+  gating->forward(s.route_out.data(), s.route_q[L].data() + static_cast<int64_t>(first) * C,
+                  s.route_hist[L].data() + static_cast<int64_t>(first) * Kh * C, B, l, s.route_step >= 0 ? &dk : nullptr,
+                  static_cast<uint32_t>(s.route_first + first));
+  gating->backward(dmu_ls, dq, false);
+}
+
 namespace {
 
-// Meta-training of one MoE layer's GatingTransformer bank on n buffer samples: BCE with logits
-// between the per-expert Gaussian scores of each sample's q and its stored SMK action. Gradients
-// accumulate into the GatingTransformer; returns the mean BCE and sets the routing accuracy.
+// Meta-training of one MoE layer's GatingTransformer bank on a replay set: BCE with logits between
+// the per-expert Gaussian scores of each item's q and its stored SMK action (the layer's columns),
+// mean over items and experts; the history comes from the layer's buffer as it is now. Gradients
+// accumulate into the GatingTransformer; returns the BCE and sets the routing accuracy.
 template <class T>
-double meta_layer(PilfState<T>& ps, int l, const std::vector<int>& idx, double& routing_acc) {
+double meta_layer(PilfState<T>& ps, int l, const typename PilfState<T>::ReplaySet& rs, int64_t step, double& routing_acc) {
   const ModelConfig& mc = ps.mc;
-  const int C = mc.d_model, E = mc.experts, Kh = ps.cfg.history, n = static_cast<int>(idx.size());
+  const int C = mc.d_model, E = mc.experts, Kh = ps.cfg.history, n = rs.size();
   const int64_t EC = static_cast<int64_t>(E) * C;
-  pilf::ExperienceBuffer& buf = ps.buffers[static_cast<size_t>(l)];
+  const pilf::ExperienceBuffer& buf = ps.buffers[static_cast<size_t>(ps.buffer_of(l))];
+  const int W = buf.experts(), off = ps.action_offset(l);
   auto& s = ps.s;
-  s.qf.resize(static_cast<size_t>(n) * C);
-  s.action.resize(static_cast<size_t>(n) * E);
-  for (int b = 0; b < n; ++b) {
-    std::copy(buf.q(idx[static_cast<size_t>(b)]), buf.q(idx[static_cast<size_t>(b)]) + C, s.qf.begin() + static_cast<int64_t>(b) * C);
-    std::copy(buf.action(idx[static_cast<size_t>(b)]), buf.action(idx[static_cast<size_t>(b)]) + E, s.action.begin() + static_cast<int64_t>(b) * E);
-  }
   s.histf.resize(static_cast<size_t>(n) * Kh * C);
-  buf.retrieve(s.histf.data(), s.qf.data(), n, Kh);
-  s.qt.assign(s.qf.begin(), s.qf.end());
+  buf.retrieve(s.histf.data(), rs.q.data(), n, Kh);
+  s.qt.assign(rs.q.begin(), rs.q.end());
   s.hist.assign(s.histf.begin(), s.histf.end());
   s.mu_ls.resize(static_cast<size_t>(n) * 2 * EC);
   s.dmu_ls.assign(static_cast<size_t>(n) * 2 * EC, T(0));
-  ps.gating->forward(s.mu_ls.data(), s.qt.data(), s.hist.data(), n, l);
+  const nn::DropoutKey dk{ps.seed, RngPurpose::MetaDropout, static_cast<uint32_t>(step)};
+  ps.gating->forward(s.mu_ls.data(), s.qt.data(), s.hist.data(), n, l, &dk, 0);
   s.scores.resize(static_cast<size_t>(E));
   s.dscores.resize(static_cast<size_t>(E));
   s.sc_ec.resize(static_cast<size_t>(3 * EC + E));
@@ -138,7 +206,7 @@ double meta_layer(PilfState<T>& ps, int l, const std::vector<int>& idx, double& 
     const T* q = s.qt.data() + static_cast<int64_t>(b) * C;
     const T* mu = s.mu_ls.data() + static_cast<int64_t>(b) * 2 * EC;
     score_one<T>(s.scores.data(), s, q, mu, C, E);
-    const uint8_t* y = s.action.data() + static_cast<int64_t>(b) * E;
+    const uint8_t* y = rs.action.data() + static_cast<int64_t>(b) * W + off;
     for (int e = 0; e < E; ++e) {
       const double x = s.scores[static_cast<size_t>(e)], t = y[e] ? 1.0 : 0.0;
       loss += std::max(x, 0.0) - x * t + std::log1p(std::exp(-std::abs(x)));
@@ -224,7 +292,8 @@ StepStats train_step(Transformer<T>& model, nn::AdamW<T>& opt, const Batch& batc
   st.grad_norm = gn.total;
   st.expert_surprise = std::hypot(gn.by_kind[Dn], gn.by_kind[Ex]);
   st.gating_surprise = std::sqrt(gn.by_kind[Ga] * gn.by_kind[Ga] + routing_sq);
-  st.surprise = std::hypot(st.expert_surprise, st.gating_surprise);
+  // the reference: the norm of every (non-GatingTransformer) parameter gradient, before SMK
+  st.surprise = pc.surprise_routing ? std::hypot(st.expert_surprise, st.gating_surprise) : gn.total;
   if (!std::isfinite(st.grad_norm) || !std::isfinite(st.surprise)) {
     st.skipped = true;
     return st;
@@ -234,7 +303,7 @@ StepStats train_step(Transformer<T>& model, nn::AdamW<T>& opt, const Batch& batc
   st.tau = model.mean_entropy();
   st.pi = pilf::predictive_integrity({st.epsilon, st.tau, st.surprise, st.expert_surprise, st.gating_surprise}, pc.pi);
 
-  // Surprise-Min-K per MoE layer: dropped experts' tensors are skipped by AdamW.
+  // Surprise-Min-K per MoE layer.
   const ParamTable& table = model.table();
   std::vector<uint8_t> local_skip;
   std::vector<uint8_t>& skip = ps ? ps->s.skip : local_skip;
@@ -255,14 +324,23 @@ StepStats train_step(Transformer<T>& model, nn::AdamW<T>& opt, const Batch& batc
     for (int e = 0; e < E; ++e)
       if (keep[static_cast<size_t>(e)]) st.smk_mask[static_cast<size_t>(l)] |= 1u << e;
   }
+  // Freeze: the dropped experts' tensors are skipped by the optimizer. Step (the reference): their
+  // gradients are zeroed and the optimizer steps them; only an expert that received no tokens (no
+  // gradient in torch) is skipped. (Another rank's expert is not held here: the optimizer leaves
+  // it alone by itself.)
   bool any_skip = false;
   for (int i = 0; i < table.size(); ++i) {
     const TensorInfo& t = table[i];
-    // (another rank's expert is not held here: AdamW leaves it alone by itself)
-    if (t.kind == TensorKind::Expert && !(st.smk_mask[static_cast<size_t>(t.layer)] >> t.expert & 1u)) {
+    if (t.kind != TensorKind::Expert) continue;
+    const bool kept = st.smk_mask[static_cast<size_t>(t.layer)] >> t.expert & 1u;
+    if (pc.smk_dropped == SmkDropped::Freeze) {
+      if (!kept) skip[static_cast<size_t>(i)] = 1;
+    } else if (model.expert_tokens()[static_cast<size_t>(t.layer * E + t.expert)] == 0) {
       skip[static_cast<size_t>(i)] = 1;
-      any_skip = true;
+    } else if (!kept && t.held()) {
+      std::fill_n(model.grads.data() + t.offset, t.size, T(0));
     }
+    any_skip = any_skip || skip[static_cast<size_t>(i)];
   }
 
   // PILR
@@ -279,41 +357,56 @@ StepStats train_step(Transformer<T>& model, nn::AdamW<T>& opt, const Batch& batc
   lr_by_kind[Ga] = gating_lr * st.lr_mod_gating;
   const int64_t n = table.total();
   const auto t_opt = std::chrono::steady_clock::now();
-  nn::clip_grads(model.grads.data(), n, st.grad_norm, sc.grad_clip);
+  nn::clip_grads(model.grads.data(), n, st.grad_norm, sc.grad_clip);  // by the norm before SMK
   opt.step(model.params.data(), model.grads.data(), lr_by_kind, any_skip ? skip.data() : nullptr);
   st.optimizer_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_opt).count();
 
   if (!ps || !mc.memory_routing()) return st;
-  // Experience curation: each sample of the global batch offers (q, this layer's SMK set) with
-  // priority 1 - PI_b, PI_b from the sample's own loss and entropy and the batch's surprise. Every
-  // rank gathers all candidates in rank (= global sample) order, so the buffers stay identical.
-  const int B = model.global_samples(), Bl = batch.B;
   auto& s = ps->s;
-  s.eps.resize(static_cast<size_t>(Bl));
-  s.tau.resize(static_cast<size_t>(Bl));
-  s.pi.resize(static_cast<size_t>(B));
-  model.sample_loss_entropy(s.eps.data(), s.tau.data());
-  s.sample_local.resize(2 * static_cast<size_t>(Bl));
-  for (int b = 0; b < Bl; ++b) {
-    s.sample_local[2 * static_cast<size_t>(b)] = s.eps[static_cast<size_t>(b)];
-    s.sample_local[2 * static_cast<size_t>(b) + 1] = s.tau[static_cast<size_t>(b)];
-  }
-  s.sample_all.resize(2 * static_cast<size_t>(B));
+  const int nbuf = static_cast<int>(ps->buffers.size());
+  auto report_buffers = [&] {
+    st.buffer_size.resize(static_cast<size_t>(nbuf));
+    st.prototypes.resize(static_cast<size_t>(nbuf));
+    for (int k = 0; k < nbuf; ++k) {
+      st.buffer_size[static_cast<size_t>(k)] = ps->buffers[static_cast<size_t>(k)].size();
+      st.prototypes[static_cast<size_t>(k)] = ps->buffers[static_cast<size_t>(k)].active_prototypes();
+    }
+  };
+  // Experience curation (the reference: only with SMK on, whose sets are the actions): each
+  // sample of the global batch offers (q, the layer's SMK set) with priority 1 - PI, PI the batch's
+  // (reference) or the sample's own from its loss and entropy and the batch's surprise. Every rank
+  // gathers all candidates in rank (= global sample) order, so the buffers stay identical.
+  const bool curate = pc.smk != SmkMode::Off || pc.curate_without_smk;
+  const int B = model.global_samples(), Bl = batch.B;
   HYPERRNN_CHECK(static_cast<int64_t>(Bl) * par.P == B, "curation: every rank holds an equal block of the batch");
-  par.allgather(s.sample_local.data(), s.sample_local.size() * sizeof(double), s.sample_all.data());
-  for (int b = 0; b < B; ++b)
-    s.pi[static_cast<size_t>(b)] = pilf::predictive_integrity(
-        {s.sample_all[2 * static_cast<size_t>(b)], s.sample_all[2 * static_cast<size_t>(b) + 1], st.surprise, st.expert_surprise, st.gating_surprise}, pc.pi);
-  s.action.resize(static_cast<size_t>(B) * E);
-  st.buffer_size.resize(static_cast<size_t>(Lm));
-  st.prototypes.resize(static_cast<size_t>(Lm));
-  for (int l = 0; l < Lm; ++l) {
+  s.pi.resize(static_cast<size_t>(B));
+  if (curate && pc.curate_batch_pi) {
+    std::fill(s.pi.begin(), s.pi.end(), st.pi);
+  } else if (curate) {
+    s.eps.resize(static_cast<size_t>(Bl));
+    s.tau.resize(static_cast<size_t>(Bl));
+    model.sample_loss_entropy(s.eps.data(), s.tau.data());
+    s.sample_local.resize(2 * static_cast<size_t>(Bl));
+    for (int b = 0; b < Bl; ++b) {
+      s.sample_local[2 * static_cast<size_t>(b)] = s.eps[static_cast<size_t>(b)];
+      s.sample_local[2 * static_cast<size_t>(b) + 1] = s.tau[static_cast<size_t>(b)];
+    }
+    s.sample_all.resize(2 * static_cast<size_t>(B));
+    par.allgather(s.sample_local.data(), s.sample_local.size() * sizeof(double), s.sample_all.data());
     for (int b = 0; b < B; ++b)
-      for (int e = 0; e < E; ++e) s.action[static_cast<size_t>(b) * E + e] = st.smk_mask[static_cast<size_t>(l)] >> e & 1u;
+      s.pi[static_cast<size_t>(b)] = pilf::predictive_integrity(
+          {s.sample_all[2 * static_cast<size_t>(b)], s.sample_all[2 * static_cast<size_t>(b) + 1], st.surprise, st.expert_surprise, st.gating_surprise}, pc.pi);
+  }
+  for (int l = 0; l < Lm && curate; ++l) {
+    pilf::ExperienceBuffer& buf = ps->buffers[static_cast<size_t>(ps->buffer_of(l))];
+    const int W = buf.experts(), off = ps->action_offset(l);
+    s.action.assign(static_cast<size_t>(B) * W, 0);
+    for (int b = 0; b < B; ++b)
+      for (int e = 0; e < E; ++e) s.action[static_cast<size_t>(b) * W + off + e] = st.smk_mask[static_cast<size_t>(l)] >> e & 1u;
     const std::vector<float>& ql = s.q[static_cast<size_t>(l)];
     s.q_all.resize(static_cast<size_t>(B) * mc.d_model);
     par.allgather(ql.data(), static_cast<size_t>(Bl) * mc.d_model * sizeof(float), s.q_all.data());
-    ps->buffers[static_cast<size_t>(l)].add(s.q_all.data(), s.action.data(), s.pi.data(), B);
+    buf.add(s.q_all.data(), s.action.data(), s.pi.data(), B);
   }
   // dynamic top-k statistics: EMA of the batch's routing surprise (first batch initialises)
   for (int l = 0; l < Lm && pc.dynamic_top_k; ++l) {
@@ -338,36 +431,56 @@ StepStats train_step(Transformer<T>& model, nn::AdamW<T>& opt, const Batch& batc
   }
   if (pc.dynamic_top_k) ++ps->rs_steps;
 
-  // Meta-training of the GatingTransformer every meta_every steps.
-  if ((step + 1) % pc.meta_every == 0) {
+  // Meta-training of the GatingTransformer every meta_every steps, once a buffer holds anything:
+  // each MoE layer's bank on its buffer's replay set. A layer whose BCE is not finite takes no
+  // part (its bank is not stepped: no gradient in torch); the replayed priorities decay only after
+  // a step that was taken.
+  bool any_items = false;
+  for (const pilf::ExperienceBuffer& b : ps->buffers) any_items = any_items || b.size() > 0;
+  if (curate && any_items && (step + 1) % pc.meta_every == 0) {
+    std::vector<const typename PilfState<T>::ReplaySet*> sets(static_cast<size_t>(nbuf), nullptr);
+    for (int k = 0; k < nbuf; ++k)
+      if (ps->buffers[static_cast<size_t>(k)].size() > 0) sets[static_cast<size_t>(k)] = &ps->replay_set(k, step);
     ps->gating->zero_grad();
+    const ParamTable& gt = ps->gating->table();
+    std::vector<uint8_t>& bank_skip = s.bank_skip;
+    bank_skip.assign(static_cast<size_t>(gt.size()), 0);
+    std::vector<uint8_t> layer_used(static_cast<size_t>(Lm), 0);
     double loss = 0.0, acc = 0.0;
     int used = 0;
-    std::vector<std::vector<int>>& drawn = ps->s.drawn;
-    drawn.resize(static_cast<size_t>(Lm));
     for (int l = 0; l < Lm; ++l) {
-      drawn[static_cast<size_t>(l)] = ps->buffers[static_cast<size_t>(l)].sample(pc.meta_batch, ps->seed, static_cast<uint32_t>(step), static_cast<uint32_t>(l));
-      if (drawn[static_cast<size_t>(l)].empty()) continue;
+      const auto* rs = sets[static_cast<size_t>(ps->buffer_of(l))];
+      if (!rs || rs->size() == 0) continue;
       double a = 0.0;
-      loss += meta_layer(*ps, l, drawn[static_cast<size_t>(l)], a);
+      const double ll = meta_layer(*ps, l, *rs, step, a);
+      if (!std::isfinite(ll)) continue;
+      loss += ll;
       acc += a;
       ++used;
+      layer_used[static_cast<size_t>(l)] = 1;
     }
+    for (int i = 0; i < gt.size(); ++i)
+      if (!layer_used[static_cast<size_t>(gt[i].layer)]) {
+        bank_skip[static_cast<size_t>(i)] = 1;
+        std::fill_n(ps->gating->grads.data() + gt[i].offset, gt[i].size, T(0));
+      }
     if (used > 0) {
-      const double gnorm = nn::grad_norm(ps->gating->grads.data(), ps->gating->table().total());
+      if (pc.meta_loss_mean)  // the gradient of the mean over layers (the banks are disjoint)
+        for (T& g : ps->gating->grads) g /= static_cast<T>(used);
+      const double gnorm = nn::grad_norm(ps->gating->grads.data(), gt.total());
       if (std::isfinite(loss) && std::isfinite(gnorm)) {
-        ps->gating_opt->step(ps->gating->params.data(), ps->gating->grads.data(), pc.meta_lr * st.lr_mod_gating);
+        const double glr = pc.meta_lr * st.lr_mod_gating;
+        const double lr3[3] = {glr, glr, glr};
+        ps->gating_opt->step(ps->gating->params.data(), ps->gating->grads.data(), lr3, bank_skip.data());
         st.meta = true;
         st.gating_loss = loss / used;
         st.routing_acc = acc / used;
+        for (int k = 0; k < nbuf; ++k)
+          if (sets[static_cast<size_t>(k)]) ps->buffers[static_cast<size_t>(k)].decay(sets[static_cast<size_t>(k)]->idx);
       }
-      for (int l = 0; l < Lm; ++l) ps->buffers[static_cast<size_t>(l)].decay(drawn[static_cast<size_t>(l)]);
     }
   }
-  for (int l = 0; l < Lm; ++l) {
-    st.buffer_size[static_cast<size_t>(l)] = ps->buffers[static_cast<size_t>(l)].size();
-    st.prototypes[static_cast<size_t>(l)] = ps->buffers[static_cast<size_t>(l)].active_prototypes();
-  }
+  report_buffers();
   return st;
 }
 

@@ -1,9 +1,10 @@
-// The hyper-transition theta_t = f(theta_{t-1}, batch_t) of PILF-2 (../shared/reference/pilf.md):
-// forward, backward, PI assessment (epsilon, tau, surprise split into expert and gating groups),
-// Surprise-Min-K filtering per MoE layer, PILR learning-rate modulation (off, single, dual),
-// global-norm clip, AdamW with per-group rates and SMK skips, then (model pilf) experience
-// curation into each MoE layer's routing buffer and, every meta_every steps, meta-training of the
-// GatingTransformer on buffer samples. Leaves out: data (the session fills the batch), I/O.
+// The hyper-transition theta_t = f(theta_{t-1}, batch_t) of PILF-2 (docs/pilf.md, the loop as the
+// reference's code runs it): forward, backward, PI assessment (epsilon, tau, surprise split into
+// expert and gating groups), Surprise-Min-K filtering per MoE layer (dropped experts zeroed and
+// still stepped, or frozen), optional PILR learning-rate modulation, optional global-norm clip,
+// Adam(W) with per-group rates, then (model pilf) experience curation into the routing buffer (one
+// shared by all MoE layers, or one per layer) and meta-training of the GatingTransformer on replay
+// sets. Leaves out: data (the session fills the batch), I/O.
 #pragma once
 #include <cstdint>
 #include <limits>
@@ -31,27 +32,48 @@ struct StepConfig {
 };
 
 enum class PilrMode { Off, Single, Dual };
+// What SMK does to a dropped expert that received tokens: Step = its gradient is zeroed and the
+// optimizer still steps it (it moves by its momentum, its moments and step count advance; an
+// expert without tokens has no gradient and is left alone), as the reference's grad.zero_() before
+// torch.optim.Adam.step(); Freeze = the optimizer leaves it alone entirely.
+enum class SmkDropped { Step, Freeze };
+// Where meta-training's replay set comes from: TaskEpoch = drawn (buffer-size items) at the first
+// meta step of each (task, epoch) and reused whenever that pair comes again, in later cycles too
+// (the reference's cache); Epoch = drawn anew at the first meta step of every epoch (the repaired
+// cache); Fresh = every meta step draws its own.
+enum class MetaReplay { Fresh, Epoch, TaskEpoch };
 
-// Every PILF knob, with the reference's defaults where it has one (docs/architecture.md lists
-// which defaults are ours).
+// Every PILF knob. The defaults here are the `hyperrnn` profile's; `--pilf-profile reference`
+// (options.cpp, docs/pilf.md) sets the reference's.
 struct PilfConfig {
   pilf::PiConfig pi;
+  // surprise adds the task loss's gradient at pilf's routing distributions (mu, log_sigma) to the
+  // parameter gradients (the reference: parameter gradients only)
+  bool surprise_routing = true;
   PilrMode pilr = PilrMode::Off;
   pilf::PilrConfig pilr_cfg;  // both groups' adaptors use these knobs
   pilf::SmkMode smk = pilf::SmkMode::Off;
   int min_k = 2;
+  SmkDropped smk_dropped = SmkDropped::Freeze;
   // Beyond the reference (off = the spec): rank experts by gradient norm per routed token, so that
   // SMK does not systematically keep the least-used experts (docs/results.md, PILF benchmark 1).
   bool smk_per_token = false;
   // memory-Gaussian routing (model pilf)
+  bool gating_backprop = false;  // the task loss's routing gradient flows through the GatingTransformer into q
+  bool shared_buffer = false;    // one buffer for all MoE layers (actions over layers x experts)
   int buffer_capacity = 128;
   double priority_decay = 0.99;
+  bool curate_batch_pi = false;     // every sample's priority is 1 - the batch's PI (else its own PI)
+  bool curate_without_smk = true;   // with SMK off, curate with the action "every expert" (else nothing)
   int history = 10;             // k_hist, retrieved q's per query
   int gating_layers = 2;
   int gating_heads = 4;
+  double gating_dropout = 0.0;  // the GatingTransformer's dropout in training (routing and meta-training)
   int meta_every = 10;          // meta-training interval in steps
-  int meta_batch = 64;          // buffer samples per meta step (drawn with replacement)
-  double meta_lr = 1e-3;        // GatingTransformer AdamW rate before PILR's modulation
+  MetaReplay meta_replay = MetaReplay::Fresh;
+  int meta_batch = 64;          // replay items per draw, with replacement; 0 = the buffer's size
+  bool meta_loss_mean = false;  // the meta loss is the mean over MoE layers (else their sum)
+  double meta_lr = 1e-3;        // GatingTransformer Adam(W) rate before PILR's modulation
   // dynamic top-k (model pilf): k per sample in [k_min, top_k], see dynamic_k()
   bool dynamic_top_k = false;
   int k_min = 1;
@@ -67,7 +89,7 @@ struct StepStats {
   double epsilon = 0.0, tau = 0.0, surprise = 0.0, expert_surprise = 0.0, gating_surprise = 0.0, pi = 0.0;
   double lr_mod_expert = 1.0, lr_mod_gating = 1.0;  // single mode: both equal
   std::vector<uint32_t> smk_mask;  // (MoE layers) bit e set = expert e's update kept
-  std::vector<int> buffer_size, prototypes;  // (MoE layers), model pilf
+  std::vector<int> buffer_size, prototypes;  // (buffers: one, or one per MoE layer), model pilf
   bool meta = false;  // a meta-training step ran
   double gating_loss = std::numeric_limits<double>::quiet_NaN();
   double routing_acc = std::numeric_limits<double>::quiet_NaN();
@@ -76,13 +98,15 @@ struct StepStats {
 };
 
 // The state PILF adds to theta: PILR statistics, and for model pilf the GatingTransformer with
-// its own AdamW, one experience buffer per MoE layer and the dynamic top-k statistics.
+// its own Adam(W), the experience buffer(s), the cached replay sets and the dynamic top-k
+// statistics.
 template <class T>
 class PilfState {
  public:
   PilfState(const PilfConfig& cfg, const ModelConfig& mc, int batch_capacity, uint64_t seed,
             const nn::AdamWConfig& gating_adamw);
-  // Installs the memory router on a pilf model (no-op for other kinds).
+  // Installs the memory router (and, with gating_backprop, its backward) on a pilf model (no-op
+  // for other kinds).
   void attach(Transformer<T>& model);
 
   const PilfConfig cfg;
@@ -91,9 +115,30 @@ class PilfState {
   pilf::PilrAdaptor pilr_expert, pilr_gating;  // single mode uses pilr_expert for the global surprise
   std::unique_ptr<GatingTransformer<T>> gating;
   std::unique_ptr<nn::AdamW<T>> gating_opt;
-  std::vector<pilf::ExperienceBuffer> buffers;
+  std::vector<pilf::ExperienceBuffer> buffers;  // one (shared_buffer) or one per MoE layer
   std::vector<double> rs_mu, rs_var;  // (MoE layers) dynamic top-k: routing-surprise EMA
   int64_t rs_steps = 0;               // steps that updated them (dynamic top-k on)
+  int buffer_of(int layer) const { return cfg.shared_buffer ? 0 : layer; }
+  // the layer's columns in its buffer's action rows
+  int action_offset(int layer) const { return cfg.shared_buffer ? layer * mc.experts : 0; }
+
+  // Where the coming step is in the schedule (set by the session before each step): the task it
+  // trains, which visit of a task it is (marathons repeat tasks), and its epoch within the visit
+  // (from 1). They key the meta-training replay sets.
+  int task = 0;
+  int64_t visit = 0, epoch = 1;
+  // A replay set: items drawn from a buffer (copies of their q and action, and their slots for the
+  // priority decay), cached under key (task, epoch) or (visit, epoch).
+  struct ReplaySet {
+    int64_t key_a = 0, key_b = 0;
+    std::vector<float> q;          // (n, C)
+    std::vector<uint8_t> action;   // (n, the buffer's action width)
+    std::vector<int> idx;          // (n)
+    int size() const { return static_cast<int>(idx.size()); }
+  };
+  std::vector<std::vector<ReplaySet>> replay;  // (buffers) cached sets (task-epoch: every key seen; epoch: the current)
+  // The replay set of buffer k for meta step `step` (drawn, or found in the cache).
+  const ReplaySet& replay_set(int k, int64_t step);
 
   // Dynamic top-k rule: r = -max_e s_e(q) / C (per-channel negative log-likelihood of the sample's
   // mean input under its best-matching expert Gaussian), z = (r - mu) / sqrt(var + 1e-9) against
@@ -115,14 +160,20 @@ class PilfState {
     std::vector<double> shard_part;      // (local shards) routing-gradient sums of squares
     std::vector<float> qf, histf;
     std::vector<T> qt, hist, mu_ls, dmu_ls, sc_w, sc_m, sc_c, sc_sq, sc_ec, scores, dscores, dq;
-    std::vector<uint8_t> skip, action, keep, taken;
-    std::vector<std::vector<int>> drawn;  // (layers) replayed buffer indices of a meta step
+    std::vector<uint8_t> skip, action, keep, taken, bank_skip;
     std::vector<double> eps, tau, pi;
     pilf::GradNorms gn;
+    std::vector<ReplaySet> fresh;  // (buffers) the replay sets of a Fresh draw
+    // the routing pass of the last forward (gating_backprop recomputes it in backward): per MoE
+    // layer this rank's q and retrieved histories in T, and the dropout key
+    std::vector<std::vector<T>> route_q, route_hist;
+    int64_t route_step = -1, route_first = 0;
+    std::vector<T> route_out;
   } s;
 
  private:
-  void route(int layer, int first, const T* q, int B, T* mu_ls, int32_t* k);
+  void route(int layer, int first, const T* q, int B, T* mu_ls, int32_t* k, const typename Transformer<T>::RouteKey& key);
+  void route_backward(int layer, int first, int B, const T* dmu_ls, T* dq);
 };
 
 // One hyper-step on `batch` (training step index `step`, from 0). A step whose loss or gradient

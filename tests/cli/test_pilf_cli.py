@@ -35,6 +35,21 @@ PILF_CASES = [
     (["--task", "fmnist", "--patch", "5"], "patch", "must divide"),
     (["--task", "fmnist-marathon", "--classes-per-task", "3"], "classes-per-task", "must divide"),
     (["--task", "fmnist-marathon", "--marathon-head", "both"], "marathon-head", "task or class"),
+    (["--model", "pilf", "--pilf-profile", "torch"], "pilf-profile", "must be reference or hyperrnn, got 'torch'"),
+    (["--pilf-profile", "torch"], "pilf-profile", "must be reference or hyperrnn"),
+    (["--pi-form", "ipwt"], "pi-form", "published, reference-code or reference-loop"),
+    (["--smk-dropped", "zero"], "smk-dropped", "must be step or freeze"),
+    (["--buffer", "global"], "buffer", "must be shared or per-layer"),
+    (["--curation-pi", "mean"], "curation-pi", "must be batch or sample"),
+    (["--curation", "never"], "curation", "must be smk or always"),
+    (["--meta-replay", "cached"], "meta-replay", "must be task-epoch, epoch or fresh"),
+    (["--meta-loss", "max"], "meta-loss", "must be mean or sum"),
+    (["--meta-batch", "-1"], "meta-batch", "must be >= 0"),
+    (["--epoch-steps", "-3"], "epoch-steps", "must be >= 0"),
+    (["--dropout", "1"], "dropout", "[0, 1)"),
+    (["--gating-dropout", "-0.1"], "gating-dropout", "[0, 1)"),
+    (["--vit-pool", "max"], "vit-pool", "must be mean or cls"),
+    (["--surprise-routing", "maybe"], "surprise-routing", ""),
 ]
 
 
@@ -92,8 +107,11 @@ def read_csv(p):
 
 
 def test_tiny_pilf_run_logs_the_hyper_step(tmp_path):
+    """The hyperrnn profile: published PI over the surprise that includes the routing gradient,
+    PILR single, per-layer buffers, meta-training every 3 steps."""
     out = tmp_path / "run"
-    r = hyperrnn("train", *tiny_except("model", "steps", "batch"), "--model", "pilf", "--steps", "12", "--batch", "8",
+    r = hyperrnn("train", *tiny_except("model", "steps", "batch"), "--model", "pilf", "--pilf-profile", "hyperrnn",
+                 "--steps", "12", "--batch", "8",
                  "--meta-every", "3", "--meta-batch", "6", "--buffer-capacity", "10", "--min-k", "2",
                  "--dynamic-top-k", "true", "--k-min", "1", "--out", str(out))
     assert r.returncode == 0, r.stderr + r.stdout
@@ -122,6 +140,39 @@ def test_tiny_pilf_run_logs_the_hyper_step(tmp_path):
     assert min(float(r["k_mean"]) for r in rows) < 2
 
 
+def test_tiny_pilf_run_reference_profile(tmp_path):
+    """The reference profile (the default): PI as the PILF-2 loop calls it (eps/tau + surprise,
+    gamma unused) over the parameter gradients only, no PILR, one shared buffer, meta-training
+    every step from the first; explicit options win over the profile and the run says so."""
+    out = tmp_path / "run"
+    r = hyperrnn("train", *tiny_except("model", "steps", "batch", "warmup"), "--model", "pilf", "--steps", "8", "--batch", "8",
+                 "--d-ff", "32", "--buffer-capacity", "10", "--min-k", "2", "--out", str(out))
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "pilf profile reference; explicit options win over it: d-ff = 32 (profile: 256)" in r.stdout
+    ini = (out / "config.ini").read_text()
+    for line in ("pilf-profile = reference", "pilr = off", "weight-decay = 0", "grad-clip = 0", "dropout = 0.1",
+                 "buffer = shared", "meta-every = 1", "meta-replay = task-epoch", "gating-backprop = true"):
+        assert line + "\n" in ini, line
+    rows = read_csv(out / "metrics.csv")
+    assert "buffer_size" in rows[0] and "buffer_size_l0" not in rows[0]
+    for row in rows:
+        f = {k: float(v) for k, v in row.items()}
+        assert f["surprise"] == f["expert_surprise"]  # parameter gradients only
+        pi = math.exp(-(f["epsilon"] / (f["tau"] + 1e-9) + f["surprise"]))
+        assert math.isclose(f["pi"], pi, rel_tol=1e-9, abs_tol=1e-300)
+        assert f["lr_mod_expert"] == 1.0 and f["lr_mod_gating"] == 1.0 and f["lr"] == 0.003  # constant rate
+        assert bin(int(f["smk_l0"])).count("1") == 2
+        assert 0 < f["buffer_size"] <= 10
+        assert f["gating_loss"] > 0  # every step
+    # the profile's choice loses to an explicit option, and is named
+    out2 = tmp_path / "run2"
+    r = hyperrnn("train", *tiny_except("model", "steps"), "--model", "pilf", "--steps", "2", "--pilr", "single",
+                 "--out", str(out2))
+    assert r.returncode == 0, r.stderr
+    assert "pilr = single (profile: off)" in r.stdout and "pilr = single\n" in (out2 / "config.ini").read_text()
+    assert float(read_csv(out2 / "metrics.csv")[-1]["lr_mod_expert"]) != 1.0
+
+
 def test_pilf_snapshot_evaluates_to_the_runs_final_numbers(tmp_path):
     out = tmp_path / "run"
     r = hyperrnn("train", *tiny_except("model"), "--model", "pilf", "--dynamic-top-k", "true", "--out", str(out))
@@ -137,9 +188,9 @@ def test_pilf_snapshot_evaluates_to_the_runs_final_numbers(tmp_path):
     import h5py
     snap = out / "snapshots" / (out / "snapshots" / "latest").read_text().strip() / "manifest.h5"
     with h5py.File(snap, "a") as f:
-        del f["buffer/layer0/q"]
+        del f["buffer/shared/q"]
     e = hyperrnn("eval", "--snapshot", str(out))
-    assert e.returncode != 0 and "buffer/layer0/q" in e.stderr, e.stderr
+    assert e.returncode != 0 and "buffer/shared/q" in e.stderr, e.stderr
 
 
 @pytest.mark.skipif(not os.path.exists(FMNIST + "/train-images-idx3-ubyte.gz"), reason="dataset-fashion-mnist not installed")
@@ -166,3 +217,47 @@ def test_marathon_reports_tasks_and_forgetting(tmp_path):
     evals = read_csv(out / "eval.csv")
     assert {e["split"] for e in evals} >= {f"task{j}" for j in range(5)}
     assert "average forgetting" in r.stdout
+
+
+# What each profile sets (docs/pilf.md): the reference's PILF-2 loop as its code runs, and ours.
+PROFILES = {
+    "reference": {"pilr": "off", "smk-dropped": "step", "weight-decay": "0", "grad-clip": "0", "warmup": "0",
+                  "lr-min-ratio": "1", "pi-form": "reference-loop", "surprise-routing": "false", "gating-backprop": "true",
+                  "buffer": "shared", "curation-pi": "batch", "curation": "smk", "meta-every": "1",
+                  "meta-replay": "task-epoch", "meta-batch": "0", "meta-loss": "mean", "d-ff": "256", "dropout": "0.1",
+                  "gating-dropout": "0.1", "vit-pool": "cls"},
+    "hyperrnn": {"pilr": "single", "smk-dropped": "freeze", "weight-decay": "0.1", "grad-clip": "1", "warmup": "100",
+                 "lr-min-ratio": "0.1", "pi-form": "published", "surprise-routing": "true", "gating-backprop": "false",
+                 "buffer": "per-layer", "curation-pi": "sample", "curation": "always", "meta-every": "10",
+                 "meta-replay": "fresh", "meta-batch": "64", "meta-loss": "sum", "d-ff": "0", "dropout": "0",
+                 "gating-dropout": "0", "vit-pool": "mean"},
+}
+
+
+def effective(tmp_path, *args):
+    out = tmp_path / "run"
+    r = hyperrnn("train", *tiny_except("model", "steps", "warmup", "d-ff"), "--steps", "1", *args, "--out", str(out))
+    assert r.returncode == 0, r.stderr + r.stdout
+    ini = dict(line.split(" = ", 1) for line in (out / "config.ini").read_text().splitlines() if " = " in line)
+    shutil.rmtree(out)
+    return ini, r.stdout
+
+
+@pytest.mark.parametrize("profile", list(PROFILES))
+def test_profile_sets_every_knob_and_explicit_options_win(tmp_path, profile):
+    ini, _ = effective(tmp_path, "--model", "pilf", "--pilf-profile", profile)
+    for k, v in PROFILES[profile].items():
+        assert ini[k] == v, k
+    # another model keeps the general defaults, which are the hyperrnn profile's values
+    ini, _ = effective(tmp_path, "--model", "gauss-moe", "--pilf-profile", profile)
+    for k, v in PROFILES["hyperrnn"].items():
+        if k != "pilr":
+            assert ini[k] == v, k
+    assert ini["pilr"] == "auto"
+    # explicit options (command line or --config) win and are named
+    cfg = tmp_path / "x.ini"
+    cfg.write_text("meta-every = 7\n")
+    ini, out = effective(tmp_path, "--model", "pilf", "--pilf-profile", profile, "--config", str(cfg), "--dropout", "0.25")
+    assert ini["meta-every"] == "7" and ini["dropout"] == "0.25"
+    assert f"meta-every = 7 (profile: {PROFILES[profile]['meta-every']})" in out
+    assert f"dropout = 0.25 (profile: {PROFILES[profile]['dropout']})" in out

@@ -24,9 +24,15 @@ MODELS = {
     "dense": ["--model", "dense"],
     "moe": ["--model", "moe", "--experts", "5", "--top-k", "2"],  # 5 experts: uneven over 2 and 4 ranks
     "gauss-moe": ["--model", "gauss-moe", "--experts", "4", "--top-k", "2"],
-    # SMK and PILR are on for pilf by default; buffer curation every step, meta-training every 5
-    "pilf": ["--model", "pilf", "--experts", "4", "--top-k", "2", "--meta-every", "5", "--meta-batch", "8",
+    # the reference profile (the default): SMK zeroes and still steps dropped experts, dropout in the
+    # model and the GatingTransformer, q's gradient through the GatingTransformer, one shared
+    # buffer, meta-training every step on a replay set cached per epoch (7 steps here, so it is
+    # redrawn twice); narrow experts to keep it quick
+    "pilf": ["--model", "pilf", "--experts", "4", "--top-k", "2", "--d-ff", "32", "--epoch-steps", "7",
              "--dynamic-top-k", "true", "--k-min", "1"],
+    # our profile: PILR, SMK freezing dropped experts, per-layer buffers, fresh replay draws every 5 steps
+    "pilf-hyperrnn": ["--model", "pilf", "--pilf-profile", "hyperrnn", "--experts", "4", "--top-k", "2",
+                      "--meta-every", "5", "--meta-batch", "8", "--dynamic-top-k", "true", "--k-min", "1"],
 }
 
 
@@ -82,7 +88,14 @@ def test_bitwise_identical_on_1_2_4_ranks(tmp_path, model):
     if model != "dense":
         assert all(int(t["xfer_bytes_l0"]) == 0 for t in timing[1])
         assert all(int(t["xfer_bytes_l0"]) > 0 for t in timing[2])
-    if model == "pilf":  # SMK dropped experts, PILR modulated, buffers filled, meta-training ran
+    if model == "pilf":  # SMK dropped experts, no PILR, the shared buffer filled, meta-training every step
+        assert any(int(r["smk_l0"]) != 0b1111 for r in rows)
+        assert all(float(r["lr_mod_expert"]) == 1.0 for r in rows)
+        assert int(rows[-1]["buffer_size"]) > 0
+        assert sum(r["gating_loss"] != "nan" for r in rows) == 20
+        assert any(float(r["k_mean"]) < 2.0 for r in rows)
+        assert "dropout = 0.1" in (runs[1] / "config.ini").read_text()
+    if model == "pilf-hyperrnn":  # SMK dropped experts, PILR modulated, buffers filled, meta-training ran
         assert any(int(r["smk_l0"]) != 0b1111 for r in rows)
         assert any(float(r["lr_mod_expert"]) != 1.0 for r in rows)
         assert int(rows[-1]["buffer_size_l0"]) > 0
@@ -99,7 +112,7 @@ def test_same_configuration_twice_is_bitwise_identical(tmp_path):
 
 def test_eight_ranks_oversubscribed(tmp_path):
     tokens = [a if a != "4" or TOKENS[i - 1] != "--shards" else "8" for i, a in enumerate(TOKENS)]  # S = 8
-    args = [*tokens, "--model", "pilf", "--experts", "8", "--top-k", "2", "--meta-every", "5", "--meta-batch", "8"]
+    args = [*tokens, "--model", "pilf", "--experts", "8", "--top-k", "2", "--d-ff", "32", "--epoch-steps", "7"]
     for p in (1, 8):
         r = run(p, args, tmp_path / f"p{p}")
         assert r.returncode == 0, r.stderr[-2000:]
@@ -108,9 +121,12 @@ def test_eight_ranks_oversubscribed(tmp_path):
 
 @pytest.mark.skipif(not os.path.isdir(FMNIST), reason="Fashion-MNIST not installed")
 def test_image_marathon_on_1_and_4_ranks(tmp_path):
-    args = ["--model", "pilf", "--task", "fmnist-marathon", "--experts", "4", "--top-k", "2", "--meta-every", "3",
-            "--meta-batch", "8", "--d-model", "16", "--heads", "2", "--layers", "1", "--patch", "7", "--batch", "16",
-            "--shards", "4", "--steps", "12", "--task-steps", "4", "--eval-samples", "30", "--eval-every", "0"]
+    # the reference profile: class token, dropout, shared buffer over 2 layers, replay sets cached per
+    # (task, epoch) and reused in the second cycle (epochs of 2 steps, 3 tasks of 4 steps, 2 cycles)
+    args = ["--model", "pilf", "--task", "fmnist-marathon", "--experts", "4", "--top-k", "2", "--d-ff", "16",
+            "--d-model", "16", "--heads", "2", "--layers", "2", "--patch", "7", "--batch", "16", "--classes-per-task", "5",
+            "--shards", "4", "--steps", "16", "--task-steps", "4", "--epoch-steps", "2", "--eval-samples", "30",
+            "--eval-every", "0"]
     for p in (1, 4):
         r = run(p, args, tmp_path / f"p{p}")
         assert r.returncode == 0, r.stderr[-2000:]

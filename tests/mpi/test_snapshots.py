@@ -7,6 +7,7 @@ by `inspect` (exit 1), stops an explicit `--resume PATH` (exit 2, nothing writte
 `--resume auto` fall back to the previous snapshot and say so; h5py reads the manifest's virtual
 datasets as the shards' arrays; --keep prunes."""
 import csv
+import math
 import os
 import re
 import shutil
@@ -20,10 +21,16 @@ BIN = os.environ.get("HYPERRNN_BIN")
 MPIEXEC = os.environ.get("HYPERRNN_MPIEXEC", "mpiexec")
 FMNIST = "/usr/share/datasets/fashion-mnist"
 
-RUN = ["--model", "pilf", "--experts", "4", "--top-k", "2", "--meta-every", "5", "--meta-batch", "8",
+# pilf's reference profile (the default): one shared buffer, meta-training every step on a replay set
+# cached per epoch (7 steps: a resume at step 12 needs the set drawn at step 7 from the snapshot),
+# dropout, q's gradient through the GatingTransformer
+RUN = ["--model", "pilf", "--experts", "4", "--top-k", "2", "--d-ff", "32", "--epoch-steps", "7",
        "--dynamic-top-k", "true", "--d-model", "16", "--heads", "2", "--layers", "2", "--vocab", "64", "--seq-len", "16",
        "--kv-pairs", "2", "--batch", "16", "--shards", "4", "--steps", "20", "--warmup", "2", "--eval-every", "10",
        "--eval-samples", "37", "--snapshot-every", "5"]
+# our profile: per-layer buffers, PILR, fresh replay draws every 5 steps
+RUN_HYPERRNN = ["--pilf-profile", "hyperrnn", "--meta-every", "5", "--meta-batch", "8",
+                *[a for a in RUN if a not in ("--epoch-steps", "7")]]
 
 
 def env(**extra):
@@ -67,6 +74,15 @@ def reference(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def reference_hyperrnn(tmp_path_factory):
+    """The uninterrupted run of the hyperrnn profile, on 2 ranks."""
+    out = tmp_path_factory.mktemp("ref_h") / "run"
+    r = train(2, out, args=RUN_HYPERRNN)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return out
+
+
 def same_as_reference(run, reference):
     assert theta(run) == theta(reference)
     assert rows(run) == rows(reference)
@@ -99,6 +115,31 @@ def test_stop_and_resume_is_the_uninterrupted_run(tmp_path, reference, first, se
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"continuing from {out}/snapshots/step_00000012 (step 12, written by {first} rank(s), now {second})" in r.stdout
     same_as_reference(out, reference)
+
+
+def test_hyperrnn_profile_stop_and_resume_on_other_ranks(tmp_path, reference_hyperrnn):
+    out = tmp_path / "run"
+    r = train(4, out, "--stop-after", "12", args=RUN_HYPERRNN)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = train(2, out, "--resume", "auto", args=RUN_HYPERRNN)
+    assert r.returncode == 0, r.stderr[-2000:]
+    same_as_reference(out, reference_hyperrnn)
+
+
+def test_replay_sets_are_part_of_the_snapshot(reference):
+    """The reference profile's cached replay sets are in the snapshot: at step 10 (epoch 2 of 7
+    steps) the set drawn at step 1 for (task 0, epoch 1), with as many items as the shared buffer
+    then held (2 layers x floor(16 (1 - PI)) candidates), and the one drawn at step 8 for epoch 2 (the buffer full:
+    128), each with their q, action over 2 layers x 4 experts and slots."""
+    with h5py.File(reference / "snapshots" / "step_00000010" / "manifest.h5", "r") as f:
+        assert int(f["replay/0/sets"][0]) == 2
+        k1, k2 = f["replay/0/0/key"][()], f["replay/0/1/key"][()]
+        pi1 = float(rows(reference)[0]["pi"])  # every sample's priority is 1 - the batch's PI
+        assert list(k1) == [0, 1, 2 * math.floor(16 * (1 - pi1))] and list(k2) == [0, 2, 128]
+        assert f["replay/0/1/q"].shape == (128, 16) and f["replay/0/1/action"].shape == (128, 8)
+        idx = f["replay/0/0/idx"][()]
+        assert idx.min() >= 0 and idx.max() < k1[2]
+        assert f["buffer/shared/q"].shape == (128, 16) and f["buffer/shared/action"].shape == (128, 8)
 
 
 def test_resume_an_explicit_snapshot_into_a_new_directory(tmp_path, reference):
@@ -211,7 +252,7 @@ def test_virtual_datasets_read_the_shards(reference):
     with h5py.File(d / "manifest.h5", "r") as m:
         for group in ("params", "adam/m", "adam/v"):
             stacked = m[f"experts/{group}/layers.0.moe.experts.fc1.weight"][()]
-            assert stacked.shape == (4, 64, 16)
+            assert stacked.shape == (4, 32, 16)
             for e in range(4):
                 with h5py.File(d / f"shard-0000{e // 2}-of-00002.h5", "r") as s:  # 2 ranks: experts 0-1, 2-3
                     one = s[f"{group}/layers.0.moe.experts.{e}.fc1.weight"][()]
@@ -248,10 +289,12 @@ def test_out_with_snapshots_needs_resume(tmp_path, reference):
 
 @pytest.mark.skipif(not os.path.isdir(FMNIST), reason="Fashion-MNIST not installed")
 def test_marathon_resume(tmp_path):
-    args = ["--model", "pilf", "--task", "fmnist-marathon", "--experts", "4", "--top-k", "2", "--meta-every", "3",
-            "--meta-batch", "8", "--d-model", "16", "--heads", "2", "--layers", "1", "--patch", "7", "--batch", "16",
-            "--shards", "4", "--steps", "16", "--task-steps", "4", "--eval-samples", "30", "--eval-every", "0",
-            "--snapshot-every", "3"]
+    # reference profile: replay sets cached per (task, epoch) are reused in the next cycle, also
+    # after the resume (5 tasks of 2 classes x 2-step epochs)
+    args = ["--model", "pilf", "--task", "fmnist-marathon", "--experts", "4", "--top-k", "2", "--d-ff", "16",
+            "--d-model", "16", "--heads", "2", "--layers", "1", "--patch", "7", "--batch", "16",
+            "--shards", "4", "--steps", "16", "--task-steps", "4", "--epoch-steps", "2", "--classes-per-task", "5",
+            "--eval-samples", "30", "--eval-every", "0", "--snapshot-every", "3"]
     r = train(2, tmp_path / "a", args=args)
     assert r.returncode == 0, r.stderr[-2000:]
     r = train(4, tmp_path / "b", "--stop-after", "10", args=args)

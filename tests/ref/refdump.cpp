@@ -75,6 +75,8 @@ void run(const RunConfig& cfg, const std::string& out) {
       f.write(g + "stats", st, {static_cast<int64_t>(std::size(st))});
       std::vector<int32_t> masks(s.smk_mask.begin(), s.smk_mask.end());
       f.write(g + "smk", masks.data(), {static_cast<int64_t>(masks.size())});
+      f.write(g + "tokens", model.expert_tokens().data(), {static_cast<int64_t>(model.expert_tokens().size())});
+      dump_tensors(f, g + "params", model.table(), model.params);  // after the step
       for (size_t l = 0; l < ses.pilf.buffers.size(); ++l) {
         const pilf::ExperienceBuffer& b = ses.pilf.buffers[l];
         std::vector<double> pr;
@@ -117,11 +119,12 @@ int main(int argc, char** argv) {
         kv[trim(line.substr(0, eq))] = trim(line.substr(eq + 1));
       }
     };
+    // (for pilf the schedule, clip and decay are left to its profile unless the extra lines set them)
     merge(std::string("model = ") + argv[1] +
           "\nvocab = 40\nseq-len = 16\nkv-pairs = 3\nd-model = 16\nlayers = 2\nheads = 2\n"
-          "experts = 4\ntop-k = 2\nd-ff = 24\nbatch = 4\nsteps = 5\nwarmup = 2\n"
-          "lr = 0.01\nlr-min-ratio = 0.1\ngrad-clip = 0.5\nweight-decay = 0.1\nseed = 3\n"
+          "experts = 4\ntop-k = 2\nd-ff = 24\nbatch = 4\nsteps = 5\nlr = 0.01\nseed = 3\n"
           "tie-embeddings = " + argv[3] + "\n");
+    if (std::strcmp(argv[1], "pilf") != 0) merge("warmup = 2\nlr-min-ratio = 0.1\ngrad-clip = 0.5\nweight-decay = 0.1\n");
     if (argc == 6) merge(argv[5]);
     std::string ini;
     for (const auto& [k, v] : kv) ini += k + " = " + v + "\n";

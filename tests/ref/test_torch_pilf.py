@@ -1,12 +1,29 @@
 """Independent PyTorch implementation of the `pilf` hyper-step, checked against the C++ one for 3
-steps: memory-Gaussian MoE whose per-sample routing Gaussians come from a GatingTransformer built
-from torch.nn.TransformerDecoder (post-norm, ReLU, dropout 0), PI assessment, Surprise-Min-K,
-PILR, AdamW, experience curation into a prototype buffer, and GatingTransformer meta-training on
-Philox-sampled buffer items (BCE with logits against the SMK action, own AdamW).
+steps, in both profiles.
 
-Written from ../shared/reference/pilf.md and docs/architecture.md (the choices the spec leaves
-open), not from the C++ code. The counter RNG (Philox4x32-10) is re-implemented here and checked
-against the Random123 known-answer vector first.
+The reference profile follows the reference's PILF-2 train loop as its code runs
+(utils/train_loops/pilf_train_loop.py, main.py, utils/experience_buffer.py,
+utils/strategies/backpropagation_strategies.py, utils/pi_calculator.py, models/moe_layers.py;
+docs/pilf.md), not the C++ code: torch.optim.Adam without decay and no clipping,
+zero_grad(set_to_none=True) (an expert that received no tokens has no gradient), SMK as
+grad.zero_() on the dropped experts followed by Adam's step (a dropped expert moves by its
+momentum), PI = exp(-alpha (eps/(tau + 1e-9) + surprise)) over every non-GatingTransformer
+parameter gradient, q not detached (the task loss reaches the backbone through the
+GatingTransformer, whose own task-loss gradient is discarded by its optimizer's zero_grad before
+meta-training), one experience buffer shared by all MoE layers (multi-hot actions over layers x
+experts, one add per layer with the batch PI), meta-training every step on a replay set drawn once
+per (task, epoch) with the buffer's size and reused, BCE averaged over layers, priorities decayed
+after the gating step, dropout 0.1 in the model and the GatingTransformer. The hyperrnn profile is
+our variant (AdamW with decay on matrices, clipping, SMK freezing dropped experts, PILR, detached
+routing, one buffer per layer with per-sample PI, fresh replay draws, summed BCE).
+
+The MoE dispatch is written the reference's way (each expert runs on the tokens routed to it, so
+an unrouted expert's parameters get no gradient). The GatingTransformer is a functional decoder
+(explicit self-attention over the one-token target, cross-attention over the history, ReLU FFN,
+post-norm), checked first against torch.nn.TransformerDecoder with dropout 0. Randomness the two
+sides cannot share is replaced by the same counter RNG: Philox4x32-10 is re-implemented here
+(checked against the Random123 known-answer vector) and drives the replay draws and every dropout
+mask (one 32-bit word per element, kept when >= floor(p 2^32)).
 
 Only double precision is compared: the step takes discrete decisions (top-k routing, SMK sets,
 candidate order, retrieval order) that float rounding may legitimately flip. In double both sides
@@ -28,6 +45,7 @@ from test_torch_reference import change_error, lr_at, parse_ini, rel
 
 torch.set_default_dtype(torch.float64)
 MASK = 0xFFFFFFFF
+ROUTING, DROPOUT, GATING_DROPOUT, META_DROPOUT = 4, 6, 7, 8
 
 
 # ---- counter RNG -------------------------------------------------------------------------------
@@ -46,7 +64,7 @@ class Stream:
 
     def __init__(self, seed, purpose, step, index):
         self.key = [seed & MASK, (seed >> 32) & MASK]
-        self.ctr = [0, index, step, purpose]
+        self.ctr = [0, index & MASK, step & MASK, purpose]
         self.buf = []
 
     def u32(self):
@@ -63,11 +81,15 @@ class Stream:
         return (self.u32() * n) >> 32
 
 
-ROUTING = 4
-
-
 def test_philox_known_answer():
     assert philox([0, 0, 0, 0], [0, 0]) == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
+
+
+def keep(seed, purpose, step, index, n, p):
+    """Dropout keep mask (n) as 0/1 doubles."""
+    thr = min(math.floor(p * 2.0 ** 32), MASK)
+    st = Stream(seed, purpose, step, index)
+    return torch.tensor([1.0 if st.u32() >= thr else 0.0 for _ in range(n)])
 
 
 # ---- routing experience buffer -----------------------------------------------------------------
@@ -77,7 +99,8 @@ def cosine(a, b):
 
 
 class Buffer:
-    """The spec's prototype buffer; q and prototype means held in float32 like the stored state."""
+    """PrototypingExperienceBuffer (utils/experience_buffer.py) with deterministic ties (lower index
+    first where torch.topk leaves the order open); q and prototype means held in float32."""
 
     def __init__(self, cap, dim, decay):
         self.cap, self.dim, self.decay_f = cap, dim, decay
@@ -85,7 +108,7 @@ class Buffer:
         self.proto = np.zeros((cap, dim), np.float32)
         self.count = [0] * cap
 
-    def add(self, q32, action, pi):
+    def add(self, q32, actions, pi):
         B = len(pi)
         budget = min(B, math.floor(B * (1.0 - sum(pi) / B)))
         if budget <= 0:
@@ -93,7 +116,7 @@ class Buffer:
         cand = sorted(range(B), key=lambda b: -(1.0 - pi[b]))[:budget]  # stable: ties lower index
         prio = [1.0 - pi[c] for c in cand]
         proto, needs = [], []
-        for i, c in enumerate(cand):  # best match among prototypes active before this call
+        for i, c in enumerate(cand):  # best match among the prototypes active before this call
             best, bp = -2.0, -1
             for p in range(self.cap):
                 if self.count[p] > 0:
@@ -118,7 +141,7 @@ class Buffer:
                     break
                 if proto[i] >= 0:
                     writes.append((size + len(writes), i))
-        else:
+        else:  # the i-th highest candidate replaces the i-th lowest item if strictly higher
             low = sorted(range(self.cap), key=lambda j: self.prio[j])
             j = 0
             for i in range(budget):
@@ -129,19 +152,23 @@ class Buffer:
                 if prio[i] > self.prio[low[j]]:
                     writes.append((low[j], i))
                 j += 1
+        # evictions first, then the new members, then each prototype's mean from its final count
         for slot, i in writes:
+            if slot < size and self.proto_of[slot] >= 0:
+                self.count[self.proto_of[slot]] -= 1
+        gained = {}
+        for slot, i in writes:
+            item = (q32[cand[i]].copy(), tuple(actions[cand[i]]), prio[i], proto[i])
             if slot < len(self.q):
-                if self.proto_of[slot] >= 0:
-                    self.count[self.proto_of[slot]] -= 1
-                self.q[slot], self.act[slot], self.prio[slot], self.proto_of[slot] = q32[cand[i]].copy(), action, prio[i], proto[i]
+                self.q[slot], self.act[slot], self.prio[slot], self.proto_of[slot] = item
             else:
-                self.q.append(q32[cand[i]].copy())
-                self.act.append(action)
-                self.prio.append(prio[i])
-                self.proto_of.append(proto[i])
-            p, n = proto[i], max(self.count[proto[i]], 0)
-            self.proto[p] = ((self.proto[p].astype(np.float64) * n + q32[cand[i]].astype(np.float64)) / (n + 1)).astype(np.float32)
-            self.count[p] = n + 1
+                for lst, v in zip((self.q, self.act, self.prio, self.proto_of), item):
+                    lst.append(v)
+            self.count[proto[i]] += 1
+            gained.setdefault(proto[i], []).append(q32[cand[i]].astype(np.float64))
+        for p in sorted(gained):
+            n, cnt = len(gained[p]), self.count[p]
+            self.proto[p] = ((self.proto[p].astype(np.float64) * (cnt - n) + np.sum(gained[p], axis=0)) / cnt).astype(np.float32)
         for p in range(self.cap):
             if self.count[p] <= 0:
                 self.count[p] = 0
@@ -169,7 +196,7 @@ class Buffer:
         return out
 
     def decay(self, idx):
-        for i in sorted(set(idx)):
+        for i in sorted(set(idx)):  # priority_buffer[indices] *= decay: a repeated index decays once
             self.prio[i] *= self.decay_f
 
     def retrieve(self, queries32, k):
@@ -182,72 +209,98 @@ class Buffer:
 
 
 # ---- GatingTransformer -------------------------------------------------------------------------
+def ln(x, w, b):
+    return F.layer_norm(x, (x.shape[-1],), w, b, eps=1e-5)
+
+
 class Gating:
-    """One torch.nn.TransformerDecoder + Linear head per MoE layer, loaded from the C++ tensors."""
+    """One torch.nn.TransformerDecoder(Layer) stack + Linear head per MoE layer, written
+    functionally so that dropout can use given masks; its self-attention has query and key
+    projections of its own (random: with one target they cannot matter)."""
 
     def __init__(self, cfg, tensors):
         C, E = int(cfg["d-model"]), int(cfg["experts"])
-        H, Lg, L = int(cfg["gating-heads"]), int(cfg["gating-layers"]), int(cfg["layers"])
-        self.C, self.E, self.L, self.Lg = C, E, L, Lg
+        self.H, self.Lg, self.L = int(cfg["gating-heads"]), int(cfg["gating-layers"]), int(cfg["layers"])
+        self.C, self.E = C, E
+        self.p = {k: torch.tensor(np.asarray(v, np.float64), requires_grad=True) for k, v in tensors.items()}
         gen = torch.Generator().manual_seed(0)
-        self.dec, self.head = [], []
-        t = lambda n: torch.tensor(np.asarray(tensors[n], np.float64))
-        for l in range(L):
-            layer = torch.nn.TransformerDecoderLayer(C, H, 4 * C, dropout=0.0, activation="relu", batch_first=True,
-                                                     norm_first=False)
-            dec = torch.nn.TransformerDecoder(layer, Lg)
-            with torch.no_grad():
-                for j, d in enumerate(dec.layers):
-                    pre = f"layers.{l}.gating.dec.{j}."
-                    # self-attention over one target: its q/k projections cannot matter; random ones
-                    d.self_attn.in_proj_weight.copy_(torch.cat([torch.randn(2 * C, C, generator=gen), t(pre + "self_attn.v.weight")]))
-                    d.self_attn.in_proj_bias.copy_(torch.cat([torch.randn(2 * C, generator=gen), t(pre + "self_attn.v.bias")]))
-                    d.self_attn.out_proj.weight.copy_(t(pre + "self_attn.out.weight"))
-                    d.self_attn.out_proj.bias.copy_(t(pre + "self_attn.out.bias"))
-                    d.multihead_attn.in_proj_weight.copy_(torch.cat([t(pre + "cross_attn.q.weight"), t(pre + "cross_attn.kv.weight")]))
-                    d.multihead_attn.in_proj_bias.copy_(torch.cat([t(pre + "cross_attn.q.bias"), t(pre + "cross_attn.kv.bias")]))
-                    d.multihead_attn.out_proj.weight.copy_(t(pre + "cross_attn.out.weight"))
-                    d.multihead_attn.out_proj.bias.copy_(t(pre + "cross_attn.out.bias"))
-                    for a, b in (("linear1", "ff1"), ("linear2", "ff2"), ("norm1", "norm1"), ("norm2", "norm2"), ("norm3", "norm3")):
-                        getattr(d, a).weight.copy_(t(pre + b + ".weight"))
-                        getattr(d, a).bias.copy_(t(pre + b + ".bias"))
-            head = torch.nn.Linear(C, 2 * E * C)
-            with torch.no_grad():
-                head.weight.copy_(t(f"layers.{l}.gating.head.weight"))
-                head.bias.copy_(t(f"layers.{l}.gating.head.bias"))
-            self.dec.append(dec)
-            self.head.append(head)
+        self.sa_qk = {(l, j): (torch.randn(2 * C, C, generator=gen), torch.randn(2 * C, generator=gen))
+                      for l in range(self.L) for j in range(self.Lg)}
 
     def params(self):
-        return [p for m in self.dec + self.head for p in m.parameters()]
+        return list(self.p.values())
 
-    def __call__(self, l, q, hist):
-        """q (n,C), hist (n,Kh,C) -> mu, log_sigma (n,E,C)."""
-        y = self.head[l](self.dec[l](q.unsqueeze(1), hist)).view(-1, 2, self.E, self.C)
-        return y[:, 0], y[:, 1]
+    def __call__(self, l, q, hist, mask=None):
+        """q (n,C), hist (n,Kh,C) -> mu, log_sigma (n,E,C). mask(j, site, per_query) -> (n, per_query)
+        keep masks times 1/(1-p), or None (no dropout)."""
+        C, H, p = self.C, self.H, self.p
+        n, hs = q.shape[0], C // self.H
+        x = q.unsqueeze(1)  # (n,1,C): the one-token target
+        drop = (lambda j, site, m: mask(j, site, m)) if mask else None
+        for j in range(self.Lg):
+            pre = f"layers.{l}.gating.dec.{j}."
+            wqk, bqk = self.sa_qk[(l, j)]
+            qk = F.linear(x, wqk, bqk)
+            sq, sk = qk[..., :C], qk[..., C:]
+            sv = F.linear(x, p[pre + "self_attn.v.weight"], p[pre + "self_attn.v.bias"])
+            heads = lambda t: t.view(n, -1, H, hs).transpose(1, 2)  # (n,H,T,hs)
+            att = torch.softmax(heads(sq) @ heads(sk).transpose(-1, -2) / math.sqrt(hs), -1)  # (n,H,1,1)
+            if drop:
+                att = att * drop(j, 0, H).view(n, H, 1, 1)
+            y = (att @ heads(sv)).transpose(1, 2).reshape(n, 1, C)
+            y = F.linear(y, p[pre + "self_attn.out.weight"], p[pre + "self_attn.out.bias"])
+            if drop:
+                y = y * drop(j, 1, C).view(n, 1, C)
+            x = ln(x + y, p[pre + "norm1.weight"], p[pre + "norm1.bias"])
+            cq = F.linear(x, p[pre + "cross_attn.q.weight"], p[pre + "cross_attn.q.bias"])
+            kv = F.linear(hist, p[pre + "cross_attn.kv.weight"], p[pre + "cross_attn.kv.bias"])
+            att = torch.softmax(heads(cq) @ heads(kv[..., :C]).transpose(-1, -2) / math.sqrt(hs), -1)  # (n,H,1,Kh)
+            if drop:
+                att = att * drop(j, 2, H * hist.shape[1]).view(n, H, 1, -1)
+            y = (att @ heads(kv[..., C:])).transpose(1, 2).reshape(n, 1, C)
+            y = F.linear(y, p[pre + "cross_attn.out.weight"], p[pre + "cross_attn.out.bias"])
+            if drop:
+                y = y * drop(j, 3, C).view(n, 1, C)
+            x = ln(x + y, p[pre + "norm2.weight"], p[pre + "norm2.bias"])
+            h = F.relu(F.linear(x, p[pre + "ff1.weight"], p[pre + "ff1.bias"]))
+            if drop:
+                h = h * drop(j, 4, 4 * C).view(n, 1, 4 * C)
+            y = F.linear(h, p[pre + "ff2.weight"], p[pre + "ff2.bias"])
+            if drop:
+                y = y * drop(j, 5, C).view(n, 1, C)
+            x = ln(x + y, p[pre + "norm3.weight"], p[pre + "norm3.bias"])
+        out = F.linear(x.squeeze(1), p[f"layers.{l}.gating.head.weight"], p[f"layers.{l}.gating.head.bias"])
+        out = out.view(n, 2, self.E, C)
+        return out[:, 0], out[:, 1]
+
+    def torch_decoder(self, l):
+        """torch.nn.TransformerDecoder (dropout 0) with this bank's weights, for the probe check."""
+        C, t = self.C, lambda name: self.p[name].detach()
+        layer = torch.nn.TransformerDecoderLayer(C, self.H, 4 * C, dropout=0.0, activation="relu", batch_first=True)
+        dec = torch.nn.TransformerDecoder(layer, self.Lg)
+        with torch.no_grad():
+            for j, d in enumerate(dec.layers):
+                pre = f"layers.{l}.gating.dec.{j}."
+                wqk, bqk = self.sa_qk[(l, j)]
+                d.self_attn.in_proj_weight.copy_(torch.cat([wqk, t(pre + "self_attn.v.weight")]))
+                d.self_attn.in_proj_bias.copy_(torch.cat([bqk, t(pre + "self_attn.v.bias")]))
+                d.self_attn.out_proj.weight.copy_(t(pre + "self_attn.out.weight"))
+                d.self_attn.out_proj.bias.copy_(t(pre + "self_attn.out.bias"))
+                d.multihead_attn.in_proj_weight.copy_(torch.cat([t(pre + "cross_attn.q.weight"), t(pre + "cross_attn.kv.weight")]))
+                d.multihead_attn.in_proj_bias.copy_(torch.cat([t(pre + "cross_attn.q.bias"), t(pre + "cross_attn.kv.bias")]))
+                d.multihead_attn.out_proj.weight.copy_(t(pre + "cross_attn.out.weight"))
+                d.multihead_attn.out_proj.bias.copy_(t(pre + "cross_attn.out.bias"))
+                for a, b in (("linear1", "ff1"), ("linear2", "ff2"), ("norm1", "norm1"), ("norm2", "norm2"), ("norm3", "norm3")):
+                    getattr(d, a).weight.copy_(t(pre + b + ".weight"))
+                    getattr(d, a).bias.copy_(t(pre + b + ".bias"))
+        head = torch.nn.Linear(C, 2 * self.E * C)
+        with torch.no_grad():
+            head.weight.copy_(t(f"layers.{l}.gating.head.weight"))
+            head.bias.copy_(t(f"layers.{l}.gating.head.bias"))
+        return lambda q, hist: head(dec(q.unsqueeze(1), hist)).view(-1, 2, self.E, C)
 
     def export(self):
-        """Tensors named as in the C++ table."""
-        C, out = self.C, {}
-        for l in range(self.L):
-            for j, d in enumerate(self.dec[l].layers):
-                pre = f"layers.{l}.gating.dec.{j}."
-                out[pre + "self_attn.v.weight"] = d.self_attn.in_proj_weight[2 * C:]
-                out[pre + "self_attn.v.bias"] = d.self_attn.in_proj_bias[2 * C:]
-                out[pre + "self_attn.out.weight"] = d.self_attn.out_proj.weight
-                out[pre + "self_attn.out.bias"] = d.self_attn.out_proj.bias
-                out[pre + "cross_attn.q.weight"] = d.multihead_attn.in_proj_weight[:C]
-                out[pre + "cross_attn.q.bias"] = d.multihead_attn.in_proj_bias[:C]
-                out[pre + "cross_attn.kv.weight"] = d.multihead_attn.in_proj_weight[C:]
-                out[pre + "cross_attn.kv.bias"] = d.multihead_attn.in_proj_bias[C:]
-                out[pre + "cross_attn.out.weight"] = d.multihead_attn.out_proj.weight
-                out[pre + "cross_attn.out.bias"] = d.multihead_attn.out_proj.bias
-                for a, b in (("linear1", "ff1"), ("linear2", "ff2"), ("norm1", "norm1"), ("norm2", "norm2"), ("norm3", "norm3")):
-                    out[pre + b + ".weight"] = getattr(d, a).weight
-                    out[pre + b + ".bias"] = getattr(d, a).bias
-            out[f"layers.{l}.gating.head.weight"] = self.head[l].weight
-            out[f"layers.{l}.gating.head.bias"] = self.head[l].bias
-        return {k: v.detach().numpy().copy() for k, v in out.items()}
+        return {k: v.detach().numpy().copy() for k, v in self.p.items()}
 
 
 def gauss_scores(x, mu, ls):
@@ -275,37 +328,48 @@ class Pilr:
 def pi_of(cfg, eps, tau, s, es, gs):
     a, g = float(cfg["pi-alpha"]), float(cfg["pi-gamma"])
     ne = eps / (tau + 1e-9)
-    cost = (1 - g) * ne + g * s if cfg["pi-form"] == "published" else ne + (1 - g) * es + g * gs
+    cost = {"published": lambda: (1 - g) * ne + g * s, "reference-code": lambda: ne + (1 - g) * es + g * gs,
+            "reference-loop": lambda: ne + s}[cfg["pi-form"]]()
     return math.exp(-a * cost)
 
 
 def entropy(logits):
     p = torch.softmax(logits, -1)
-    return -(p * torch.log(p)).sum(-1)
+    return -(p * torch.log(p + 1e-9)).sum(-1)  # PICalculator._calculate_tau
 
 
 class Hyper:
     def __init__(self, cfg, params0, gating0):
         self.cfg = cfg
         self.C, self.L, self.H, self.E, self.K = (int(cfg[k]) for k in ("d-model", "layers", "heads", "experts", "top-k"))
+        self.seed, self.pdrop, self.pgate = int(cfg["seed"]), float(cfg["dropout"]), float(cfg["gating-dropout"])
         self.p = {k: torch.tensor(np.asarray(v, np.float64), requires_grad=True) for k, v in params0.items()}
         self.names = list(params0.keys())
         self.gt = Gating(cfg, gating0)
-        self.buffers = [Buffer(int(cfg["buffer-capacity"]), self.C, float(cfg["priority-decay"])) for _ in range(self.L)]
+        self.shared = cfg["buffer"] == "shared"
+        cap, decay = int(cfg["buffer-capacity"]), float(cfg["priority-decay"])
+        self.buffers = [Buffer(cap, self.C, decay) for _ in range(1 if self.shared else self.L)]
         self.kh = int(cfg["history"])
-        decays = lambda n, v: v.dim() == 2
-        self.opt = torch.optim.AdamW(
-            [{"params": [self.p[n] for n in self.names if decays(n, self.p[n])], "weight_decay": float(cfg["weight-decay"])},
-             {"params": [self.p[n] for n in self.names if not decays(n, self.p[n])], "weight_decay": 0.0}],
-            lr=1.0, betas=(float(cfg["adam-beta1"]), float(cfg["adam-beta2"])), eps=float(cfg["adam-eps"]))
-        gp = self.gt.params()
-        self.gopt = torch.optim.AdamW(
-            [{"params": [q for q in gp if q.dim() == 2], "weight_decay": float(cfg["weight-decay"])},
-             {"params": [q for q in gp if q.dim() != 2], "weight_decay": 0.0}],
-            lr=1.0, betas=(float(cfg["adam-beta1"]), float(cfg["adam-beta2"])), eps=float(cfg["adam-eps"]))
+        betas, eps = (float(cfg["adam-beta1"]), float(cfg["adam-beta2"])), float(cfg["adam-eps"])
+        wd = float(cfg["weight-decay"])
+        if wd == 0:  # main.py: torch.optim.Adam over the non-GatingTransformer parameters, no decay
+            self.opt = torch.optim.Adam([self.p[n] for n in self.names], lr=1.0, betas=betas, eps=eps)
+            self.gopt = torch.optim.Adam(self.gt.params(), lr=1.0, betas=betas, eps=eps)
+        else:  # AdamW, decay on matrices only
+            self.opt = torch.optim.AdamW(
+                [{"params": [self.p[n] for n in self.names if self.p[n].dim() == 2], "weight_decay": wd},
+                 {"params": [self.p[n] for n in self.names if self.p[n].dim() != 2], "weight_decay": 0.0}],
+                lr=1.0, betas=betas, eps=eps)
+            gp = self.gt.params()
+            self.gopt = torch.optim.AdamW([{"params": [q for q in gp if q.dim() == 2], "weight_decay": wd},
+                                           {"params": [q for q in gp if q.dim() != 2], "weight_decay": 0.0}],
+                                          lr=1.0, betas=betas, eps=eps)
         self.pilr_e, self.pilr_g = Pilr(cfg), Pilr(cfg)
         self.rs = [[0.0, 1.0] for _ in range(self.L)]
         self.rs_steps = 0
+        self.replay_cache = {}  # (task, epoch) -> (q32, actions, indices): gating_loss_cache
+        self.momentum_moves = []  # (step, layer, expert): dropped with tokens after an update, stepped anyway
+        self.updated = set()  # (layer, expert) updated with its own gradient at some step
 
     def dyn_k(self, r, l):
         kmin = int(self.cfg["k-min"])
@@ -317,41 +381,91 @@ class Hyper:
         p = self.p
         return F.linear(F.gelu(F.linear(x, p[pre + "fc1.weight"], p[pre + "fc1.bias"])), p[pre + "fc2.weight"], p[pre + "fc2.bias"])
 
-    def forward(self, tokens, targets):
-        p, C, H, E, K = self.p, self.C, self.H, self.E, self.K
+    def drop(self, step, site, n):
+        """The main model's mask for every sample: (B, n) times 1/(1-p); None without dropout."""
+        if step is None or self.pdrop == 0:
+            return None
+        sites = 1 + 5 * self.L
+        return torch.stack([keep(self.seed, DROPOUT, step, b * sites + site, n, self.pdrop) for b in range(self.B)]) / (1 - self.pdrop)
+
+    def gate_mask(self, purpose, step, l, n_queries):
+        if self.pgate == 0:
+            return None
+        sites, Lg = self.L * self.gt.Lg * 6, self.gt.Lg
+        cache = {}
+
+        def mask(j, site, per_query):
+            key = (j, site)
+            if key not in cache:
+                s0 = (l * Lg + j) * 6 + site
+                cache[key] = torch.stack([keep(self.seed, purpose, step, b * sites + s0, per_query, self.pgate)
+                                          for b in range(n_queries)]) / (1 - self.pgate)
+            return cache[key]
+        return mask
+
+    def forward(self, tokens, targets, step):
+        p, C, H, E, K, cfg = self.p, self.C, self.H, self.E, self.K, self.cfg
         B, T = tokens.shape
+        self.B = B
         x = p["wte"][tokens] + p["wpe"][:T]
+        if (m := self.drop(step, 0, T * C)) is not None:
+            x = x * m.view(B, T, C)
         causal = torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1)
         self.q32, self.r, self.routing, self.counts = [], [], [], []
+        detach = cfg["gating-backprop"] != "true"
         for l in range(self.L):
-            pre = f"layers.{l}."
+            pre, site = f"layers.{l}.", 1 + 5 * l
             h = F.layer_norm(x, (C,), p[pre + "ln1.weight"], p[pre + "ln1.bias"], eps=1e-5)
             q, k, v = F.linear(h, p[pre + "attn.qkv.weight"], p[pre + "attn.qkv.bias"]).split(C, dim=-1)
             q, k, v = (t.view(B, T, H, C // H).transpose(1, 2) for t in (q, k, v))
             att = torch.softmax(((q @ k.transpose(-1, -2)) / math.sqrt(C // H)).masked_fill(causal, float("-inf")), -1)
-            x = x + F.linear((att @ v).transpose(1, 2).reshape(B, T, C), p[pre + "attn.proj.weight"], p[pre + "attn.proj.bias"])
+            if (m := self.drop(step, site, H * T * T)) is not None:
+                att = att * m.view(B, H, T, T)
+            y = F.linear((att @ v).transpose(1, 2).reshape(B, T, C), p[pre + "attn.proj.weight"], p[pre + "attn.proj.bias"])
+            if (m := self.drop(step, site + 1, T * C)) is not None:
+                y = y * m.view(B, T, C)
+            x = x + y
             h = F.layer_norm(x, (C,), p[pre + "ln2.weight"], p[pre + "ln2.bias"], eps=1e-5)
-            qs = h.mean(1).detach()  # the sample's q: data to the gating network
-            q32 = qs.numpy().astype(np.float32)
-            hist = torch.tensor(self.buffers[l].retrieve(q32, self.kh).astype(np.float64))
-            with torch.no_grad():
-                mu, ls = self.gt(l, qs, hist)
-            mu_ls = torch.stack([mu, ls], 1).detach().requires_grad_()  # stop-gradient; grad = routing grad
-            r = (-gauss_scores(qs, mu, ls).max(-1).values / C).tolist()
-            ks = [self.dyn_k(r[b], l) if self.cfg["dynamic-top-k"] == "true" else K for b in range(B)]
+            qs = h.mean(1)  # the sample's q
+            if detach:
+                qs = qs.detach()
+            q32 = qs.detach().numpy().astype(np.float32)
+            buf = self.buffers[0 if self.shared else l]
+            hist = torch.tensor(buf.retrieve(q32, self.kh).astype(np.float64))
+            mask = self.gate_mask(GATING_DROPOUT, step, l, B) if step is not None else None
+            if detach:
+                with torch.no_grad():
+                    mu, ls = self.gt(l, qs, hist, mask)
+                mu_ls = torch.stack([mu, ls], 1).detach().requires_grad_()  # stop-gradient; grad = routing grad
+            else:
+                mu, ls = self.gt(l, qs, hist, mask)
+                mu_ls = torch.stack([mu, ls], 1)
+                mu_ls.retain_grad()  # the routing gradient, for gating_surprise
+            r = (-gauss_scores(qs.detach(), mu_ls[:, 0].detach(), mu_ls[:, 1].detach()).max(-1).values / C).tolist()
+            ks = [self.dyn_k(r[b], l) if cfg["dynamic-top-k"] == "true" else K for b in range(B)]
             scores = gauss_scores(h, mu_ls[:, 0].unsqueeze(1), mu_ls[:, 1].unsqueeze(1))  # (B,T,E)
             top, idx = torch.topk(scores, K, dim=-1)
             active = torch.tensor(ks).view(B, 1, 1) > torch.arange(K).view(1, 1, K)
             gates = torch.softmax(top.masked_fill(~active, float("-inf")), -1)
-            out = torch.zeros_like(h)
+            # the reference's dispatch: each expert on the (token, slot) pairs routed to it
+            hf, out = h.reshape(B * T, C), torch.zeros(B * T, C)
+            sel_all = (idx == torch.arange(E).view(E, 1, 1, 1)) & active  # (E,B,T,K)
+            counts = []
             for e in range(E):
-                out = out + (gates * (idx == e)).sum(-1, keepdim=True) * self.expert(f"{pre}moe.experts.{e}.", h)
-            x = x + out
+                tok, slot = sel_all[e].reshape(B * T, K).nonzero(as_tuple=True)
+                counts.append(int(tok.numel()))
+                if tok.numel() == 0:
+                    continue
+                g = gates.reshape(B * T, K)[tok, slot].unsqueeze(1)
+                out = out.index_add(0, tok, g * self.expert(f"{pre}moe.experts.{e}.", hf[tok]))
+            y = out.view(B, T, C)
+            if (m := self.drop(step, site + 2, T * C)) is not None:
+                y = y * m.view(B, T, C)
+            x = x + y
             self.q32.append(q32)
             self.r.append(r)
             self.routing.append(mu_ls)
-            self.counts.append([int(((idx == e) & active).sum()) for e in range(E)])
-            self.ks = ks
+            self.counts.append(counts)
         x = F.layer_norm(x, (C,), p["lnf.weight"], p["lnf.bias"], eps=1e-5)
         logits = F.linear(x, p["wte"])
         mask = targets >= 0
@@ -364,49 +478,77 @@ class Hyper:
         self.k_mean = sum(sum(c) for c in self.counts) / (B * T * self.L)
         return per_row.mean()
 
+    def expert_tensors(self, l, e):
+        return [self.p[f"layers.{l}.moe.experts.{e}.{t}"] for t in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")]
+
     def step(self, s, tokens, targets):
-        cfg, E = self.cfg, self.E
-        for t in list(self.p.values()):
-            t.grad = None
-        loss = self.forward(tokens, targets)
+        cfg, E, L = self.cfg, self.E, self.L
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.forward(tokens, targets, s)
         loss.backward()
         names = self.names
-        es = math.sqrt(sum(float((self.p[n].grad ** 2).sum()) for n in names))
+        grads = [self.p[n].grad for n in names if self.p[n].grad is not None]
+        S = math.sqrt(sum(float((g ** 2).sum()) for g in grads))  # PICalculator: every main-model gradient
+        es = S  # pilf has no router parameters: the expert group is every main-model parameter
         gs = math.sqrt(sum(float((m.grad ** 2).sum()) for m in self.routing))
-        S = math.hypot(es, gs)
+        if cfg["surprise-routing"] == "true":
+            S = math.hypot(es, gs)
         pi = pi_of(cfg, loss.item(), self.tau, S, es, gs)
-        # SMK per layer
+        # SMK per layer (SurpriseMinKStrategy / ActivatedSurpriseMinKStrategy)
         min_k, mode, masks = int(cfg["min-k"]), cfg["smk"], []
-        for l in range(self.L):
-            norms = [math.sqrt(sum(float((self.p[f"layers.{l}.moe.experts.{e}.{t}"].grad ** 2).sum())
-                                   for t in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"))) for e in range(E)]
-            cnt = self.counts[l]
-            pool = [e for e in range(E) if mode == "smk" or cnt[e] > 0]
-            keep = sorted(pool, key=lambda e: (cnt[e] == 0, norms[e], e))[:min_k]
-            masks.append(sum(1 << e for e in keep))
+        for l in range(L):
+            norms = []
+            for e in range(E):
+                g = [t.grad for t in self.expert_tensors(l, e) if t.grad is not None]
+                norms.append(math.sqrt(sum(float((x ** 2).sum()) for x in g)) if g else math.inf)
+            pool = [e for e in range(E) if mode == "smk" or self.counts[l][e] > 0]
+            keep_ = sorted(pool, key=lambda e: (norms[e], e))[:min_k]  # stable sort by surprise
+            masks.append(sum(1 << e for e in keep_))
         # PILR
+        me = mg = 1.0
         if cfg["pilr"] == "single":
             me = mg = self.pilr_e(S)
-        else:
+        elif cfg["pilr"] == "dual":
             me, mg = self.pilr_e(es), self.pilr_g(gs)
-        torch.nn.utils.clip_grad_norm_([self.p[n] for n in names], float(cfg["grad-clip"]))
-        for l in range(self.L):
+        if float(cfg["grad-clip"]) > 0:
+            torch.nn.utils.clip_grad_norm_([self.p[n] for n in names], float(cfg["grad-clip"]))
+        for l in range(L):
             for e in range(E):
-                if not masks[l] >> e & 1:
-                    for t in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"):
-                        self.p[f"layers.{l}.moe.experts.{e}.{t}"].grad = None  # no update at all
+                if masks[l] >> e & 1:
+                    continue
+                for t in self.expert_tensors(l, e):
+                    if t.grad is None:
+                        continue
+                    if cfg["smk-dropped"] == "step":
+                        t.grad.zero_()  # Adam still steps it
+                    else:
+                        t.grad = None  # no update at all
+                if cfg["smk-dropped"] == "step" and self.counts[l][e] > 0 and (l, e) in self.updated:
+                    self.momentum_moves.append((s, l, e))  # it has momentum from an earlier update
+        for l in range(L):
+            for e in range(E):
+                if masks[l] >> e & 1 and self.counts[l][e] > 0:
+                    self.updated.add((l, e))
         lr = lr_at(s, int(cfg["steps"]), int(cfg["warmup"]), float(cfg["lr"]), float(cfg["lr-min-ratio"]))
         for g in self.opt.param_groups:
             g["lr"] = lr * me
         self.opt.step()
-        # curation
+        # curation: with SMK (the reference's condition) or always (hyperrnn)
         B = tokens.shape[0]
-        pis = [pi_of(cfg, self.eps_b[b], self.tau_b[b], S, es, gs) for b in range(B)]
-        for l in range(self.L):
-            action = tuple((masks[l] >> e) & 1 for e in range(E))
-            self.buffers[l].add(self.q32[l], action, pis)
+        curate = cfg["smk"] != "off" or cfg["curation"] == "always"
+        if cfg["curation-pi"] == "batch":
+            pis = [pi] * B
+        else:
+            pis = [pi_of(cfg, self.eps_b[b], self.tau_b[b], S, es, gs) for b in range(B)]
+        if curate:
+            for l in range(L):
+                width, off = (L * E, l * E) if self.shared else (E, 0)
+                action = [0] * width
+                for e in range(E):
+                    action[off + e] = (masks[l] >> e) & 1
+                self.buffers[0 if self.shared else l].add(self.q32[l], [action] * B, pis)
         beta = float(cfg["pilr-beta"])
-        for l in range(self.L):
+        for l in range(L):
             r = np.array(self.r[l])
             mean, var = float(r.mean()), float(((r - r.mean()) ** 2).mean())
             if self.rs_steps == 0:
@@ -416,33 +558,42 @@ class Hyper:
                 self.rs[l] = [mu, (1 - beta) * self.rs[l][1] + beta * (var + (mean - mu) ** 2)]
         self.rs_steps += 1
         gating_loss = routing_acc = float("nan")
-        if (s + 1) % int(cfg["meta-every"]) == 0:
-            self.gopt.zero_grad()
-            total, acc, drawn = 0.0, 0.0, []
-            for l in range(self.L):
-                buf = self.buffers[l]
-                idx = buf.sample(int(cfg["meta-batch"]), int(cfg["seed"]), s, l)
-                drawn.append(idx)
-                q32 = np.stack([buf.q[i] for i in idx])
-                y = torch.tensor([buf.act[i] for i in idx], dtype=torch.float64)
-                hist = torch.tensor(buf.retrieve(q32, self.kh).astype(np.float64))
+        if curate and any(b.q for b in self.buffers) and (s + 1) % int(cfg["meta-every"]) == 0:
+            self.gopt.zero_grad(set_to_none=True)  # also discards the task loss's GatingTransformer gradient
+            sets = []
+            for k, buf in enumerate(self.buffers):
+                n = int(cfg["meta-batch"]) or len(buf.q)
+                if cfg["meta-replay"] == "fresh":
+                    idx = buf.sample(n, self.seed, s, k)
+                    sets.append((np.stack([buf.q[i] for i in idx]), [buf.act[i] for i in idx], idx))
+                else:  # one task, one epoch in these steps: drawn at the first meta step, then reused
+                    if (k, 0, 1) not in self.replay_cache:
+                        idx = buf.sample(n, self.seed, s, k)
+                        self.replay_cache[(k, 0, 1)] = (np.stack([buf.q[i] for i in idx]), [buf.act[i] for i in idx], idx)
+                    sets.append(self.replay_cache[(k, 0, 1)])
+            losses, accs = [], []
+            for l in range(L):
+                k = 0 if self.shared else l
+                q32, acts, idx = sets[k]
+                off = l * E if self.shared else 0
+                y = torch.tensor([a[off:off + E] for a in acts], dtype=torch.float64)
+                hist = torch.tensor(self.buffers[k].retrieve(q32, self.kh).astype(np.float64))
                 qd = torch.tensor(q32.astype(np.float64))
-                mu, ls = self.gt(l, qd, hist)
+                mu, ls = self.gt(l, qd, hist, self.gate_mask(META_DROPOUT, s, l, len(idx)))
                 sc = gauss_scores(qd, mu, ls)  # (n,E)
                 bce = F.binary_cross_entropy_with_logits(sc, y)
-                bce.backward()
-                total += bce.item()
-                top = torch.topk(sc.detach(), self.K, dim=-1).indices
-                acc += float(y.gather(1, top).mean())
-            for q in self.gt.params():
-                if q.grad is None:
-                    q.grad = torch.zeros_like(q)
+                if torch.isfinite(bce):
+                    losses.append(bce)
+                    top = torch.topk(sc.detach(), self.K, dim=-1).indices
+                    accs.append(float(y.gather(1, top).mean()))
+            total = sum(losses) / len(losses) if cfg["meta-loss"] == "mean" else sum(losses)
+            total.backward()
             for g in self.gopt.param_groups:
                 g["lr"] = float(cfg["meta-lr"]) * mg
             self.gopt.step()
-            for l in range(self.L):
-                self.buffers[l].decay(drawn[l])
-            gating_loss, routing_acc = total / self.L, acc / self.L
+            for k, buf in enumerate(self.buffers):
+                buf.decay(sets[k][2])
+            gating_loss, routing_acc = sum(float(x) for x in losses) / len(losses), sum(accs) / len(accs)
         return {"loss": loss.item(), "tau": self.tau, "surprise": S, "expert_surprise": es, "gating_surprise": gs,
                 "pi": pi, "lr_mod_expert": me, "lr_mod_gating": mg, "gating_loss": gating_loss,
                 "routing_acc": routing_acc, "k_mean": self.k_mean, "smk": masks}
@@ -452,11 +603,19 @@ STAT_NAMES = ["loss", "tau", "surprise", "expert_surprise", "gating_surprise", "
               "gating_loss", "routing_acc", "k_mean"]
 
 CASES = {
-    "smk-single": "model = pilf\nsteps = 3\nsmk = smk\nmin-k = 2\npilr = single\nmeta-every = 1\nmeta-batch = 5\n"
-                  "history = 3\nbuffer-capacity = 16\n",
-    "asmk-dual-dynk": "model = pilf\nsteps = 3\nsmk = asmk\nmin-k = 1\npilr = dual\nmeta-every = 2\nmeta-batch = 6\n"
-                      "history = 2\nbuffer-capacity = 5\ndynamic-top-k = true\nk-min = 1\npi-form = reference-code\n"
-                      "pi-gamma = 0.3\npilr-beta = 0.3\n",
+    # the reference profile as it is (dropout, shared buffer, q's gradient through the router, ...)
+    "reference": "model = pilf\nsteps = 3\nmin-k = 2\nhistory = 3\nbuffer-capacity = 16\nd-ff = 24\n",
+    # the reference profile with ASMK, dynamic top-k and a 5-item buffer that fills and evicts
+    "reference-asmk-dynk": "model = pilf\nsteps = 3\nsmk = asmk\nmin-k = 1\nhistory = 2\nbuffer-capacity = 5\n"
+                           "dynamic-top-k = true\nk-min = 1\nd-ff = 24\n",
+    # our profile: AdamW, clip, warm-up + cosine, PILR, SMK freezing, per-layer buffers, fresh draws
+    "hyperrnn-smk-single": "model = pilf\npilf-profile = hyperrnn\nsteps = 3\nsmk = smk\nmin-k = 2\npilr = single\n"
+                           "warmup = 2\nlr-min-ratio = 0.1\ngrad-clip = 0.5\nweight-decay = 0.1\n"
+                           "meta-every = 1\nmeta-batch = 5\nhistory = 3\nbuffer-capacity = 16\n",
+    "hyperrnn-asmk-dual-dynk": "model = pilf\npilf-profile = hyperrnn\nsteps = 3\nsmk = asmk\nmin-k = 1\npilr = dual\n"
+                               "warmup = 2\nlr-min-ratio = 0.1\ngrad-clip = 0.5\nweight-decay = 0.1\n"
+                               "meta-every = 2\nmeta-batch = 6\nhistory = 2\nbuffer-capacity = 5\ndynamic-top-k = true\n"
+                               "k-min = 1\npi-form = reference-code\npi-gamma = 0.3\npilr-beta = 0.3\n",
 }
 
 
@@ -469,16 +628,23 @@ def test_pilf_hyper_step_matches_torch(tmp_path, case):
     subprocess.run([exe, "pilf", "double", "true", str(out), CASES[case]], check=True)
     f = h5py.File(out, "r")
     cfg = parse_ini(f.attrs["config"])
+    if case.startswith("reference"):  # the profile supplied these (refdump's small defaults aside)
+        assert (cfg["pilr"], cfg["smk-dropped"], cfg["buffer"], cfg["gating-backprop"], cfg["meta-every"], cfg["dropout"]) \
+            == ("off", "step", "shared", "true", "1", "0.1")
     p0 = {n: f["params0"][n][()] for n in f["params0"]}
     g0 = {n: f["gating0"][n][()] for n in f["gating0"]}
     hy = Hyper(cfg, p0, g0)
-    # the GatingTransformer alone first: C++ ops vs torch.nn.TransformerDecoder on a probe
+    # the GatingTransformer alone first: C++ ops and this functional decoder vs torch.nn.TransformerDecoder
     for bank in range(hy.L):
+        q, hist = torch.tensor(f["probe/q"][()]), torch.tensor(f["probe/hist"][()])
         with torch.no_grad():
-            mu, ls = hy.gt(bank, torch.tensor(f["probe/q"][()]), torch.tensor(f["probe/hist"][()]))
+            ref = hy.gt.torch_decoder(bank)(q, hist)
+            mu, ls = hy.gt(bank, q, hist)
         probe = f[f"probe/out{bank}"][()]
-        err = max(rel(probe[:, 0], mu.numpy()), rel(probe[:, 1], ls.numpy()))
+        err = max(rel(probe[:, 0], ref[:, 0].numpy()), rel(probe[:, 1], ref[:, 1].numpy()),
+                  rel(mu.numpy(), ref[:, 0].numpy()), rel(ls.numpy(), ref[:, 1].numpy()))
         assert err <= 1e-12, f"GatingTransformer bank {bank} probe: relative error {err:.3g}"
+    prev = p0
     for s in range(int(cfg["steps"])):
         st = hy.step(s, torch.tensor(f[f"batch/{s}/tokens"][()], dtype=torch.long),
                      torch.tensor(f[f"batch/{s}/targets"][()], dtype=torch.long))
@@ -490,12 +656,22 @@ def test_pilf_hyper_step_matches_torch(tmp_path, case):
                 continue
             assert abs(a - b) <= 1e-9 * max(abs(b), 1e-12) + 1e-300, f"step {s} {name}: C++ {a!r}, torch {b!r}"
         assert list(f[f"step/{s}/smk"][()]) == st["smk"], f"step {s} SMK sets"
-        for l in range(hy.L):
-            pr = f[f"step/{s}/buffer{l}/priority"][()]
-            assert len(pr) == len(hy.buffers[l].prio), f"step {s} layer {l} buffer size"
-            assert np.allclose(pr, hy.buffers[l].prio, rtol=1e-9, atol=1e-15), f"step {s} layer {l} priorities"
-            assert int(f[f"step/{s}/buffer{l}/prototypes"][0]) == hy.buffers[l].prototypes()
+        assert list(f[f"step/{s}/tokens"][()]) == [c for layer in hy.counts for c in layer], f"step {s} expert tokens"
+        for k, buf in enumerate(hy.buffers):
+            pr = f[f"step/{s}/buffer{k}/priority"][()]
+            assert len(pr) == len(buf.prio), f"step {s} buffer {k} size"
+            assert np.allclose(pr, buf.prio, rtol=1e-9, atol=1e-15), f"step {s} buffer {k} priorities"
+            assert int(f[f"step/{s}/buffer{k}/prototypes"][0]) == buf.prototypes()
+        # SMK "step": an expert dropped after it received tokens moves by its momentum in C++ too
+        now = {n: f[f"step/{s}/params"][n][()] for n in f[f"step/{s}/params"]}
+        for (ms, l, e) in hy.momentum_moves:
+            if ms == s and s > 0:
+                w = f"layers.{l}.moe.experts.{e}.fc1.weight"
+                assert not np.array_equal(now[w], prev[w]), f"step {s}: dropped expert {e} of layer {l} did not move"
+        prev = now
         print(f"{case} step {s}: " + ", ".join(f"{n} {st[n]:.6g}" for n in STAT_NAMES) + f", smk {st['smk']}")
+    if cfg["smk-dropped"] == "step":  # the case that matters happened: a dropped expert with momentum
+        assert hy.momentum_moves, "no dropped expert with tokens and momentum in these steps"
     worst = 0.0
     for group, start, theirs in (("params_final", p0, {n: hy.p[n].detach().numpy() for n in p0}),
                                  ("gating_final", g0, hy.gt.export())):

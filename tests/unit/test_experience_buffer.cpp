@@ -157,3 +157,70 @@ TEST_CASE("buffer: a restored state behaves exactly like the original", "[buffer
   ExperienceBuffer c(3, 2, 2);
   CHECK_THROWS(c.restore(a.state()));
 }
+
+TEST_CASE("buffer: a full buffer keeps its items against candidates of equal priority", "[buffer]") {
+  // The reference's insertion_mask is a strict '>': an equal priority never evicts (the reference
+  // profile's batch PI gives every candidate of a batch the same priority, so this decides which
+  // layer's items a shared buffer keeps).
+  ExperienceBuffer buf(2, 2, 2, 0.5);
+  Batch a;
+  a.add(1, 0, 0.0, 0);
+  a.add(0, 1, 0.0, 1);
+  REQUIRE(buf.add(a.q.data(), a.act.data(), a.pi.data(), 2) == 2);
+  Batch b;  // priority 1 again, other q's
+  b.add(-1, 0, 0.0, 1);
+  b.add(0, -1, 0.0, 0);
+  CHECK(buf.add(b.q.data(), b.act.data(), b.pi.data(), 2) == 0);
+  CHECK(buf.q(0)[0] == 1.0f);
+  CHECK(buf.q(1)[1] == 1.0f);
+  buf.decay({0});  // now item 0 has priority 0.5: one of the candidates replaces it
+  CHECK(buf.add(b.q.data(), b.act.data(), b.pi.data(), 2) == 1);
+  CHECK(buf.q(0)[0] == -1.0f);
+}
+
+TEST_CASE("buffer: prototype means follow the reference's order (evictions, then arrivals)", "[buffer]") {
+  // utils/experience_buffer.py add(): all evicted items leave their prototypes' counts first, the
+  // new items then join, and a prototype p that gained n items becomes
+  // (mean_p * (count_p - n) + sum of the new q) / count_p with its final count (its mean still
+  // includes the evicted items': the reference's approximation). A running mean updated write by
+  // write (evict, arrive, evict, arrive) gives another value when an arrival to p comes before an
+  // eviction from p, as here.
+  ExperienceBuffer buf(3, 2, 2, 0.5);
+  Batch a;  // budget floor(2 (1 - 0.5)) = 1: the priority-1 sample opens prototype 0
+  a.add(1, 0, 0.0, 0);
+  a.add(0, 1, 1.0, 0);
+  REQUIRE(buf.add(a.q.data(), a.act.data(), a.pi.data(), 2) == 1);
+  Batch b;  // priority 0.9 <= cosine 0.995: joins prototype 0, mean (1, 0.05)
+  b.add(1, 0.1f, 0.1, 0);
+  b.add(0, 1, 0.9, 0);
+  REQUIRE(buf.add(b.q.data(), b.act.data(), b.pi.data(), 2) == 1);
+  Batch c;  // priority 1 > cosine: prototype 1; the buffer is full
+  c.add(0, 1, 0.0, 1);
+  c.add(1, 0, 1.0, 0);
+  REQUIRE(buf.add(c.q.data(), c.act.data(), c.pi.data(), 2) == 1);
+  REQUIRE(buf.prototype_of(0) == 0);
+  REQUIRE(buf.prototype_of(1) == 0);
+  REQUIRE(buf.prototype_of(2) == 1);
+  REQUIRE(buf.prototype(0)[1] == Approx(0.05f));
+  buf.decay({2});
+  buf.decay({2});
+  buf.decay({0});  // priorities: slot 0 0.5, slot 1 0.9, slot 2 0.25
+  // budget floor(3 (1 - 0.3)) = 2: A = (1, 0.04) joins prototype 0, B = (0.1, 1) joins prototype 1
+  // (priority 0.9 each); A replaces the lowest item (slot 2, prototype 1's), B the next (slot 0,
+  // prototype 0's)
+  Batch d;
+  d.add(1, 0.04f, 0.1, 0);
+  d.add(0.1f, 1, 0.1, 1);
+  d.add(-1, -1, 0.7, 0);
+  REQUIRE(buf.add(d.q.data(), d.act.data(), d.pi.data(), 3) == 2);
+  CHECK(buf.prototype_of(2) == 0);
+  CHECK(buf.prototype_of(0) == 1);
+  CHECK(buf.prototype_count(0) == 2);
+  CHECK(buf.prototype_count(1) == 1);
+  // reference: prototype 0 = ((1, 0.05) * (2 - 1) + (1, 0.04)) / 2 = (1, 0.045); write by write it
+  // would be ((1, 0.05) * 2 + (1, 0.04)) / 3 = (1, 0.0467)
+  CHECK(buf.prototype(0)[0] == Approx(1.0f));
+  CHECK(buf.prototype(0)[1] == Approx(0.045f).epsilon(1e-6));
+  CHECK(buf.prototype(1)[0] == Approx(0.1f));  // (m * 0 + B) / 1
+  CHECK(buf.prototype(1)[1] == Approx(1.0f));
+}

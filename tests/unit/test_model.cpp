@@ -5,6 +5,7 @@
 #include "fixtures.hpp"
 #include "gradcheck.hpp"
 #include "models/transformer.hpp"
+#include "pilf/step.hpp"
 #include "mpi/comm.hpp"
 
 #include <cmath>
@@ -94,7 +95,7 @@ TEST_CASE("pilf model: parameter and routing-distribution gradients match finite
     for (int b = 0; b < B; ++b)
       for (int i = 0; i < EC; ++i) t[static_cast<size_t>(b * 2 * EC + EC + i)] *= 0.4;  // log_sigma in [-0.2, 0.2]
   std::vector<double> seen_q(static_cast<size_t>(2 * B * mc.d_model));
-  model.set_memory_router([&](int l, int, const double* q, int nb, double* mu_ls, int32_t*) {
+  model.set_memory_router([&](int l, int, const double* q, int nb, double* mu_ls, int32_t*, const Transformer<double>::RouteKey&) {
     REQUIRE(nb == B);
     std::copy(q, q + nb * mc.d_model, seen_q.begin() + l * B * mc.d_model);
     std::copy(table[static_cast<size_t>(l)].begin(), table[static_cast<size_t>(l)].end(), mu_ls);
@@ -145,7 +146,7 @@ TEST_CASE("ViT path: image model gradients match finite differences", "[model][g
     Transformer<double> model(mc, B, B);
     model.init(5);
     const std::vector<double> fixed = test::uniform(B * 2 * 4 * 8, 31, 0.3);
-    model.set_memory_router([&](int, int, const double*, int, double* mu_ls, int32_t*) { std::copy(fixed.begin(), fixed.end(), mu_ls); });
+    model.set_memory_router([&](int, int, const double*, int, double* mu_ls, int32_t*, const Transformer<double>::RouteKey&) { std::copy(fixed.begin(), fixed.end(), mu_ls); });
     Batch batch;
     batch.resize(B, 4);
     const std::vector<double> px = test::uniform(B * 64, 32, 1.0);
@@ -181,7 +182,7 @@ TEST_CASE("pilf model with every sample routed by the same Gaussians equals gaus
     std::copy_n(gm.params.begin() + s.offset, t.size, pl.params.begin() + t.offset);
   }
   const int EC = 4 * 8;
-  pl.set_memory_router([&](int l, int, const double*, int nb, double* mu_ls, int32_t*) {
+  pl.set_memory_router([&](int l, int, const double*, int nb, double* mu_ls, int32_t*, const Transformer<double>::RouteKey&) {
     const double* mu = gm.params.data() + gm.table()[gm.table().find("layers." + std::to_string(l) + ".moe.router.mu")].offset;
     const double* ls = gm.params.data() + gm.table()[gm.table().find("layers." + std::to_string(l) + ".moe.router.log_sigma")].offset;
     for (int b = 0; b < nb; ++b) {
@@ -245,7 +246,7 @@ TEST_CASE("one process running S shards computes the S = 1 loss and gradients, w
     const int B = 8, D = 3;
     const Batch one_shard = mqar_batch(mc, B, D);
     // pilf: a fixed routing distribution per layer stands in for the GatingTransformer
-    auto router = [&](int l, int, const double*, int nb, double* mu_ls, int32_t*) {
+    auto router = [&](int l, int, const double*, int nb, double* mu_ls, int32_t*, const Transformer<double>::RouteKey&) {
       const int64_t n = 2LL * mc.experts * mc.d_model;
       for (int b = 0; b < nb; ++b)
         for (int64_t i = 0; i < n; ++i) mu_ls[b * n + i] = i < n / 2 ? 0.3 * std::sin(1.0 + i + 7 * l) : 0.1 * std::cos(i + l);
@@ -289,4 +290,102 @@ TEST_CASE("one process running S shards computes the S = 1 loss and gradients, w
     for (size_t i = 0; i < ref.grads.size(); ++i) worst = std::max(worst, std::abs(ref.grads[i] - sharded.grads[i]));
     CHECK(worst > 1e-6);
   }
+}
+
+TEST_CASE("class token and dropout: image and token model gradients match finite differences", "[model][grad][dropout]") {
+  // Dropout masks are keyed by (seed, step, global sample, site), so a training batch's forward is
+  // a fixed function of the parameters; evaluation batches (step -1) have no dropout.
+  for (ModelKind kind : {ModelKind::Dense, ModelKind::GaussMoe, ModelKind::Pilf}) {
+    INFO("model " << to_string(kind));
+    ModelConfig mc = test::small_model(kind, 5, 5, 8, 2, 2, 4, 2, 12);  // 4 patches + the class token
+    mc.image_h = mc.image_w = 8;
+    mc.patch = 4;
+    mc.causal = false;
+    mc.tie_embeddings = false;
+    mc.cls_token = true;
+    mc.dropout = 0.2;
+    const int B = 3;
+    Transformer<double> model(mc, B, B);
+    model.init(5);
+    for (double& p : model.params) p += 0.05;  // the class token and the head bias start at 0
+    const std::vector<double> fixed = test::uniform(B * 2 * 4 * 8, 31, 0.3);
+    model.set_memory_router([&](int, int, const double*, int, double* mu_ls, int32_t*, const Transformer<double>::RouteKey&) {
+      std::copy(fixed.begin(), fixed.end(), mu_ls);
+    });
+    Batch batch;
+    batch.resize(B, 5);
+    const std::vector<double> px = test::uniform(B * 64, 32, 1.0);
+    batch.images.assign(px.begin(), px.end());
+    for (int b = 0; b < B; ++b) batch.targets[static_cast<size_t>(b * 5)] = (2 * b + 1) % 5;
+    batch.step = 4;
+    batch.first = 10;
+    const double loss = model.forward(batch);
+    model.zero_grad();
+    model.backward();
+    CHECK(model.table().find("cls") >= 0);
+    CHECK(model.table().find("head.bias") >= 0);
+    const auto [checked, skipped] = check_all_tensors(model, batch, model.grads);
+    CHECK(skipped * 5 <= checked + skipped);
+    // evaluation: no dropout, i.e. the same model with dropout 0
+    batch.step = -1;
+    const double eval = model.forward(batch);
+    ModelConfig m0 = mc;
+    m0.dropout = 0.0;
+    Transformer<double> nodrop(m0, B, B);
+    nodrop.params = model.params;
+    nodrop.set_memory_router([&](int, int, const double*, int, double* mu_ls, int32_t*, const Transformer<double>::RouteKey&) {
+      std::copy(fixed.begin(), fixed.end(), mu_ls);
+    });
+    CHECK(nodrop.forward(batch) == eval);
+    CHECK(eval != loss);
+    // the masks follow the global sample index: another block of the batch gets other masks
+    batch.step = 4;
+    batch.first = 11;
+    CHECK(model.forward(batch) != loss);
+  }
+}
+
+TEST_CASE("pilf: with gating backprop the routing gradient reaches the backbone through the GatingTransformer",
+          "[model][grad][pilf]") {
+  // The reference does not detach q: the loss depends on every backbone parameter below an MoE
+  // layer also through q -> GatingTransformer -> (mu, log_sigma). With gating_backprop the model's
+  // gradients are the derivative of that whole function (finite differences through the real
+  // router, GatingTransformer dropout included: the backward recomputes it with the same masks);
+  // without it they miss that path, and the check fails.
+  ModelConfig mc = test::small_model(ModelKind::Pilf, 20, 12, 8, 2, 2, 4, 2, 12);
+  const int B = 3, D = 3;
+  const Batch base = mqar_batch(mc, B, D);
+  int failures_without = 0;
+  for (bool backprop : {true, false}) {
+    INFO("gating backprop " << backprop);
+    Transformer<double> model(mc, B, B * D);
+    model.init(7);
+    PilfConfig pc;
+    pc.gating_backprop = backprop;
+    pc.gating_dropout = 0.2;
+    pc.history = 3;
+    PilfState<double> ps(pc, mc, B, 7, {});
+    ps.attach(model);
+    Batch batch = base;
+    batch.step = 2;
+    model.forward(batch);
+    model.zero_grad();
+    model.backward();
+    auto f = [&] { return model.forward(batch); };
+    auto sig = [&] { return model.routing_hash(); };
+    int failed = 0, checked = 0;
+    for (const TensorInfo& t : model.table().entries()) {
+      if (t.layer != 0 || t.kind != TensorKind::Dense) continue;  // below layer 0's router (or its input)
+      const auto r = test::check_gradient(f, model.params.data() + t.offset, model.grads.data() + t.offset, t.size, 24, sig);
+      failed += r.failed;
+      checked += r.checked;
+    }
+    if (backprop) {
+      CHECK(failed == 0);
+      CHECK(checked > 50);
+    } else {
+      failures_without = failed;
+    }
+  }
+  CHECK(failures_without > 10);  // the path matters: detached gradients are visibly not the derivative
 }

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "gradcheck.hpp"
+#include "nn/dropout.hpp"
 #include "nn/elementwise_math.hpp"
 #include "nn/ops.hpp"
 
@@ -200,4 +201,59 @@ TEST_CASE("mean-pool backward matches finite differences", "[ops][grad]") {
   auto f = [&] { meanpool_forward(out.data(), x.data(), B, T, C); return dot(out, R); };
   meanpool_backward(dx.data(), R.data(), B, T, C);
   require_ok(check_gradient(f, x.data(), dx.data(), B * T * C), "inp");
+}
+
+TEST_CASE("dropout masks: keep fraction, determinism, streams and scale", "[ops][dropout]") {
+  // n Bernoulli(1 - p) draws: the kept fraction has standard deviation sqrt(p (1-p) / n); with
+  // n = 2^20 and p = 0.1 that is 2.9e-4, so |fraction - 0.9| < 2e-3 (7 sigma) fails only for a
+  // wrong threshold or a broken stream.
+  const int64_t n = 1 << 20;
+  std::vector<uint8_t> k1(static_cast<size_t>(n)), k2(static_cast<size_t>(n)), k3(static_cast<size_t>(n));
+  const DropoutKey key{5, RngPurpose::Dropout, 7};
+  const uint32_t thr = dropout_threshold(0.1);
+  CHECK(thr == 429496729u);  // floor(0.1 * 2^32)
+  CHECK(dropout_threshold(0.0) == 0u);
+  dropout_mask(k1.data(), n, key, 3, thr);
+  dropout_mask(k2.data(), n, key, 3, thr);
+  dropout_mask(k3.data(), n, key, 4, thr);
+  CHECK(k1 == k2);  // a pure function of (seed, purpose, step, index)
+  CHECK(k1 != k3);
+  double kept = 0;
+  for (uint8_t v : k1) kept += v;
+  CHECK(std::abs(kept / n - 0.9) < 2e-3);
+  std::vector<uint8_t> k0(64);
+  dropout_mask(k0.data(), 64, key, 3, dropout_threshold(0.0));
+  for (uint8_t v : k0) CHECK(v == 1);  // p = 0 keeps everything
+  // forward scales the kept elements by 1/(1-p), backward is the same map
+  const V x = uniform(64, 3, 1.0);
+  V y(64), dx(64);
+  dropout_forward(y.data(), x.data(), k1.data(), 1.0 / 0.9, 64);
+  dropout_backward(dx.data(), x.data(), k1.data(), 1.0 / 0.9, 64);
+  for (int i = 0; i < 64; ++i) {
+    CHECK(y[static_cast<size_t>(i)] == (k1[static_cast<size_t>(i)] ? x[static_cast<size_t>(i)] * (1.0 / 0.9) : 0.0));
+    CHECK(dx[static_cast<size_t>(i)] == y[static_cast<size_t>(i)]);
+  }
+}
+
+TEST_CASE("attention with dropout on its probabilities: gradients match finite differences", "[ops][grad][dropout]") {
+  const int B = 2, Tn = 5, C = 8, H = 2;
+  V qkv = uniform(B * Tn * 3 * C, 41, 1.0);
+  const V R = uniform(B * Tn * C, 42, 1.0);
+  std::vector<uint8_t> keep(static_cast<size_t>(B * H * Tn * Tn));
+  dropout_mask(keep.data(), static_cast<int64_t>(keep.size()), DropoutKey{1, RngPurpose::Dropout, 0}, 0, dropout_threshold(0.3));
+  V att(keep.size()), attd(keep.size()), out(static_cast<size_t>(B * Tn * C)), dqkv(qkv.size()), datt(keep.size());
+  for (bool causal : {true, false}) {
+    AttnDropout<double> ad{keep.data(), 1.0 / 0.7, attd.data()};
+    auto f = [&] {
+      attention_forward(out.data(), att.data(), qkv.data(), B, Tn, C, H, causal, &ad);
+      return dot(out, R);
+    };
+    const double with = f();
+    attention_backward(dqkv.data(), datt.data(), R.data(), qkv.data(), att.data(), B, Tn, C, H, causal, &ad);
+    const auto r = check_gradient(f, qkv.data(), dqkv.data(), static_cast<int64_t>(qkv.size()), 200);
+    INFO((causal ? "causal: " : "full: ") << r.first_failure);
+    CHECK(r.failed == 0);
+    attention_forward(out.data(), att.data(), qkv.data(), B, Tn, C, H, causal);
+    CHECK(dot(out, R) != with);  // the mask matters
+  }
 }

@@ -31,11 +31,13 @@ TEST_CASE("predictive integrity, published and reference-code forms", "[pilf]") 
   CHECK(predictive_integrity(PiInputs{0.0, 1.0, 0.0, 0.0, 0.0}, {}) == 1.0);
 }
 
-TEST_CASE("tau's per-row term is the Shannon entropy of an output row", "[pilf]") {
-  const std::vector<double> p = {0.5, 0.5, 0.0, 0.0,    // ln 2
-                                 1.0, 0.0, 0.0, 0.0};   // 0: p = 0 adds nothing
-  CHECK(hyperrnn::nn::row_entropy(p.data(), 4) == Approx(0.6931471805599453).epsilon(1e-15));
-  CHECK(hyperrnn::nn::row_entropy(p.data() + 4, 4) == 0.0);
+TEST_CASE("tau's per-row term is the reference's entropy -sum p log(p + 1e-9)", "[pilf]") {
+  const std::vector<double> p = {0.5, 0.5, 0.0, 0.0,    // ln 2 - 2e-9 (to first order)
+                                 1.0, 0.0, 0.0, 0.0};   // -log(1 + 1e-9): p = 0 adds nothing
+  const double h = hyperrnn::nn::row_entropy(p.data(), 4);
+  CHECK(h == Approx(-std::log(0.5 + 1e-9)).epsilon(1e-15));
+  CHECK(std::log(2.0) - h == Approx(2e-9).epsilon(1e-6));  // the 1e-9 is there (exact entropy: 0)
+  CHECK(hyperrnn::nn::row_entropy(p.data() + 4, 4) == -std::log(1.0 + 1e-9));  // ~ -1e-9
   const std::vector<float> u(8, 0.125f);  // uniform over 8: ln 8
   CHECK(hyperrnn::nn::row_entropy(u.data(), 8) == Approx(std::log(8.0)).epsilon(1e-7));
 }

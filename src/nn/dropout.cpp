@@ -1,0 +1,34 @@
+// Dropout masks and their application.
+#include "nn/dropout.hpp"
+
+#include <cmath>
+
+namespace hyperrnn::nn {
+
+uint32_t dropout_threshold(double p) {
+  if (!(p > 0.0)) return 0u;
+  const double t = std::floor(p * 4294967296.0);
+  return t >= 4294967295.0 ? 4294967295u : static_cast<uint32_t>(t);
+}
+
+void dropout_mask(uint8_t* keep, int64_t n, const DropoutKey& key, uint32_t index, uint32_t threshold) {
+  CounterRng rng(key.seed, key.purpose, key.step, index);
+  for (int64_t i = 0; i < n; ++i) keep[i] = rng.next_u32() >= threshold ? 1 : 0;
+}
+
+template <class T>
+void dropout_forward(T* out, const T* inp, const uint8_t* keep, T scale, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = keep[i] ? inp[i] * scale : T(0);
+}
+
+template <class T>
+void dropout_backward(T* dinp, const T* dout, const uint8_t* keep, T scale, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dinp[i] = keep[i] ? dout[i] * scale : T(0);
+}
+
+template void dropout_forward<float>(float*, const float*, const uint8_t*, float, int64_t);
+template void dropout_forward<double>(double*, const double*, const uint8_t*, double, int64_t);
+template void dropout_backward<float>(float*, const float*, const uint8_t*, float, int64_t);
+template void dropout_backward<double>(double*, const double*, const uint8_t*, double, int64_t);
+
+}  // namespace hyperrnn::nn
