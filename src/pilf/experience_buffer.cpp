@@ -14,7 +14,7 @@ namespace hyperrnn::pilf {
 ExperienceBuffer::ExperienceBuffer(int capacity, int dim, int experts, double priority_decay)
     : cap_(capacity), dim_(dim), experts_(experts), decay_(priority_decay),
       q_(static_cast<size_t>(capacity) * dim, 0.f), act_(static_cast<size_t>(capacity) * experts, 0),
-      prio_(static_cast<size_t>(capacity), 0.0), proto_of_(static_cast<size_t>(capacity), -1),
+      prio_(static_cast<size_t>(capacity), 0.0f), proto_of_(static_cast<size_t>(capacity), -1),
       proto_(static_cast<size_t>(capacity) * dim, 0.f), proto_count_(static_cast<size_t>(capacity), 0) {
   HYPERRNN_CHECK(capacity > 0 && dim > 0 && experts > 0, "experience buffer needs positive sizes");
 }
@@ -35,17 +35,20 @@ double ExperienceBuffer::cosine(const float* a, const float* b) const {
 
 int ExperienceBuffer::add(const float* q, const uint8_t* action, const double* pi, int B) {
   if (B <= 0) return 0;
-  double mean_pi = 0;
-  for (int b = 0; b < B; ++b) mean_pi += pi[b];
+  double mean_pi = 0;  // of the float32 PIs (the reference's pi_scores tensor)
+  for (int b = 0; b < B; ++b) mean_pi += static_cast<float>(pi[b]);
   mean_pi /= B;
   const int budget = std::min(B, static_cast<int>(std::floor(B * (1.0 - mean_pi))));
   if (budget <= 0) return 0;
   // 1. candidates: the `budget` highest priorities, descending, ties by lower sample index
   std::vector<int> cand(static_cast<size_t>(B));
   std::iota(cand.begin(), cand.end(), 0);
-  std::stable_sort(cand.begin(), cand.end(), [pi](int a, int b) { return 1.0 - pi[a] > 1.0 - pi[b]; });
+  std::stable_sort(cand.begin(), cand.end(), [pi](int a, int b) {
+    return 1.0f - static_cast<float>(pi[a]) > 1.0f - static_cast<float>(pi[b]);
+  });
   cand.resize(static_cast<size_t>(budget));
-  auto prio_of = [pi](int c) { return 1.0 - pi[c]; };
+  // priorities in float32, as the reference's tensors: 1 - PI rounds to 1 for PI < 3e-8
+  auto prio_of = [pi](int c) { return 1.0f - static_cast<float>(pi[c]); };
   // 2. prototype matching against the prototypes active before this call
   std::vector<int> proto(static_cast<size_t>(budget), -1);
   std::vector<char> needs_new(static_cast<size_t>(budget), 1);
@@ -187,7 +190,8 @@ void ExperienceBuffer::decay(const std::vector<int>& indices) {
   std::vector<int> u = indices;
   std::sort(u.begin(), u.end());
   u.erase(std::unique(u.begin(), u.end()), u.end());
-  for (int i : u) prio_[static_cast<size_t>(i)] *= decay_;
+  const float d = static_cast<float>(decay_);  // a float32 tensor times a Python float: in float32
+  for (int i : u) prio_[static_cast<size_t>(i)] *= d;
 }
 
 void ExperienceBuffer::retrieve(float* out, const float* query, int nq, int k) const {

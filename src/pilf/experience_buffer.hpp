@@ -35,7 +35,7 @@ class ExperienceBuffer {
   int active_prototypes() const;
   const float* q(int i) const { return q_.data() + static_cast<size_t>(i) * dim_; }
   const uint8_t* action(int i) const { return act_.data() + static_cast<size_t>(i) * experts_; }
-  double priority(int i) const { return prio_[static_cast<size_t>(i)]; }
+  float priority(int i) const { return prio_[static_cast<size_t>(i)]; }
   int prototype_of(int i) const { return proto_of_[static_cast<size_t>(i)]; }
   int prototype_count(int p) const { return proto_count_[static_cast<size_t>(p)]; }
   const float* prototype(int p) const { return proto_.data() + static_cast<size_t>(p) * dim_; }
@@ -46,7 +46,7 @@ class ExperienceBuffer {
     int size = 0;
     std::vector<float> q;           // (size, dim)
     std::vector<int32_t> action;    // (size, experts) 0/1
-    std::vector<double> priority;   // (size)
+    std::vector<float> priority;    // (size)
     std::vector<int32_t> prototype_of;     // (size), -1 none
     std::vector<float> prototypes;         // (capacity, dim)
     std::vector<int32_t> prototype_count;  // (capacity)
@@ -64,7 +64,7 @@ class ExperienceBuffer {
   int size_ = 0;
   std::vector<float> q_;          // (cap, dim)
   std::vector<uint8_t> act_;      // (cap, experts)
-  std::vector<double> prio_;      // (cap)
+  std::vector<float> prio_;       // (cap) float32, as the reference's priority_buffer
   std::vector<int> proto_of_;     // (cap), -1 none
   std::vector<float> proto_;      // (cap, dim) prototype means
   std::vector<int> proto_count_;  // (cap); a prototype is active while its count is > 0

@@ -3,8 +3,10 @@
 // and losses after 5 training steps (clipping, schedule, AdamW) through the production train_step.
 // For model pilf also the GatingTransformer, every step's PI/PILR/SMK figures, the buffers after
 // each step and the GatingTransformer after the last (the hyper-step reference).
-// usage: hyperrnn_refdump MODEL float|double TIE_EMBEDDINGS(true|false) OUT.h5 [EXTRA_INI_LINES]
-// (EXTRA_INI_LINES override the small default shapes, e.g. "d-model = 64\nseq-len = 32\n").
+// usage: hyperrnn_refdump MODEL float|double TIE_EMBEDDINGS(true|false) OUT.h5 [EXTRA_INI_LINES [INIT.h5]]
+// (EXTRA_INI_LINES override the small default shapes, e.g. "d-model = 64\nseq-len = 32\n"; INIT.h5
+// replaces the initial parameters: params0/<tensor> and, for pilf, gating0/<tensor>, e.g. weights
+// converted from another implementation; image tasks also dump each step's images.)
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -29,12 +31,26 @@ void dump_tensors(H5File& f, const std::string& group, const ParamTable& table, 
 }
 
 template <class T>
-void run(const RunConfig& cfg, const std::string& out) {
+void load_tensors(const H5File& f, const std::string& group, const ParamTable& table, std::vector<T>& buf) {
+  for (const TensorInfo& t : table.entries()) {
+    if (!f.exists(group + "/" + t.name) || f.shape(group + "/" + t.name) != t.shape)
+      throw std::runtime_error("init file: " + group + "/" + t.name + " is missing or has another shape");
+    f.read(group + "/" + t.name, buf.data() + t.offset);
+  }
+}
+
+template <class T>
+void run(const RunConfig& cfg, const std::string& out, const std::string& init) {
   Session<T> ses(cfg);
-  const int B = static_cast<int>(cfg.batch), L = static_cast<int>(cfg.seq_len);
+  const int B = static_cast<int>(cfg.batch), L = static_cast<int>(cfg.positions());
   const bool pilf = model_is_pilf(cfg);
   Transformer<T>& model = ses.model;
   const Batch& batch = ses.batch;
+  if (!init.empty()) {
+    const H5File in(init, H5File::Mode::Read);
+    load_tensors(in, "params0", model.table(), model.params);
+    if (pilf) load_tensors(in, "gating0", ses.pilf.gating->table(), ses.pilf.gating->params);
+  }
   H5File f(out, H5File::Mode::Create);
   f.set_attr("config", to_ini(cfg));
   dump_tensors(f, "params0", model.table(), model.params);
@@ -58,6 +74,7 @@ void run(const RunConfig& cfg, const std::string& out) {
     ses.fill_train_batch(step);
     f.write("batch/" + std::to_string(step) + "/tokens", batch.tokens.data(), {B, L});
     f.write("batch/" + std::to_string(step) + "/targets", batch.targets.data(), {B, L});
+    if (!batch.images.empty()) f.write("batch/" + std::to_string(step) + "/images", batch.images.data(), {B, 28, 28});
     if (step == 0) {  // the first gradients, before clipping and the update
       const double loss = model.forward(batch);
       model.zero_grad();
@@ -85,6 +102,11 @@ void run(const RunConfig& cfg, const std::string& out) {
         f.write(bl + "priority", pr.data(), {static_cast<int64_t>(pr.size())});
         const int32_t protos = b.active_prototypes();
         f.write(bl + "prototypes", &protos, {1});
+        // the replay sets cached so far (their q: another implementation's draws can be matched)
+        const auto& cache = ses.pilf.replay[l];
+        for (size_t j = 0; j < cache.size(); ++j)
+          if (cache[j].size() > 0)
+            f.write(bl + "replay" + std::to_string(j) + "_q", cache[j].q.data(), {cache[j].size(), b.dim()});
       }
     }
   }
@@ -97,7 +119,7 @@ void run(const RunConfig& cfg, const std::string& out) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if ((argc != 5 && argc != 6) || (std::strcmp(argv[2], "float") != 0 && std::strcmp(argv[2], "double") != 0)) {
+  if ((argc < 5 || argc > 7) || (std::strcmp(argv[2], "float") != 0 && std::strcmp(argv[2], "double") != 0)) {
     std::fprintf(stderr, "usage: hyperrnn_refdump MODEL float|double true|false OUT.h5\n");
     return 2;
   }
@@ -125,12 +147,13 @@ int main(int argc, char** argv) {
           "experts = 4\ntop-k = 2\nd-ff = 24\nbatch = 4\nsteps = 5\nlr = 0.01\nseed = 3\n"
           "tie-embeddings = " + argv[3] + "\n");
     if (std::strcmp(argv[1], "pilf") != 0) merge("warmup = 2\nlr-min-ratio = 0.1\ngrad-clip = 0.5\nweight-decay = 0.1\n");
-    if (argc == 6) merge(argv[5]);
+    if (argc >= 6) merge(argv[5]);
     std::string ini;
     for (const auto& [k, v] : kv) ini += k + " = " + v + "\n";
     const RunConfig cfg = from_ini(ini, "refdump");
-    if (std::strcmp(argv[2], "float") == 0) run<float>(cfg, argv[4]);
-    else run<double>(cfg, argv[4]);
+    const std::string init = argc == 7 ? argv[6] : "";
+    if (std::strcmp(argv[2], "float") == 0) run<float>(cfg, argv[4], init);
+    else run<double>(cfg, argv[4], init);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "hyperrnn_refdump: %s\n", e.what());
     return 1;

@@ -100,7 +100,7 @@ def cosine(a, b):
 
 class Buffer:
     """PrototypingExperienceBuffer (utils/experience_buffer.py) with deterministic ties (lower index
-    first where torch.topk leaves the order open); q and prototype means held in float32."""
+    first where torch.topk leaves the order open); q, prototype means and priorities in float32."""
 
     def __init__(self, cap, dim, decay):
         self.cap, self.dim, self.decay_f = cap, dim, decay
@@ -110,11 +110,13 @@ class Buffer:
 
     def add(self, q32, actions, pi):
         B = len(pi)
-        budget = min(B, math.floor(B * (1.0 - sum(pi) / B)))
+        pi = [np.float32(p) for p in pi]  # pi_scores: a float32 tensor
+        budget = min(B, math.floor(B * (1.0 - sum(float(p) for p in pi) / B)))
         if budget <= 0:
             return
-        cand = sorted(range(B), key=lambda b: -(1.0 - pi[b]))[:budget]  # stable: ties lower index
-        prio = [1.0 - pi[c] for c in cand]
+        prio_all = [np.float32(1.0) - p for p in pi]  # float32: 1 - PI is 1 for PI < 3e-8
+        cand = sorted(range(B), key=lambda b: -prio_all[b])[:budget]  # stable: ties lower index
+        prio = [prio_all[c] for c in cand]
         proto, needs = [], []
         for i, c in enumerate(cand):  # best match among the prototypes active before this call
             best, bp = -2.0, -1
@@ -180,7 +182,7 @@ class Buffer:
     def sample(self, n, seed, step, stream):
         if not self.q:
             return []
-        rng, total = Stream(seed, ROUTING, step, stream), sum(self.prio)
+        rng, total = Stream(seed, ROUTING, step, stream), sum(float(p) for p in self.prio)
         out = []
         for _ in range(n):
             if total <= 0:
@@ -188,7 +190,7 @@ class Buffer:
                 continue
             u, acc, pick = rng.uniform_double() * total, 0.0, len(self.q) - 1
             for i, p in enumerate(self.prio):
-                acc += p
+                acc += float(p)
                 if u < acc:
                     pick = i
                     break
@@ -197,7 +199,7 @@ class Buffer:
 
     def decay(self, idx):
         for i in sorted(set(idx)):  # priority_buffer[indices] *= decay: a repeated index decays once
-            self.prio[i] *= self.decay_f
+            self.prio[i] = np.float32(self.prio[i] * np.float32(self.decay_f))
 
     def retrieve(self, queries32, k):
         out = np.zeros((len(queries32), k, self.dim), np.float32)

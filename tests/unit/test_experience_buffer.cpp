@@ -224,3 +224,22 @@ TEST_CASE("buffer: prototype means follow the reference's order (evictions, then
   CHECK(buf.prototype(1)[0] == Approx(0.1f));  // (m * 0 + B) / 1
   CHECK(buf.prototype(1)[1] == Approx(1.0f));
 }
+
+TEST_CASE("buffer: priorities are float32, as the reference's tensors", "[buffer]") {
+  // 1 - PI for PI = 1e-10 and 1e-20 is 1.0f both: the later candidate is not "strictly higher" and
+  // replaces nothing (in double it would); a decayed item (0.99 in float32) is replaced.
+  ExperienceBuffer buf(1, 2, 2, 0.99);
+  Batch b;
+  b.add(1, 0, 1e-20, 0);  // budget floor(1 - 1e-20) = 1, priority 1.0f
+  REQUIRE(buf.add(b.q.data(), b.act.data(), b.pi.data(), 1) == 1);
+  CHECK(buf.priority(0) == 1.0f);
+  Batch c;  // two samples: budget floor(2 (1 - 5e-11)) = 1, priority 1 - 1e-10 = 1.0f
+  c.add(0, 1, 1e-10, 1);
+  c.add(0, 1, 0.0, 1);
+  CHECK(buf.add(c.q.data(), c.act.data(), c.pi.data(), 2) == 0);
+  CHECK(buf.q(0)[0] == 1.0f);
+  buf.decay({0});
+  CHECK(buf.priority(0) == 0.99f);
+  CHECK(buf.add(c.q.data(), c.act.data(), c.pi.data(), 2) == 1);
+  CHECK(buf.q(0)[1] == 1.0f);
+}

@@ -185,7 +185,7 @@ TEST_CASE("reference buffer: one for all layers, actions over layers x experts, 
       for (int l = 0; l < (shared ? 2 : 1); ++l)
         for (int e = 0; e < 4; ++e)
           CHECK(b.action(i)[l * 4 + e] == (l == layer || !shared ? (st.smk_mask[static_cast<size_t>(layer)] >> e & 1u) : 0u));
-      priorities_equal = priorities_equal && b.priority(i) == 1.0 - st.pi;
+      priorities_equal = priorities_equal && b.priority(i) == 1.0f - static_cast<float>(st.pi);
     }
     CHECK(priorities_equal == shared);  // batch PI vs each sample's own
   }
@@ -292,6 +292,6 @@ TEST_CASE("reference decay: replayed priorities decay only after a gating step t
   for (size_t i = 0; i < p2.size(); ++i) {
     bool replayed = false;
     for (int j : rs.idx) replayed = replayed || j == static_cast<int>(i);
-    CHECK(b.priority(static_cast<int>(i)) == (replayed ? p2[i] * 0.99 : p2[i]));
+    CHECK(b.priority(static_cast<int>(i)) == (replayed ? static_cast<float>(p2[i]) * 0.99f : static_cast<float>(p2[i])));
   }
 }
