@@ -1,6 +1,8 @@
 // Small model and task configurations shared by the unit tests.
 #pragma once
 #include "models/transformer.hpp"
+#include "nn/adamw.hpp"
+#include "pilf/step.hpp"
 #include "tasks/mqar.hpp"
 
 namespace hyperrnn::test {
@@ -27,5 +29,27 @@ inline MqarConfig small_mqar(int vocab, int seq_len, int kv_pairs) {
   qc.kv_pairs = kv_pairs;
   return qc;
 }
+
+// A small MQAR problem (V 40, L 16, 3 pairs) and a model of the given kind (C 8, 2 layers, 2
+// heads, 4 experts top-2, width 8), in double (exact comparisons), with its optimizer and a step
+// configuration (lr 1e-2, no clip).
+struct StepFixture {
+  ModelConfig mc;
+  Transformer<double> model;
+  nn::AdamW<double> opt;
+  MqarGenerator gen;
+  Batch batch;
+  StepConfig sc;
+  explicit StepFixture(ModelKind kind, int B = 6, nn::AdamWConfig adam = {})
+      : mc(small_model(kind, 40, 16, 8, 2, 2, 4, 2, 8)), model(mc, B, B * 3), opt(model.table(), adam),
+        gen(small_mqar(40, 16, 3)) {
+    model.init(3);
+    batch.resize(B, 16);
+    gen.fill(batch, 1, RngPurpose::TestData, 0, 0, B);
+    sc.total_steps = 100;
+    sc.lr = 1e-2;
+    sc.grad_clip = 0.0;
+  }
+};
 
 }  // namespace hyperrnn::test

@@ -38,7 +38,10 @@ TEST_CASE("cross-attention gradients match finite differences", "[gating][ops]")
   CHECK(rq.worst <= 1.0);
 }
 
-TEST_CASE("GatingTransformer parameter gradients match finite differences", "[gating]") {
+namespace {
+// A small GatingTransformer (C 8, 2 heads, 2 layers, 3 experts, history 4, 2 banks) for n queries,
+// every parameter perturbed (LayerNorm weights 1 and zero biases would hide a wrong bias path).
+GatingConfig small_gating(double dropout) {
   GatingConfig gc;
   gc.d_model = 8;
   gc.heads = 2;
@@ -46,12 +49,21 @@ TEST_CASE("GatingTransformer parameter gradients match finite differences", "[ga
   gc.experts = 3;
   gc.history = 4;
   gc.banks = 2;
-  const int n = 3;
-  GatingTransformer<double> gt(gc, n);
+  gc.dropout = dropout;
+  return gc;
+}
+void perturb(GatingTransformer<double>& gt) {
   gt.init(7);
-  // perturb every parameter (LayerNorm weights 1 and zero biases would hide a wrong bias path)
   const V noise = test::uniform(static_cast<int64_t>(gt.params.size()), 8, 0.1);
   for (size_t i = 0; i < gt.params.size(); ++i) gt.params[i] += noise[i];
+}
+}  // namespace
+
+TEST_CASE("GatingTransformer parameter gradients match finite differences", "[gating]") {
+  const GatingConfig gc = small_gating(0.0);
+  const int n = 3;
+  GatingTransformer<double> gt(gc, n);
+  perturb(gt);
   const V q = test::uniform(n * gc.d_model, 9, 1.0);
   V hist = test::uniform(n * gc.history * gc.d_model, 10, 1.0);
   for (int i = 0; i < gc.d_model; ++i) hist[(n * gc.history - 1) * gc.d_model + i] = 0.0;  // a zero-padded row
@@ -84,19 +96,10 @@ TEST_CASE("GatingTransformer parameter gradients match finite differences", "[ga
 TEST_CASE("GatingTransformer with dropout: parameter and q gradients match finite differences", "[gating][dropout]") {
   // Dropout masks are a function of the key and the query index, so the forward is a fixed
   // function of the parameters and q and finite differences apply.
-  GatingConfig gc;
-  gc.d_model = 8;
-  gc.heads = 2;
-  gc.layers = 2;
-  gc.experts = 3;
-  gc.history = 4;
-  gc.banks = 2;
-  gc.dropout = 0.3;
+  const GatingConfig gc = small_gating(0.3);
   const int n = 3;
   GatingTransformer<double> gt(gc, n);
-  gt.init(7);
-  const V noise = test::uniform(static_cast<int64_t>(gt.params.size()), 8, 0.1);
-  for (size_t i = 0; i < gt.params.size(); ++i) gt.params[i] += noise[i];
+  perturb(gt);
   V q = test::uniform(n * gc.d_model, 9, 1.0);
   const V hist = test::uniform(n * gc.history * gc.d_model, 10, 1.0);
   const int outn = n * 2 * gc.experts * gc.d_model;

@@ -15,24 +15,13 @@
 using namespace hyperrnn;
 
 namespace {
-struct Fx {
-  ModelConfig mc;
-  Transformer<double> model;
-  nn::AdamW<double> opt;
-  MqarGenerator gen;
-  Batch batch;
-  StepConfig sc;
+// The fixture's pilf model with Adam (no decay, as the reference) and a PilfState; step(s) trains
+// on the TestData stream's batch s with dropout keyed by s.
+struct Fx : test::StepFixture {
   PilfState<double> ps;
-  Fx(const PilfConfig& pc, double weight_decay = 0.0, ModelKind kind = ModelKind::Pilf)
-      : mc(test::small_model(kind, 40, 16, 8, 2, 2, 4, 2, 8)), model(mc, 6, 18), opt(model.table(), {0.9, 0.999, 1e-8, weight_decay}),
-        gen(test::small_mqar(40, 16, 3)), ps(pc, mc, 6, 3, {0.9, 0.999, 1e-8, weight_decay}) {
-    model.init(3);
+  explicit Fx(const PilfConfig& pc) : StepFixture(ModelKind::Pilf, 6, {0.9, 0.999, 1e-8, 0.0}), ps(pc, mc, 6, 3, {0.9, 0.999, 1e-8, 0.0}) {
     ps.attach(model);
-    batch.resize(6, 16);
-    sc.total_steps = 100;
-    sc.lr = 1e-2;
     sc.lr_min_ratio = 1.0;
-    sc.grad_clip = 0.0;
   }
   StepStats step(int64_t s) {
     gen.fill(batch, 1, RngPurpose::TestData, static_cast<uint32_t>(s), 0, 6);

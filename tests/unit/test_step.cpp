@@ -36,27 +36,7 @@ TEST_CASE("a step with NaN loss is skipped and changes nothing", "[step]") {
     REQUIRE(std::memcmp(&p[i], &model.params[i], sizeof(float)) == 0);
 }
 
-namespace {
-// A small MQAR problem and a model of the given kind, in double (exact comparisons).
-struct StepFixture {
-  ModelConfig mc;
-  Transformer<double> model;
-  nn::AdamW<double> opt;
-  MqarGenerator gen;
-  Batch batch;
-  StepConfig sc;
-  explicit StepFixture(ModelKind kind, int B = 6)
-      : mc(test::small_model(kind, 40, 16, 8, 2, 2, 4, 2, 8)), model(mc, B, B * 3), opt(model.table(), {}),
-        gen(test::small_mqar(40, 16, 3)) {
-    model.init(3);
-    batch.resize(B, 16);
-    gen.fill(batch, 1, RngPurpose::TestData, 0, 0, B);
-    sc.total_steps = 100;
-    sc.lr = 1e-2;
-    sc.grad_clip = 0.0;
-  }
-};
-}  // namespace
+using test::StepFixture;
 
 TEST_CASE("hyper-step: dual PILR gives each group its own modulated rate", "[step][pilf]") {
   StepFixture fx(ModelKind::GaussMoe);
