@@ -105,7 +105,13 @@ template <class T>
 double PilfState<T>::step_flops(int B, bool meta) const {
   if (!gating) return 0.0;
   const double L = mc.layers;
-  return L * gating->forward_flops(B) + (meta ? 3.0 * L * gating->forward_flops(cfg.meta_batch) : 0.0);
+  // the routing pass; with gating_backprop its recomputation and the backward to q (~ 2 forwards)
+  const double route = L * gating->forward_flops(B) * (cfg.gating_backprop ? 3.0 : 1.0);
+  // meta-training: forward + backward (3x) on each layer's replay items (meta_batch, or the buffer)
+  double items = 0.0;
+  for (int l = 0; l < mc.layers && meta; ++l)
+    items += cfg.meta_batch > 0 ? cfg.meta_batch : buffers[static_cast<size_t>(buffer_of(l))].size();
+  return route + 3.0 * gating->forward_flops(1) * items;
 }
 
 // Per-sample Gaussian scores of q under its own routing set: scores (E) for one q.

@@ -147,7 +147,9 @@ class PilfState {
   int dynamic_k(double r, int layer) const;
 
   // GEMM FLOPs the PILF machinery adds to a step of B samples: the GatingTransformer's forward per
-  // MoE layer, and on a meta-training step its forward + backward (3x) on meta_batch items.
+  // MoE layer (3x with gating_backprop: recomputed, then its backward to q), and on a
+  // meta-training step its forward + backward (3x) on the replay items (meta_batch, or the buffer's
+  // size: the reference's replay set).
   double step_flops(int B, bool meta) const;
 
   // internals shared with train_step
