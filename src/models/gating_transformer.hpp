@@ -1,4 +1,4 @@
-// The GatingTransformer of PILF-2 (../shared/reference/pilf.md): for each query q (a sample's mean
+// The GatingTransformer of PILF-2 (docs/pilf.md): for each query q (a sample's mean
 // MoE-layer input) and its retrieved history (the k_hist most similar stored q's), a post-norm
 // Transformer decoder (self-attention over [q], cross-attention over the history, ReLU FFN 4C,
 // as torch.nn.TransformerDecoderLayer, dropout at its six sites when asked for) and a Linear

@@ -1,4 +1,4 @@
-// PI assessment of one step (PILF, ../shared/reference/pilf.md): epsilon (task loss), tau (mean
+// PI assessment of one step (PILF, docs/pilf.md): epsilon (task loss), tau (mean
 // entropy of the output distribution over scored positions), surprise (gradient L2 norms) and the
 // predictive integrity PI in the published (IPWT) form or the reference-code form.
 // Leaves out: where the numbers come from (the hyper-step) and what PI drives (PILR, the buffer).

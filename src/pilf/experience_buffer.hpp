@@ -1,4 +1,4 @@
-// The routing experience buffer of PILF-2 (../shared/reference/pilf.md): a fixed-capacity store of
+// The routing experience buffer of PILF-2 (docs/pilf.md): a fixed-capacity store of
 // (q, SMK action, priority) with prototypes (running means of the stored q's that matched them),
 // priority-proportional replay with decay, and top-k cosine retrieval. Deterministic: ties go to
 // the lower index, and sampling uses the counter RNG keyed by the step.

@@ -1,6 +1,6 @@
 // PILF components against hand-computed values: PI in both forms, tau, the PILR adaptor
 // (plain and inverse EMA, warm-up) and SMK / ASMK selection. The literals were computed by hand
-// from the formulas in ../shared/reference/pilf.md (Python, double precision); the tolerance is a
+// from the formulas in docs/pilf.md (Python, double precision); the tolerance is a
 // few ulp of double.
 #include <catch2/catch.hpp>
 
