@@ -1,7 +1,7 @@
 // The communication interface, the only door to MPI (and later NCCL). Math code calls these
 // methods; the serial implementation does no communication, so 1-rank code paths cost nothing.
 // Every collective is blocking and must be called by every rank in the same order.
-// Leaves out: what is exchanged (src/core/parallel.hpp plans the expert dispatch and the
+// Leaves out: what is exchanged (src/parallel/layout.hpp plans the expert dispatch and the
 // reproducible reductions on top of these primitives).
 #pragma once
 #include <cstddef>

@@ -4,7 +4,7 @@
 
 #include "app/commands.hpp"
 #include "core/error.hpp"
-#include "core/parallel.hpp"
+#include "parallel/layout.hpp"
 
 namespace hyperrnn {
 

@@ -6,11 +6,20 @@
 
 #include "app/commands.hpp"
 #include "core/error.hpp"
+#include "parallel/threads.hpp"
 
 int main(int argc, char** argv) {
   using namespace hyperrnn;
   std::unique_ptr<Comm> comm = init_world(argc, argv);
   const bool root = comm->rank() == 0;
+  // BLAS never threads on its own: the rank's parallelism is its own --threads (docs/architecture.md),
+  // so OPENBLAS_NUM_THREADS, OMP_NUM_THREADS and the launcher's binding cannot change a result.
+  try {
+    make_blas_single_threaded();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "hyperrnn: error: %s\n", e.what());
+    return 1;
+  }
   auto fail = [&](int status, const char* what) {
     if (root) std::fprintf(stderr, "hyperrnn: error: %s\n", what);
     return status;
@@ -40,6 +49,13 @@ int main(int argc, char** argv) {
     bool go = true;
     collective(*comm, [&] { go = parse_options(c, argc - 1, argv + 1, cfg, root); });
     if (!go) return 0;
+    std::string warning;
+    const int T = resolve_threads(cfg.threads, &warning);
+    if (!warning.empty()) {
+      if (comm->size() == 1) std::fprintf(stderr, "hyperrnn: %s\n", warning.c_str());
+      else std::fprintf(stderr, "hyperrnn: rank %d: %s\n", comm->rank(), warning.c_str());
+    }
+    set_threads(T);
     check_same_everywhere(*comm, cmd + "\n" + to_ini(cfg) + "snapshot = " + cfg.snapshot + "\n");
     if (c == Command::Train) return run_train(*comm, cfg);
     if (c == Command::Eval) return run_eval(*comm, cfg);

@@ -12,6 +12,7 @@
 
 #include "core/error.hpp"
 #include "io/csv.hpp"
+#include "parallel/threads.hpp"
 
 namespace po = boost::program_options;
 
@@ -104,7 +105,8 @@ void add_model_task_train(po::options_description& d, RunConfig& c) {
 
 void add_invocation(po::options_description& d, RunConfig& c, Command cmd) {
   d.add_options()("help,h", "print this help and exit")
-    ("config", po::value<std::string>(), "INI file with key = value lines (same names as the options)");
+    ("config", po::value<std::string>(), "INI file with key = value lines (same names as the options)")
+    ("threads", po::value(&c.threads)->default_value(c.threads), "threads per rank: auto (the cores of the rank's affinity mask, as the launcher binds it) or a count; results are bitwise the same for every count; not part of the run's identity, free to change on resume");
   if (cmd == Command::Train)
     d.add_options()
       ("out", po::value(&c.out), "run directory (default runs/<model>-<task>-s<seed>)")
@@ -406,6 +408,7 @@ bool parse_options(Command cmd, int argc, const char* const* argv, RunConfig& cf
   } catch (const po::error& e) {
     throw UsageError(boost_message(e));
   }
+  resolve_threads(cfg.threads);
   if (cmd == Command::Bench) {
     validate(cfg);
     positive("bench-steps", cfg.bench_steps);
@@ -419,6 +422,24 @@ bool parse_options(Command cmd, int argc, const char* const* argv, RunConfig& cf
     non_negative("batch", cfg.batch);
   }
   return true;
+}
+
+int resolve_threads(const std::string& threads, std::string* warning) {
+  const int cores = affinity_cores();
+  if (threads == "auto") return cores;
+  int64_t n = 0;
+  size_t used = 0;
+  try {
+    n = std::stoll(threads, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || used != threads.size() || n < 1 || n > 4096)
+    bad("threads", "must be auto or a positive thread count (at most 4096), got '" + threads + "'");
+  if (n > cores && warning)
+    *warning = "warning: --threads " + threads + " exceeds the " + std::to_string(cores) +
+               " core(s) of this rank's affinity mask; the threads will share them (slower, same results)";
+  return static_cast<int>(n);
 }
 
 std::string to_ini(const RunConfig& c) {

@@ -43,6 +43,9 @@ struct RunConfig {
   // snapshots (invocation options: not part of the run's identity in config.ini)
   int64_t snapshot_every = 1000, keep = 0, stop_after = 0;
   std::string resume;  // "", "auto" or a snapshot path
+  // threads per rank (an invocation option of every command): "auto" = the cores of the rank's
+  // affinity mask, or a positive count. Results do not depend on it (docs/architecture.md).
+  std::string threads = "auto";
   // PILF (docs/pilf.md). For model pilf, --pilf-profile sets every option of profile_knobs() that
   // was not given (reference: PILF-2 as its code runs; hyperrnn: our choices, the defaults below);
   // "auto" = the profile's choice for pilf, off for the other models.
@@ -114,6 +117,11 @@ void validate_layout(const RunConfig& cfg, int ranks);
 std::string to_ini(const RunConfig& cfg);
 // Reads INI text produced by to_ini (e.g. from a snapshot); validates.
 RunConfig from_ini(const std::string& text, const std::string& origin);
+
+// --threads resolved for this rank: the count given, or the cores of its affinity mask (auto).
+// UsageError for anything but auto or a positive integer; warning (when not null) is set to one
+// line when the count exceeds the cores of the mask (allowed: results do not depend on it).
+int resolve_threads(const std::string& threads, std::string* warning = nullptr);
 
 // The general help text.
 std::string usage_text();

@@ -6,7 +6,7 @@
 
 #include "app/options.hpp"
 #include "core/batch.hpp"
-#include "core/parallel.hpp"
+#include "parallel/layout.hpp"
 #include "mpi/comm.hpp"
 #include "models/transformer.hpp"
 #include "nn/adamw.hpp"

@@ -15,7 +15,7 @@ struct Batch {
   std::vector<float> images;      // (B,H,W) image tasks only, normalised pixels
   // Only outputs [class_lo, class_hi) compete in the softmax (task-incremental heads); hi 0 = all.
   int class_lo = 0, class_hi = 0;
-  // The canonical shards these B samples belong to (src/core/parallel.hpp): each one's sample
+  // The canonical shards these B samples belong to (src/parallel/layout.hpp): each one's sample
   // count, in order, summing to B. Empty = one shard.
   std::vector<int> shard_samples;
   // Which training step these samples belong to (keys dropout; -1 = an evaluation batch: no

@@ -10,7 +10,7 @@
 #include <sstream>
 
 #include "core/error.hpp"
-#include "core/parallel.hpp"
+#include "parallel/layout.hpp"
 #include "core/sha256.hpp"
 #include "core/version.hpp"
 #include "io/h5.hpp"

@@ -2,6 +2,7 @@
 #include "models/transformer.hpp"
 
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <type_traits>
 
@@ -9,6 +10,7 @@
 #include "core/rng.hpp"
 #include "nn/dropout.hpp"
 #include "nn/ops.hpp"
+#include "parallel/threads.hpp"
 
 namespace hyperrnn {
 
@@ -149,40 +151,11 @@ Transformer<T>::Transformer(const ModelConfig& cfg, int batch_capacity, int max_
 }
 
 template <class T>
-void Transformer<T>::lin_fwd(T* out, const T* inp, int w, int b, int IC, int OC) {
-  for (int s = 0; s < nshards(); ++s) {
-    const int r0 = shard_tok_[static_cast<size_t>(s)], n = shard_tok_[static_cast<size_t>(s) + 1] - r0;
-    if (n > 0) nn::linear_forward<T>(out + 1LL * r0 * OC, inp + 1LL * r0 * IC, p(w), b >= 0 ? p(b) : nullptr, n, IC, OC);
-  }
-}
-
-template <class T>
-void Transformer<T>::lin_bwd(T* dinp, int w, int b, const T* dout, const T* inp, int IC, int OC) {
-  for (int s = 0; s < nshards(); ++s) {
-    const int r0 = shard_tok_[static_cast<size_t>(s)], n = shard_tok_[static_cast<size_t>(s) + 1] - r0;
-    if (n > 0)
-      nn::linear_backward<T>(dinp ? dinp + 1LL * r0 * IC : nullptr, gs(w, s), b >= 0 ? gs(b, s) : nullptr,
-                             dout + 1LL * r0 * OC, inp + 1LL * r0 * IC, p(w), n, IC, OC);
-  }
-}
-
-template <class T>
-void Transformer<T>::ln_bwd(T* dinp, int w, int b, const T* dout, const T* inp, const T* mean, const T* rstd) {
-  const int C = cfg_.d_model;
-  for (int s = 0; s < nshards(); ++s) {
-    const int r0 = shard_tok_[static_cast<size_t>(s)], n = shard_tok_[static_cast<size_t>(s) + 1] - r0;
-    if (n > 0)
-      nn::layernorm_backward<T>(dinp + 1LL * r0 * C, gs(w, s), gs(b, s), dout + 1LL * r0 * C, inp + 1LL * r0 * C, p(w),
-                                mean + r0, rstd + r0, n, C);
-  }
-}
-
-template <class T>
-void Transformer<T>::dropout_masks(uint8_t* keep, int site, int64_t per_sample) const {
+void Transformer<T>::dropout_masks(uint8_t* keep, int site, int64_t per_sample, int b0, int nb) const {
   const nn::DropoutKey key{seed_, RngPurpose::Dropout, static_cast<uint32_t>(batch_->step)};
   const uint32_t thr = nn::dropout_threshold(cfg_.dropout);
   const int sites = dropout_sites();
-  for (int b = 0; b < B_; ++b)
+  for (int b = b0; b < b0 + nb; ++b)
     nn::dropout_mask(keep + b * per_sample, per_sample, key, static_cast<uint32_t>((batch_->first + b) * sites + site), thr);
 }
 
@@ -309,77 +282,101 @@ double Transformer<T>::forward(const Batch& batch) {
   Parallel& par = *par_;
   if (cfg_.is_moe()) par.layer_bytes.resize(layers_.size(), 0);
 
+  // Threads (src/parallel/threads.hpp): everything but the MoE routing and the experts runs as one
+  // item per canonical shard, the experts one item per expert (src/nn/moe.cpp).
+  auto each_shard = [this](const std::function<void(int s, int b0, int nb, int r0, int n)>& fn) {
+    threads().run(nshards(), [&](int s, int) {
+      const int b0 = shard_b_[static_cast<size_t>(s)], nb = shard_b_[static_cast<size_t>(s) + 1] - b0;
+      if (nb > 0) fn(s, b0, nb, shard_tok_[static_cast<size_t>(s)], nb * cfg_.seq_len);
+    });
+  };
+  drop_ = cfg_.dropout > 0.0 && batch.step >= 0;  // dropout: training only, masks per global sample and site
+  const T dscale = static_cast<T>(1.0 / (1.0 - cfg_.dropout));
   if (cfg_.is_image()) {
     const int IH = cfg_.image_h, IW = cfg_.image_w, P = cfg_.patch;
     HYPERRNN_CHECK(batch.images.size() >= static_cast<size_t>(B_) * IH * IW, "image batch too small");
-    if constexpr (std::is_same_v<T, float>) {
-      nn::image_to_patches<T>(patches_, batch.images.data(), B_, IH, IW, P);
+  }
+  each_shard([&](int s, int b0, int nb, int r0, int n) {
+    if (cfg_.is_image()) {
+      const int IH = cfg_.image_h, IW = cfg_.image_w, P = cfg_.patch, Pn = cfg_.patches();
+      T* pt = patches_ + 1LL * b0 * Pn * P * P;
+      if constexpr (std::is_same_v<T, float>) {
+        nn::image_to_patches<T>(pt, batch.images.data() + 1LL * b0 * IH * IW, nb, IH, IW, P);
+      } else {
+        std::vector<T> img(batch.images.begin() + 1LL * b0 * IH * IW, batch.images.begin() + 1LL * (b0 + nb) * IH * IW);
+        nn::image_to_patches<T>(pt, img.data(), nb, IH, IW, P);
+      }
+      const T* wpe = p(wpe_);
+      if (!cfg_.cls_token) {
+        nn::linear_forward<T>(x0_ + 1LL * r0 * C, pt, p(wte_), p(patch_b_), n, P * P, C);
+        for (int b = b0; b < b0 + nb; ++b)
+          for (int64_t i = 0; i < 1LL * Tn * C; ++i) x0_[1LL * b * Tn * C + i] += wpe[i];
+      } else {  // [cls, patch_1 .. patch_P] + positions
+        nn::linear_forward<T>(patch_emb_ + 1LL * b0 * Pn * C, pt, p(wte_), p(patch_b_), nb * Pn, P * P, C);
+        const T* cls = p(cls_);
+        for (int b = b0; b < b0 + nb; ++b) {
+          T* x = x0_ + 1LL * b * Tn * C;
+          for (int i = 0; i < C; ++i) x[i] = cls[i] + wpe[i];
+          for (int64_t i = C; i < 1LL * Tn * C; ++i) x[i] = patch_emb_[1LL * b * Pn * C + i - C] + wpe[i];
+        }
+      }
     } else {
-      std::vector<T> img(batch.images.begin(), batch.images.begin() + static_cast<int64_t>(B_) * IH * IW);
-      nn::image_to_patches<T>(patches_, img.data(), B_, IH, IW, P);
+      nn::embedding_forward<T>(x0_ + 1LL * r0 * C, batch.tokens.data() + r0, p(wte_), p(wpe_), nb, Tn, C);
     }
-    const T* wpe = p(wpe_);
-    if (!cfg_.cls_token) {
-      lin_fwd(x0_, patches_, wte_, patch_b_, P * P, C);
-      for (int b = 0; b < B_; ++b)
-        for (int64_t i = 0; i < 1LL * Tn * C; ++i) x0_[1LL * b * Tn * C + i] += wpe[i];
-    } else {  // [cls, patch_1 .. patch_P] + positions
-      const int Pn = cfg_.patches();
-      for (int s = 0; s < Sl; ++s) {
-        const int b0 = shard_b_[static_cast<size_t>(s)], nb = shard_b_[static_cast<size_t>(s) + 1] - b0;
-        if (nb > 0)
-          nn::linear_forward<T>(patch_emb_ + 1LL * b0 * Pn * C, patches_ + 1LL * b0 * Pn * P * P, p(wte_), p(patch_b_), nb * Pn,
-                                P * P, C);
-      }
-      const T* cls = p(cls_);
-      for (int b = 0; b < B_; ++b) {
-        T* x = x0_ + 1LL * b * Tn * C;
-        for (int i = 0; i < C; ++i) x[i] = cls[i] + wpe[i];
-        for (int64_t i = C; i < 1LL * Tn * C; ++i) x[i] = patch_emb_[1LL * b * Pn * C + i - C] + wpe[i];
-      }
+    if (drop_) {
+      dropout_masks(emb_keep_, 0, 1LL * Tn * C, b0, nb);
+      nn::dropout_forward<T>(x0_ + 1LL * r0 * C, x0_ + 1LL * r0 * C, emb_keep_ + 1LL * r0 * C, dscale, 1LL * n * C);
     }
-  } else {
-    nn::embedding_forward<T>(x0_, batch.tokens.data(), p(wte_), p(wpe_), B_, Tn, C);
-  }
-  // dropout (training only): masks per global sample and site
-  drop_ = cfg_.dropout > 0.0 && batch.step >= 0;
-  const T dscale = static_cast<T>(1.0 / (1.0 - cfg_.dropout));
-  const int64_t NC = 1LL * N * C;
-  if (drop_) {
-    dropout_masks(emb_keep_, 0, 1LL * Tn * C);
-    nn::dropout_forward<T>(x0_, x0_, emb_keep_, dscale, NC);
-  }
+  });
   const T* res_in = x0_;
   for (size_t l = 0; l < layers_.size(); ++l) {
     Layer& Ly = layers_[l];
-    nn::layernorm_forward<T>(Ly.ln1_out, Ly.ln1_mean, Ly.ln1_rstd, res_in, p(Ly.ln1_w), p(Ly.ln1_b), N, C);
-    lin_fwd(Ly.qkv, Ly.ln1_out, Ly.qkv_w, Ly.qkv_b, C, 3 * C);
     const int site = 1 + 5 * static_cast<int>(l);  // this layer's dropout sites: site + 0 .. 4
-    nn::AttnDropout<T> ad{Ly.att_keep, dscale, Ly.att_drop};
-    if (drop_) dropout_masks(Ly.att_keep, site, 1LL * H * Tn * Tn);
-    nn::attention_forward<T>(Ly.atty, Ly.att, Ly.qkv, B_, Tn, C, H, cfg_.causal, drop_ ? &ad : nullptr);
-    lin_fwd(Ly.attproj, Ly.atty, Ly.proj_w, Ly.proj_b, C, C);
-    if (drop_) {
-      dropout_masks(Ly.proj_keep, site + 1, 1LL * Tn * C);
-      nn::dropout_forward<T>(Ly.attproj, Ly.attproj, Ly.proj_keep, dscale, NC);
-    }
-    nn::residual_forward<T>(Ly.res_mid, res_in, Ly.attproj, 1LL * N * C);
-    nn::layernorm_forward<T>(Ly.ln2_out, Ly.ln2_mean, Ly.ln2_rstd, Ly.res_mid, p(Ly.ln2_w), p(Ly.ln2_b), N, C);
+    // attention block and the second LayerNorm, per shard
+    each_shard([&](int, int b0, int nb, int r0, int n) {
+      const int64_t o = 1LL * r0 * C, oa = 1LL * b0 * H * Tn * Tn;
+      nn::layernorm_forward<T>(Ly.ln1_out + o, Ly.ln1_mean + r0, Ly.ln1_rstd + r0, res_in + o, p(Ly.ln1_w), p(Ly.ln1_b), n, C);
+      nn::linear_forward<T>(Ly.qkv + 3 * o, Ly.ln1_out + o, p(Ly.qkv_w), p(Ly.qkv_b), n, C, 3 * C);
+      nn::AttnDropout<T> ad{drop_ ? Ly.att_keep + oa : nullptr, dscale, drop_ ? Ly.att_drop + oa : nullptr};
+      if (drop_) dropout_masks(Ly.att_keep, site, 1LL * H * Tn * Tn, b0, nb);
+      nn::attention_forward<T>(Ly.atty + o, Ly.att + oa, Ly.qkv + 3 * o, nb, Tn, C, H, cfg_.causal, drop_ ? &ad : nullptr);
+      nn::linear_forward<T>(Ly.attproj + o, Ly.atty + o, p(Ly.proj_w), p(Ly.proj_b), n, C, C);
+      if (drop_) {
+        dropout_masks(Ly.proj_keep, site + 1, 1LL * Tn * C, b0, nb);
+        nn::dropout_forward<T>(Ly.attproj + o, Ly.attproj + o, Ly.proj_keep + o, dscale, 1LL * n * C);
+      }
+      nn::residual_forward<T>(Ly.res_mid + o, res_in + o, Ly.attproj + o, 1LL * n * C);
+      nn::layernorm_forward<T>(Ly.ln2_out + o, Ly.ln2_mean + r0, Ly.ln2_rstd + r0, Ly.res_mid + o, p(Ly.ln2_w), p(Ly.ln2_b), n, C);
+      if (cfg_.memory_routing()) nn::meanpool_forward<T>(Ly.q + 1LL * b0 * C, Ly.ln2_out + o, nb, Tn, C);
+      if (!cfg_.is_moe()) {  // the dense FFN (the reference's: Linear, GELU, Dropout, Linear, Dropout)
+        const int64_t of = 1LL * r0 * F;
+        nn::linear_forward<T>(Ly.fc1_h + of, Ly.ln2_out + o, p(Ly.fc1_w), p(Ly.fc1_b), n, C, F);
+        nn::gelu_forward<T>(Ly.fc1_act + of, Ly.fc1_h + of, 1LL * n * F);
+        if (drop_) {
+          dropout_masks(Ly.hid_keep, site + 3, 1LL * Tn * F, b0, nb);
+          nn::dropout_forward<T>(Ly.fc1_act + of, Ly.fc1_act + of, Ly.hid_keep + of, dscale, 1LL * n * F);
+        }
+        nn::linear_forward<T>(Ly.ffn_out + o, Ly.fc1_act + of, p(Ly.fc2_w), p(Ly.fc2_b), n, F, C);
+        if (drop_) {
+          dropout_masks(Ly.out_keep, site + 4, 1LL * Tn * C, b0, nb);
+          nn::dropout_forward<T>(Ly.ffn_out + o, Ly.ffn_out + o, Ly.out_keep + o, dscale, 1LL * n * C);
+        }
+      }
+    });
     if (cfg_.is_moe()) {
       nn::MoeDims md = moe_dims(N);
       md.shards = Sl;
       md.shard_rows = shard_tok_.data();
       if (cfg_.memory_routing()) {
         HYPERRNN_CHECK(static_cast<bool>(router_), "model pilf needs a memory router (set_memory_router)");
-        nn::meanpool_forward<T>(Ly.q, Ly.ln2_out, B_, Tn, C);
         std::fill(Ly.k, Ly.k + B_, static_cast<int32_t>(cfg_.top_k));
         const int64_t ls = 2LL * cfg_.experts * C;
+        std::vector<RouteShard> shards;
         for (int s = 0; s < Sl; ++s) {  // per shard: the GatingTransformer's GEMMs have shard shapes
           const int b0 = shard_b_[static_cast<size_t>(s)], nb = shard_b_[static_cast<size_t>(s) + 1] - b0;
-          if (nb > 0)
-            router_(static_cast<int>(l), b0, Ly.q + 1LL * b0 * C, nb, Ly.mu_ls + b0 * ls, Ly.k + b0,
-                    RouteKey{batch.step, batch.first + b0});
+          if (nb > 0) shards.push_back({b0, nb, Ly.q + 1LL * b0 * C, Ly.mu_ls + b0 * ls, Ly.k + b0, RouteKey{batch.step, batch.first + b0}});
         }
+        router_(static_cast<int>(l), shards);
         for (int b = 0; b < B_; ++b)
           HYPERRNN_CHECK(Ly.k[b] >= 1 && Ly.k[b] <= cfg_.top_k, "memory router: k outside [1, top_k]");
         md.sample_k = Ly.k;
@@ -407,27 +404,20 @@ double Transformer<T>::forward(const Batch& batch) {
       for (int e = 0; e < E; ++e) rows += expert_tokens_[l * E + e];
       layer_rows_[l] = rows;
       nn::moe_combine<T>(Ly.ffn_out, c, md);
-    } else {
-      lin_fwd(Ly.fc1_h, Ly.ln2_out, Ly.fc1_w, Ly.fc1_b, C, F);
-      nn::gelu_forward<T>(Ly.fc1_act, Ly.fc1_h, 1LL * N * F);
-      if (drop_) {  // the reference's dense MLP: Linear, GELU, Dropout, Linear, Dropout
-        dropout_masks(Ly.hid_keep, site + 3, 1LL * Tn * F);
-        nn::dropout_forward<T>(Ly.fc1_act, Ly.fc1_act, Ly.hid_keep, dscale, 1LL * N * F);
-      }
-      lin_fwd(Ly.ffn_out, Ly.fc1_act, Ly.fc2_w, Ly.fc2_b, F, C);
-      if (drop_) {
-        dropout_masks(Ly.out_keep, site + 4, 1LL * Tn * C);
-        nn::dropout_forward<T>(Ly.ffn_out, Ly.ffn_out, Ly.out_keep, dscale, NC);
-      }
     }
-    if (drop_) {  // the block's dropout on the feed-forward branch
-      dropout_masks(Ly.ffn_keep, site + 2, 1LL * Tn * C);
-      nn::dropout_forward<T>(Ly.ffn_out, Ly.ffn_out, Ly.ffn_keep, dscale, NC);
-    }
-    nn::residual_forward<T>(Ly.res_out, Ly.res_mid, Ly.ffn_out, 1LL * N * C);
+    each_shard([&](int, int b0, int nb, int r0, int n) {
+      const int64_t o = 1LL * r0 * C;
+      if (drop_) {  // the block's dropout on the feed-forward branch
+        dropout_masks(Ly.ffn_keep, site + 2, 1LL * Tn * C, b0, nb);
+        nn::dropout_forward<T>(Ly.ffn_out + o, Ly.ffn_out + o, Ly.ffn_keep + o, dscale, 1LL * n * C);
+      }
+      nn::residual_forward<T>(Ly.res_out + o, Ly.res_mid + o, Ly.ffn_out + o, 1LL * n * C);
+    });
     res_in = Ly.res_out;
   }
-  nn::layernorm_forward<T>(lnf_out_, lnf_mean_, lnf_rstd_, res_in, p(lnf_w_), p(lnf_b_), N, C);
+  each_shard([&](int, int, int, int r0, int n) {
+    nn::layernorm_forward<T>(lnf_out_ + 1LL * r0 * C, lnf_mean_ + r0, lnf_rstd_ + r0, res_in + 1LL * r0 * C, p(lnf_w_), p(lnf_b_), n, C);
+  });
 
   // Gather the scored positions; only they reach the head. Rows stay in sample order, so each
   // shard's scored rows are one range.
@@ -452,33 +442,33 @@ double Transformer<T>::forward(const Batch& batch) {
     }
     HYPERRNN_CHECK(S == B_, "image batch: every sample needs a label");
   }
-  if (cfg_.is_image() && !cfg_.cls_token) {
-    nn::meanpool_forward<T>(hs_, lnf_out_, B_, Tn, C);
-  } else {  // token models: the scored positions; class token: position 0 of each sample
-    for (int s = 0; s < S; ++s)
-      for (int i = 0; i < C; ++i) hs_[1LL * s * C + i] = lnf_out_[1LL * scored_rows_[s] * C + i];
-  }
-  for (int sh = 0; sh < Sl; ++sh) {
-    const int r0 = shard_scored_[static_cast<size_t>(sh)], n = shard_scored_[static_cast<size_t>(sh) + 1] - r0;
-    if (n > 0)
-      nn::linear_forward<T>(logits_ + 1LL * r0 * V, hs_ + 1LL * r0 * C, p(head_w_), head_b_ >= 0 ? p(head_b_) : nullptr, n, C, V);
-  }
   const bool masked = batch.class_hi > 0 && (batch.class_lo > 0 || batch.class_hi < V);
-  if (masked) {  // outputs outside [lo, hi) take no part: logit -inf, probability exactly 0
+  if (masked) {
     HYPERRNN_CHECK(batch.class_lo >= 0 && batch.class_lo < batch.class_hi && batch.class_hi <= V, "bad class range");
-    for (int s = 0; s < S; ++s) {
+    for (int s = 0; s < S; ++s)
       HYPERRNN_CHECK(scored_targets_[s] >= batch.class_lo && scored_targets_[s] < batch.class_hi, "target outside the class range");
-      for (int v = 0; v < V; ++v)
-        if (v < batch.class_lo || v >= batch.class_hi) logits_[1LL * s * V + v] = -std::numeric_limits<T>::infinity();
-    }
   }
-  // Per shard: loss sum, scored rows, correct (sum of per-sample accuracies), samples scored,
-  // entropy sum, samples; then summed over all shards in shard order (the same for every P).
+  // Per shard: the head on its scored rows, then loss sum, scored rows, correct (sum of per-sample
+  // accuracies), samples scored, entropy sum, samples; summed over all shards in shard order (the
+  // same for every P and every thread count).
   constexpr int kStats = 6;
   shard_stats_.assign(static_cast<size_t>(Sl) * kStats, 0.0);
-  for (int sh = 0; sh < Sl; ++sh) {
-    double* st = shard_stats_.data() + static_cast<int64_t>(sh) * kStats;
+  threads().run(Sl, [&](int sh, int) {
     const int r0 = shard_scored_[static_cast<size_t>(sh)], r1 = shard_scored_[static_cast<size_t>(sh) + 1];
+    const int b0 = shard_b_[static_cast<size_t>(sh)], nb = shard_b_[static_cast<size_t>(sh) + 1] - b0;
+    if (cfg_.is_image() && !cfg_.cls_token) {
+      if (nb > 0) nn::meanpool_forward<T>(hs_ + 1LL * b0 * C, lnf_out_ + 1LL * b0 * Tn * C, nb, Tn, C);
+    } else {  // token models: the scored positions; class token: position 0 of each sample
+      for (int s = r0; s < r1; ++s)
+        for (int i = 0; i < C; ++i) hs_[1LL * s * C + i] = lnf_out_[1LL * scored_rows_[s] * C + i];
+    }
+    if (r1 > r0)
+      nn::linear_forward<T>(logits_ + 1LL * r0 * V, hs_ + 1LL * r0 * C, p(head_w_), head_b_ >= 0 ? p(head_b_) : nullptr, r1 - r0, C, V);
+    if (masked)  // outputs outside [lo, hi) take no part: logit -inf, probability exactly 0
+      for (int s = r0; s < r1; ++s)
+        for (int v = 0; v < V; ++v)
+          if (v < batch.class_lo || v >= batch.class_hi) logits_[1LL * s * V + v] = -std::numeric_limits<T>::infinity();
+    double* st = shard_stats_.data() + static_cast<int64_t>(sh) * kStats;
     st[0] = r1 > r0 ? nn::crossentropy_forward<T>(losses_ + r0, probs_ + 1LL * r0 * V, logits_ + 1LL * r0 * V,
                                                   scored_targets_ + r0, r1 - r0, V)
                     : 0.0;
@@ -505,8 +495,8 @@ double Transformer<T>::forward(const Batch& batch) {
       entropies_[static_cast<size_t>(s)] = nn::row_entropy(probs_ + 1LL * s * V, V);
       st[4] += entropies_[static_cast<size_t>(s)];
     }
-    st[5] = shard_b_[static_cast<size_t>(sh) + 1] - shard_b_[static_cast<size_t>(sh)];
-  }
+    st[5] = nb;
+  });
   double tot[kStats];
   par.sum_over_shards(shard_stats_.data(), kStats, tot);
   scored_global_ = static_cast<int>(tot[1]);
@@ -526,36 +516,55 @@ void Transformer<T>::backward() {
   const nn::RouterKind rk = cfg_.kind == ModelKind::Moe ? nn::RouterKind::Linear : nn::RouterKind::Gaussian;
   Parallel& par = *par_;
   if (scored_global_ == 0) return;
-  if (S > 0) nn::crossentropy_backward<T>(dlogits_, probs_, scored_targets_, static_cast<T>(1.0 / scored_global_), S, V);
-  // accumulates into dwte when tied; the embedding backward adds its part later
-  for (int sh = 0; sh < Sl; ++sh) {
-    const int r0 = shard_scored_[static_cast<size_t>(sh)], n = shard_scored_[static_cast<size_t>(sh) + 1] - r0;
-    if (n > 0)
-      nn::linear_backward<T>(dhs_ + 1LL * r0 * C, gs(head_w_, sh), head_b_ >= 0 ? gs(head_b_, sh) : nullptr,
-                             dlogits_ + 1LL * r0 * V, hs_ + 1LL * r0 * C, p(head_w_), n, C, V);
-  }
-  std::fill(dln_, dln_ + 1LL * N * C, T(0));
-  if (cfg_.is_image() && !cfg_.cls_token) {
-    nn::meanpool_backward<T>(dln_, dhs_, B_, Tn, C);
-  } else {
-    for (int s = 0; s < S; ++s)
-      for (int i = 0; i < C; ++i) dln_[1LL * scored_rows_[s] * C + i] = dhs_[1LL * s * C + i];
-  }
-  std::fill(dres_, dres_ + 1LL * N * C, T(0));
+  auto each_shard = [this](const std::function<void(int s, int b0, int nb, int r0, int n)>& fn) {
+    threads().run(nshards(), [&](int s, int) {
+      const int b0 = shard_b_[static_cast<size_t>(s)], nb = shard_b_[static_cast<size_t>(s) + 1] - b0;
+      if (nb > 0) fn(s, b0, nb, shard_tok_[static_cast<size_t>(s)], nb * cfg_.seq_len);
+    });
+  };
+  const T dscale = static_cast<T>(1.0 / (1.0 - cfg_.dropout));
   const T* last = layers_.empty() ? x0_ : layers_.back().res_out;
-  ln_bwd(dres_, lnf_w_, lnf_b_, dln_, last, lnf_mean_, lnf_rstd_);
+  // the head (accumulates into dwte when tied; the embedding backward adds its part later) and the
+  // final LayerNorm, per shard
+  each_shard([&](int sh, int b0, int nb, int r0, int n) {
+    const int s0 = shard_scored_[static_cast<size_t>(sh)], ns = shard_scored_[static_cast<size_t>(sh) + 1] - s0;
+    const int64_t o = 1LL * r0 * C;
+    std::fill(dln_ + o, dln_ + o + 1LL * n * C, T(0));
+    std::fill(dres_ + o, dres_ + o + 1LL * n * C, T(0));
+    if (ns > 0) {
+      nn::crossentropy_backward<T>(dlogits_ + 1LL * s0 * V, probs_ + 1LL * s0 * V, scored_targets_ + s0,
+                                   static_cast<T>(1.0 / scored_global_), ns, V);
+      nn::linear_backward<T>(dhs_ + 1LL * s0 * C, gs(head_w_, sh), head_b_ >= 0 ? gs(head_b_, sh) : nullptr,
+                             dlogits_ + 1LL * s0 * V, hs_ + 1LL * s0 * C, p(head_w_), ns, C, V);
+    }
+    if (cfg_.is_image() && !cfg_.cls_token) {
+      nn::meanpool_backward<T>(dln_ + o, dhs_ + 1LL * b0 * C, nb, Tn, C);
+    } else {
+      for (int s = s0; s < s0 + ns; ++s)
+        for (int i = 0; i < C; ++i) dln_[1LL * scored_rows_[s] * C + i] = dhs_[1LL * s * C + i];
+    }
+    nn::layernorm_backward<T>(dres_ + o, gs(lnf_w_, sh), gs(lnf_b_, sh), dln_ + o, last + o, p(lnf_w_), lnf_mean_ + r0,
+                              lnf_rstd_ + r0, n, C);
+  });
   for (int l = static_cast<int>(layers_.size()) - 1; l >= 0; --l) {
     Layer& Ly = layers_[static_cast<size_t>(l)];
     const T* res_in = l == 0 ? x0_ : layers_[static_cast<size_t>(l - 1)].res_out;
     // res_out = res_mid + ffn_out: both receive dres unchanged (the branch through its dropout).
-    const T dscale = static_cast<T>(1.0 / (1.0 - cfg_.dropout));
-    const int64_t NC = 1LL * N * C;
-    const T* dffn = dres_;
-    if (drop_) {
-      nn::dropout_backward<T>(dmask_, dres_, Ly.ffn_keep, dscale, NC);
-      if (!cfg_.is_moe()) nn::dropout_backward<T>(dmask_, dmask_, Ly.out_keep, dscale, NC);
-      dffn = dmask_;
-    }
+    const T* dffn = drop_ ? dmask_ : dres_;
+    each_shard([&](int sh, int, int, int r0, int n) {
+      const int64_t o = 1LL * r0 * C, nc = 1LL * n * C;
+      if (drop_) {
+        nn::dropout_backward<T>(dmask_ + o, dres_ + o, Ly.ffn_keep + o, dscale, nc);
+        if (!cfg_.is_moe()) nn::dropout_backward<T>(dmask_ + o, dmask_ + o, Ly.out_keep + o, dscale, nc);
+      }
+      if (!cfg_.is_moe()) {
+        const int64_t of = 1LL * r0 * F;
+        nn::linear_backward<T>(dact_ + of, gs(Ly.fc2_w, sh), gs(Ly.fc2_b, sh), dffn + o, Ly.fc1_act + of, p(Ly.fc2_w), n, F, C);
+        if (drop_) nn::dropout_backward<T>(dact_ + of, dact_ + of, Ly.hid_keep + of, dscale, 1LL * n * F);
+        nn::gelu_backward<T>(dh_ + of, dact_ + of, Ly.fc1_h + of, 1LL * n * F);
+        nn::linear_backward<T>(dln_ + o, gs(Ly.fc1_w, sh), gs(Ly.fc1_b, sh), dh_ + of, Ly.ln2_out + o, p(Ly.fc1_w), n, C, F);
+      }
+    });
     if (cfg_.is_moe()) {
       if (cfg_.memory_routing()) std::fill(Ly.dmu_ls, Ly.dmu_ls + routing_grad_size(), T(0));
       nn::MoeDims md = moe_dims(N);
@@ -594,64 +603,63 @@ void Transformer<T>::backward() {
       nn::moe_scatter_add<T>(dln_, sc.dxs, c, md);
       if (cfg_.memory_routing() && router_backward_) {
         // the routing gradient through the router into each sample's q = mean of its tokens
+        std::vector<RouteGradShard> shards;
         for (int sh = 0; sh < Sl; ++sh) {
           const int b0 = shard_b_[static_cast<size_t>(sh)], nb = shard_b_[static_cast<size_t>(sh) + 1] - b0;
-          if (nb == 0) continue;
-          router_backward_(l, b0, nb, Ly.dmu_ls + 2LL * b0 * cfg_.experts * C, dq_);
-          nn::meanpool_backward<T>(dln_ + 1LL * b0 * Tn * C, dq_, nb, Tn, C);
+          if (nb > 0) shards.push_back({b0, nb, Ly.dmu_ls + 2LL * b0 * cfg_.experts * C, dq_ + 1LL * b0 * C});
         }
+        router_backward_(l, shards);
+        each_shard([&](int, int b0, int nb, int r0, int) {
+          nn::meanpool_backward<T>(dln_ + 1LL * r0 * C, dq_ + 1LL * b0 * C, nb, Tn, C);
+        });
       }
-    } else {
-      lin_bwd(dact_, Ly.fc2_w, Ly.fc2_b, dffn, Ly.fc1_act, F, C);
-      if (drop_) nn::dropout_backward<T>(dact_, dact_, Ly.hid_keep, dscale, 1LL * N * F);
-      nn::gelu_backward<T>(dh_, dact_, Ly.fc1_h, 1LL * N * F);
-      lin_bwd(dln_, Ly.fc1_w, Ly.fc1_b, dh_, Ly.ln2_out, C, F);
     }
-    ln_bwd(dres_, Ly.ln2_w, Ly.ln2_b, dln_, Ly.res_mid, Ly.ln2_mean, Ly.ln2_rstd);
-    // res_mid = res_in + attproj (through its dropout)
-    const T* dproj = dres_;
-    if (drop_) {
-      nn::dropout_backward<T>(dmask_, dres_, Ly.proj_keep, dscale, NC);
-      dproj = dmask_;
-    }
-    lin_bwd(datty_, Ly.proj_w, Ly.proj_b, dproj, Ly.atty, C, C);
-    nn::AttnDropout<T> ad{Ly.att_keep, dscale, Ly.att_drop};
-    nn::attention_backward<T>(dqkv_, datt_, datty_, Ly.qkv, Ly.att, B_, Tn, C, H, cfg_.causal, drop_ ? &ad : nullptr);
-    lin_bwd(dln_, Ly.qkv_w, Ly.qkv_b, dqkv_, Ly.ln1_out, C, 3 * C);
-    ln_bwd(dres_, Ly.ln1_w, Ly.ln1_b, dln_, res_in, Ly.ln1_mean, Ly.ln1_rstd);
+    // the second LayerNorm and the attention block, per shard
+    each_shard([&](int sh, int b0, int nb, int r0, int n) {
+      const int64_t o = 1LL * r0 * C, nc = 1LL * n * C, oa = 1LL * b0 * H * Tn * Tn;
+      nn::layernorm_backward<T>(dres_ + o, gs(Ly.ln2_w, sh), gs(Ly.ln2_b, sh), dln_ + o, Ly.res_mid + o, p(Ly.ln2_w),
+                                Ly.ln2_mean + r0, Ly.ln2_rstd + r0, n, C);
+      // res_mid = res_in + attproj (through its dropout)
+      const T* dproj = dres_ + o;
+      if (drop_) {
+        nn::dropout_backward<T>(dmask_ + o, dres_ + o, Ly.proj_keep + o, dscale, nc);
+        dproj = dmask_ + o;
+      }
+      nn::linear_backward<T>(datty_ + o, gs(Ly.proj_w, sh), gs(Ly.proj_b, sh), dproj, Ly.atty + o, p(Ly.proj_w), n, C, C);
+      nn::AttnDropout<T> ad{drop_ ? Ly.att_keep + oa : nullptr, dscale, drop_ ? Ly.att_drop + oa : nullptr};
+      nn::attention_backward<T>(dqkv_ + 3 * o, datt_ + oa, datty_ + o, Ly.qkv + 3 * o, Ly.att + oa, nb, Tn, C, H, cfg_.causal,
+                                drop_ ? &ad : nullptr);
+      nn::linear_backward<T>(dln_ + o, gs(Ly.qkv_w, sh), gs(Ly.qkv_b, sh), dqkv_ + 3 * o, Ly.ln1_out + o, p(Ly.qkv_w), n, C,
+                             3 * C);
+      nn::layernorm_backward<T>(dres_ + o, gs(Ly.ln1_w, sh), gs(Ly.ln1_b, sh), dln_ + o, res_in + o, p(Ly.ln1_w),
+                                Ly.ln1_mean + r0, Ly.ln1_rstd + r0, n, C);
+    });
   }
-  if (drop_) nn::dropout_backward<T>(dres_, dres_, emb_keep_, static_cast<T>(1.0 / (1.0 - cfg_.dropout)), 1LL * N * C);
-  if (cfg_.is_image()) {
-    const int P = cfg_.patch;
-    if (!cfg_.cls_token) {
-      lin_bwd(static_cast<T*>(nullptr), wte_, patch_b_, dres_, patches_, P * P, C);
-    } else {
-      const int Pn = cfg_.patches();
-      for (int b = 0; b < B_; ++b)  // the patch positions' gradient, contiguous (the forward's patch_emb is free now)
-        std::copy(dres_ + (1LL * b * Tn + 1) * C, dres_ + (1LL * b + 1) * Tn * C, patch_emb_ + 1LL * b * Pn * C);
-      for (int sh = 0; sh < Sl; ++sh) {
-        const int b0 = shard_b_[static_cast<size_t>(sh)], nb = shard_b_[static_cast<size_t>(sh) + 1] - b0;
-        if (nb == 0) continue;
-        nn::linear_backward<T>(nullptr, gs(wte_, sh), gs(patch_b_, sh), patch_emb_ + 1LL * b0 * Pn * C,
-                               patches_ + 1LL * b0 * Pn * P * P, p(wte_), nb * Pn, P * P, C);
+  // the embeddings, per shard
+  each_shard([&](int sh, int b0, int nb, int r0, int n) {
+    const int64_t o = 1LL * r0 * C;
+    if (drop_) nn::dropout_backward<T>(dres_ + o, dres_ + o, emb_keep_ + o, dscale, 1LL * n * C);
+    if (cfg_.is_image()) {
+      const int P = cfg_.patch, Pn = cfg_.patches();
+      const T* pt = patches_ + 1LL * b0 * Pn * P * P;
+      if (!cfg_.cls_token) {
+        nn::linear_backward<T>(nullptr, gs(wte_, sh), gs(patch_b_, sh), dres_ + o, pt, p(wte_), n, P * P, C);
+      } else {
+        for (int b = b0; b < b0 + nb; ++b)  // the patch positions' gradient, contiguous (the forward's patch_emb is free now)
+          std::copy(dres_ + (1LL * b * Tn + 1) * C, dres_ + (1LL * b + 1) * Tn * C, patch_emb_ + 1LL * b * Pn * C);
+        nn::linear_backward<T>(nullptr, gs(wte_, sh), gs(patch_b_, sh), patch_emb_ + 1LL * b0 * Pn * C, pt, p(wte_), nb * Pn,
+                               P * P, C);
         T* dcls = gs(cls_, sh);
         for (int b = b0; b < b0 + nb; ++b)
           for (int i = 0; i < C; ++i) dcls[i] += dres_[1LL * b * Tn * C + i];
       }
-    }
-    for (int sh = 0; sh < Sl; ++sh) {
       T* dwpe = gs(wpe_, sh);
-      for (int b = shard_b_[static_cast<size_t>(sh)]; b < shard_b_[static_cast<size_t>(sh) + 1]; ++b)
+      for (int b = b0; b < b0 + nb; ++b)
         for (int64_t i = 0; i < 1LL * Tn * C; ++i) dwpe[i] += dres_[1LL * b * Tn * C + i];
+    } else {
+      nn::embedding_backward<T>(gs(wte_, sh), gs(wpe_, sh), dres_ + o, batch_->tokens.data() + r0, nb, Tn, C);
     }
-  } else {
-    for (int sh = 0; sh < Sl; ++sh) {
-      const int b0 = shard_b_[static_cast<size_t>(sh)], nb = shard_b_[static_cast<size_t>(sh) + 1] - b0;
-      if (nb > 0)
-        nn::embedding_backward<T>(gs(wte_, sh), gs(wpe_, sh), dres_ + 1LL * b0 * Tn * C, batch_->tokens.data() + 1LL * b0 * Tn,
-                                  nb, Tn, C);
-    }
-  }
+  });
   // replicated tensors: the sum over all S shards, reproducible (one shard: already in grads)
   if (!shard_grads_.empty()) shard_sum_.sum(grads.data(), shard_ptrs_, replicated_, par);
 }

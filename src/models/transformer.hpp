@@ -1,10 +1,11 @@
 // Pre-LN Transformer language model over token sequences with a dense or Mixture-of-Experts
 // feed-forward block (linear or Gaussian router). Hand-written forward and backward over the ops
 // in src/nn; parameters and gradients in one flat buffer each, laid out by the ParamTable.
-// Expert parallel over P ranks (src/core/parallel.hpp): each rank runs its block of the global
+// Expert parallel over P ranks (src/parallel/layout.hpp): each rank runs its block of the global
 // batch, shard by shard for every GEMM whose shape would otherwise depend on P; MoE layers send
 // tokens to their experts' owners and back; replicated gradients are summed over all shards
-// reproducibly at the end of backward. Leaves out: optimizers (src/nn/adamw), MPI (mpi/).
+// reproducibly at the end of backward. On the rank's threads (src/parallel/threads.hpp) the shards
+// are the work items of the dense parts and attention, the experts those of the expert GEMMs. Leaves out: optimizers (src/nn/adamw), MPI (mpi/).
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -13,7 +14,7 @@
 #include <vector>
 
 #include "core/batch.hpp"
-#include "core/parallel.hpp"
+#include "parallel/layout.hpp"
 #include "core/param_table.hpp"
 #include "nn/moe.hpp"
 
@@ -86,25 +87,45 @@ class Transformer {
   // first): replicated tensors receive the reproducible sum over all shards, owned experts theirs.
   void backward();
 
-  // Memory-Gaussian routing (model pilf): called per MoE layer and shard in forward with the
-  // shard's samples' mean layer inputs q (B,C), B samples from local sample `first`; writes mu_ls
-  // (B,2,E,C), every expert's mu then log_sigma, and may lower each sample's k (B, preset to top_k;
-  // dynamic top-k) to any value in [1, top_k]. Backward leaves the task loss's gradient at the
-  // routing distribution in routing_grad(layer); it goes further (to q) only through
-  // set_memory_router_backward.
-  // key: the batch's training step (-1: evaluation) and the global index of the call's first sample
-  // (dropout masks of the router are keyed by them).
+  // Memory-Gaussian routing (model pilf): called once per MoE layer in forward with this rank's
+  // canonical shards; for each shard, its samples' mean layer inputs q (B,C), B samples from local
+  // sample `first`, it writes mu_ls (B,2,E,C), every expert's mu then log_sigma, and may lower each
+  // sample's k (B, preset to top_k; dynamic top-k) to any value in [1, top_k]. The router may run
+  // the shards on the rank's threads; per shard its GEMMs have the shard's shape. Backward leaves the
+  // task loss's gradient at the routing distribution in routing_grad(layer); it goes further (to q)
+  // only through set_memory_router_backward.
+  // key: the batch's training step (-1: evaluation) and the global index of the shard's first
+  // sample (dropout masks of the router are keyed by them).
   struct RouteKey {
     int64_t step = -1;
     int64_t global_first = 0;
   };
-  using MemoryRouter = std::function<void(int layer, int first, const T* q, int B, T* mu_ls, int32_t* k, const RouteKey& key)>;
+  struct RouteShard {
+    int first = 0, B = 0;
+    const T* q = nullptr;
+    T* mu_ls = nullptr;
+    int32_t* k = nullptr;
+    RouteKey key;
+  };
+  using MemoryRouter = std::function<void(int layer, const std::vector<RouteShard>& shards)>;
   void set_memory_router(MemoryRouter r) { router_ = std::move(r); }
-  // Optional (the reference's q is not detached): called per MoE layer and shard in backward with
-  // the routing gradient of the shard's B samples from local sample `first`; writes dq (B,C), the
-  // gradient that reaches each sample's q through the router, which backward adds to the layer
-  // input (q is the mean over the sample's tokens). Unset: the routing distribution is data.
-  using MemoryRouterBackward = std::function<void(int layer, int first, int B, const T* dmu_ls, T* dq)>;
+  // A router from a function of one shard, called for the shards in order on the calling thread.
+  using ShardRouter = std::function<void(int layer, int first, const T* q, int B, T* mu_ls, int32_t* k, const RouteKey& key)>;
+  static MemoryRouter in_order(ShardRouter f) {
+    return [f = std::move(f)](int layer, const std::vector<RouteShard>& shards) {
+      for (const RouteShard& s : shards) f(layer, s.first, s.q, s.B, s.mu_ls, s.k, s.key);
+    };
+  }
+  // Optional (the reference's q is not detached): called once per MoE layer in backward with the
+  // routing gradient of each shard's B samples from local sample `first`; writes each shard's dq
+  // (B,C), the gradient that reaches each sample's q through the router, which backward adds to the
+  // layer input (q is the mean over the sample's tokens). Unset: the routing distribution is data.
+  struct RouteGradShard {
+    int first = 0, B = 0;
+    const T* dmu_ls = nullptr;
+    T* dq = nullptr;
+  };
+  using MemoryRouterBackward = std::function<void(int layer, const std::vector<RouteGradShard>& shards)>;
   void set_memory_router_backward(MemoryRouterBackward r) { router_backward_ = std::move(r); }
   const T* routing_grad(int layer) const { return layers_[static_cast<size_t>(layer)].dmu_ls; }  // (B,2,E,C)
   int64_t routing_grad_size() const { return static_cast<int64_t>(B_) * 2 * cfg_.experts * cfg_.d_model; }
@@ -150,8 +171,9 @@ class Transformer {
   };
   // The activation layout: every buffer below, carved in one fixed order (counted, then bound).
   void bind_activations(Carver<T>& f, Carver<int32_t>& ip, Carver<uint8_t>& bp);
-  // Dropout masks of this rank's samples for one site: keep (B, per_sample), keyed by global sample.
-  void dropout_masks(uint8_t* keep, int site, int64_t per_sample) const;
+  // Dropout masks of local samples [b0, b0 + nb) for one site: keep (B, per_sample), keyed by global
+  // sample.
+  void dropout_masks(uint8_t* keep, int site, int64_t per_sample, int b0, int nb) const;
   int dropout_sites() const { return 1 + 5 * cfg_.layers; }
   T* p(int tensor) { return params.data() + table_[tensor].offset; }
   T* g(int tensor) { return grads.data() + table_[tensor].offset; }
@@ -162,10 +184,6 @@ class Transformer {
     return (t.replicated() && !shard_grads_.empty() ? shard_grads_[static_cast<size_t>(s)].data() : grads.data()) + t.offset;
   }
   int nshards() const { return static_cast<int>(shard_b_.size()) - 1; }
-  // shard-by-shard wrappers of the ops whose shapes (GEMMs) or accumulations span rows
-  void lin_fwd(T* out, const T* inp, int w, int b, int IC, int OC);
-  void lin_bwd(T* dinp, int w, int b, const T* dout, const T* inp, int IC, int OC);
-  void ln_bwd(T* dinp, int w, int b, const T* dout, const T* inp, const T* mean, const T* rstd);
   nn::MoeWeights<T> moe_weights(const Layer& L, std::vector<T>& buf);
   nn::MoeDims moe_dims(int N) const;
 

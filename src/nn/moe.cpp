@@ -2,10 +2,13 @@
 // per-expert MLP through the linear/gelu ops, and the mirror-image backward.
 #include "nn/moe.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "core/error.hpp"
 #include "nn/ops.hpp"
+#include "parallel/threads.hpp"
 
 namespace hyperrnn::nn {
 
@@ -59,43 +62,64 @@ ExpertView<T> expert_view(T* base, int e, const MoeDims& d) {
   T* p = base + e * d.expert_stride();
   return {p, p + 1LL * d.F * d.C, p + 1LL * d.F * d.C + d.F, p + 2LL * d.F * d.C + d.F};
 }
+// Per-thread scratch of the calling thread (grown, never shrunk).
+template <class T>
+T* thread_scratch(int64_t n) {
+  thread_local std::vector<T> buf;
+  if (static_cast<int64_t>(buf.size()) < n) buf.resize(static_cast<size_t>(n));
+  return buf.data();
+}
+// Fixed row chunks for copies whose split cannot change a value.
+constexpr int kRowChunk = 256;
+int chunks(int64_t rows) { return static_cast<int>((rows + kRowChunk - 1) / kRowChunk); }
 }  // namespace
 
+// Threads (src/parallel/threads.hpp): scores, top-k and gates per canonical shard (or routing
+// set), the counting sort in order on the calling thread, the gather in fixed row chunks.
 template <class T>
 void moe_route(MoeCache<T>& c, const T* inp, const MoeWeights<T>& wts, RouterKind router, const MoeDims& d) {
   const int N = d.N, C = d.C, E = d.E, K = d.K;
   HYPERRNN_DASSERT(d.sets >= 1 && N % d.sets == 0);
   if (d.sets > 1) {  // memory-Gaussian: token block r uses routing set r (per-sample GEMMs)
-    for (int r = 0; r < d.sets; ++r) {
+    threads().run(d.sets, [&](int r, int) {
       const int Ns = N / d.sets;
       const int64_t t0 = 1LL * r * Ns, ec = 1LL * r * E * C;
       gaussian_scores_forward<T>(c.scores + t0 * E, c.w + ec, c.m + ec, c.c + 1LL * r * E, c.inp_sq + t0 * C,
                                  inp + t0 * C, wts.router_a + r * wts.set_stride, wts.router_b + r * wts.set_stride,
                                  Ns, C, E);
-    }
+    });
   } else {
-    for (int s = 0; s < d.shards; ++s) {
+    threads().run(d.shards, [&](int s, int) {
       const int t0 = d.shard_begin(s), n = d.shard_begin(s + 1) - t0;
-      if (n == 0) continue;
-      if (router == RouterKind::Linear)
+      if (n == 0) return;
+      if (router == RouterKind::Linear) {
         linear_forward<T>(c.scores + 1LL * t0 * E, inp + 1LL * t0 * C, wts.router_a, nullptr, n, C, E);
-      else
-        gaussian_scores_forward<T>(c.scores + 1LL * t0 * E, c.w, c.m, c.c, c.inp_sq + 1LL * t0 * C, inp + 1LL * t0 * C,
+      } else {
+        // every shard derives the same (w, m, c) from (mu, log_sigma); shard 0 keeps them in the
+        // cache for the backward, the others compute their identical copy in their own scratch
+        T* wmc = s == 0 ? nullptr : thread_scratch<T>(2LL * E * C + E);
+        gaussian_scores_forward<T>(c.scores + 1LL * t0 * E, s == 0 ? c.w : wmc, s == 0 ? c.m : wmc + 1LL * E * C,
+                                   s == 0 ? c.c : wmc + 2LL * E * C, c.inp_sq + 1LL * t0 * C, inp + 1LL * t0 * C,
                                    wts.router_a, wts.router_b, n, C, E);
-    }
+      }
+    });
   }
-  topk_softmax_forward<T>(c.idx, c.gates, c.scores, N, E, K);
-  if (d.sample_k)  // dynamic top-k: softmax over the first k of the K chosen, the rest gate 0
-    for (int n = 0; n < N; ++n) {
-      const int k = d.k_of(n);
-      if (k >= K) continue;
-      T* g = c.gates + 1LL * n * K;
-      const T* sc = c.scores + 1LL * n * E;
-      const int32_t* id = c.idx + 1LL * n * K;
-      double z = 0.0;
-      for (int j = 0; j < k; ++j) z += std::exp(static_cast<double>(sc[id[j]] - sc[id[0]]));
-      for (int j = 0; j < K; ++j) g[j] = j < k ? static_cast<T>(std::exp(static_cast<double>(sc[id[j]] - sc[id[0]])) / z) : T(0);
-    }
+  threads().run(d.shards, [&](int s, int) {
+    const int t0 = d.shard_begin(s), t1 = d.shard_begin(s + 1);
+    if (t1 == t0) return;
+    topk_softmax_forward<T>(c.idx + 1LL * t0 * K, c.gates + 1LL * t0 * K, c.scores + 1LL * t0 * E, t1 - t0, E, K);
+    if (d.sample_k)  // dynamic top-k: softmax over the first k of the K chosen, the rest gate 0
+      for (int n = t0; n < t1; ++n) {
+        const int k = d.k_of(n);
+        if (k >= K) continue;
+        T* g = c.gates + 1LL * n * K;
+        const T* sc = c.scores + 1LL * n * E;
+        const int32_t* id = c.idx + 1LL * n * K;
+        double z = 0.0;
+        for (int j = 0; j < k; ++j) z += std::exp(static_cast<double>(sc[id[j]] - sc[id[0]]));
+        for (int j = 0; j < K; ++j) g[j] = j < k ? static_cast<T>(std::exp(static_cast<double>(sc[id[j]] - sc[id[0]])) / z) : T(0);
+      }
+  });
 
   // Counting sort of the active (token, slot) pairs by expert, stable in (token, slot) order.
   for (int e = 0; e <= E; ++e) c.offsets[e] = 0;
@@ -115,28 +139,31 @@ void moe_route(MoeCache<T>& c, const T* inp, const MoeWeights<T>& wts, RouterKin
       c.pos[nk] = a;
     }
   const int64_t A = c.offsets[E];
-  for (int64_t a = 0; a < A; ++a)
-    for (int i = 0; i < C; ++i) c.xs[a * C + i] = inp[1LL * c.tok[a] * C + i];
+  threads().run(chunks(A), [&](int ch, int) {
+    for (int64_t a = 1LL * ch * kRowChunk, a1 = std::min<int64_t>(A, a + kRowChunk); a < a1; ++a)
+      for (int i = 0; i < C; ++i) c.xs[a * C + i] = inp[1LL * c.tok[a] * C + i];
+  });
 }
 
 template <class T>
 void moe_experts_forward(T* ys, T* h, T* act, const T* xs, const int32_t* offsets, int n_experts, const T* experts,
                          const MoeDims& d) {
   const int C = d.C, F = d.F;
-  for (int e = 0; e < n_experts; ++e) {
+  threads().run(n_experts, [&](int e, int) {  // one expert per item: its GEMMs over its own rows
     const int r0 = offsets[e], n_e = offsets[e + 1] - r0;
-    if (n_e == 0) continue;
+    if (n_e == 0) return;
     const ExpertView<T> x = expert_view(const_cast<T*>(experts), e, d);
     linear_forward<T>(h + 1LL * r0 * F, xs + 1LL * r0 * C, x.fc1_w, x.fc1_b, n_e, C, F);
     gelu_forward<T>(act + 1LL * r0 * F, h + 1LL * r0 * F, 1LL * n_e * F);
     linear_forward<T>(ys + 1LL * r0 * C, act + 1LL * r0 * F, x.fc2_w, x.fc2_b, n_e, F, C);
-  }
+  });
 }
 
 template <class T>
 void moe_combine(T* out, const MoeCache<T>& c, const MoeDims& d) {
-  const int N = d.N, C = d.C, K = d.K;
-  for (int n = 0; n < N; ++n) {
+  const int C = d.C, K = d.K;
+  threads().run(d.shards, [&](int s, int) {
+  for (int n = d.shard_begin(s); n < d.shard_begin(s + 1); ++n) {
     T* o = out + 1LL * n * C;
     for (int i = 0; i < C; ++i) o[i] = T(0);
     for (int j = 0, k = d.k_of(n); j < k; ++j) {
@@ -145,6 +172,7 @@ void moe_combine(T* out, const MoeCache<T>& c, const MoeDims& d) {
       for (int i = 0; i < C; ++i) o[i] += g * y[i];
     }
   }
+  });
 }
 
 template <class T>
@@ -157,9 +185,10 @@ void moe_forward(T* out, MoeCache<T>& c, const T* inp, const MoeWeights<T>& wts,
 
 template <class T>
 void moe_combine_backward(T* dys, T* dgates, const T* dout, const MoeCache<T>& c, const MoeDims& d) {
-  const int N = d.N, C = d.C, K = d.K;
+  const int C = d.C, K = d.K;
   // dgate = <dout, y>, dy = gate * dout.
-  for (int n = 0; n < N; ++n)
+  threads().run(d.shards, [&](int s, int) {
+  for (int n = d.shard_begin(s); n < d.shard_begin(s + 1); ++n)
     for (int j = 0, k = d.k_of(n); j < K; ++j) {
       const int64_t nk = 1LL * n * K + j;
       if (j >= k) {  // inactive slot: gate 0, no gradient
@@ -176,58 +205,77 @@ void moe_combine_backward(T* dys, T* dgates, const T* dout, const MoeCache<T>& c
       }
       dgates[nk] = static_cast<T>(dot);
     }
+  });
 }
 
 template <class T>
 void moe_router_backward(T* dinp, const MoeWeights<T>* rg, MoeScratch<T>& s, const T* inp, const MoeCache<T>& c,
                          const MoeWeights<T>& wts, RouterKind router, const MoeDims& d) {
   const int N = d.N, C = d.C, E = d.E, K = d.K;
-  topk_softmax_backward<T>(s.dscores, s.dgates, c.gates, c.idx, N, E, K);
+  threads().run(d.shards, [&](int sh, int) {
+    const int t0 = d.shard_begin(sh), t1 = d.shard_begin(sh + 1);
+    if (t1 > t0)
+      topk_softmax_backward<T>(s.dscores + 1LL * t0 * E, s.dgates + 1LL * t0 * K, c.gates + 1LL * t0 * K, c.idx + 1LL * t0 * K,
+                               t1 - t0, E, K);
+  });
   if (d.sets > 1) {
     const MoeWeights<T>& g = rg[0];
-    for (int r = 0; r < d.sets; ++r) {
+    threads().run(d.sets, [&](int r, int) {  // each set's gradient is its own
       const int Ns = N / d.sets;
       const int64_t t0 = 1LL * r * Ns, ec = 1LL * r * E * C;
-      gaussian_scores_backward<T>(dinp + t0 * C, g.router_a + r * g.set_stride, g.router_b + r * g.set_stride, s.ec,
-                                  s.dscores + t0 * E, inp + t0 * C, c.inp_sq + t0 * C,
+      gaussian_scores_backward<T>(dinp + t0 * C, g.router_a + r * g.set_stride, g.router_b + r * g.set_stride,
+                                  thread_scratch<T>(3LL * E * C + E), s.dscores + t0 * E, inp + t0 * C, c.inp_sq + t0 * C,
                                   wts.router_a + r * wts.set_stride, c.w + ec, c.m + ec, Ns, C, E);
-    }
+    });
     return;
   }
-  for (int sh = 0; sh < d.shards; ++sh) {
+  threads().run(d.shards, [&](int sh, int) {  // each shard's router gradient is its own (rg[sh])
     const int t0 = d.shard_begin(sh), n = d.shard_begin(sh + 1) - t0;
-    if (n == 0) continue;
+    if (n == 0) return;
     const MoeWeights<T>& g = rg[sh];
     if (router == RouterKind::Linear)
       linear_backward<T>(dinp + 1LL * t0 * C, g.router_a, nullptr, s.dscores + 1LL * t0 * E, inp + 1LL * t0 * C,
                          wts.router_a, n, C, E);
     else
-      gaussian_scores_backward<T>(dinp + 1LL * t0 * C, g.router_a, g.router_b, s.ec, s.dscores + 1LL * t0 * E,
-                                  inp + 1LL * t0 * C, c.inp_sq + 1LL * t0 * C, wts.router_a, c.w, c.m, n, C, E);
-  }
+      gaussian_scores_backward<T>(dinp + 1LL * t0 * C, g.router_a, g.router_b, thread_scratch<T>(3LL * E * C + E),
+                                  s.dscores + 1LL * t0 * E, inp + 1LL * t0 * C, c.inp_sq + 1LL * t0 * C, wts.router_a, c.w,
+                                  c.m, n, C, E);
+  });
 }
 
 template <class T>
 void moe_experts_backward(T* dxs, T* dact, T* dh, T* grad_experts, const T* dys, const T* xs, const T* h, const T* act,
                           const int32_t* offsets, int n_experts, const T* experts, const MoeDims& d) {
   const int C = d.C, F = d.F;
-  for (int e = 0; e < n_experts; ++e) {
+  threads().run(n_experts, [&](int e, int) {  // one expert per item: its rows, its gradients
     const int r0 = offsets[e], n_e = offsets[e + 1] - r0;
-    if (n_e == 0) continue;
+    if (n_e == 0) return;
     const ExpertView<T> x = expert_view(const_cast<T*>(experts), e, d);
     const ExpertView<T> gx = expert_view(grad_experts, e, d);
     linear_backward<T>(dact + 1LL * r0 * F, gx.fc2_w, gx.fc2_b, dys + 1LL * r0 * C, act + 1LL * r0 * F, x.fc2_w, n_e, F, C);
     gelu_backward<T>(dh + 1LL * r0 * F, dact + 1LL * r0 * F, h + 1LL * r0 * F, 1LL * n_e * F);
     linear_backward<T>(dxs + 1LL * r0 * C, gx.fc1_w, gx.fc1_b, dh + 1LL * r0 * F, xs + 1LL * r0 * C, x.fc1_w, n_e, C, F);
-  }
+  });
 }
 
 template <class T>
 void moe_scatter_add(T* dinp, const T* dxs, const MoeCache<T>& c, const MoeDims& d) {
-  const int C = d.C;
-  const int64_t A = c.offsets[d.E];
-  for (int64_t a = 0; a < A; ++a)
-    for (int i = 0; i < C; ++i) dinp[1LL * c.tok[a] * C + i] += dxs[a * C + i];
+  // per token, its rows in ascending order (the order of the sorted rows, expert by expert)
+  const int C = d.C, K = d.K;
+  threads().run(d.shards, [&](int s, int) {
+    int32_t* rows = thread_scratch<int32_t>(K);
+    for (int n = d.shard_begin(s); n < d.shard_begin(s + 1); ++n) {
+      int cnt = 0;
+      for (int j = 0; j < K; ++j) {
+        const int32_t a = c.pos[1LL * n * K + j];
+        if (a >= 0) rows[cnt++] = a;
+      }
+      std::sort(rows, rows + cnt);
+      T* o = dinp + 1LL * n * C;
+      for (int r = 0; r < cnt; ++r)
+        for (int i = 0; i < C; ++i) o[i] += dxs[1LL * rows[r] * C + i];
+    }
+  });
 }
 
 template <class T>

@@ -1,7 +1,7 @@
 // Mixture-of-Experts feed-forward layer: router (linear or diagonal-Gaussian) -> top-k -> softmax
 // over the k chosen -> experts (Linear-GELU-Linear) on their tokens in canonical token order ->
 // gate-weighted combine. No capacity limit; no communication: the phase functions below let the
-// model run the expert phases on the experts' owners with the exchange (src/core/parallel.hpp)
+// model run the expert phases on the experts' owners with the exchange (src/parallel/layout.hpp)
 // in between; moe_forward / moe_backward compose them for one process.
 #pragma once
 #include <cstdint>

@@ -7,6 +7,7 @@
 
 #include "core/error.hpp"
 #include "nn/ops.hpp"
+#include "parallel/threads.hpp"
 
 namespace hyperrnn {
 
@@ -32,6 +33,7 @@ PilfState<T>::PilfState(const PilfConfig& c, const ModelConfig& m, int batch_cap
                         const nn::AdamWConfig& gating_adamw)
     : cfg(c), mc(m), seed(sd), pilr_expert(c.pilr_cfg), pilr_gating(c.pilr_cfg) {
   const int L = mc.layers;
+  batch_capacity_ = batch_capacity;
   if (mc.memory_routing()) {
     // a replay set holds at most meta_batch items, or the buffer's capacity (meta_batch 0)
     const int replay_cap = c.meta_batch > 0 ? c.meta_batch : c.buffer_capacity;
@@ -54,11 +56,10 @@ template <class T>
 void PilfState<T>::attach(Transformer<T>& model) {
   if (!model.config().memory_routing()) return;
   using Key = typename Transformer<T>::RouteKey;
-  model.set_memory_router(
-      [this](int l, int first, const T* q, int B, T* mu_ls, int32_t* k, const Key& key) { route(l, first, q, B, mu_ls, k, key); });
-  if (cfg.gating_backprop)
-    model.set_memory_router_backward(
-        [this](int l, int first, int B, const T* dmu_ls, T* dq) { route_backward(l, first, B, dmu_ls, dq); });
+  using Shards = std::vector<typename Transformer<T>::RouteShard>;
+  using GradShards = std::vector<typename Transformer<T>::RouteGradShard>;
+  model.set_memory_router([this](int l, const Shards& sh) { route(l, sh); });
+  if (cfg.gating_backprop) model.set_memory_router_backward([this](int l, const GradShards& sh) { route_backward(l, sh); });
 }
 
 template <class T>
@@ -115,8 +116,8 @@ double PilfState<T>::step_flops(int B, bool meta) const {
 }
 
 // Per-sample Gaussian scores of q under its own routing set: scores (E) for one q.
-template <class T>
-static void score_one(T* scores, typename PilfState<T>::Scratch& s, const T* q, const T* mu_ls, int C, int E) {
+template <class T, class Scratch>
+static void score_one(T* scores, Scratch& s, const T* q, const T* mu_ls, int C, int E) {
   s.sc_w.resize(static_cast<size_t>(E) * C);
   s.sc_m.resize(static_cast<size_t>(E) * C);
   s.sc_c.resize(static_cast<size_t>(E));
@@ -126,57 +127,85 @@ static void score_one(T* scores, typename PilfState<T>::Scratch& s, const T* q, 
 }
 
 template <class T>
-void PilfState<T>::route(int l, int first, const T* q, int B, T* mu_ls, int32_t* k, const typename Transformer<T>::RouteKey& key) {
-  const int C = mc.d_model, E = mc.experts, Kh = cfg.history;
-  const size_t L = static_cast<size_t>(l);
-  // shards arrive in order from sample 0: the layer's q (and r) cover this rank's samples
-  std::vector<float>& qall = s.q[L];
-  qall.resize(static_cast<size_t>(first + B) * C);
-  float* qf = qall.data() + static_cast<int64_t>(first) * C;
-  for (int64_t i = 0; i < static_cast<int64_t>(B) * C; ++i) qf[i] = static_cast<float>(q[i]);
-  s.histf.resize(static_cast<size_t>(B) * Kh * C);
-  buffers[static_cast<size_t>(buffer_of(l))].retrieve(s.histf.data(), qf, B, Kh);
-  // kept (in T) for the backward's recomputation
-  std::vector<T>& qt = s.route_q[L];
-  std::vector<T>& hist = s.route_hist[L];
-  qt.resize(static_cast<size_t>(first + B) * C);
-  hist.resize(static_cast<size_t>(first + B) * Kh * C);
-  std::copy_n(q, static_cast<int64_t>(B) * C, qt.begin() + static_cast<int64_t>(first) * C);
-  std::copy(s.histf.begin(), s.histf.end(), hist.begin() + static_cast<int64_t>(first) * Kh * C);
-  if (first == 0) {
-    s.route_step = key.step;
-    s.route_first = key.global_first;
+void PilfState<T>::prepare_workers(bool sync_params) {
+  const int n = threads().size();
+  if (static_cast<int>(workers_.size()) != n) {
+    workers_.resize(static_cast<size_t>(n));
+    for (int w = 1; w < n; ++w)
+      if (!workers_[static_cast<size_t>(w)])
+        workers_[static_cast<size_t>(w)] = std::make_unique<GatingTransformer<T>>(gating->config(), batch_capacity_);
+    route_scratch_.resize(static_cast<size_t>(n));
+    sync_params = true;
   }
-  const nn::DropoutKey dk{seed, RngPurpose::GatingDropout, static_cast<uint32_t>(key.step)};
-  gating->forward(mu_ls, qt.data() + static_cast<int64_t>(first) * C, hist.data() + static_cast<int64_t>(first) * Kh * C, B, l,
-                  key.step >= 0 ? &dk : nullptr, static_cast<uint32_t>(key.global_first));
+  if (sync_params)
+    for (int w = 1; w < n; ++w) workers_[static_cast<size_t>(w)]->params = gating->params;
+}
+
+template <class T>
+void PilfState<T>::route(int l, const std::vector<typename Transformer<T>::RouteShard>& shards) {
+  if (shards.empty()) return;
+  const int C = mc.d_model, Kh = cfg.history;
+  const size_t L = static_cast<size_t>(l);
+  const int n = shards.back().first + shards.back().B;  // this rank's samples
+  prepare_workers(l == 0);  // the parameters change between forwards only
+  s.q[L].resize(static_cast<size_t>(n) * C);
+  s.route_q[L].resize(static_cast<size_t>(n) * C);
+  s.route_hist[L].resize(static_cast<size_t>(n) * Kh * C);
+  if (cfg.dynamic_top_k) s.r[L].resize(static_cast<size_t>(n));
+  s.route_step = shards.front().key.step;
+  s.route_first = shards.front().key.global_first - shards.front().first;
+  threads().run(static_cast<int>(shards.size()), [&](int i, int w) { route_shard(l, shards[static_cast<size_t>(i)], w); });
+}
+
+template <class T>
+void PilfState<T>::route_shard(int l, const typename Transformer<T>::RouteShard& sh, int w) {
+  const int C = mc.d_model, E = mc.experts, Kh = cfg.history, first = sh.first, B = sh.B;
+  const size_t L = static_cast<size_t>(l);
+  RouteScratch& rs = route_scratch_[static_cast<size_t>(w)];
+  const T* q = sh.q;
+  float* qf = s.q[L].data() + static_cast<int64_t>(first) * C;
+  for (int64_t i = 0; i < static_cast<int64_t>(B) * C; ++i) qf[i] = static_cast<float>(q[i]);
+  rs.histf.resize(static_cast<size_t>(B) * Kh * C);
+  buffers[static_cast<size_t>(buffer_of(l))].retrieve(rs.histf.data(), qf, B, Kh);
+  // kept (in T) for the backward's recomputation
+  T* qt = s.route_q[L].data() + static_cast<int64_t>(first) * C;
+  T* hist = s.route_hist[L].data() + static_cast<int64_t>(first) * Kh * C;
+  std::copy_n(q, static_cast<int64_t>(B) * C, qt);
+  std::copy(rs.histf.begin(), rs.histf.end(), hist);
+  const nn::DropoutKey dk{seed, RngPurpose::GatingDropout, static_cast<uint32_t>(sh.key.step)};
+  worker(w).forward(sh.mu_ls, qt, hist, B, l, sh.key.step >= 0 ? &dk : nullptr, static_cast<uint32_t>(sh.key.global_first));
   if (!cfg.dynamic_top_k) return;
   // dynamic top-k: each sample's routing surprise, then its k
-  s.r[L].resize(static_cast<size_t>(first + B));
-  s.scores.resize(static_cast<size_t>(E));
+  rs.scores.resize(static_cast<size_t>(E));
   for (int b = 0; b < B; ++b) {
-    score_one<T>(s.scores.data(), s, q + static_cast<int64_t>(b) * C, mu_ls + static_cast<int64_t>(b) * 2 * E * C, C, E);
-    double best = s.scores[0];
-    for (int e = 1; e < E; ++e) best = std::max(best, static_cast<double>(s.scores[static_cast<size_t>(e)]));
+    score_one<T>(rs.scores.data(), rs, q + static_cast<int64_t>(b) * C, sh.mu_ls + static_cast<int64_t>(b) * 2 * E * C, C, E);
+    double best = rs.scores[0];
+    for (int e = 1; e < E; ++e) best = std::max(best, static_cast<double>(rs.scores[static_cast<size_t>(e)]));
     double& r = s.r[L][static_cast<size_t>(first + b)];
     r = -best / C;
-    k[b] = dynamic_k(r, l);
+    sh.k[b] = dynamic_k(r, l);
   }
 }
 
 template <class T>
-void PilfState<T>::route_backward(int l, int first, int B, const T* dmu_ls, T* dq) {
+void PilfState<T>::route_backward(int l, const std::vector<typename Transformer<T>::RouteGradShard>& shards) {
   const int C = mc.d_model, Kh = cfg.history, E = mc.experts;
   const size_t L = static_cast<size_t>(l);
+  prepare_workers(false);
   // the GatingTransformer's activations hold another call: recompute this one (same q, history
   // and dropout masks, so the same values), then backward to q only (the reference's task-loss
   // gradient on the GatingTransformer's own parameters is discarded before meta-training)
-  s.route_out.resize(static_cast<size_t>(B) * 2 * E * C);
-  const nn::DropoutKey dk{seed, RngPurpose::GatingDropout, static_cast<uint32_t>(s.route_step)};
-  gating->forward(s.route_out.data(), s.route_q[L].data() + static_cast<int64_t>(first) * C,
-                  s.route_hist[L].data() + static_cast<int64_t>(first) * Kh * C, B, l, s.route_step >= 0 ? &dk : nullptr,
-                  static_cast<uint32_t>(s.route_first + first));
-  gating->backward(dmu_ls, dq, false);
+  threads().run(static_cast<int>(shards.size()), [&](int i, int w) {
+    const typename Transformer<T>::RouteGradShard& sh = shards[static_cast<size_t>(i)];
+    RouteScratch& rs = route_scratch_[static_cast<size_t>(w)];
+    rs.route_out.resize(static_cast<size_t>(sh.B) * 2 * E * C);
+    const nn::DropoutKey dk{seed, RngPurpose::GatingDropout, static_cast<uint32_t>(s.route_step)};
+    GatingTransformer<T>& g = worker(w);
+    g.forward(rs.route_out.data(), s.route_q[L].data() + static_cast<int64_t>(sh.first) * C,
+              s.route_hist[L].data() + static_cast<int64_t>(sh.first) * Kh * C, sh.B, l, s.route_step >= 0 ? &dk : nullptr,
+              static_cast<uint32_t>(s.route_first + sh.first));
+    g.backward(sh.dmu_ls, sh.dq, false);
+  });
 }
 
 namespace {

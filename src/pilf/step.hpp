@@ -170,12 +170,24 @@ class PilfState {
     // layer this rank's q and retrieved histories in T, and the dropout key
     std::vector<std::vector<T>> route_q, route_hist;
     int64_t route_step = -1, route_first = 0;
-    std::vector<T> route_out;
   } s;
 
  private:
-  void route(int layer, int first, const T* q, int B, T* mu_ls, int32_t* k, const typename Transformer<T>::RouteKey& key);
-  void route_backward(int layer, int first, int B, const T* dmu_ls, T* dq);
+  // The routing pass runs one canonical shard per work item on the rank's threads: thread w uses
+  // its own copy of the GatingTransformer (the same parameters, copied at each forward's first MoE
+  // layer; worker 0 is `gating` itself) and its own scratch.
+  struct RouteScratch {
+    std::vector<float> histf;
+    std::vector<T> sc_w, sc_m, sc_c, sc_sq, scores, route_out;
+  };
+  std::vector<std::unique_ptr<GatingTransformer<T>>> workers_;
+  std::vector<RouteScratch> route_scratch_;
+  GatingTransformer<T>& worker(int w) { return w == 0 ? *gating : *workers_[static_cast<size_t>(w)]; }
+  void prepare_workers(bool sync_params);
+  void route(int layer, const std::vector<typename Transformer<T>::RouteShard>& shards);
+  void route_shard(int layer, const typename Transformer<T>::RouteShard& sh, int w);
+  void route_backward(int layer, const std::vector<typename Transformer<T>::RouteGradShard>& shards);
+  int batch_capacity_ = 0;
 };
 
 // One hyper-step on `batch` (training step index `step`, from 0). A step whose loss or gradient

@@ -13,7 +13,7 @@
 #include <tuple>
 #include <vector>
 
-#include "core/parallel.hpp"
+#include "parallel/layout.hpp"
 #include "core/rng.hpp"
 #include "mpi/comm.hpp"
 

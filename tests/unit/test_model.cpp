@@ -95,11 +95,11 @@ TEST_CASE("pilf model: parameter and routing-distribution gradients match finite
     for (int b = 0; b < B; ++b)
       for (int i = 0; i < EC; ++i) t[static_cast<size_t>(b * 2 * EC + EC + i)] *= 0.4;  // log_sigma in [-0.2, 0.2]
   std::vector<double> seen_q(static_cast<size_t>(2 * B * mc.d_model));
-  model.set_memory_router([&](int l, int, const double* q, int nb, double* mu_ls, int32_t*, const Transformer<double>::RouteKey&) {
+  model.set_memory_router(Transformer<double>::in_order([&](int l, int, const double* q, int nb, double* mu_ls, int32_t*, const Transformer<double>::RouteKey&) {
     REQUIRE(nb == B);
     std::copy(q, q + nb * mc.d_model, seen_q.begin() + l * B * mc.d_model);
     std::copy(table[static_cast<size_t>(l)].begin(), table[static_cast<size_t>(l)].end(), mu_ls);
-  });
+  }));
   const Batch batch = mqar_batch(mc, B, D);
   model.forward(batch);
   model.zero_grad();
@@ -146,7 +146,7 @@ TEST_CASE("ViT path: image model gradients match finite differences", "[model][g
     Transformer<double> model(mc, B, B);
     model.init(5);
     const std::vector<double> fixed = test::uniform(B * 2 * 4 * 8, 31, 0.3);
-    model.set_memory_router([&](int, int, const double*, int, double* mu_ls, int32_t*, const Transformer<double>::RouteKey&) { std::copy(fixed.begin(), fixed.end(), mu_ls); });
+    model.set_memory_router(Transformer<double>::in_order([&](int, int, const double*, int, double* mu_ls, int32_t*, const Transformer<double>::RouteKey&) { std::copy(fixed.begin(), fixed.end(), mu_ls); }));
     Batch batch;
     batch.resize(B, 4);
     const std::vector<double> px = test::uniform(B * 64, 32, 1.0);
@@ -182,14 +182,14 @@ TEST_CASE("pilf model with every sample routed by the same Gaussians equals gaus
     std::copy_n(gm.params.begin() + s.offset, t.size, pl.params.begin() + t.offset);
   }
   const int EC = 4 * 8;
-  pl.set_memory_router([&](int l, int, const double*, int nb, double* mu_ls, int32_t*, const Transformer<double>::RouteKey&) {
+  pl.set_memory_router(Transformer<double>::in_order([&](int l, int, const double*, int nb, double* mu_ls, int32_t*, const Transformer<double>::RouteKey&) {
     const double* mu = gm.params.data() + gm.table()[gm.table().find("layers." + std::to_string(l) + ".moe.router.mu")].offset;
     const double* ls = gm.params.data() + gm.table()[gm.table().find("layers." + std::to_string(l) + ".moe.router.log_sigma")].offset;
     for (int b = 0; b < nb; ++b) {
       std::copy_n(mu, EC, mu_ls + b * 2 * EC);
       std::copy_n(ls, EC, mu_ls + b * 2 * EC + EC);
     }
-  });
+  }));
   const Batch batch = mqar_batch(g, B, D);
   CHECK(pl.forward(batch) == Approx(gm.forward(batch)).epsilon(1e-14));
   CHECK(pl.expert_tokens() == gm.expert_tokens());  // (routing_hash also covers pilf's per-sample k)
@@ -253,7 +253,7 @@ TEST_CASE("one process running S shards computes the S = 1 loss and gradients, w
     };
     Transformer<double> ref(mc, B, B * D);
     ref.init(5);
-    ref.set_memory_router(router);
+    ref.set_memory_router(Transformer<double>::in_order(router));
     const double loss_ref = ref.forward(one_shard);
     ref.zero_grad();
     ref.backward();
@@ -262,7 +262,7 @@ TEST_CASE("one process running S shards computes the S = 1 loss and gradients, w
     Parallel par(&comm, 4, kind == ModelKind::Dense ? 0 : mc.experts);
     Transformer<double> sharded(mc, B, B * D, &par);
     sharded.init(5);
-    sharded.set_memory_router(router);
+    sharded.set_memory_router(Transformer<double>::in_order(router));
     Batch four = one_shard;
     four.shard_samples = {2, 2, 2, 2};
     const double loss = sharded.forward(four);
@@ -309,9 +309,9 @@ TEST_CASE("class token and dropout: image and token model gradients match finite
     model.init(5);
     for (double& p : model.params) p += 0.05;  // the class token and the head bias start at 0
     const std::vector<double> fixed = test::uniform(B * 2 * 4 * 8, 31, 0.3);
-    model.set_memory_router([&](int, int, const double*, int, double* mu_ls, int32_t*, const Transformer<double>::RouteKey&) {
+    model.set_memory_router(Transformer<double>::in_order([&](int, int, const double*, int, double* mu_ls, int32_t*, const Transformer<double>::RouteKey&) {
       std::copy(fixed.begin(), fixed.end(), mu_ls);
-    });
+    }));
     Batch batch;
     batch.resize(B, 5);
     const std::vector<double> px = test::uniform(B * 64, 32, 1.0);
@@ -333,9 +333,9 @@ TEST_CASE("class token and dropout: image and token model gradients match finite
     m0.dropout = 0.0;
     Transformer<double> nodrop(m0, B, B);
     nodrop.params = model.params;
-    nodrop.set_memory_router([&](int, int, const double*, int, double* mu_ls, int32_t*, const Transformer<double>::RouteKey&) {
+    nodrop.set_memory_router(Transformer<double>::in_order([&](int, int, const double*, int, double* mu_ls, int32_t*, const Transformer<double>::RouteKey&) {
       std::copy(fixed.begin(), fixed.end(), mu_ls);
-    });
+    }));
     CHECK(nodrop.forward(batch) == eval);
     CHECK(eval != loss);
     // the masks follow the global sample index: another block of the batch gets other masks

@@ -1,5 +1,5 @@
 // Layout, shard sums, the reproducible gradient sum and the MoE token exchange.
-#include "core/parallel.hpp"
+#include "parallel/layout.hpp"
 
 #include <chrono>
 #include <climits>
