@@ -83,7 +83,8 @@ def main():
     ap.add_argument("--binary", default=os.path.join(os.path.dirname(__file__), "..", "build", "bin", "hyperrnn"))
     ap.add_argument("opts", nargs="*")
     a = ap.parse_args()
-    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads))
+    env = dict(os.environ)
+    a.opts = ["--threads", str(a.threads), *a.opts]  # hyperrnn's own threads (its BLAS calls are single-threaded)
     _, text = hyperrnn_bench(a.binary, a.opts, 1, env)
     cfg = {"batch": 64, "seq-len": 64, "d-model": 64, "vocab": 256, "heads": 4, "layers": 2, "d-ff": 0, "kv-pairs": 8}
     for i, tok in enumerate(a.opts):

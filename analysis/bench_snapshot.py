@@ -8,7 +8,7 @@ with the same byte count REPEATS times, and prints medians:
         [--interval 1000] -- --config jobs/configs/mqar-pilf.ini [hyperrnn options]
 
 The overhead is snapshot_time / (interval x median step time + snapshot_time): the share of a run's
-time that snapshots every `interval` steps cost. Set OPENBLAS_NUM_THREADS=1; the binary is
+time that snapshots every `interval` steps cost. Each rank runs one thread (--threads 1); the binary is
 $HYPERRNN_BIN or build/bin/hyperrnn.
 """
 import argparse
@@ -42,13 +42,12 @@ def main():
     opts = [o for o in a.opts if o != "--"]
     binary = os.environ.get("HYPERRNN_BIN", "build/bin/hyperrnn")
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    env.setdefault("OPENBLAS_NUM_THREADS", "1")
     os.makedirs(a.dir, exist_ok=True)
     sizes, times, steps, dd = [], [], [], []
     for rep in range(a.repeats):
         out = os.path.join(a.dir, f"run{rep}")
         shutil.rmtree(out, ignore_errors=True)
-        log = subprocess.run(["mpiexec", "--oversubscribe", "-n", str(a.ranks), binary, "train", *opts, "--steps",
+        log = subprocess.run(["mpiexec", "--oversubscribe", "-n", str(a.ranks), binary, "train", "--threads", "1", *opts, "--steps",
                               str(a.steps), "--snapshot-every", str(a.every), "--eval-every", "0", "--out", out],
                              capture_output=True, text=True, env=env, check=True).stdout
         for mb, s in re.findall(r"snapshot step_\d+: ([0-9.]+) MB in ([0-9.]+) s", log):

@@ -8,7 +8,7 @@ step spent in the dispatch exchange and the reductions. Usage:
     /usr/bin/python3 analysis/bench_weak_scaling.py [--ranks 2] [--repeats 3] [--steps 20] \
         [--per-rank-batch 32] -- --config jobs/configs/mqar-pilf.ini [hyperrnn options]
 
-Set OPENBLAS_NUM_THREADS=1 (one core per rank); the binary is $HYPERRNN_BIN or build/bin/hyperrnn.
+Each rank runs one thread (--threads 1, one core per rank); the binary is $HYPERRNN_BIN or build/bin/hyperrnn.
 """
 import argparse
 import os
@@ -20,8 +20,7 @@ import sys
 
 def bench(binary, ranks, reduction, opts, per_rank_batch, steps):
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    env.setdefault("OPENBLAS_NUM_THREADS", "1")
-    cmd = ["mpiexec", "--oversubscribe", "--bind-to", "core", "-n", str(ranks), binary, "bench", "--bench-steps",
+    cmd = ["mpiexec", "--oversubscribe", "--bind-to", "core", "-n", str(ranks), binary, "bench", "--threads", "1", "--bench-steps",
            str(steps), "--repeats", "5", "--batch", str(per_rank_batch * ranks), "--shards", str(ranks),
            "--reduction", reduction, *opts]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout

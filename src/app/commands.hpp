@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "app/options.hpp"
 #include "core/batch.hpp"
@@ -34,6 +35,10 @@ EvalResult evaluate_fmnist(Transformer<float>& model, const FmnistTask& task, Ba
 void collective(Comm& comm, const std::function<void()>& fn, bool root_only = false);
 // UsageError on every rank unless `what` (an effective configuration) is the same on all ranks.
 void check_same_everywhere(Comm& comm, const std::string& what);
+
+// Every rank's --threads in rank order (collective), and "P rank(s) x T thread(s)" for it.
+std::vector<int32_t> threads_per_rank(Parallel& par);
+std::string ranks_x_threads(const std::vector<int32_t>& per_rank);
 
 int run_train(Comm& comm, const RunConfig& cfg);
 int run_eval(Comm& comm, const RunConfig& cli);

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <numeric>
 #include <sstream>
 
 #include "core/error.hpp"
@@ -50,7 +51,7 @@ void add_model_task_train(po::options_description& d, RunConfig& c) {
     ("mqar-power-a", po::value(&c.mqar_power_a)->default_value(c.mqar_power_a, fmt_double(c.mqar_power_a)), "MQAR query-gap power law a")
     ("mqar-filler", po::value(&c.mqar_filler)->default_value(c.mqar_filler), "MQAR filler tokens: random | zero")
     ("batch", po::value(&c.batch)->default_value(c.batch), "global samples per step")
-    ("shards", po::value(&c.shards)->default_value(c.shards), "canonical batch shards S: the global batch is cut into S equal shards, each rank runs S/P of them (the rank count P must divide S; results do not depend on P)")
+    ("shards", po::value(&c.shards_opt)->default_value(c.shards_opt), "canonical batch shards S: the global batch is cut into S equal shards, each rank runs S/P of them and its threads take them one at a time (the rank count P must divide S; results depend on S, never on P or --threads); auto = gcd(batch, 8)")
     ("reduction", po::value(&c.reduction)->default_value(c.reduction), "sum of replicated gradients over shards: exact (reproducible, independent of the rank count) | plain (floating-point MPI_Allreduce; benchmark comparison only)")
     ("steps", po::value(&c.steps)->default_value(c.steps), "training steps")
     ("warmup", po::value(&c.warmup)->default_value(c.warmup), "linear learning-rate warm-up steps")
@@ -409,6 +410,7 @@ bool parse_options(Command cmd, int argc, const char* const* argv, RunConfig& cf
     throw UsageError(boost_message(e));
   }
   resolve_threads(cfg.threads);
+  if (cmd != Command::Eval) resolve_shards(cfg);
   if (cmd == Command::Bench) {
     validate(cfg);
     positive("bench-steps", cfg.bench_steps);
@@ -422,6 +424,23 @@ bool parse_options(Command cmd, int argc, const char* const* argv, RunConfig& cf
     non_negative("batch", cfg.batch);
   }
   return true;
+}
+
+void resolve_shards(RunConfig& c) {
+  if (c.shards_opt == "auto") {
+    c.shards = c.batch > 0 ? std::gcd(c.batch, RunConfig::kAutoShards) : 1;
+  } else {
+    size_t used = 0;
+    int64_t n = 0;
+    try {
+      n = std::stoll(c.shards_opt, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used == 0 || used != c.shards_opt.size()) bad("shards", "must be auto or a positive integer, got '" + c.shards_opt + "'");
+    c.shards = n;
+  }
+  c.shards_opt = std::to_string(c.shards);
 }
 
 int resolve_threads(const std::string& threads, std::string* warning) {
@@ -491,6 +510,7 @@ RunConfig from_ini(const std::string& text, const std::string& origin) {
   } catch (const po::error& e) {
     throw UsageError("configuration in '" + origin + "' is malformed: " + boost_message(e));
   }
+  resolve_shards(c);
   validate(c);
   return c;
 }

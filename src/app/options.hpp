@@ -33,6 +33,10 @@ struct RunConfig {
   std::string marathon_head = "task";
   // training
   int64_t batch = 64, shards = 1, steps = 1500, warmup = 100;
+  // --shards as given: "auto" (gcd(batch, kAutoShards), independent of ranks and threads) or a
+  // count; parse_options and from_ini resolve it into `shards` (config.ini records the number).
+  std::string shards_opt = "auto";
+  static constexpr int64_t kAutoShards = 8;
   std::string reduction = "exact";
   double lr = 3e-3, lr_min_ratio = 0.1, weight_decay = 0.1, grad_clip = 1.0, gating_lr = 0.0;
   double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_eps = 1e-8;
@@ -117,6 +121,9 @@ void validate_layout(const RunConfig& cfg, int ranks);
 std::string to_ini(const RunConfig& cfg);
 // Reads INI text produced by to_ini (e.g. from a snapshot); validates.
 RunConfig from_ini(const std::string& text, const std::string& origin);
+
+// --shards resolved: auto = gcd(batch, kAutoShards), or the count given (UsageError otherwise).
+void resolve_shards(RunConfig& c);
 
 // --threads resolved for this rank: the count given, or the cores of its affinity mask (auto).
 // UsageError for anything but auto or a positive integer; warning (when not null) is set to one

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -16,6 +17,7 @@
 #include "core/error.hpp"
 #include "io/csv.hpp"
 #include "io/snapshot.hpp"
+#include "parallel/threads.hpp"
 #include "app/session.hpp"
 
 namespace fs = std::filesystem;
@@ -247,7 +249,7 @@ int run_train(Comm& comm, const RunConfig& cfg) {
   // between ranks (all ranks together): everything that depends on the rank count lives here, so
   // metrics.csv is the same for every P apart from its wall-clock columns.
   const int Lmoe = mc.is_moe() ? mc.layers : 0;
-  std::vector<std::string> theader = {"step", "ranks", "step_time_s", "compute_s", "dispatch_s", "reduce_s", "optimizer_s"};
+  std::vector<std::string> theader = {"step", "ranks", "threads", "step_time_s", "compute_s", "dispatch_s", "reduce_s", "optimizer_s"};
   for (int l = 0; l < Lmoe; ++l) theader.push_back("xfer_bytes_l" + std::to_string(l));
   theader.push_back("snapshot_s");  // a snapshot written after this step (0 when none)
   const std::vector<std::string> eheader = {"step", "split", "loss", "acc"};
@@ -271,6 +273,27 @@ int run_train(Comm& comm, const RunConfig& cfg) {
   std::string joined_header;
   for (size_t i = 0; i < header.size(); ++i) joined_header += (i ? "," : "") + header[i];
   loop.metrics_header = joined_header;
+  // this invocation's ranks and threads (not part of the run's identity): logs/invocations.csv
+  const std::vector<int32_t> per_rank = threads_per_rank(par);
+  if (root) {
+    const fs::path inv = out / "logs" / "invocations.csv";
+    const bool fresh = !fs::exists(inv);
+    std::ofstream f(inv, std::ios::app);
+    if (fresh) f << "utc,start_step,ranks,threads_per_rank,resume\n";
+    const std::time_t now = std::time(nullptr);
+    char when[32];
+    std::strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+    f << when << "," << start << "," << par.P << ",";
+    for (size_t r = 0; r < per_rank.size(); ++r) f << (r ? " " : "") << per_rank[r];
+    std::string res = cfg.resume.empty() ? "-" : cfg.resume;
+    if (res.find_first_of(",\"\n") != std::string::npos) {  // CSV quoting
+      std::string q = "\"";
+      for (char ch : res) q += ch == '"' ? std::string("\"\"") : std::string(1, ch);
+      res = q + "\"";
+    }
+    f << "," << res << "\n";
+    if (!f) throw RuntimeError("cannot write " + inv.string());
+  }
   Progress progress(cfg.steps, cfg.log_every, (out / "logs" / "train.log").string(), root);
   progress.line("hyperrnn train: " + cfg.model + " on " + cfg.task + ", " +
                 std::to_string(model.table().elements()) + " parameters" +
@@ -278,7 +301,7 @@ int run_train(Comm& comm, const RunConfig& cfg) {
                 (ses.pilf.gating ? " (+" + std::to_string(ses.pilf.gating->table().total()) + " GatingTransformer)" : std::string()) +
                 ", " + std::to_string(cfg.steps) +
                 " steps of " + std::to_string(B) + " samples in " + std::to_string(cfg.shards) + " shard(s) on " +
-                std::to_string(par.P) + " rank(s) -> " + cfg.out);
+                ranks_x_threads(per_rank) + " -> " + cfg.out);
   if (cfg.model == "pilf") {
     const std::vector<std::string> dev = profile_deviations(cfg);
     std::string line = "pilf profile " + cfg.pilf_profile;
@@ -371,7 +394,7 @@ int run_train(Comm& comm, const RunConfig& cfg) {
     const auto t0 = std::chrono::steady_clock::now();
     const StepStats st = ses.train(step);
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    timing.add(step + 1).add(static_cast<int64_t>(par.P)).add(dt)
+    timing.add(step + 1).add(static_cast<int64_t>(par.P)).add(static_cast<int64_t>(threads().size())).add(dt)
         .add(std::max(0.0, dt - par.dispatch_s - par.reduce_s - st.optimizer_s))
         .add(par.dispatch_s).add(par.reduce_s).add(st.optimizer_s);
     for (int64_t b : par.layer_bytes) timing.add(b);  // the row ends after the snapshot decision

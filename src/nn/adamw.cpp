@@ -4,6 +4,9 @@
 #include <algorithm>
 #include <cmath>
 #include <numbers>
+#include <vector>
+
+#include "parallel/threads.hpp"
 
 namespace hyperrnn::nn {
 
@@ -26,6 +29,11 @@ void AdamW<T>::step(T* params, const T* grads, const double lr_by_kind[3], const
   ++t_;
   const T b1 = static_cast<T>(cfg_.beta1), b2 = static_cast<T>(cfg_.beta2);
   const T eps = static_cast<T>(cfg_.eps);
+  // Each tensor's constants first, in order; then the elementwise update in blocks of at most
+  // kBlock elements of one tensor, one block per work item on the rank's threads (elementwise, so
+  // no value depends on the blocks).
+  constexpr int64_t kBlock = 16384;
+  blocks_.clear();
   for (int ti = 0; ti < table_.size(); ++ti) {
     if ((skip && skip[ti]) || !table_[ti].held()) continue;  // another rank's expert is not here
     // bias correction by the tensor's own number of updates (as torch.optim.AdamW's per-parameter
@@ -37,17 +45,23 @@ void AdamW<T>::step(T* params, const T* grads, const double lr_by_kind[3], const
     const double lr = lr_by_kind[static_cast<int>(t.kind)];
     const T step_size = static_cast<T>(lr / bc1);
     const T decay = static_cast<T>(t.decay ? 1.0 - lr * cfg_.weight_decay : 1.0);
-    T* p = params + t.offset;
-    const T* g = grads + t.offset;
-    T* mm = m.data() + t.offset;
-    T* vv = v.data() + t.offset;
-    for (int64_t i = 0; i < t.size; ++i) {
-      p[i] *= decay;
+    for (int64_t b0 = t.offset; b0 < t.offset + t.size; b0 += kBlock)
+      blocks_.push_back({b0, std::min(t.offset + t.size, b0 + kBlock), step_size, decay, sqrt_bc2});
+  }
+  const std::vector<Block>& blocks = blocks_;
+  threads().run(static_cast<int>(blocks.size()), [&](int k, int) {
+    const Block& bl = blocks[static_cast<size_t>(k)];
+    T* p = params;
+    const T* g = grads;
+    T* mm = m.data();
+    T* vv = v.data();
+    for (int64_t i = bl.begin; i < bl.end; ++i) {
+      p[i] *= bl.decay;
       mm[i] = b1 * mm[i] + (T(1) - b1) * g[i];
       vv[i] = b2 * vv[i] + (T(1) - b2) * g[i] * g[i];
-      p[i] -= step_size * mm[i] / (std::sqrt(vv[i]) / sqrt_bc2 + eps);
+      p[i] -= bl.step_size * mm[i] / (std::sqrt(vv[i]) / bl.sqrt_bc2 + eps);
     }
-  }
+  });
 }
 
 template <class T>

@@ -35,6 +35,11 @@ class AdamW {
   const ParamTable& table_;
   AdamWConfig cfg_;
   int64_t t_ = 0;
+  struct Block {  // the update's work items: a range of one tensor and its constants
+    int64_t begin, end;
+    T step_size, decay, sqrt_bc2;
+  };
+  std::vector<Block> blocks_;
 };
 
 // Global L2 norm of a gradient buffer, accumulated in double in index order.

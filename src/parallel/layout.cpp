@@ -5,10 +5,12 @@
 #include <climits>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
 
 #include "core/error.hpp"
 #include "mpi/comm.hpp"
+#include "parallel/threads.hpp"
 
 namespace hyperrnn {
 
@@ -131,67 +133,78 @@ void ShardSum<T>::sum(T* out, const std::vector<const T*>& shards, const std::ve
     }
     return;
   }
-  int64_t nblocks = 0;
-  for (const auto& [b, e] : ranges) nblocks += (e - b + kBlock - 1) / kBlock;
+  // the blocks of 256 elements (a fixed decomposition: the ranges only), then work items of 16
+  // blocks each on the rank's threads; every element's value depends on its block alone
+  struct Block {
+    int64_t b0, b1, at;
+  };
+  std::vector<Block> blocks;
+  int64_t at0 = 0;
+  for (const auto& [b, e] : ranges)
+    for (int64_t b0 = b; b0 < e; b0 += kBlock) {
+      const int64_t b1 = std::min(e, b0 + kBlock);
+      blocks.push_back({b0, b1, at0});
+      at0 += b1 - b0;
+    }
+  const int nblocks = static_cast<int>(blocks.size());
+  constexpr int kPerItem = 16;
+  const int items = (nblocks + kPerItem - 1) / kPerItem;
+  auto each_block = [&](const std::function<void(int k, const Block& bl)>& fn) {
+    threads().run(items, [&](int it, int) {
+      for (int k = it * kPerItem; k < std::min(nblocks, (it + 1) * kPerItem); ++k) fn(k, blocks[static_cast<size_t>(k)]);
+    });
+  };
   exps_.assign(static_cast<size_t>(nblocks), kZero);
   // 1. the largest binary exponent of each block over this rank's shards, then over all ranks
-  int64_t k = 0;
-  for (const auto& [b, e] : ranges)
-    for (int64_t b0 = b; b0 < e; b0 += kBlock, ++k) {
-      const int64_t b1 = std::min(e, b0 + kBlock);
-      int& ex = exps_[static_cast<size_t>(k)];
-      for (int s = 0; s < Sl; ++s)
-        for (int64_t i = b0; i < b1; ++i) {
-          const T v = shards[static_cast<size_t>(s)][i];
-          if (!std::isfinite(v)) {
-            ex = kNonFinite;
-          } else if (v != T(0) && ex != kNonFinite) {
-            int e2 = 0;
-            std::frexp(static_cast<double>(v), &e2);  // |v| < 2^e2
-            ex = std::max(ex, e2);
-          }
+  each_block([&](int k, const Block& bl) {
+    int& ex = exps_[static_cast<size_t>(k)];
+    for (int s = 0; s < Sl; ++s)
+      for (int64_t i = bl.b0; i < bl.b1; ++i) {
+        const T v = shards[static_cast<size_t>(s)][i];
+        if (!std::isfinite(v)) {
+          ex = kNonFinite;
+        } else if (v != T(0) && ex != kNonFinite) {
+          int e2 = 0;
+          std::frexp(static_cast<double>(v), &e2);  // |v| < 2^e2
+          ex = std::max(ex, e2);
         }
-    }
+      }
+  });
   if (par.P > 1) par.comm->allreduce_max(exps_.data(), exps_.size());
-  // 2. fixed point on the block's exponent with headroom for S terms, exact integer sums
+  // 2. fixed point on the block's exponent with headroom for S terms, exact integer sums (scaling
+  // by a power of two is exact, so x * 2^shift is ldexp(x, shift))
   int headroom = 0;
   while ((int64_t{1} << headroom) < par.S) ++headroom;
-  int64_t total = 0;
-  for (const auto& [b, e] : ranges) total += e - b;
-  acc_.assign(static_cast<size_t>(total), 0);
-  k = 0;
-  int64_t at = 0;
-  for (const auto& [b, e] : ranges)
-    for (int64_t b0 = b; b0 < e; b0 += kBlock, ++k) {
-      const int64_t b1 = std::min(e, b0 + kBlock);
-      const int ex = exps_[static_cast<size_t>(k)];
-      if (ex == kZero || ex == kNonFinite) {
-        at += b1 - b0;
-        continue;
+  acc_.assign(static_cast<size_t>(at0), 0);
+  each_block([&](int k, const Block& bl) {
+    const int ex = exps_[static_cast<size_t>(k)];
+    if (ex == kZero || ex == kNonFinite) return;
+    const int shift = 62 - headroom - ex;  // |v| 2^shift < 2^(62 - headroom)
+    const bool pow2 = shift > -1000 && shift < 1000;  // 2^shift is a normal double
+    const double scale = pow2 ? std::ldexp(1.0, shift) : 0.0;
+    for (int64_t i = bl.b0, at = bl.at; i < bl.b1; ++i, ++at) {
+      int64_t a = 0;
+      for (int s = 0; s < Sl; ++s) {
+        const double v = static_cast<double>(shards[static_cast<size_t>(s)][i]);
+        a += std::llround(pow2 ? v * scale : std::ldexp(v, shift));
       }
-      const int shift = 62 - headroom - ex;  // |v| 2^shift < 2^(62 - headroom)
-      for (int64_t i = b0; i < b1; ++i, ++at) {
-        int64_t a = 0;
-        for (int s = 0; s < Sl; ++s) a += std::llround(std::ldexp(static_cast<double>(shards[static_cast<size_t>(s)][i]), shift));
-        acc_[static_cast<size_t>(at)] = a;
-      }
+      acc_[static_cast<size_t>(at)] = a;
     }
+  });
   if (par.P > 1) par.comm->allreduce_sum(acc_.data(), acc_.size());
   // 3. back to floating point, once
-  k = 0;
-  at = 0;
-  for (const auto& [b, e] : ranges)
-    for (int64_t b0 = b; b0 < e; b0 += kBlock, ++k) {
-      const int64_t b1 = std::min(e, b0 + kBlock);
-      const int ex = exps_[static_cast<size_t>(k)];
-      const bool special = ex == kZero || ex == kNonFinite;
-      const int shift = special ? 0 : 62 - headroom - ex;
-      for (int64_t i = b0; i < b1; ++i, ++at) {
-        if (ex == kZero) out[i] = T(0);
-        else if (ex == kNonFinite) out[i] = std::numeric_limits<T>::quiet_NaN();
-        else out[i] = static_cast<T>(std::ldexp(static_cast<double>(acc_[static_cast<size_t>(at)]), -shift));
-      }
+  each_block([&](int k, const Block& bl) {
+    const int ex = exps_[static_cast<size_t>(k)];
+    const int shift = ex == kZero || ex == kNonFinite ? 0 : 62 - headroom - ex;
+    const bool pow2 = shift > -1000 && shift < 1000;
+    const double inv = pow2 ? std::ldexp(1.0, -shift) : 0.0;
+    for (int64_t i = bl.b0, at = bl.at; i < bl.b1; ++i, ++at) {
+      const double a = static_cast<double>(acc_[static_cast<size_t>(at)]);
+      if (ex == kZero) out[i] = T(0);
+      else if (ex == kNonFinite) out[i] = std::numeric_limits<T>::quiet_NaN();
+      else out[i] = static_cast<T>(pow2 ? a * inv : std::ldexp(a, -shift));
     }
+  });
 }
 
 template class ShardSum<float>;

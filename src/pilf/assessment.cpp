@@ -3,6 +3,8 @@
 
 #include <cmath>
 
+#include "parallel/threads.hpp"
+
 namespace hyperrnn::pilf {
 
 double predictive_integrity(const PiInputs& in, const PiConfig& cfg) {
@@ -21,14 +23,14 @@ double predictive_integrity(const PiInputs& in, const PiConfig& cfg) {
 template <class T>
 void tensor_sq(std::vector<double>& sq, const ParamTable& table, const T* grads, int rank) {
   sq.assign(static_cast<size_t>(table.size()), 0.0);
-  for (int i = 0; i < table.size(); ++i) {
+  threads().run(table.size(), [&](int i, int) {  // one tensor per item: its sum in element order
     const TensorInfo& t = table[i];
-    if (rank >= 0 && (t.replicated() ? rank != 0 : t.owner != rank)) continue;
+    if (rank >= 0 && (t.replicated() ? rank != 0 : t.owner != rank)) return;
     double s = 0.0;
     const T* g = grads + t.offset;
     for (int64_t k = 0; k < t.size; ++k) s += static_cast<double>(g[k]) * g[k];
     sq[static_cast<size_t>(i)] = s;
-  }
+  });
 }
 
 void norms_from_sq(GradNorms& out, const ParamTable& table, const std::vector<double>& sq, int layers, int experts) {

@@ -39,7 +39,9 @@ MODELS = {
 def run(ranks, args, out, timeout=300):
     if not BIN:
         pytest.skip("HYPERRNN_BIN not set: run through ctest")
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OPENBLAS_NUM_THREADS="1")
+    # no OPENBLAS_NUM_THREADS: the program makes BLAS single-threaded itself (tests/mpi/test_threads.py)
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    env.pop("OPENBLAS_NUM_THREADS", None)
     cmd = [MPIEXEC, "--oversubscribe", "-n", str(ranks), BIN, "train", *args]
     if out is not None:
         cmd += ["--out", str(out)]

@@ -34,7 +34,9 @@ RUN_HYPERRNN = ["--pilf-profile", "hyperrnn", "--meta-every", "5", "--meta-batch
 
 
 def env(**extra):
-    e = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OPENBLAS_NUM_THREADS="1")
+    # no OPENBLAS_NUM_THREADS: the program makes BLAS single-threaded itself (tests/mpi/test_threads.py)
+    e = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    e.pop("OPENBLAS_NUM_THREADS", None)
     e.update(extra)
     return e
 
