@@ -5,13 +5,12 @@ metrics.csv (all but its wall-clock columns) and eval.csv are bitwise the same o
 differ between ranks end every rank with exit status 2, one line on rank 0, no run directory and no
 hang."""
 import csv
-import glob
 import os
 import subprocess
 
-import h5py
-import numpy as np
 import pytest
+
+from rundirs import metrics, theta
 
 BIN = os.environ.get("HYPERRNN_BIN")
 MPIEXEC = os.environ.get("HYPERRNN_MPIEXEC", "mpiexec")
@@ -46,21 +45,6 @@ def run(ranks, args, out, timeout=300):
     if out is not None:
         cmd += ["--out", str(out)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-
-
-def theta(run_dir):
-    """Every dataset of the final snapshot, as raw bytes."""
-    (manifest,) = glob.glob(str(run_dir / "snapshots" / "step_*" / "manifest.h5"))
-    out = {}
-    with h5py.File(manifest, "r") as f:
-        f.visititems(lambda name, obj: out.__setitem__(name, np.asarray(obj[()]).tobytes())
-                     if isinstance(obj, h5py.Dataset) else None)
-    return out
-
-
-def metrics(run_dir):
-    with open(run_dir / "metrics.csv") as f:
-        return [{k: v for k, v in row.items() if not k.endswith(("_s", "_per_s"))} for row in csv.DictReader(f)]
 
 
 def same_run(a, b):

@@ -7,13 +7,12 @@ Latin square over the grid: every P and every T meets every environment); also a
 that changes P and T, and for a pilf marathon on (1, 1) and (2, 2). Nothing here sets
 OPENBLAS_NUM_THREADS for the program: the program makes BLAS single-threaded itself."""
 import csv
-import glob
 import os
 import subprocess
 
-import h5py
-import numpy as np
 import pytest
+
+from rundirs import metrics, theta
 
 BIN = os.environ.get("HYPERRNN_BIN")
 MPIEXEC = os.environ.get("HYPERRNN_MPIEXEC", "mpiexec")
@@ -52,21 +51,6 @@ def run(ranks, threads, args, out, openblas=None, timeout=300):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=environment(openblas))
     assert r.returncode == 0, r.stderr[-2000:]
     return r
-
-
-def theta(run_dir):
-    """Every dataset of the newest snapshot, as raw bytes."""
-    manifest = sorted(glob.glob(str(run_dir / "snapshots" / "step_*" / "manifest.h5")))[-1]
-    out = {}
-    with h5py.File(manifest, "r") as f:
-        f.visititems(lambda name, obj: out.__setitem__(name, np.asarray(obj[()]).tobytes())
-                     if isinstance(obj, h5py.Dataset) else None)
-    return out
-
-
-def metrics(run_dir):
-    with open(run_dir / "metrics.csv") as f:
-        return [{k: v for k, v in row.items() if not k.endswith(("_s", "_per_s"))} for row in csv.DictReader(f)]
 
 
 def same_run(a, b, files=("eval.csv",)):
