@@ -127,18 +127,17 @@ static void score_one(T* scores, Scratch& s, const T* q, const T* mu_ls, int C, 
 }
 
 template <class T>
-void PilfState<T>::prepare_workers(bool sync_params) {
+void PilfState<T>::sync_workers() {
   const int n = threads().size();
   if (static_cast<int>(workers_.size()) != n) {
     workers_.resize(static_cast<size_t>(n));
-    for (int w = 1; w < n; ++w)
-      if (!workers_[static_cast<size_t>(w)])
-        workers_[static_cast<size_t>(w)] = std::make_unique<GatingTransformer<T>>(gating->config(), batch_capacity_);
-    route_scratch_.resize(static_cast<size_t>(n));
-    sync_params = true;
+    scratch_.resize(static_cast<size_t>(n));
   }
-  if (sync_params)
-    for (int w = 1; w < n; ++w) workers_[static_cast<size_t>(w)]->params = gating->params;
+  for (int w = 0; w < n; ++w) {
+    std::unique_ptr<GatingTransformer<T>>& g = workers_[static_cast<size_t>(w)];
+    if (!g) g = std::make_unique<GatingTransformer<T>>(gating->config(), std::max(batch_capacity_, kMetaChunk));
+    g->params = gating->params;
+  }
 }
 
 template <class T>
@@ -147,7 +146,7 @@ void PilfState<T>::route(int l, const std::vector<typename Transformer<T>::Route
   const int C = mc.d_model, Kh = cfg.history;
   const size_t L = static_cast<size_t>(l);
   const int n = shards.back().first + shards.back().B;  // this rank's samples
-  prepare_workers(l == 0);  // the parameters change between forwards only
+  if (l == 0) sync_workers();  // the parameters change between forwards only
   s.q[L].resize(static_cast<size_t>(n) * C);
   s.route_q[L].resize(static_cast<size_t>(n) * C);
   s.route_hist[L].resize(static_cast<size_t>(n) * Kh * C);
@@ -161,7 +160,7 @@ template <class T>
 void PilfState<T>::route_shard(int l, const typename Transformer<T>::RouteShard& sh, int w) {
   const int C = mc.d_model, E = mc.experts, Kh = cfg.history, first = sh.first, B = sh.B;
   const size_t L = static_cast<size_t>(l);
-  RouteScratch& rs = route_scratch_[static_cast<size_t>(w)];
+  ThreadScratch& rs = thread_scratch(w);
   const T* q = sh.q;
   float* qf = s.q[L].data() + static_cast<int64_t>(first) * C;
   for (int64_t i = 0; i < static_cast<int64_t>(B) * C; ++i) qf[i] = static_cast<float>(q[i]);
@@ -173,7 +172,8 @@ void PilfState<T>::route_shard(int l, const typename Transformer<T>::RouteShard&
   std::copy_n(q, static_cast<int64_t>(B) * C, qt);
   std::copy(rs.histf.begin(), rs.histf.end(), hist);
   const nn::DropoutKey dk{seed, RngPurpose::GatingDropout, static_cast<uint32_t>(sh.key.step)};
-  worker(w).forward(sh.mu_ls, qt, hist, B, l, sh.key.step >= 0 ? &dk : nullptr, static_cast<uint32_t>(sh.key.global_first));
+  GatingTransformer<T>& g = w == 0 ? *gating : worker(w);
+  g.forward(sh.mu_ls, qt, hist, B, l, sh.key.step >= 0 ? &dk : nullptr, static_cast<uint32_t>(sh.key.global_first));
   if (!cfg.dynamic_top_k) return;
   // dynamic top-k: each sample's routing surprise, then its k
   rs.scores.resize(static_cast<size_t>(E));
@@ -191,16 +191,15 @@ template <class T>
 void PilfState<T>::route_backward(int l, const std::vector<typename Transformer<T>::RouteGradShard>& shards) {
   const int C = mc.d_model, Kh = cfg.history, E = mc.experts;
   const size_t L = static_cast<size_t>(l);
-  prepare_workers(false);
   // the GatingTransformer's activations hold another call: recompute this one (same q, history
   // and dropout masks, so the same values), then backward to q only (the reference's task-loss
   // gradient on the GatingTransformer's own parameters is discarded before meta-training)
   threads().run(static_cast<int>(shards.size()), [&](int i, int w) {
     const typename Transformer<T>::RouteGradShard& sh = shards[static_cast<size_t>(i)];
-    RouteScratch& rs = route_scratch_[static_cast<size_t>(w)];
+    ThreadScratch& rs = thread_scratch(w);
     rs.route_out.resize(static_cast<size_t>(sh.B) * 2 * E * C);
     const nn::DropoutKey dk{seed, RngPurpose::GatingDropout, static_cast<uint32_t>(s.route_step)};
-    GatingTransformer<T>& g = worker(w);
+    GatingTransformer<T>& g = w == 0 ? *gating : worker(w);
     g.forward(rs.route_out.data(), s.route_q[L].data() + static_cast<int64_t>(sh.first) * C,
               s.route_hist[L].data() + static_cast<int64_t>(sh.first) * Kh * C, sh.B, l, s.route_step >= 0 ? &dk : nullptr,
               static_cast<uint32_t>(s.route_first + sh.first));
@@ -214,6 +213,10 @@ namespace {
 // the per-expert Gaussian scores of each item's q and its stored SMK action (the layer's columns),
 // mean over items and experts; the history comes from the layer's buffer as it is now. Gradients
 // accumulate into the GatingTransformer; returns the BCE and sets the routing accuracy.
+// Work items: chunks of kMetaChunk items (a decomposition of the set, not of the threads), each on
+// its thread's copy of the GatingTransformer with its gradient zeroed first; the chunks' gradients
+// (the bank's parameter range) are then added to the GatingTransformer's in chunk order, and the
+// per-item losses and accuracies summed in item order.
 template <class T>
 double meta_layer(PilfState<T>& ps, int l, const typename PilfState<T>::ReplaySet& rs, int64_t step, double& routing_acc) {
   const ModelConfig& mc = ps.mc;
@@ -221,50 +224,81 @@ double meta_layer(PilfState<T>& ps, int l, const typename PilfState<T>::ReplaySe
   const int64_t EC = static_cast<int64_t>(E) * C;
   const pilf::ExperienceBuffer& buf = ps.buffers[static_cast<size_t>(ps.buffer_of(l))];
   const int W = buf.experts(), off = ps.action_offset(l);
-  auto& s = ps.s;
-  s.histf.resize(static_cast<size_t>(n) * Kh * C);
-  buf.retrieve(s.histf.data(), rs.q.data(), n, Kh);
-  s.qt.assign(rs.q.begin(), rs.q.end());
-  s.hist.assign(s.histf.begin(), s.histf.end());
-  s.mu_ls.resize(static_cast<size_t>(n) * 2 * EC);
-  s.dmu_ls.assign(static_cast<size_t>(n) * 2 * EC, T(0));
-  const nn::DropoutKey dk{ps.seed, RngPurpose::MetaDropout, static_cast<uint32_t>(step)};
-  ps.gating->forward(s.mu_ls.data(), s.qt.data(), s.hist.data(), n, l, &dk, 0);
-  s.scores.resize(static_cast<size_t>(E));
-  s.dscores.resize(static_cast<size_t>(E));
-  s.sc_ec.resize(static_cast<size_t>(3 * EC + E));
-  s.dq.resize(static_cast<size_t>(C));
-  double loss = 0.0, acc = 0.0;
+  // the bank's parameters: one contiguous range of the GatingTransformer's table
+  const ParamTable& gt = ps.gating->table();
+  int64_t lo = -1, hi = -1;
+  for (int i = 0; i < gt.size(); ++i)
+    if (gt[i].layer == l) {
+      if (lo < 0) lo = gt[i].offset;
+      HYPERRNN_CHECK(gt[i].offset == (hi < 0 ? lo : hi), "GatingTransformer bank is not one block");
+      hi = gt[i].offset + gt[i].size;
+    }
+  const int chunk = PilfState<T>::kMetaChunk, nch = (n + chunk - 1) / chunk;
+  ps.meta_chunk_grads.resize(static_cast<size_t>(std::max<int>(nch, static_cast<int>(ps.meta_chunk_grads.size()))));
+  std::vector<double>& item_loss = ps.s.eps;  // (n) per-item BCE sums, then accuracies
+  std::vector<double>& item_acc = ps.s.tau;
+  item_loss.assign(static_cast<size_t>(n), 0.0);
+  item_acc.assign(static_cast<size_t>(n), 0.0);
   const double inv = 1.0 / (static_cast<double>(n) * E);
   const int K = mc.top_k;
-  for (int b = 0; b < n; ++b) {
-    const T* q = s.qt.data() + static_cast<int64_t>(b) * C;
-    const T* mu = s.mu_ls.data() + static_cast<int64_t>(b) * 2 * EC;
-    score_one<T>(s.scores.data(), s, q, mu, C, E);
-    const uint8_t* y = rs.action.data() + static_cast<int64_t>(b) * W + off;
-    for (int e = 0; e < E; ++e) {
-      const double x = s.scores[static_cast<size_t>(e)], t = y[e] ? 1.0 : 0.0;
-      loss += std::max(x, 0.0) - x * t + std::log1p(std::exp(-std::abs(x)));
-      const double sig = x >= 0 ? 1.0 / (1.0 + std::exp(-x)) : std::exp(x) / (1.0 + std::exp(x));
-      s.dscores[static_cast<size_t>(e)] = static_cast<T>((sig - t) * inv);
+  const nn::DropoutKey dk{ps.seed, RngPurpose::MetaDropout, static_cast<uint32_t>(step)};
+  threads().run(nch, [&](int c, int w) {
+    const int b0 = c * chunk, m = std::min(n, b0 + chunk) - b0;
+    typename PilfState<T>::ThreadScratch& s = ps.thread_scratch(w);
+    GatingTransformer<T>& g = ps.worker(w);
+    std::fill(g.grads.begin() + lo, g.grads.begin() + hi, T(0));
+    s.histf.resize(static_cast<size_t>(m) * Kh * C);
+    buf.retrieve(s.histf.data(), rs.q.data() + static_cast<int64_t>(b0) * C, m, Kh);
+    s.qt.assign(rs.q.begin() + static_cast<int64_t>(b0) * C, rs.q.begin() + static_cast<int64_t>(b0 + m) * C);
+    s.hist.assign(s.histf.begin(), s.histf.end());
+    s.mu_ls.resize(static_cast<size_t>(m) * 2 * EC);
+    s.dmu_ls.assign(static_cast<size_t>(m) * 2 * EC, T(0));
+    g.forward(s.mu_ls.data(), s.qt.data(), s.hist.data(), m, l, &dk, static_cast<uint32_t>(b0));
+    s.scores.resize(static_cast<size_t>(E));
+    s.dscores.resize(static_cast<size_t>(E));
+    s.sc_ec.resize(static_cast<size_t>(3 * EC + E));
+    s.dq.resize(static_cast<size_t>(C));
+    for (int b = 0; b < m; ++b) {
+      const T* q = s.qt.data() + static_cast<int64_t>(b) * C;
+      const T* mu = s.mu_ls.data() + static_cast<int64_t>(b) * 2 * EC;
+      score_one<T>(s.scores.data(), s, q, mu, C, E);
+      const uint8_t* y = rs.action.data() + static_cast<int64_t>(b0 + b) * W + off;
+      double loss = 0.0;
+      for (int e = 0; e < E; ++e) {
+        const double x = s.scores[static_cast<size_t>(e)], t = y[e] ? 1.0 : 0.0;
+        loss += std::max(x, 0.0) - x * t + std::log1p(std::exp(-std::abs(x)));
+        const double sig = x >= 0 ? 1.0 / (1.0 + std::exp(-x)) : std::exp(x) / (1.0 + std::exp(x));
+        s.dscores[static_cast<size_t>(e)] = static_cast<T>((sig - t) * inv);
+      }
+      item_loss[static_cast<size_t>(b0 + b)] = loss;
+      // routing accuracy: share of the top-k experts by score (ties: lower index) in the action
+      int hits = 0;
+      s.taken.assign(static_cast<size_t>(E), 0);
+      for (int j = 0; j < K; ++j) {
+        int best = -1;
+        for (int e = 0; e < E; ++e)
+          if (!s.taken[static_cast<size_t>(e)] && (best < 0 || s.scores[static_cast<size_t>(e)] > s.scores[static_cast<size_t>(best)])) best = e;
+        s.taken[static_cast<size_t>(best)] = 1;
+        hits += y[best] ? 1 : 0;
+      }
+      item_acc[static_cast<size_t>(b0 + b)] = static_cast<double>(hits) / K;
+      T* dmu = s.dmu_ls.data() + static_cast<int64_t>(b) * 2 * EC;
+      nn::gaussian_scores_backward<T>(s.dq.data(), dmu, dmu + EC, s.sc_ec.data(), s.dscores.data(), q, s.sc_sq.data(), mu,
+                                      s.sc_w.data(), s.sc_m.data(), 1, C, E);
     }
-    // routing accuracy: share of the top-k experts by score (ties: lower index) in the action
-    int hits = 0;
-    std::vector<uint8_t>& taken = s.taken;
-    taken.assign(static_cast<size_t>(E), 0);
-    for (int j = 0; j < K; ++j) {
-      int best = -1;
-      for (int e = 0; e < E; ++e)
-        if (!taken[static_cast<size_t>(e)] && (best < 0 || s.scores[static_cast<size_t>(e)] > s.scores[static_cast<size_t>(best)])) best = e;
-      taken[static_cast<size_t>(best)] = 1;
-      hits += y[best] ? 1 : 0;
-    }
-    acc += static_cast<double>(hits) / K;
-    T* dmu = s.dmu_ls.data() + static_cast<int64_t>(b) * 2 * EC;
-    nn::gaussian_scores_backward<T>(s.dq.data(), dmu, dmu + EC, s.sc_ec.data(), s.dscores.data(), q, s.sc_sq.data(), mu,
-                                    s.sc_w.data(), s.sc_m.data(), 1, C, E);
+    g.backward(s.dmu_ls.data());
+    ps.meta_chunk_grads[static_cast<size_t>(c)].assign(g.grads.begin() + lo, g.grads.begin() + hi);
+  });
+  T* out = ps.gating->grads.data() + lo;
+  for (int c = 0; c < nch; ++c) {
+    const std::vector<T>& cg = ps.meta_chunk_grads[static_cast<size_t>(c)];
+    for (int64_t i = 0; i < hi - lo; ++i) out[i] += cg[static_cast<size_t>(i)];
   }
-  ps.gating->backward(s.dmu_ls.data());
+  double loss = 0.0, acc = 0.0;
+  for (int b = 0; b < n; ++b) {
+    loss += item_loss[static_cast<size_t>(b)];
+    acc += item_acc[static_cast<size_t>(b)];
+  }
   routing_acc = acc / n;
   return loss * inv;
 }
@@ -477,6 +511,7 @@ StepStats train_step(Transformer<T>& model, nn::AdamW<T>& opt, const Batch& batc
     for (int k = 0; k < nbuf; ++k)
       if (ps->buffers[static_cast<size_t>(k)].size() > 0) sets[static_cast<size_t>(k)] = &ps->replay_set(k, step);
     ps->gating->zero_grad();
+    ps->sync_workers();  // meta-training's chunks run on copies with the current parameters
     const ParamTable& gt = ps->gating->table();
     std::vector<uint8_t>& bank_skip = s.bank_skip;
     bank_skip.assign(static_cast<size_t>(gt.size()), 0);

@@ -172,18 +172,25 @@ class PilfState {
     int64_t route_step = -1, route_first = 0;
   } s;
 
- private:
-  // The routing pass runs one canonical shard per work item on the rank's threads: thread w uses
-  // its own copy of the GatingTransformer (the same parameters, copied at each forward's first MoE
-  // layer; worker 0 is `gating` itself) and its own scratch.
-  struct RouteScratch {
+ // The rank's threads (src/parallel/threads.hpp) work on copies of the GatingTransformer with the
+  // same parameters (copied by sync_workers), one per thread, and their own scratch: the routing
+  // pass one canonical shard per work item (thread 0 routes with `gating` itself), meta-training one
+  // chunk of kMetaChunk replay items per work item (every thread on its copy, whose gradient is the
+  // chunk's; the chunks' gradients are then added in chunk order).
+  static constexpr int kMetaChunk = 16;
+  struct ThreadScratch {
     std::vector<float> histf;
-    std::vector<T> sc_w, sc_m, sc_c, sc_sq, scores, route_out;
+    std::vector<T> sc_w, sc_m, sc_c, sc_sq, sc_ec, scores, dscores, dq, route_out, qt, hist, mu_ls, dmu_ls;
+    std::vector<uint8_t> taken;
   };
+  void sync_workers();
+  GatingTransformer<T>& worker(int w) { return *workers_[static_cast<size_t>(w)]; }
+  ThreadScratch& thread_scratch(int w) { return scratch_[static_cast<size_t>(w)]; }
+  std::vector<std::vector<T>> meta_chunk_grads;  // (chunks)(one bank's parameters)
+
+ private:
   std::vector<std::unique_ptr<GatingTransformer<T>>> workers_;
-  std::vector<RouteScratch> route_scratch_;
-  GatingTransformer<T>& worker(int w) { return w == 0 ? *gating : *workers_[static_cast<size_t>(w)]; }
-  void prepare_workers(bool sync_params);
+  std::vector<ThreadScratch> scratch_;
   void route(int layer, const std::vector<typename Transformer<T>::RouteShard>& shards);
   void route_shard(int layer, const typename Transformer<T>::RouteShard& sh, int w);
   void route_backward(int layer, const std::vector<typename Transformer<T>::RouteGradShard>& shards);

@@ -610,6 +610,10 @@ CASES = {
     # the reference profile with ASMK, dynamic top-k and a 5-item buffer that fills and evicts
     "reference-asmk-dynk": "model = pilf\nsteps = 3\nsmk = asmk\nmin-k = 1\nhistory = 2\nbuffer-capacity = 5\n"
                            "dynamic-top-k = true\nk-min = 1\nd-ff = 24\n",
+    # the reference profile with replay sets of 32 and 48 items (fresh draws of the buffer's size), so
+    # that meta-training runs in several chunks of 16 items whose gradients are added in chunk order
+    "reference-chunked-meta": "model = pilf\nsteps = 3\nbatch = 16\nmin-k = 2\nhistory = 3\nbuffer-capacity = 64\n"
+                              "meta-replay = fresh\nd-ff = 24\n",
     # our profile: AdamW, clip, warm-up + cosine, PILR, SMK freezing, per-layer buffers, fresh draws
     "hyperrnn-smk-single": "model = pilf\npilf-profile = hyperrnn\nsteps = 3\nsmk = smk\nmin-k = 2\npilr = single\n"
                            "warmup = 2\nlr-min-ratio = 0.1\ngrad-clip = 0.5\nweight-decay = 0.1\n"
