@@ -6,6 +6,7 @@
 
 #include "app/commands.hpp"
 #include "core/error.hpp"
+#include "core/version.hpp"
 #include "parallel/threads.hpp"
 
 int main(int argc, char** argv) {
@@ -27,6 +28,14 @@ int main(int argc, char** argv) {
   if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0) {
     if (root) std::fputs(usage_text().c_str(), argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
+  }
+  if (std::strcmp(argv[1], "--version") == 0 || std::strcmp(argv[1], "version") == 0) {
+    if (root) std::printf("%s\n", code_version());
+    return 0;
+  }
+  if (std::strcmp(argv[1], "help") == 0) {
+    if (root) std::fputs(usage_text().c_str(), stdout);
+    return 0;
   }
   const std::string cmd = argv[1];
   try {

@@ -5,6 +5,7 @@
 
 #include <climits>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -115,7 +116,7 @@ void add_invocation(po::options_description& d, RunConfig& c, Command cmd) {
       ("snapshot-every", po::value(&c.snapshot_every)->default_value(c.snapshot_every), "write a snapshot of the whole hyper-state every N steps (0 = only at the end; one is always written at the end)")
       ("keep", po::value(&c.keep)->default_value(c.keep), "keep the newest K complete snapshots, pruning older ones after each new one is complete (0 = keep all)")
       ("resume", po::value(&c.resume), "continue from a snapshot: auto (the newest complete one in --out that verifies, falling back to older ones; a fresh start when there is none) or a snapshot PATH (stop with exit 2 unless it verifies)")
-      ("stop-after", po::value(&c.stop_after)->default_value(c.stop_after), "stop after this many steps with a snapshot, as a job that runs out of time would (0 = run all --steps); --resume auto continues");
+      ("stop-after", po::value(&c.stop_after)->default_value(c.stop_after), "stop after step K (the absolute step, beyond a resumed snapshot's) with a snapshot, as a job that runs out of time would (0 = run all --steps); --resume auto continues");
   else if (cmd == Command::Bench)
     d.add_options()
       ("bench-steps", po::value(&c.bench_steps)->default_value(c.bench_steps), "timed training steps per repeat")
@@ -129,6 +130,16 @@ void add_invocation(po::options_description& d, RunConfig& c, Command cmd) {
 
 [[noreturn]] void bad(const std::string& opt, const std::string& why) {
   throw UsageError("option '--" + opt + "': " + why);
+}
+
+// Values that the option types would accept but change on the way: a negative number for an
+// unsigned option wraps around (--seed -1 would be 2^64 - 1).
+void check_tokens(const po::parsed_options& parsed) {
+  for (const po::option& o : parsed.options)
+    if (o.string_key == "seed")
+      for (const std::string& v : o.value)
+        if (v.find_first_not_of(" \t") != std::string::npos && v[v.find_first_not_of(" \t")] == '-')
+          bad("seed", "must be a non-negative integer, got " + v);
 }
 
 void positive(const char* opt, int64_t v) {
@@ -381,11 +392,22 @@ bool parse_options(Command cmd, int argc, const char* const* argv, RunConfig& cf
   if (cmd != Command::Eval) all.add(run_opts);
   po::variables_map vm;
   try {
-    const po::parsed_options parsed = po::command_line_parser(argc, argv).options(all).run();
+    // every option spelled in full: no prefix guessing (--ste 3 is not --steps)
+    namespace cls = po::command_line_style;
+    const int style = cls::default_style & ~cls::allow_guessing;
+    const po::parsed_options parsed = po::command_line_parser(argc, argv).options(all).style(style).run();
+    for (const po::option& o : parsed.options)
+      if (o.position_key >= 0 || o.string_key.empty()) {  // a stray word
+        const std::string w = o.value.empty() ? (o.original_tokens.empty() ? "" : o.original_tokens[0]) : o.value[0];
+        const bool ini = w.size() > 4 && w.compare(w.size() - 4, 4, ".ini") == 0;
+        throw UsageError("unexpected argument '" + w + "'" +
+                         (ini ? " (did you mean --config " + w + "?)" : " (options are --name value; see --help)"));
+      }
     for (size_t i = 0; i < parsed.options.size(); ++i)
       for (size_t j = 0; j < i; ++j)
         if (parsed.options[i].string_key == parsed.options[j].string_key)
           bad(parsed.options[i].string_key, "given more than once");
+    check_tokens(parsed);
     po::store(parsed, vm);
     if (vm.count("help")) {
       static const char* const usage[] = {"usage: hyperrnn train [--config FILE.ini] [options]\n",
@@ -396,15 +418,28 @@ bool parse_options(Command cmd, int argc, const char* const* argv, RunConfig& cf
     }
     if (vm.count("config")) {
       const std::string path = vm["config"].as<std::string>();
+      if (path.empty()) bad("config", "needs a file path, got an empty string");
+      std::error_code ec;
+      if (!std::filesystem::is_regular_file(path, ec)) {
+        const bool exists = std::filesystem::exists(path, ec);
+        bad("config", "'" + path + "' " + (exists ? "is not a regular file" : "does not exist"));
+      }
       std::ifstream in(path);
       if (!in) bad("config", "cannot read '" + path + "'");
-      try {
-        po::store(po::parse_config_file(in, all, false), vm);
-      } catch (const po::error& e) {
-        bad("config", "malformed config file '" + path + "': " + boost_message(e));
-      }
+      po::parsed_options file = [&] {
+        try {
+          return po::parse_config_file(in, all, false);
+        } catch (const po::error& e) {
+          bad("config", "malformed config file '" + path + "': " + boost_message(e));
+        }
+      }();
+      check_tokens(file);
+      po::store(file, vm);
     }
     po::notify(vm);
+    for (const auto& [name, v] : vm)  // every floating-point value finite
+      if (const auto* x = boost::any_cast<double>(&v.value()); x && !std::isfinite(*x))
+        bad(name, "must be a finite number, got " + fmt_double(*x));
     if (cmd != Command::Eval) apply_profile(all, vm, cfg);
   } catch (const po::error& e) {
     throw UsageError(boost_message(e));

@@ -211,6 +211,9 @@ int run_train(Comm& comm, const RunConfig& cfg) {
       source_run = fs::path(snap->dir).parent_path().parent_path().string();
       notes.push_back("resume: continuing from " + snap->dir + " (step " + std::to_string(start) + ", written by " +
                       std::to_string(snap->files) + " rank(s), now " + std::to_string(par.P) + ")");
+      if (cfg.stop_after > 0 && cfg.stop_after <= start)
+        throw UsageError("option '--stop-after': " + std::to_string(cfg.stop_after) + " is at or before the snapshot's step " +
+                         std::to_string(start) + " (--stop-after names the absolute step to stop after)");
       if (start > cfg.steps)
         throw UsageError("option '--resume': the snapshot is at step " + std::to_string(start) + ", beyond --steps " +
                          std::to_string(cfg.steps));

@@ -56,6 +56,16 @@ CASES = [
     (["--shards", "3"], "shards", "must divide batch"),
     (["--seed", "1", "--seed", "2"], "seed", "more than once"),
     (["--max-bad-steps", "0"], "max-bad-steps", "positive"),
+    (["--threads", "0"], "threads", "positive thread count"),
+    (["--threads", "-2"], "threads", "positive thread count"),
+    (["--threads", "two"], "threads", "positive thread count"),
+    (["--shards", "many"], "shards", "auto or a positive integer"),
+    (["--ste", "3"], "ste", "unrecognised"),               # no prefix guessing (--steps)
+    (["--seed", "-1"], "seed", "non-negative"),             # would wrap to 2^64 - 1
+    (["--lr", "inf"], "lr", "finite"),
+    (["--pi-alpha", "nan"], "pi-alpha", "finite"),
+    (["my.ini"], "my.ini", "did you mean --config my.ini"),  # a stray word
+    (["--config", ""], "config", "empty"),
 ]
 
 
@@ -65,7 +75,32 @@ def test_bad_option(tmp_path, args, option, reason):
 
 
 def test_unreadable_config(tmp_path):
-    bad(tmp_path, ["--config", str(tmp_path / "missing.ini")], "config", "cannot read")
+    bad(tmp_path, ["--config", str(tmp_path / "missing.ini")], "config", "does not exist")
+    bad(tmp_path, ["--config", str(tmp_path)], "config", "not a regular file")
+
+
+def test_threads_above_the_cores_warn_and_run(tmp_path):
+    r = hyperrnn("train", *TINY, "--threads", "64", "--out", str(tmp_path / "run"))
+    assert r.returncode == 0, r.stderr
+    warnings = [l for l in r.stderr.splitlines() if "warning" in l]
+    assert len(warnings) == 1 and "--threads 64 exceeds" in warnings[0], r.stderr
+    assert "x 64 thread(s)" in r.stdout
+
+
+def test_stop_after_is_the_absolute_step(tmp_path):
+    out = tmp_path / "run"
+    r = hyperrnn("train", *tiny_except("steps"), "--steps", "6", "--stop-after", "4", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    r = hyperrnn("train", *tiny_except("steps"), "--steps", "6", "--stop-after", "3", "--resume", "auto", "--out", str(out))
+    assert r.returncode == 2 and "option '--stop-after': 3 is at or before the snapshot's step 4" in r.stderr, r.stderr
+    assert len(list(csv.DictReader(open(out / "metrics.csv")))) == 4  # nothing ran
+
+
+def test_version_and_help():
+    v = hyperrnn("--version")
+    assert v.returncode == 0 and v.stdout.startswith("hyperrnn ")
+    h = hyperrnn("help")
+    assert h.returncode == 0 and "train" in h.stdout and "eval" in h.stdout
 
 
 CONFIG_CASES = [
