@@ -437,6 +437,7 @@ bool parse_options(Command cmd, int argc, const char* const* argv, RunConfig& cf
       po::store(file, vm);
     }
     po::notify(vm);
+    if (vm.count("out") && cfg.out.empty()) bad("out", "needs a directory path, got an empty string");
     for (const auto& [name, v] : vm)  // every floating-point value finite
       if (const auto* x = boost::any_cast<double>(&v.value()); x && !std::isfinite(*x))
         bad(name, "must be a finite number, got " + fmt_double(*x));

@@ -1,6 +1,10 @@
 // `hyperrnn train`: run directory, the training loop on P ranks (expert parallel, every rank in
 // every step), metrics and timing on rank 0, progress, held-out evaluation and the final snapshot.
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <chrono>
 #include <cmath>
 #include <ctime>
@@ -53,8 +57,20 @@ std::pair<std::string, std::string> first_difference(const std::string& a, const
 void check_out_dir(const RunConfig& cfg, const std::string& ini) {
   const fs::path out(cfg.out);
   std::error_code ec;
-  if (!fs::exists(out, ec)) return;
+  if (cfg.out.empty()) throw UsageError("option '--out': needs a directory path, got an empty string");
+  if (!fs::exists(out, ec)) {
+    // it will be created: its nearest existing ancestor must be a directory we can write to
+    fs::path up = fs::absolute(out, ec).parent_path();
+    while (!up.empty() && !fs::exists(up, ec) && up != up.parent_path()) up = up.parent_path();
+    if (!fs::is_directory(up, ec))
+      throw UsageError("option '--out': cannot create '" + cfg.out + "': '" + up.string() + "' is not a directory");
+    if (access(up.c_str(), W_OK | X_OK) != 0)
+      throw UsageError("option '--out': cannot create '" + cfg.out + "' in '" + up.string() + "': " + std::strerror(errno));
+    return;
+  }
   if (!fs::is_directory(out)) throw UsageError("option '--out': '" + cfg.out + "' exists and is not a directory");
+  if (access(out.c_str(), W_OK | X_OK) != 0)
+    throw UsageError("option '--out': cannot write to '" + cfg.out + "': " + std::strerror(errno));
   if (fs::is_empty(out)) return;
   if (!fs::exists(out / "config.ini"))
     throw UsageError("option '--out': directory '" + cfg.out + "' is not empty and holds no hyperrnn run (no config.ini)");

@@ -69,6 +69,19 @@ CASES = [
 ]
 
 
+def test_out_that_cannot_be_created(tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    for out, reason in ((blocker / "run", "is not a directory"), (blocker, "exists and is not a directory")):
+        r = hyperrnn("train", *TINY, "--out", str(out))
+        assert r.returncode == 2, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "option '--out'" in lines[0] and reason in lines[0], r.stderr
+    r = hyperrnn("train", *TINY, "--out", "", cwd=tmp_path)
+    assert r.returncode == 2 and "option '--out': needs a directory path" in r.stderr, r.stderr
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize("args,option,reason", CASES, ids=[c[1] + ":" + c[2] for c in CASES])
 def test_bad_option(tmp_path, args, option, reason):
     bad(tmp_path, args, option, reason)
