@@ -2,6 +2,9 @@
 // evaluates it on the held-out stream, on any number of ranks that fits the run's layout, in global
 // batches cut into the run's shards (so the run's own final evaluation is reproduced exactly).
 #include <cstdio>
+#include <filesystem>
+#include <string>
+#include <vector>
 
 #include "app/commands.hpp"
 #include "app/hyper_state.hpp"
@@ -22,12 +25,20 @@ int run_eval(Comm& comm, const RunConfig& cli) {
       throw UsageError(std::string("option '--snapshot': ") + e.what());
     }
     cfg = from_ini(snap.config_ini, snap.manifest);
-    validate_layout(cfg, comm.size());
+    try {
+      validate_layout(cfg, comm.size());
+    } catch (const UsageError&) {  // advice in eval's own terms: the run's layout is fixed
+      throw UsageError("ranks: this snapshot's run has " + std::to_string(cfg.shards) + " shards and " +
+                       std::to_string(cfg.model_config().is_moe() ? cfg.experts : 0) +
+                       " experts per layer; run eval on a rank count that divides the shards (and is at most the experts), not " +
+                       std::to_string(comm.size()));
+    }
   });
   const std::string bad = verify_snapshot(snap, comm.size() > 1 ? &comm : nullptr);
   if (!bad.empty()) throw UsageError("option '--snapshot': " + snap.dir + " fails verification: " + bad);
   const ModelConfig mc = cfg.model_config();
   const int64_t chunk = cli.batch > 0 ? cli.batch : cfg.batch;  // global samples per evaluation batch
+  const int64_t samples = cli.eval_samples > 0 ? cli.eval_samples : cfg.eval_samples;  // default: the run's own
   Parallel par(&comm, static_cast<int>(cfg.shards), mc.is_moe() ? mc.experts : 0);
   const int S = static_cast<int>(cfg.shards);
   const int B = static_cast<int>((chunk + S - 1) / S * (S / par.P));  // largest local block of a chunk
@@ -47,16 +58,31 @@ int run_eval(Comm& comm, const RunConfig& cli) {
   if (cfg.image_task()) {
     const FmnistTask task(cfg.fmnist_dir, 1);
     batch.images.assign(static_cast<size_t>(B) * FmnistTask::kH * FmnistTask::kW, 0.0f);
-    r = evaluate_fmnist(model, task, batch, -1, cli.eval_samples, chunk);
+    r = evaluate_fmnist(model, task, batch, -1, samples, chunk);
     split = "test";
   } else {
     MqarGenerator gen(cfg.mqar_config());
-    r = evaluate_heldout(model, gen, batch, cfg.seed, cli.eval_samples, chunk);
+    r = evaluate_heldout(model, gen, batch, cfg.seed, samples, chunk);
   }
-  if (comm.rank() == 0)
+  if (comm.rank() == 0) {
     std::printf("snapshot %s (step %lld, %s on %s): %s loss %s acc %s (%lld samples)\n",  // round-trip exact
                 snap.manifest.c_str(), static_cast<long long>(snap.step), cfg.model.c_str(), cfg.task.c_str(), split,
                 format_roundtrip(r.loss).c_str(), format_roundtrip(r.acc).c_str(), static_cast<long long>(r.samples));
+    // ... and one CSV row (appended; the header written with the file)
+    namespace fs = std::filesystem;
+    const std::string csv = cli.eval_csv.empty() ? (fs::path(snap.dir).parent_path().parent_path() / "eval-snapshots.csv").string()
+                                                 : cli.eval_csv;
+    if (csv != "-") {
+      const std::vector<std::string> header = {"snapshot", "step", "split", "samples", "batch", "ranks", "loss", "acc"};
+      CsvWriter w;
+      std::error_code ec;
+      if (fs::exists(csv, ec) && fs::file_size(csv, ec) > 0) w.open_append(csv, header);
+      else w.open(csv, header);
+      w.add(snap.dir).add(snap.step).add(std::string(split)).add(r.samples).add(chunk).add(static_cast<int64_t>(comm.size()))
+          .add(r.loss).add(r.acc).end_row();
+      std::printf("result appended to %s\n", csv.c_str());
+    }
+  }
   return 0;
 }
 

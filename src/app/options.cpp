@@ -3,6 +3,7 @@
 
 #include <boost/program_options.hpp>
 
+#include <algorithm>
 #include <climits>
 #include <cmath>
 #include <filesystem>
@@ -124,8 +125,9 @@ void add_invocation(po::options_description& d, RunConfig& c, Command cmd) {
   else
     d.add_options()
       ("snapshot", po::value(&c.snapshot), "snapshot directory, its manifest.h5, or a run directory (uses snapshots/latest)")
-      ("eval-samples", po::value(&c.eval_samples)->default_value(c.eval_samples), "held-out samples to evaluate")
-      ("batch", po::value(&c.batch)->default_value(0), "samples per evaluation batch (0 = the run's --batch, which reproduces the run's own evaluation exactly)");
+      ("eval-samples", po::value(&c.eval_samples)->default_value(0), "held-out samples to evaluate (0 = the run's own --eval-samples)")
+      ("batch", po::value(&c.batch)->default_value(0), "samples per evaluation batch (0 = the run's --batch; with both defaults eval reproduces the run's own final evaluation exactly)")
+      ("csv", po::value(&c.eval_csv), "CSV file the result is appended to (default: eval-snapshots.csv in the snapshot's run directory; - = none)");
 }
 
 [[noreturn]] void bad(const std::string& opt, const std::string& why) {
@@ -426,13 +428,26 @@ bool parse_options(Command cmd, int argc, const char* const* argv, RunConfig& cf
       }
       std::ifstream in(path);
       if (!in) bad("config", "cannot read '" + path + "'");
+      const bool eval = cmd == Command::Eval;
       po::parsed_options file = [&] {
         try {
-          return po::parse_config_file(in, all, false);
+          return po::parse_config_file(in, all, eval);
         } catch (const po::error& e) {
           bad("config", "malformed config file '" + path + "': " + boost_message(e));
         }
       }();
+      if (eval) {  // eval accepts a run's config.ini: its run options are the snapshot's anyway
+        RunConfig scratch;
+        po::options_description known;
+        add_model_task_train(known, scratch);
+        for (po::option& o : file.options)
+          if (o.unregistered) {
+            if (!known.find_nothrow(o.string_key, false))
+              bad("config", "unknown key '" + o.string_key + "' in '" + path + "' (neither an eval option nor a run option)");
+          }
+        file.options.erase(std::remove_if(file.options.begin(), file.options.end(), [](const po::option& o) { return o.unregistered; }),
+                           file.options.end());
+      }
       check_tokens(file);
       po::store(file, vm);
     }
@@ -456,7 +471,7 @@ bool parse_options(Command cmd, int argc, const char* const* argv, RunConfig& cf
     if (cfg.out.empty()) cfg.out = "runs/" + cfg.model + "-" + cfg.task + "-s" + std::to_string(cfg.seed);
   } else {
     if (cfg.snapshot.empty()) bad("snapshot", "is required for eval");
-    positive("eval-samples", cfg.eval_samples);
+    non_negative("eval-samples", cfg.eval_samples);
     non_negative("batch", cfg.batch);
   }
   return true;

@@ -76,6 +76,7 @@ struct RunConfig {
   int64_t k_min = 1;
   // eval subcommand
   std::string snapshot;
+  std::string eval_csv;  // "" = RUN/eval-snapshots.csv, "-" = none
   // bench subcommand
   int64_t bench_steps = 20, bench_repeats = 5;
 

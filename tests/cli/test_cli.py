@@ -182,11 +182,21 @@ def test_run_directory_and_eval(tmp_path):
     assert r2.returncode == 0, r2.stderr
     strip = lambda p: [{k: v for k, v in row.items() if not k.endswith(("_s", "_per_s"))} for row in csv.DictReader(open(p))]
     assert strip(out / "metrics.csv") == strip(again / "metrics.csv")
-    # eval on the final snapshot reproduces the final held-out numbers
-    e = hyperrnn("eval", "--snapshot", str(out), "--eval-samples", "16")
-    assert e.returncode == 0, e.stderr
-    acc = float(e.stdout.split(" acc ")[1].split()[0])
-    assert acc == float(evals[-1]["acc"])  # printed round-trip exact
+    # eval on the final snapshot reproduces the final held-out numbers with no options (the run's own
+    # evaluation settings), also given the run's own config.ini, and appends them to a CSV
+    for extra in ([], ["--config", str(out / "config.ini")]):
+        e = hyperrnn("eval", "--snapshot", str(out), *extra)
+        assert e.returncode == 0, e.stderr
+        acc = float(e.stdout.split(" acc ")[1].split()[0])
+        loss = float(e.stdout.split(" loss ")[1].split()[0])
+        assert acc == float(evals[-1]["acc"]) and loss == float(evals[-1]["loss"])  # printed round-trip exact
+    rows = list(csv.DictReader(open(out / "eval-snapshots.csv")))
+    assert len(rows) == 2 and all(r["loss"] == evals[-1]["loss"] and r["step"] == "6" for r in rows)
+    # a config file with a key that is neither an eval option nor a run option is refused
+    junk = tmp_path / "junk.ini"
+    junk.write_text("no-such-key = 1\n")
+    e = hyperrnn("eval", "--snapshot", str(out), "--config", str(junk))
+    assert e.returncode == 2 and "unknown key 'no-such-key'" in e.stderr, e.stderr
 
 
 def test_eval_bad_snapshot(tmp_path):
