@@ -18,6 +18,7 @@
 #include "app/commands.hpp"
 #include "app/hyper_state.hpp"
 #include "app/progress.hpp"
+#include "app/run_lock.hpp"
 #include "core/error.hpp"
 #include "io/csv.hpp"
 #include "io/snapshot.hpp"
@@ -71,7 +72,10 @@ void check_out_dir(const RunConfig& cfg, const std::string& ini) {
   if (!fs::is_directory(out)) throw UsageError("option '--out': '" + cfg.out + "' exists and is not a directory");
   if (access(out.c_str(), W_OK | X_OK) != 0)
     throw UsageError("option '--out': cannot write to '" + cfg.out + "': " + std::strerror(errno));
-  if (fs::is_empty(out)) return;
+  bool empty = true;  // the lock file alone does not make a run
+  for (const fs::directory_entry& e : fs::directory_iterator(out))
+    if (e.path().filename() != RunLock::file_name()) empty = false;
+  if (empty) return;
   if (!fs::exists(out / "config.ini"))
     throw UsageError("option '--out': directory '" + cfg.out + "' is not empty and holds no hyperrnn run (no config.ini)");
   const std::string old = read_file(out / "config.ini");
@@ -195,10 +199,15 @@ int run_train(Comm& comm, const RunConfig& cfg) {
   validate_layout(cfg, comm.size());
   const bool root = comm.rank() == 0;
   const std::string ini = to_ini(cfg);
+  RunLock lock;  // rank 0 holds it for the whole run
   collective(comm, [&] {
     if (!cfg.resume.empty() && cfg.resume != "auto" && cfg.resume.find_first_not_of(' ') == std::string::npos)
       throw UsageError("option '--resume': must be auto or a snapshot path");
-    check_out_dir(cfg, ini);
+    check_out_dir(cfg, ini);  // nothing is written for a directory that is not ours
+    if (fs::is_directory(cfg.out)) {  // one run per --out: lock it, then look again under the lock
+      lock.acquire(cfg.out);
+      check_out_dir(cfg, ini);
+    }
   }, true);
   const fs::path out(cfg.out);
   // loads the data first: a missing dataset leaves no run directory behind
@@ -243,6 +252,14 @@ int run_train(Comm& comm, const RunConfig& cfg) {
       }
     }
   }
+  collective(comm, [&] {  // a new --out: created now (data loaded, snapshot chosen), locked, checked again
+    if (lock.held()) return;
+    std::error_code ec;
+    fs::create_directories(cfg.out, ec);
+    if (ec) throw UsageError("option '--out': cannot create '" + cfg.out + "': " + ec.message());
+    lock.acquire(cfg.out);
+    check_out_dir(cfg, ini);
+  }, true);
   if (root) {
     fs::create_directories(out / "logs");
     std::ofstream c(out / "config.ini");
