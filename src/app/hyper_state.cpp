@@ -268,6 +268,11 @@ void load_hyper_state(Session<float>& ses, const SnapshotInfo& snap, LoopState& 
   loop.skipped_total = counters[1];
   loop.last_eval_step = counters[2];
   loop.last_eval_samples = counters[3];
+  try {  // the snapshot step's metrics.csv row (resume checks the CSV against it)
+    loop.metrics_row = f.attr_string("metrics_row");
+  } catch (const std::exception&) {
+    loop.metrics_row.clear();
+  }
   double last_eval[2];
   read_into(f, "loop/last_eval", last_eval, {2});
   loop.last_eval_loss = last_eval[0];

@@ -28,6 +28,28 @@ std::string holder_text() {
 }
 }  // namespace
 
+namespace {
+[[noreturn]] void in_use(int fd, const std::string& dir) {
+  char buf[512] = {0};
+  const ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+  ::close(fd);
+  std::string who = n > 0 ? std::string(buf, static_cast<size_t>(n)) : "another process";
+  while (!who.empty() && (who.back() == '\n' || who.back() == ' ')) who.pop_back();
+  throw UsageError("option '--out': '" + dir + "' is in use by another hyperrnn run (" + who + "); wait for it, or choose another --out");
+}
+}  // namespace
+
+void RunLock::check_free(const std::string& dir) {
+  const std::string path = dir + "/" + file_name();
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;  // no lock file: nobody has run here under a lock
+  struct flock fl {};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  if (fcntl(fd, F_GETLK, &fl) == 0 && fl.l_type != F_UNLCK) in_use(fd, dir);
+  ::close(fd);
+}
+
 void RunLock::acquire(const std::string& dir) {
   if (fd_ >= 0) return;
   const std::string path = dir + "/" + file_name();
@@ -38,15 +60,7 @@ void RunLock::acquire(const std::string& dir) {
   fl.l_whence = SEEK_SET;
   if (fcntl(fd, F_SETLK, &fl) != 0) {
     const int err = errno;
-    if (err == EACCES || err == EAGAIN) {
-      char buf[512] = {0};
-      const ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
-      ::close(fd);
-      std::string who = n > 0 ? std::string(buf, static_cast<size_t>(n)) : "another process";
-      while (!who.empty() && (who.back() == '\n' || who.back() == ' ')) who.pop_back();
-      throw UsageError("option '--out': '" + dir + "' is in use by another hyperrnn run (" + who +
-                       "); wait for it, or choose another --out");
-    }
+    if (err == EACCES || err == EAGAIN) in_use(fd, dir);
     if (err == ENOLCK || err == EOPNOTSUPP || err == ENOSYS) {  // no record locks on this filesystem
       std::fprintf(stderr, "hyperrnn: warning: %s: the filesystem does not support locks (%s); nothing stops a second run on this --out\n",
                    path.c_str(), std::strerror(err));

@@ -19,6 +19,8 @@ class RunLock {
   // process holds it. On a filesystem without record locks it warns once and runs unlocked.
   void acquire(const std::string& dir);
   bool held() const { return fd_ >= 0; }
+  // Throws the same UsageError when DIR/.lock exists and another process holds it; writes nothing.
+  static void check_free(const std::string& dir);
   static const char* file_name() { return ".lock"; }
 
  private:

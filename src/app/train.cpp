@@ -203,6 +203,7 @@ int run_train(Comm& comm, const RunConfig& cfg) {
   collective(comm, [&] {
     if (!cfg.resume.empty() && cfg.resume != "auto" && cfg.resume.find_first_not_of(' ') == std::string::npos)
       throw UsageError("option '--resume': must be auto or a snapshot path");
+    if (fs::is_directory(cfg.out)) RunLock::check_free(cfg.out);  // in use: say so first, writing nothing
     check_out_dir(cfg, ini);  // nothing is written for a directory that is not ours
     if (fs::is_directory(cfg.out)) {  // one run per --out: lock it, then look again under the lock
       lock.acquire(cfg.out);
@@ -252,21 +253,6 @@ int run_train(Comm& comm, const RunConfig& cfg) {
       }
     }
   }
-  collective(comm, [&] {  // a new --out: created now (data loaded, snapshot chosen), locked, checked again
-    if (lock.held()) return;
-    std::error_code ec;
-    fs::create_directories(cfg.out, ec);
-    if (ec) throw UsageError("option '--out': cannot create '" + cfg.out + "': " + ec.message());
-    lock.acquire(cfg.out);
-    check_out_dir(cfg, ini);
-  }, true);
-  if (root) {
-    fs::create_directories(out / "logs");
-    std::ofstream c(out / "config.ini");
-    c << ini;
-    if (!c) throw RuntimeError("cannot write " + (out / "config.ini").string());
-  }
-
   std::vector<std::string> header = {"step", "loss", "acc", "lr", "grad_norm", "tokens_per_s", "step_time_s", "scored", "skipped",
                                      "epsilon", "tau", "surprise", "expert_surprise", "gating_surprise", "pi",
                                      "lr_mod_expert", "lr_mod_gating", "gating_loss", "routing_acc", "k_mean"};
@@ -293,12 +279,53 @@ int run_train(Comm& comm, const RunConfig& cfg) {
   for (int j = 0; j < n_tasks; ++j) mheader.push_back("acc_task" + std::to_string(j));
   mheader.push_back("avg_acc");
   mheader.push_back("avg_forgetting");
+  // A resumed run's CSVs, checked against the snapshot before anything is written: what they keep
+  // (the rows up to the snapshot's step), a repair note, or a refusal naming file and line.
+  std::vector<std::pair<std::string, CsvResume>> resumed;  // (file name, check) on rank 0
+  collective(comm, [&] {
+    if (start == 0) return;
+    const std::string ph = [&] {  // timing.csv's row of the snapshot step may not have been written yet
+      std::string r = std::to_string(start);
+      for (size_t i = 1; i < theader.size(); ++i) r += ",nan";
+      return r;
+    }();
+    auto check = [&](const char* name, const std::vector<std::string>& h, CsvKind kind, const std::string& proven, int64_t last_event,
+                     bool authoritative) {
+      resumed.emplace_back(name, check_resume_csv((fs::path(source_run) / name).string(), h, start, kind, proven, last_event,
+                                                  authoritative));
+    };
+    check("metrics.csv", header, CsvKind::PerStep, loop.metrics_row, -1, true);
+    check("eval.csv", eheader, CsvKind::Events, "", loop.last_eval_step, true);
+    check("timing.csv", theader, CsvKind::PerStep, ph, -1, false);
+    if (marathon) check("marathon.csv", mheader, CsvKind::Events, "", -1, true);
+  }, true);
+  collective(comm, [&] {  // a new --out: created now (data loaded, snapshot chosen), locked, checked again
+    if (lock.held()) return;
+    std::error_code ec;
+    fs::create_directories(cfg.out, ec);
+    if (ec) throw UsageError("option '--out': cannot create '" + cfg.out + "': " + ec.message());
+    lock.acquire(cfg.out);
+    check_out_dir(cfg, ini);
+  }, true);
+  if (root) {
+    fs::create_directories(out / "logs");
+    std::ofstream c(out / "config.ini");
+    c << ini;
+    if (!c) throw RuntimeError("cannot write " + (out / "config.ini").string());
+  }
+
   CsvWriter metrics, evals, timing, mara;
-  // A resumed run keeps the rows up to its snapshot's step (from the run that wrote it) and appends.
+  // A resumed run keeps the rows up to its snapshot's step (checked above) and appends.
   auto open_csv = [&](CsvWriter& w, const char* name, const std::vector<std::string>& h) {
     const std::string dst = (out / name).string();
-    if (start > 0 && continue_csv((fs::path(source_run) / name).string(), dst, h, start)) w.open_append(dst, h);
-    else w.open(dst, h);
+    for (const auto& [file, r] : resumed)
+      if (file == name) {
+        write_file_atomic(dst, r.kept);
+        if (!r.note.empty()) notes.push_back("resume: " + r.note);
+        w.open_append(dst, h);
+        return;
+      }
+    w.open(dst, h);
   };
   if (root) {
     open_csv(metrics, "metrics.csv", header);

@@ -35,6 +35,25 @@ class CsvWriter {
   size_t columns_ = 0, filled_ = 0;
 };
 
+// A run's CSV checked against the snapshot it resumes from (step `step`): the header, and every row
+// up to the snapshot's step: the column count, an integer step, steps strictly increasing (per-step
+// files: exactly 1, 2, ..., step) or non-decreasing without repeated rows (event files), and, where
+// the snapshot proves a row (metrics.csv: the snapshot step's row; event files: the last event's
+// step), that it is there. Rows after the snapshot's step are the interrupted run's and are dropped.
+// A row the snapshot holds itself (the last metrics row) is repaired when it is torn or missing, and
+// `note` says so; any other damage throws UsageError naming the file and line. `kept` is the text to
+// continue with (header and rows up to the step). authoritative = false: proven_last_row is only a
+// stand-in for a torn or missing last row (timing.csv's, written after the snapshot), never a
+// replacement for a present one.
+enum class CsvKind { PerStep, Events };
+struct CsvResume {
+  std::string kept, note;
+};
+CsvResume check_resume_csv(const std::string& path, const std::vector<std::string>& header, int64_t step, CsvKind kind,
+                           const std::string& proven_last_row = "", int64_t last_event_step = -1, bool authoritative = true);
+// Writes text to path through a temporary file and a rename.
+void write_file_atomic(const std::string& path, const std::string& text);
+
 // A resumed run's CSV file: the header and the rows of src whose first column (the step) is at
 // most `step`, written to dst through a temporary file and a rename (src may be dst). Returns
 // false, writing nothing, when src is absent or starts with another header.
