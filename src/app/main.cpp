@@ -71,6 +71,8 @@ int main(int argc, char** argv) {
     return run_bench(*comm, cfg);
   } catch (const UsageError& e) {
     return fail(2, e.what());
+  } catch (const AgreedError& e) {  // every rank knows it: a normal end with exit 1, said once
+    return fail(1, e.what());
   } catch (const std::exception& e) {
     // a failure on one rank: that rank reports it (the others may be waiting in a collective)
     // and takes the whole job down

@@ -6,7 +6,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <cmath>
+
+#include "core/error.hpp"
 
 namespace hyperrnn {
 
@@ -33,6 +37,7 @@ bool launched_by_mpi() {
 Progress::Progress(int64_t total, int64_t every, const std::string& log_path, bool enabled)
     : total_(total), every_(every > 0 ? every : std::max<int64_t>(1, total / 20)),
       tty_(isatty(STDOUT_FILENO) != 0 && !launched_by_mpi()), enabled_(enabled), start_(std::chrono::steady_clock::now()) {
+  log_path_ = log_path;
   if (enabled_ && !log_path.empty()) log_ = std::fopen(log_path.c_str(), "a");
 }
 
@@ -59,10 +64,12 @@ void Progress::step(int64_t step, double loss, double acc, double tokens_per_s) 
     std::printf("%s\n", buf);
     std::fflush(stdout);
   }
-  if (interval && log_) {
-    std::fprintf(log_, "%s\n", buf);
-    std::fflush(log_);
-  }
+  if (interval && log_) log_line(buf);
+}
+
+void Progress::log_line(const std::string& text) {
+  if (std::fprintf(log_, "%s\n", text.c_str()) < 0 || std::fflush(log_) != 0)
+    throw RuntimeError("write to '" + log_path_ + "' failed: " + std::strerror(errno));
 }
 
 void Progress::line(const std::string& text) {
@@ -73,10 +80,7 @@ void Progress::line(const std::string& text) {
   }
   std::printf("%s\n", text.c_str());
   std::fflush(stdout);
-  if (log_) {
-    std::fprintf(log_, "%s\n", text.c_str());
-    std::fflush(log_);
-  }
+  if (log_) log_line(text);
 }
 
 }  // namespace hyperrnn

@@ -23,6 +23,8 @@ class Progress {
   bool tty_;
   bool enabled_;
   std::FILE* log_ = nullptr;
+  std::string log_path_;
+  void log_line(const std::string& text);  // throws naming the log and the system's reason
   bool dirty_ = false;  // a terminal line is being rewritten in place
   std::chrono::steady_clock::time_point start_;
 };

@@ -17,6 +17,12 @@ struct RuntimeError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// A failure every rank has agreed on (collectively, so no rank waits in a later collective): each
+// rank ends normally with exit 1, rank 0 printing the message once. Thrown on every rank alike.
+struct AgreedError : RuntimeError {
+  using RuntimeError::RuntimeError;
+};
+
 [[noreturn]] void fail_check(const char* expr, const std::string& msg, const char* file, int line);
 
 }  // namespace hyperrnn

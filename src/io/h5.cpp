@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <vector>
 
@@ -92,15 +93,33 @@ std::string check_dataset(hid_t ds, const std::string& name) {
 
 }  // namespace
 
-H5File::H5File(const std::string& path, Mode mode) : path_(path) {
+// A created file is built in memory (HDF5's core driver, no backing store) and written to its path
+// by close() with plain POSIX writes: a full disk, a quota or an I/O error then fails in our own
+// write(2), reported with the system's reason, and never inside HDF5, whose library shutdown
+// crashed (in MPI_Finalize) after a failed flush had left a file half-closed. Cost: the file's
+// size in memory while it is being written (one snapshot shard, or the manifest).
+H5File::H5File(const std::string& path, Mode mode) : path_(path), create_(mode == Mode::Create) {
   H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);  // errors are reported by us, once, with context
-  id_ = mode == Mode::Create ? H5Fcreate(path.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, H5P_DEFAULT)
-                             : H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
-  if (id_ < 0) h5_fail(path, mode == Mode::Create ? "cannot create HDF5 file" : "cannot open as an HDF5 file");
+  if (create_) {
+    // reserve the name now (the same "must not exist" rule as H5F_ACC_EXCL)
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0) h5_fail(path, std::string("cannot create HDF5 file: ") + std::strerror(errno));
+    ::close(fd);
+    Handle fapl{H5Pcreate(H5P_FILE_ACCESS), H5Pclose};
+    if (fapl.id < 0 || H5Pset_fapl_core(fapl.id, 1 << 20, 0) < 0) h5_fail(path, "cannot set up the in-memory HDF5 driver");
+    id_ = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.id);
+  } else {
+    id_ = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  }
+  if (id_ < 0) h5_fail(path, create_ ? "cannot create HDF5 file" : "cannot open as an HDF5 file");
 }
 
 H5File::~H5File() {
-  if (id_ >= 0) H5Fclose(static_cast<hid_t>(id_));
+  if (id_ < 0) return;
+  try {
+    close();  // a created file is written now; a failure here has no one to tell (call close() to hear it)
+  } catch (const std::exception&) {
+  }
 }
 
 template <class T>
@@ -243,10 +262,38 @@ void H5File::flush() {
 
 void H5File::close() {
   if (id_ < 0) return;
-  flush();
-  const herr_t rc = H5Fclose(static_cast<hid_t>(id_));
-  id_ = -1;
-  if (rc < 0) h5_fail(path_, "close failed");
+  const hid_t id = static_cast<hid_t>(id_);
+  id_ = -1;  // closed once, whatever happens below
+  if (!create_) {
+    if (H5Fclose(id) < 0) h5_fail(path_, "close failed");
+    return;
+  }
+  // the in-memory image, then our own writes
+  std::vector<unsigned char> image;
+  bool ok = H5Fflush(id, H5F_SCOPE_GLOBAL) >= 0;
+  const ssize_t n = ok ? H5Fget_file_image(id, nullptr, 0) : -1;
+  if (n > 0) {
+    image.resize(static_cast<size_t>(n));
+    ok = H5Fget_file_image(id, image.data(), image.size()) == n;
+  } else {
+    ok = false;
+  }
+  ok = H5Fclose(id) >= 0 && ok;
+  if (!ok) h5_fail(path_, "cannot build the HDF5 file image");
+  const int fd = ::open(path_.c_str(), O_WRONLY | O_TRUNC | O_CLOEXEC);
+  if (fd < 0) h5_fail(path_, std::string("cannot write: ") + std::strerror(errno));
+  size_t at = 0;
+  while (at < image.size()) {
+    const ssize_t w = ::write(fd, image.data() + at, image.size() - at);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) {
+      const int err = w < 0 ? errno : ENOSPC;
+      ::close(fd);
+      h5_fail(path_, std::string("cannot write: ") + std::strerror(err));
+    }
+    at += static_cast<size_t>(w);
+  }
+  if (::close(fd) != 0) h5_fail(path_, std::string("cannot write: ") + std::strerror(errno));
 }
 
 void fsync_path(const std::string& path) {

@@ -43,11 +43,14 @@ class H5File {
   std::string attr_string(const std::string& name) const;
   int64_t attr_i64(const std::string& name) const;
   void flush();
-  void close();  // flushes and closes now (the destructor does it otherwise)
+  // Read: closes. Create: writes the file (built in memory) to its path and closes; throws naming
+  // the file and the system's reason. The destructor does the same, silently.
+  void close();
   const std::string& path() const { return path_; }
 
  private:
   std::string path_;
+  bool create_ = false;
   int64_t id_ = -1;  // hid_t
 };
 

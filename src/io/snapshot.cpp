@@ -2,6 +2,7 @@
 #include "io/snapshot.hpp"
 
 #include <algorithm>
+#include <functional>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -77,14 +78,30 @@ std::string write_snapshot(Comm* comm, const SnapshotWrite& w) {
   const fs::path final_dir = root / name, tmp_dir = root / (name + ".tmp");
   const int P = size_of(comm), rank = comm ? comm->rank() : 0;
   const std::string run_id = run_id_of(w.config_ini);
-  if (rank == 0) {
+  // A failure anywhere (a full disk, a quota, an I/O error) is agreed on by all ranks at each
+  // phase's end and thrown on every rank as the same AgreedError: no rank waits alone, nothing
+  // half-written becomes `latest`.
+  auto agree = [&](const std::string& mine) {
+    int who = -1;
+    const std::string msg = comm ? first_failure(*comm, mine, &who) : mine;
+    if (!msg.empty()) throw AgreedError(P > 1 && who > 0 ? msg + " (on rank " + std::to_string(who) + ")" : msg);
+  };
+  auto attempt = [](const std::function<void()>& fn) -> std::string {
+    try {
+      fn();
+    } catch (const std::exception& e) {
+      return e.what();
+    }
+    return "";
+  };
+  agree(rank != 0 ? "" : attempt([&] {
     if (fs::exists(tmp_dir)) fs::remove_all(tmp_dir);  // debris of a write that crashed: never complete
     fs::create_directories(tmp_dir);
-  }
-  if (comm) comm->barrier();
+  }));
   // 1. every rank its shard
   const fs::path shard_path = tmp_dir / shard_file_name(rank, P);
-  {
+  std::string mine;
+  const std::string wrote = attempt([&] {
     H5File f(shard_path.string(), H5File::Mode::Create);
     f.set_attr("format", std::string(kFormat));
     f.set_attr("step", w.step);
@@ -97,14 +114,15 @@ std::string write_snapshot(Comm* comm, const SnapshotWrite& w) {
     }
     if (w.shard) w.shard(f);
     f.close();
-  }
-  fsync_path(shard_path.string());
-  const std::string mine = sha256_file(shard_path.string());
+    fsync_path(shard_path.string());
+    mine = sha256_file(shard_path.string());
+  });
+  agree(wrote);
   std::string hashes(static_cast<size_t>(64 * P), ' ');
   if (comm) comm->allgather_bytes(mine.data(), 64, hashes.data());
   else hashes = mine;
   // 2. rank 0: the manifest, then the renames
-  if (rank == 0) {
+  agree(rank != 0 ? "" : attempt([&] {
     std::string joined;
     for (int r = 0; r < P; ++r) joined += hashes.substr(static_cast<size_t>(64 * r), 64) + "\n";
     const std::string version = code_version();
@@ -167,8 +185,7 @@ std::string write_snapshot(Comm* comm, const SnapshotWrite& w) {
       const std::vector<std::string> all = list_snapshots(w.run_dir);
       for (size_t i = static_cast<size_t>(w.keep); i < all.size(); ++i) fs::remove_all(all[i]);
     }
-  }
-  if (comm) comm->barrier();
+  }));
   return final_dir.string();
 }
 
