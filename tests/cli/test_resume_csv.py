@@ -38,6 +38,14 @@ def runs(tmp_path_factory):
     return whole, stopped
 
 
+def damaged_copy(tmp_path, stopped, name, damage):
+    """The stopped run copied, with `damage` done to its file `name`."""
+    run = tmp_path / "run"
+    shutil.copytree(stopped, run)
+    damage(run / name)
+    return run
+
+
 def lines_of(p):
     return p.read_text().splitlines(keepends=True)
 
@@ -68,10 +76,8 @@ REPAIRED = {
 @pytest.mark.parametrize("case", list(REPAIRED))
 def test_repaired_or_dropped(tmp_path, runs, case):
     whole, stopped = runs
-    run = tmp_path / "run"
-    shutil.copytree(stopped, run)
     name, damage, note = REPAIRED[case]
-    damage(run / name)
+    run = damaged_copy(tmp_path, stopped, name, damage)
     r = hyperrnn("--out", str(run), "--resume", "auto")
     assert r.returncode == 0, r.stderr
     notes = [l for l in r.stdout.splitlines() if "restored from the snapshot" in l]
@@ -116,10 +122,8 @@ REFUSED = {
 @pytest.mark.parametrize("case", list(REFUSED))
 def test_refused_naming_file_and_line(tmp_path, runs, case):
     _, stopped = runs
-    run = tmp_path / "run"
-    shutil.copytree(stopped, run)
     name, damage, message = REFUSED[case]
-    damage(run / name)
+    run = damaged_copy(tmp_path, stopped, name, damage)
     before = {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     r = hyperrnn("--out", str(run), "--resume", "auto")
     assert r.returncode == 2, r.stdout + r.stderr
