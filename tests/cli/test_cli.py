@@ -66,6 +66,7 @@ CASES = [
     (["--pi-alpha", "nan"], "pi-alpha", "finite"),
     (["my.ini"], "my.ini", "did you mean --config my.ini"),  # a stray word
     (["--config", ""], "config", "empty"),
+    (["--model", "pilf", "--dynamic-top-k", "true", "--k-min", "0"], "k-min", "must be in [1, top-k"),
 ]
 
 

@@ -98,7 +98,8 @@ def test_same_configuration_twice_is_bitwise_identical(tmp_path):
 
 def test_eight_ranks_oversubscribed(tmp_path):
     tokens = [a if a != "4" or TOKENS[i - 1] != "--shards" else "8" for i, a in enumerate(TOKENS)]  # S = 8
-    args = [*tokens, "--model", "pilf", "--experts", "8", "--top-k", "2", "--d-ff", "32", "--epoch-steps", "7"]
+    # 16 experts: two per rank on 8 ranks, so the owners' reordering of received rows is exercised
+    args = [*tokens, "--model", "pilf", "--experts", "16", "--top-k", "2", "--d-ff", "32", "--epoch-steps", "7"]
     for p in (1, 8):
         r = run(p, args, tmp_path / f"p{p}")
         assert r.returncode == 0, r.stderr[-2000:]
@@ -109,7 +110,8 @@ def test_eight_ranks_oversubscribed(tmp_path):
 def test_image_marathon_on_1_and_4_ranks(tmp_path):
     # the reference profile: class token, dropout, shared buffer over 2 layers, replay sets cached per
     # (task, epoch) and reused in the second cycle (epochs of 2 steps, 3 tasks of 4 steps, 2 cycles)
-    args = ["--model", "pilf", "--task", "fmnist-marathon", "--experts", "4", "--top-k", "2", "--d-ff", "16",
+    # 8 experts: two per rank on 4 ranks (the owners reorder rows from several senders per expert)
+    args = ["--model", "pilf", "--task", "fmnist-marathon", "--experts", "8", "--top-k", "2", "--d-ff", "16",
             "--d-model", "16", "--heads", "2", "--layers", "2", "--patch", "7", "--batch", "16", "--classes-per-task", "5",
             "--shards", "4", "--steps", "16", "--task-steps", "4", "--epoch-steps", "2", "--eval-samples", "30",
             "--eval-every", "0"]

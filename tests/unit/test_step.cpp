@@ -248,3 +248,38 @@ TEST_CASE("hyper-step (pilf): a NaN step leaves the whole hyper-state alone", "[
   for (int i = 0; i < size0; ++i) CHECK(ps.buffers[0].priority(i) == prio[static_cast<size_t>(i)]);
   for (size_t i = 0; i < p.size(); ++i) REQUIRE(std::memcmp(&p[i], &fx.model.params[i], sizeof(double)) == 0);
 }
+
+TEST_CASE("dynamic top-k statistics: EMA of the batch's routing-surprise mean and variance", "[step][pilf]") {
+  // top-k 2 of 4 experts with k-min 1; the variance term (mean - mu)^2 of the EMA is checked
+  // against the step's own routing surprises (a run where it could not matter would not see it)
+  StepFixture fx(ModelKind::Pilf);
+  PilfConfig pc;
+  pc.smk = pilf::SmkMode::Smk;
+  pc.dynamic_top_k = true;
+  pc.k_min = 1;
+  PilfState<double> ps(pc, fx.mc, 6, 1, {});
+  ps.attach(fx.model);
+  auto moments = [&](double& mean, double& var) {
+    const std::vector<double>& r = ps.s.r[0];
+    mean = var = 0.0;
+    for (double v : r) mean += v;
+    mean /= static_cast<double>(r.size());
+    for (double v : r) var += (v - mean) * (v - mean);
+    var /= static_cast<double>(r.size());
+  };
+  REQUIRE_FALSE(train_step(fx.model, fx.opt, fx.batch, fx.sc, 0, &ps).skipped);
+  double m0 = 0, v0 = 0;
+  moments(m0, v0);
+  CHECK(ps.rs_mu[0] == m0);  // the first batch initialises
+  CHECK(ps.rs_var[0] == v0);
+  fx.gen.fill(fx.batch, 1, RngPurpose::TestData, 1, 0, 6);
+  REQUIRE_FALSE(train_step(fx.model, fx.opt, fx.batch, fx.sc, 1, &ps).skipped);
+  double m1 = 0, v1 = 0;
+  moments(m1, v1);
+  const double beta = pc.pilr_cfg.beta;
+  const double mu = (1.0 - beta) * m0 + beta * m1;
+  CHECK(ps.rs_mu[0] == Approx(mu).epsilon(1e-14));
+  const double want = (1.0 - beta) * v0 + beta * (v1 + (m1 - mu) * (m1 - mu));
+  CHECK(ps.rs_var[0] == Approx(want).epsilon(1e-14));
+  CHECK(std::abs(m1 - mu) * std::abs(m1 - mu) * beta > 1e-6 * want);  // the term is not negligible here
+}
