@@ -8,6 +8,7 @@
 
 #include "core/error.hpp"
 #include "core/sha256.hpp"
+#include "app/commands.hpp"
 
 namespace hyperrnn {
 
@@ -290,6 +291,93 @@ std::string theta_sha256(const Transformer<float>& model, const PilfState<float>
   h.update(model.params.data(), model.params.size() * sizeof(float));  // table order = buffer order
   if (pilf && pilf->gating) h.update(pilf->gating->params.data(), pilf->gating->params.size() * sizeof(float));
   return h.hex();
+}
+
+}  // namespace hyperrnn
+
+namespace hyperrnn {
+
+BranchInfo init_from_snapshot(Comm& comm, Session<float>& ses, const RunConfig& cfg) {
+  BranchInfo out;
+  SnapshotInfo snap;
+  RunConfig pcfg;
+  collective(comm, [&] {
+    try {
+      snap = open_snapshot(cfg.init_from);
+    } catch (const UsageError& e) {
+      throw UsageError(std::string("option '--init-from': ") + e.what());
+    }
+    pcfg = from_ini(snap.config_ini, snap.manifest);
+  });
+  const std::string bad = verify_snapshot(snap, comm.size() > 1 ? &comm : nullptr);
+  if (!bad.empty()) throw UsageError("option '--init-from': " + snap.dir + " fails verification: " + bad);
+  // the model shape must fit: the same tensors with the same shapes, in the same order
+  const ModelConfig pmc = pcfg.model_config();
+  Transformer<float> parent(pmc, 1, 1);  // one rank's layout: the whole parent theta, for its digest
+  collective(comm, [&] {
+    const ParamTable& a = parent.table();
+    const ParamTable& b = ses.model.table();
+    if (a.size() != b.size())
+      throw UsageError("option '--init-from': the snapshot's model (" + pcfg.model + ", " + std::to_string(a.size()) +
+                       " tensors) does not fit this run's (" + cfg.model + ", " + std::to_string(b.size()) + " tensors)");
+    for (int i = 0; i < a.size(); ++i)
+      if (a[i].name != b[i].name || a[i].shape != b[i].shape)
+        throw UsageError("option '--init-from': the snapshot's model does not fit this run's: tensor " + a[i].name +
+                         " there, " + b[i].name + " here (or another shape); give the model options of " + snap.dir);
+    if (cfg.init_optimizer && (pcfg.model == "pilf") != (cfg.model == "pilf"))
+      throw UsageError("option '--init-optimizer': the snapshot's optimizer state is for model " + pcfg.model + ", this run is " +
+                       cfg.model);
+  });
+  Transformer<float>& model = ses.model;
+  read_tensors(snap, model.table(), "params", model.params.data(), &ses.par);
+  if (cfg.init_optimizer) {
+    read_tensors(snap, model.table(), "adam/m", ses.opt.m.data(), &ses.par);
+    read_tensors(snap, model.table(), "adam/v", ses.opt.v.data(), &ses.par);
+    const H5File f(snap.manifest, H5File::Mode::Read);
+    read_into(f, "adam/tensor_steps", ses.opt.tensor_steps.data(), {static_cast<int64_t>(model.table().size())});
+    int64_t st = 0;
+    read_into(f, "adam/step", &st, {1});
+    ses.opt.set_steps(st);
+  }
+  // pilf's GatingTransformer (and its buffers, when their layout is the same) come along
+  std::unique_ptr<PilfState<float>> pps;
+  const H5File f(snap.manifest, H5File::Mode::Read);
+  if (pmc.memory_routing()) {
+    pps = std::make_unique<PilfState<float>>(pcfg.pilf_config(), pmc, 1, pcfg.seed, pcfg.adamw_config());
+    read_pilf_state(f, *pps);
+  }
+  out.notes.push_back("init: theta from " + snap.dir + " (step " + std::to_string(snap.step) + ")");
+  if (ses.pilf.gating && pps && pps->gating) {
+    const ParamTable& a = pps->gating->table();
+    const ParamTable& b = ses.pilf.gating->table();
+    bool same = a.size() == b.size();
+    for (int i = 0; same && i < a.size(); ++i) same = a[i].name == b[i].name && a[i].shape == b[i].shape;
+    if (same) {
+      ses.pilf.gating->params = pps->gating->params;
+      if (cfg.init_optimizer) {
+        ses.pilf.gating_opt->m = pps->gating_opt->m;
+        ses.pilf.gating_opt->v = pps->gating_opt->v;
+        ses.pilf.gating_opt->tensor_steps = pps->gating_opt->tensor_steps;
+        ses.pilf.gating_opt->set_steps(pps->gating_opt->steps());
+      }
+      bool buffers = ses.pilf.buffers.size() == pps->buffers.size();
+      for (size_t k = 0; buffers && k < pps->buffers.size(); ++k)
+        buffers = ses.pilf.buffers[k].capacity() == pps->buffers[k].capacity() && ses.pilf.buffers[k].dim() == pps->buffers[k].dim() &&
+                  ses.pilf.buffers[k].experts() == pps->buffers[k].experts();
+      if (buffers)
+        for (size_t k = 0; k < pps->buffers.size(); ++k) ses.pilf.buffers[k].restore(pps->buffers[k].state());
+      out.notes.push_back(std::string("init: the GatingTransformer") + (buffers ? " and the experience buffers" : "") +
+                          " from the snapshot too" + (buffers ? "" : " (the buffers' layout differs: they start empty)"));
+    } else {
+      out.notes.push_back("init: the snapshot's GatingTransformer does not fit this run's: it starts from its initialisation");
+    }
+  }
+  read_tensors(snap, parent.table(), "params", parent.params.data(), nullptr);
+  out.parent_dir = snap.dir;
+  out.parent_step = snap.step;
+  out.parent_theta = theta_sha256(parent, pps.get());
+  if (ses.par.P == 1) out.start_theta = theta_sha256(model, ses.pilf.gating ? &ses.pilf : nullptr);
+  return out;
 }
 
 }  // namespace hyperrnn

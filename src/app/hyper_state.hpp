@@ -48,4 +48,14 @@ void read_pilf_state(const H5File& f, PilfState<float>& ps);
 // the GatingTransformer's (pilf), each as little-endian float32 bytes.
 std::string theta_sha256(const Transformer<float>& model, const PilfState<float>* pilf);
 
+// --init-from: theta (and with --init-optimizer the optimizer state) from a snapshot into a new
+// run's session (collective). The model's tensors must match by name and shape; pilf's
+// GatingTransformer and buffers come along where they fit. UsageError naming the option otherwise.
+struct BranchInfo {
+  std::string parent_dir, parent_theta, start_theta;  // start_theta: this run's theta after loading (1 rank; else "")
+  int64_t parent_step = 0;
+  std::vector<std::string> notes;
+};
+BranchInfo init_from_snapshot(Comm& comm, Session<float>& ses, const RunConfig& cfg);
+
 }  // namespace hyperrnn

@@ -66,6 +66,8 @@ void add_model_task_train(po::options_description& d, RunConfig& c) {
     ("adam-beta2", po::value(&c.adam_beta2)->default_value(c.adam_beta2, fmt_double(c.adam_beta2)), "AdamW beta2")
     ("adam-eps", po::value(&c.adam_eps)->default_value(c.adam_eps, fmt_double(c.adam_eps)), "AdamW epsilon")
     ("seed", po::value(&c.seed)->default_value(c.seed), "seed of every random stream")
+    ("init-from", po::value(&c.init_from)->default_value(c.init_from), "start theta from a snapshot (a run directory, snapshot directory or manifest.h5) instead of the initialisation: a new run branched from it, with any configuration whose model shape fits; its provenance goes to RUN/provenance.ini")
+    ("init-optimizer", po::value(&c.init_optimizer)->default_value(c.init_optimizer), "with --init-from: also take the optimizer state (Adam moments and step counts) of the model and the GatingTransformer (true | false)")
     ("eval-every", po::value(&c.eval_every)->default_value(c.eval_every), "held-out evaluation interval in steps (0 = only at the end)")
     ("eval-samples", po::value(&c.eval_samples)->default_value(c.eval_samples), "held-out samples per evaluation")
     ("max-bad-steps", po::value(&c.max_bad_steps)->default_value(c.max_bad_steps), "consecutive steps with NaN/Inf loss or gradients (each skipped) before the run stops")

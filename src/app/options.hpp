@@ -47,6 +47,9 @@ struct RunConfig {
   // snapshots (invocation options: not part of the run's identity in config.ini)
   int64_t snapshot_every = 1000, keep = 0, stop_after = 0;
   std::string resume;  // "", "auto" or a snapshot path
+  // branching: theta (and optionally the optimizer state) from a snapshot; part of the identity
+  std::string init_from;
+  bool init_optimizer = false;
   // threads per rank (an invocation option of every command): "auto" = the cores of the rank's
   // affinity mask, or a positive count. Results do not depend on it (docs/architecture.md).
   std::string threads = "auto";

@@ -253,6 +253,12 @@ int run_train(Comm& comm, const RunConfig& cfg) {
       }
     }
   }
+  // Branching: a new run (not a resumed one) whose theta starts from another run's snapshot.
+  BranchInfo branch;
+  if (start == 0 && !cfg.init_from.empty()) {
+    branch = init_from_snapshot(comm, ses, cfg);
+    for (const std::string& n : branch.notes) notes.push_back(n);
+  }
   std::vector<std::string> header = {"step", "loss", "acc", "lr", "grad_norm", "tokens_per_s", "step_time_s", "scored", "skipped",
                                      "epsilon", "tau", "surprise", "expert_surprise", "gating_surprise", "pi",
                                      "lr_mod_expert", "lr_mod_gating", "gating_loss", "routing_acc", "k_mean"};
@@ -312,6 +318,16 @@ int run_train(Comm& comm, const RunConfig& cfg) {
     std::ofstream c(out / "config.ini");
     c << ini;
     if (!c) throw RuntimeError("cannot write " + (out / "config.ini").string());
+    if (!branch.parent_dir.empty()) {  // where theta came from
+      std::ofstream pv(out / "provenance.ini");
+      pv << "# hyperrnn train --init-from: this run's theta at step 0 is its parent's\n"
+         << "parent_snapshot = " << fs::absolute(branch.parent_dir).string() << "\n"
+         << "parent_step = " << branch.parent_step << "\n"
+         << "parent_theta_sha256 = " << branch.parent_theta << "\n"
+         << "start_theta_sha256 = " << (branch.start_theta.empty() ? "n/a (computed on one rank only)" : branch.start_theta) << "\n"
+         << "init_optimizer = " << (cfg.init_optimizer ? "true" : "false") << "\n";
+      if (!pv) throw RuntimeError("cannot write " + (out / "provenance.ini").string());
+    }
   }
 
   CsvWriter metrics, evals, timing, mara;
