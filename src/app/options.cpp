@@ -632,3 +632,49 @@ std::string usage_text() {
 }
 
 }  // namespace hyperrnn
+
+namespace hyperrnn {
+
+MemoryEstimate estimate_memory(const RunConfig& c, int ranks) {
+  // Per rank, in bytes of float: parameters with gradients and Adam's two moments (the experts
+  // split over ranks), one gradient copy of the table per local shard, a snapshot's file image
+  // (written from memory), and the activation arena: per token and layer the block's tensors (about 24 C floats), the FFN's or the
+  // k experts' hidden activations (4 F or 4 k F), the attention probabilities (3 H T: forward,
+  // dropout, backward), with the scored rows' logits (3 V).
+  const ModelConfig m = c.model_config();
+  const double C = static_cast<double>(m.d_model), L = static_cast<double>(m.layers), F = static_cast<double>(m.d_ff);
+  const double E = m.is_moe() ? static_cast<double>(m.experts) : 0.0, K = m.is_moe() ? static_cast<double>(m.top_k) : 0.0;
+  const double T = static_cast<double>(c.positions()), H = static_cast<double>(m.heads), V = static_cast<double>(m.vocab);
+  const double Bl = static_cast<double>(c.batch) / ranks, S_loc = std::max(1.0, static_cast<double>(c.shards) / ranks);
+  const double dense = (m.is_image() ? m.patch * m.patch * C : V * C) + T * C + L * (4 * C * C + 9 * C) +
+                       (m.is_moe() ? L * 2 * E * C : L * (2 * C * F + F + C)) + (c.tie_embeddings ? 0.0 : V * C);
+  const double experts = m.is_moe() ? L * E * (2 * C * F + F + C) / ranks : 0.0;
+  MemoryEstimate out;
+  const double held = dense + experts;  // this rank's table
+  // parameters, gradients, two moments; with S > 1 one gradient copy of the table per local shard;
+  // and a snapshot's in-memory file image (parameters and moments) and its copy while it is written
+  out.params = 4.0 * (4.0 * held + (c.shards > 1 ? S_loc * held : 0.0)) + 4.0 * 2.0 * 3.0 * held;
+  const double ffn = m.is_moe() ? 4.0 * K * F + 2.0 * K * C : 4.0 * F;
+  out.activations = 4.0 * Bl * T * L * (24.0 * C + ffn + 3.0 * H * T) + 4.0 * static_cast<double>(c.scored_per_batch(static_cast<int64_t>(Bl))) * 3.0 * V;
+  out.total = out.params + out.activations;
+  return out;
+}
+
+double available_memory_bytes() {
+  double avail = 0.0;
+  std::ifstream mi("/proc/meminfo");
+  std::string key;
+  double kb = 0;
+  std::string unit;
+  while (mi >> key >> kb >> unit)
+    if (key == "MemAvailable:") avail = kb * 1024.0;
+  std::ifstream cg("/sys/fs/cgroup/memory.max");  // a job's limit (Slurm's cgroup), when there is one
+  std::string lim;
+  if (cg >> lim && lim != "max") {
+    const double l = std::strtod(lim.c_str(), nullptr);
+    if (l > 0 && (avail == 0.0 || l < avail)) avail = l;
+  }
+  return avail;
+}
+
+}  // namespace hyperrnn

@@ -134,6 +134,15 @@ void resolve_shards(RunConfig& c);
 // line when the count exceeds the cores of the mask (allowed: results do not depend on it).
 int resolve_threads(const std::string& threads, std::string* warning = nullptr);
 
+// What one rank needs in memory for this run (bytes, an estimate: parameters with gradients, Adam
+// moments and per-shard gradient copies; the activation arena), and what this machine has
+// (MemAvailable, or the cgroup's limit when lower; 0 = unknown).
+struct MemoryEstimate {
+  double params = 0, activations = 0, total = 0;
+};
+MemoryEstimate estimate_memory(const RunConfig& c, int ranks);
+double available_memory_bytes();
+
 // The general help text.
 std::string usage_text();
 

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <chrono>
 #include <cmath>
@@ -55,6 +56,37 @@ std::pair<std::string, std::string> first_difference(const std::string& a, const
 // Checks --out before anything is written: absent, empty, or holding this very configuration (and
 // then, when it has snapshots, only with --resume: a finished or interrupted run is continued,
 // never silently started over).
+std::string gib(double bytes) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.2f GiB", bytes / (1024.0 * 1024.0 * 1024.0));
+  return b;
+}
+
+// Ranks of this job on this node (OpenMPI or Slurm tell; 1 otherwise): they share its memory.
+int ranks_on_node() {
+  for (const char* v : {"OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"})
+    if (const char* s = std::getenv(v)) {
+      const int n = std::atoi(s);
+      if (n > 0) return n;
+    }
+  return 1;
+}
+
+std::string memory_message(const RunConfig& cfg, int ranks, const std::string& what) {
+  const MemoryEstimate m = estimate_memory(cfg, ranks);
+  return "sizes: the run needs about " + gib(m.total) + " per rank (parameters, gradients and Adam state " + gib(m.params) +
+         ", activations " + gib(m.activations) + ") x " + std::to_string(ranks_on_node()) + " rank(s) on this node, which " + what +
+         " (available: " + gib(available_memory_bytes()) + "); use a smaller --batch, more ranks or smaller model options";
+}
+
+// Refuses, before anything is allocated or written, a run whose estimated memory exceeds what the
+// node has.
+void check_memory(const RunConfig& cfg, int ranks) {
+  const double avail = available_memory_bytes();
+  if (avail <= 0.0) return;  // unknown: allocation failures are still caught
+  if (estimate_memory(cfg, ranks).total * ranks_on_node() > avail) throw UsageError(memory_message(cfg, ranks, "exceeds this node's memory"));
+}
+
 void check_out_dir(const RunConfig& cfg, const std::string& ini) {
   const fs::path out(cfg.out);
   std::error_code ec;
@@ -213,7 +245,14 @@ int run_train(Comm& comm, const RunConfig& cfg) {
   const fs::path out(cfg.out);
   // loads the data first: a missing dataset leaves no run directory behind
   std::unique_ptr<Session<float>> session;
-  collective(comm, [&] { session = std::make_unique<Session<float>>(cfg, &comm); });
+  collective(comm, [&] { check_memory(cfg, comm.size()); });
+  collective(comm, [&] {
+    try {
+      session = std::make_unique<Session<float>>(cfg, &comm);
+    } catch (const std::bad_alloc&) {
+      throw UsageError(memory_message(cfg, comm.size(), "could not be allocated"));
+    }
+  });
   Session<float>& ses = *session;
   Parallel& par = ses.par;
   Transformer<float>& model = ses.model;

@@ -110,6 +110,16 @@ def test_stop_after_is_the_absolute_step(tmp_path):
     assert len(list(csv.DictReader(open(out / "metrics.csv")))) == 4  # nothing ran
 
 
+def test_sizes_that_cannot_fit_are_refused_up_front(tmp_path):
+    # d-model 8192 with 4 experts of 4 x 8192: the estimate (about 550 GiB) exceeds any test machine
+    out = tmp_path / "run"
+    r = hyperrnn("train", "--d-model", "8192", "--steps", "2", "--out", str(out))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert "sizes: the run needs about" in lines[0] and "GiB per rank" in lines[0] and "available:" in lines[0]
+    assert not out.exists()
+
+
 def test_version_and_help():
     v = hyperrnn("--version")
     assert v.returncode == 0 and v.stdout.startswith("hyperrnn ")
