@@ -68,8 +68,13 @@ void Progress::step(int64_t step, double loss, double acc, double tokens_per_s) 
 }
 
 void Progress::log_line(const std::string& text) {
-  if (std::fprintf(log_, "%s\n", text.c_str()) < 0 || std::fflush(log_) != 0)
-    throw RuntimeError("write to '" + log_path_ + "' failed: " + std::strerror(errno));
+  if (std::fprintf(log_, "%s\n", text.c_str()) < 0 || std::fflush(log_) != 0) {
+    const std::string msg = "write to '" + log_path_ + "' failed: " + std::strerror(errno);
+    if (!defer_) throw RuntimeError(msg);
+    error_ = msg;
+    std::fclose(log_);
+    log_ = nullptr;
+  }
 }
 
 void Progress::line(const std::string& text) {

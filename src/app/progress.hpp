@@ -17,13 +17,17 @@ class Progress {
   void step(int64_t step, double loss, double acc, double tokens_per_s);
   // A whole line (evaluation results, summaries): printed and logged.
   void line(const std::string& text);
+  // A failed write to the log is kept (and the log closed) instead of thrown: see CsvWriter.
+  void defer_errors(bool on) { defer_ = on; }
+  const std::string& error() const { return error_; }
 
  private:
   int64_t total_, every_;
   bool tty_;
   bool enabled_;
   std::FILE* log_ = nullptr;
-  std::string log_path_;
+  std::string log_path_, error_;
+  bool defer_ = false;
   void log_line(const std::string& text);  // throws naming the log and the system's reason
   bool dirty_ = false;  // a terminal line is being rewritten in place
   std::chrono::steady_clock::time_point start_;

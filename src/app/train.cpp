@@ -413,6 +413,17 @@ int run_train(Comm& comm, const RunConfig& cfg) {
     if (!f) throw RuntimeError("cannot write " + inv.string());
   }
   Progress progress(cfg.steps, cfg.log_every, (out / "logs" / "train.log").string(), root);
+  // in the step loop, write failures are agreed on by all ranks (below) rather than thrown by rank 0
+  for (CsvWriter* w : {&metrics, &evals, &timing, &mara}) w->defer_errors(par.P > 1);
+  progress.defer_errors(par.P > 1);
+  // rank 0's writes (CSVs, log) failed? All ranks agree (once per step) and end alike.
+  auto agree_on_writes = [&] {
+    std::string err;
+    for (const std::string* e : {&metrics.error(), &evals.error(), &timing.error(), &mara.error(), &progress.error()})
+      if (err.empty()) err = *e;
+    if (par.P > 1) err = first_failure(*par.comm, err);
+    if (!err.empty()) throw AgreedError(err);
+  };
   progress.line("hyperrnn train: " + cfg.model + " on " + cfg.task + ", " +
                 std::to_string(model.table().elements()) + " parameters" +
                 (par.P > 1 ? " (" + std::to_string(model.table().total()) + " held by rank 0)" : std::string()) +
@@ -560,6 +571,7 @@ int run_train(Comm& comm, const RunConfig& cfg) {
       this_snap = snapshot(cfg.steps);
     }
     timing.add(this_snap).end_row();
+    agree_on_writes();
     if (stop_here) {
       progress.line("stopping after step " + std::to_string(done) + " (--stop-after) with snapshot " + last_snap +
                     "; continue with --resume auto");
@@ -594,6 +606,7 @@ int run_train(Comm& comm, const RunConfig& cfg) {
   }
   progress.line("run directory: " + cfg.out + " (config.ini, metrics.csv, timing.csv, eval.csv, " + (marathon ? "marathon.csv, " : "") +
                 "logs/, snapshot " + fs::path(last_snap).filename().string() + ")");
+  agree_on_writes();
   return 0;
 }
 

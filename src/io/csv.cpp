@@ -171,8 +171,13 @@ void CsvWriter::end_row() {
   HYPERRNN_CHECK(filled_ == columns_, path_ + ": row has " + std::to_string(filled_) + " columns, header " +
                                           std::to_string(columns_));
   row_ += '\n';
-  if (std::fwrite(row_.data(), 1, row_.size(), f_) != row_.size() || std::fflush(f_) != 0)
-    throw RuntimeError("write to '" + path_ + "' failed: " + std::strerror(errno));
+  if (std::fwrite(row_.data(), 1, row_.size(), f_) != row_.size() || std::fflush(f_) != 0) {
+    const std::string msg = "write to '" + path_ + "' failed: " + std::strerror(errno);
+    if (!defer_) throw RuntimeError(msg);
+    error_ = msg;
+    std::fclose(f_);
+    f_ = nullptr;
+  }
   row_.clear();
   filled_ = 0;
 }

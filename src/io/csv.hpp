@@ -28,10 +28,15 @@ class CsvWriter {
   CsvWriter& add(int64_t v);
   CsvWriter& add(const std::string& v);
   void end_row();  // checks the column count, writes, flushes; drops the row when not open
+  // Deferred errors (a multi-rank run agrees on them once per step): a failed write is kept as
+  // error() and the file closed instead of throwing.
+  void defer_errors(bool on) { defer_ = on; }
+  const std::string& error() const { return error_; }
 
  private:
   std::FILE* f_ = nullptr;
-  std::string path_, row_, last_;
+  std::string path_, row_, last_, error_;
+  bool defer_ = false;
   size_t columns_ = 0, filled_ = 0;
 };
 

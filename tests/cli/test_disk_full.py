@@ -72,16 +72,17 @@ def test_disk_full_during_a_snapshot(tmp_path, tmpfs, ranks):
     assert metrics(out / "metrics.csv") == metrics(whole / "metrics.csv")
 
 
-def test_disk_full_during_csv_writes(tmp_path, tmpfs):
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_disk_full_during_csv_writes(tmp_path, tmpfs, ranks):
     filler = tmpfs / "filler"
     out = tmpfs / "run"
     # leave a few kB: config.ini and the first CSV rows fit, the rest of metrics.csv does not
     subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1k", "count=6120"], capture_output=True)
-    r = train(1, out, "--steps", "400", "--snapshot-every", "0")
+    r = train(ranks, out, "--steps", "400", "--snapshot-every", "0")
     clean_failure(r, "write to")
     assert not (out / "snapshots" / "latest").exists()
     filler.unlink()
     grow(tmpfs)
-    r = train(1, out, "--steps", "400", "--snapshot-every", "0")  # no snapshot yet: it starts again in place
+    r = train(ranks, out, "--steps", "400", "--snapshot-every", "0")  # no snapshot yet: it starts again in place
     assert r.returncode == 0, r.stderr[-2000:]
     assert len(metrics(out / "metrics.csv")) == 400
