@@ -1,7 +1,7 @@
 // Snapshot writing and verification (src/io/snapshot.hpp) on one rank: a written snapshot verifies
-// and becomes `latest`; a flipped byte in a shard file, a changed dataset, a missing shard, an
-// altered manifest attribute are each reported, naming the file (and the dataset); older complete
-// snapshots stay, `latest` names the newest.
+// and becomes `latest`; a flipped byte in a shard file, a truncated, missing or foreign shard (one
+// of another step) are each reported, naming the file; older complete snapshots stay, `latest`
+// names the newest. (Damage inside datasets and manifests: tests/mpi/test_snapshots.py.)
 #include <catch2/catch.hpp>
 
 #include <cstdio>
