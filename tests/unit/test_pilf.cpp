@@ -25,6 +25,9 @@ TEST_CASE("predictive integrity, published and reference-code forms", "[pilf]") 
   CHECK(predictive_integrity(in, {1.0, 0.5, PiForm::Published}) == Approx(0.0301973834223185).epsilon(1e-8));
   // reference code: cost = 4 + 0.5 * 1 + 0.5 * 2 = 5.5
   CHECK(predictive_integrity(in, {1.0, 0.5, PiForm::ReferenceCode}) == Approx(0.004086771438464067).epsilon(1e-8));
+  // reference code at alpha 0.7, gamma 0.3: cost = 4 + 0.7 * 1 + 0.3 * 2 = 5.3 (gamma weighs the
+  // gating group: swapping the groups' weights would give 4 + 0.3 + 1.4 = 5.7)
+  CHECK(predictive_integrity(in, {0.7, 0.3, PiForm::ReferenceCode}) == Approx(0.024477523408726803).epsilon(1e-12));
   // alpha 0.2, gamma 0.25: cost = 0.75 * 4 + 0.25 * 3 = 3.75, times 0.2
   CHECK(predictive_integrity(in, {0.2, 0.25, PiForm::Published}) == Approx(0.4723665527410147).epsilon(1e-8));
   // a perfect, confident, still model has PI = 1
