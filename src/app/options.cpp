@@ -16,6 +16,7 @@
 #include "core/error.hpp"
 #include "io/csv.hpp"
 #include "parallel/threads.hpp"
+#include "app/signals.hpp"
 
 namespace po = boost::program_options;
 
@@ -119,6 +120,7 @@ void add_invocation(po::options_description& d, RunConfig& c, Command cmd) {
       ("snapshot-every", po::value(&c.snapshot_every)->default_value(c.snapshot_every), "write a snapshot of the whole hyper-state every N steps (0 = only at the end; one is always written at the end)")
       ("keep", po::value(&c.keep)->default_value(c.keep), "keep the newest K complete snapshots, pruning older ones after each new one is complete (0 = keep all)")
       ("resume", po::value(&c.resume), "continue from a snapshot: auto (the newest complete one in --out that verifies, falling back to older ones; a fresh start when there is none) or a snapshot PATH (stop with exit 2 unless it verifies)")
+      ("stop-signal", po::value(&c.stop_signal)->default_value(c.stop_signal), "besides SIGTERM and SIGINT, the signal that stops the run after its current step with a snapshot and exit status 75 (resumable with --resume auto); SIGUSR2 by default (NCCL may claim SIGUSR1); a second SIGINT aborts")
       ("stop-after", po::value(&c.stop_after)->default_value(c.stop_after), "stop after step K (the absolute step, beyond a resumed snapshot's) with a snapshot, as a job that runs out of time would (0 = run all --steps); --resume auto continues");
   else if (cmd == Command::Bench)
     d.add_options()
@@ -464,6 +466,8 @@ bool parse_options(Command cmd, int argc, const char* const* argv, RunConfig& cf
   }
   resolve_threads(cfg.threads);
   if (cmd != Command::Eval) resolve_shards(cfg);
+  if (cmd == Command::Train && parse_signal(cfg.stop_signal) < 0)
+    bad("stop-signal", "must be a signal name (e.g. SIGUSR2, USR1, TERM) or number, got '" + cfg.stop_signal + "'");
   if (cmd == Command::Bench) {
     validate(cfg);
     positive("bench-steps", cfg.bench_steps);

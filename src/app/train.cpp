@@ -20,6 +20,7 @@
 #include "app/hyper_state.hpp"
 #include "app/progress.hpp"
 #include "app/run_lock.hpp"
+#include "app/signals.hpp"
 #include "core/error.hpp"
 #include "io/csv.hpp"
 #include "io/snapshot.hpp"
@@ -229,6 +230,7 @@ EvalResult evaluate_fmnist(Transformer<float>& model, const FmnistTask& task, Ba
 
 int run_train(Comm& comm, const RunConfig& cfg) {
   validate_layout(cfg, comm.size());
+  install_stop_handlers(cfg.stop_signal);
   const bool root = comm.rank() == 0;
   const std::string ini = to_ini(cfg);
   RunLock lock;  // rank 0 holds it for the whole run
@@ -572,6 +574,16 @@ int run_train(Comm& comm, const RunConfig& cfg) {
     }
     timing.add(this_snap).end_row();
     agree_on_writes();
+    // a stop signal (SIGTERM, SIGINT, --stop-signal) on any rank: all ranks stop after this step
+    int sig = stop_requested();
+    if (par.P > 1) sig = par.comm->allreduce_max(sig);
+    if (sig != 0 && done < cfg.steps) {
+      if (this_snap == 0.0) snapshot(done);
+      progress.line("stopping after step " + std::to_string(done) + " on " + signal_name(sig) + " with snapshot " + last_snap +
+                    "; continue with --resume auto (exit status " + std::to_string(kExitStopped) + ")");
+      agree_on_writes();
+      return kExitStopped;
+    }
     if (stop_here) {
       progress.line("stopping after step " + std::to_string(done) + " (--stop-after) with snapshot " + last_snap +
                     "; continue with --resume auto");

@@ -67,6 +67,8 @@ CASES = [
     (["my.ini"], "my.ini", "did you mean --config my.ini"),  # a stray word
     (["--config", ""], "config", "empty"),
     (["--model", "pilf", "--dynamic-top-k", "true", "--k-min", "0"], "k-min", "must be in [1, top-k"),
+    (["--stop-signal", "SIGFOO"], "stop-signal", "signal name"),
+    (["--stop-signal", "9"], "stop-signal", "catchable"),  # SIGKILL cannot be handled
 ]
 
 
