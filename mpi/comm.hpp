@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string>
 
 namespace hyperrnn {
 
@@ -38,6 +39,8 @@ class Comm {
                          const int64_t* recv_counts, const int64_t* recv_displs) = 0;
   // Ends every rank of the job with the given exit status.
   [[noreturn]] virtual void abort(int status) = 0;
+  // The communication library and its version, one line (provenance).
+  virtual std::string library() const { return "unknown"; }
 };
 
 // Initialises MPI (always, even for one rank) and returns the world communicator. MPI is

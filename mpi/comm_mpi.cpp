@@ -42,6 +42,14 @@ class MpiComm final : public Comm {
   }
   int rank() const override { return rank_; }
   int size() const override { return size_; }
+  std::string library() const override {
+    char v[MPI_MAX_LIBRARY_VERSION_STRING];
+    int n = 0;
+    MPI_Get_library_version(v, &n);
+    std::string s(v, static_cast<size_t>(n));
+    const size_t cut = s.find_first_of(",\n");
+    return s.substr(0, cut);
+  }
   void barrier() override {
     if (size_ > 1) HYPERRNN_MPI(MPI_Barrier(MPI_COMM_WORLD));
   }

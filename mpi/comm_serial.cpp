@@ -10,6 +10,7 @@ class SerialComm final : public Comm {
  public:
   int rank() const override { return 0; }
   int size() const override { return 1; }
+  std::string library() const override { return "serial (no MPI)"; }
   void barrier() override {}
   int allreduce_max(int value) override { return value; }
   void allreduce_max(int*, std::size_t) override {}

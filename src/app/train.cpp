@@ -22,6 +22,7 @@
 #include "app/run_lock.hpp"
 #include "app/signals.hpp"
 #include "core/error.hpp"
+#include "core/version.hpp"
 #include "io/csv.hpp"
 #include "io/snapshot.hpp"
 #include "parallel/threads.hpp"
@@ -393,27 +394,51 @@ int run_train(Comm& comm, const RunConfig& cfg) {
   std::string joined_header;
   for (size_t i = 0; i < header.size(); ++i) joined_header += (i ? "," : "") + header[i];
   loop.metrics_header = joined_header;
-  // this invocation's ranks and threads (not part of the run's identity): logs/invocations.csv
+  // this invocation's provenance (not part of the run's identity): logs/invocations.csv, one row per
+  // start; logs/events.csv, one row per start and per stop with its reason
   const std::vector<int32_t> per_rank = threads_per_rank(par);
+  auto csv_field = [](std::string v) {
+    if (v.empty()) return std::string("-");
+    if (v.find_first_of(",\"\n") == std::string::npos) return v;
+    std::string q = "\"";
+    for (char ch : v) q += ch == '"' ? std::string("\"\"") : std::string(1, ch);
+    return q + "\"";
+  };
+  auto utc = [] {
+    const std::time_t now = std::time(nullptr);
+    char when[32];
+    std::strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+    return std::string(when);
+  };
+  auto env = [](const char* k) { const char* v = std::getenv(k); return std::string(v ? v : ""); };
+  auto event = [&](int64_t step, const std::string& what, const std::string& detail) {
+    if (!root) return;
+    const fs::path ev = out / "logs" / "events.csv";
+    const bool fresh = !fs::exists(ev);
+    std::ofstream f(ev, std::ios::app);
+    if (fresh) f << "utc,step,event,detail\n";
+    f << utc() << "," << step << "," << what << "," << csv_field(detail) << "\n";
+    if (!f) throw RuntimeError("cannot write " + ev.string());
+  };
+  const std::string mpi_lib = comm.library();
   if (root) {
     const fs::path inv = out / "logs" / "invocations.csv";
     const bool fresh = !fs::exists(inv);
     std::ofstream f(inv, std::ios::app);
-    if (fresh) f << "utc,start_step,ranks,threads_per_rank,resume\n";
-    const std::time_t now = std::time(nullptr);
-    char when[32];
-    std::strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
-    f << when << "," << start << "," << par.P << ",";
-    for (size_t r = 0; r < per_rank.size(); ++r) f << (r ? " " : "") << per_rank[r];
-    std::string res = cfg.resume.empty() ? "-" : cfg.resume;
-    if (res.find_first_of(",\"\n") != std::string::npos) {  // CSV quoting
-      std::string q = "\"";
-      for (char ch : res) q += ch == '"' ? std::string("\"\"") : std::string(1, ch);
-      res = q + "\"";
-    }
-    f << "," << res << "\n";
+    if (fresh)
+      f << "utc,start_step,ranks,threads_per_rank,resume,host,slurm_job_id,slurm_array_task_id,slurm_restart_count,blas,mpi,"
+           "compiler,code_version\n";
+    char host[256] = "?";
+    gethostname(host, sizeof host - 1);
+    std::string threads_list;
+    for (size_t r = 0; r < per_rank.size(); ++r) threads_list += (r ? " " : "") + std::to_string(per_rank[r]);
+    f << utc() << "," << start << "," << par.P << "," << threads_list << "," << csv_field(cfg.resume) << "," << csv_field(host) << ","
+      << csv_field(env("SLURM_JOB_ID")) << "," << csv_field(env("SLURM_ARRAY_TASK_ID")) << "," << csv_field(env("SLURM_RESTART_COUNT"))
+      << "," << csv_field(make_blas_single_threaded()) << "," << csv_field(mpi_lib) << "," << csv_field(__VERSION__) << ","
+      << csv_field(code_version()) << "\n";
     if (!f) throw RuntimeError("cannot write " + inv.string());
   }
+  event(start, start > 0 ? "resume" : "start", start > 0 ? "from " + source_run + " step " + std::to_string(start) : "fresh");
   Progress progress(cfg.steps, cfg.log_every, (out / "logs" / "train.log").string(), root);
   // in the step loop, write failures are agreed on by all ranks (below) rather than thrown by rank 0
   for (CsvWriter* w : {&metrics, &evals, &timing, &mara}) w->defer_errors(par.P > 1);
@@ -579,12 +604,14 @@ int run_train(Comm& comm, const RunConfig& cfg) {
     if (par.P > 1) sig = par.comm->allreduce_max(sig);
     if (sig != 0 && done < cfg.steps) {
       if (this_snap == 0.0) snapshot(done);
+      event(done, "stop", signal_name(sig) + ", snapshot " + last_snap);
       progress.line("stopping after step " + std::to_string(done) + " on " + signal_name(sig) + " with snapshot " + last_snap +
                     "; continue with --resume auto (exit status " + std::to_string(kExitStopped) + ")");
       agree_on_writes();
       return kExitStopped;
     }
     if (stop_here) {
+      event(done, "stop", "--stop-after, snapshot " + last_snap);
       progress.line("stopping after step " + std::to_string(done) + " (--stop-after) with snapshot " + last_snap +
                     "; continue with --resume auto");
       return 0;
@@ -618,6 +645,7 @@ int run_train(Comm& comm, const RunConfig& cfg) {
   }
   progress.line("run directory: " + cfg.out + " (config.ini, metrics.csv, timing.csv, eval.csv, " + (marathon ? "marathon.csv, " : "") +
                 "logs/, snapshot " + fs::path(last_snap).filename().string() + ")");
+  event(cfg.steps, "complete", "snapshot " + last_snap);
   agree_on_writes();
   return 0;
 }

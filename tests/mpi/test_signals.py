@@ -63,3 +63,10 @@ def test_stop_signal_snapshot_and_bitwise_resume(tmp_path, ranks, sig):
     r = subprocess.run(cmd(ranks, stopped, "--resume", "auto"), capture_output=True, text=True, timeout=300, env=env())
     assert r.returncode == 0, r.stderr[-2000:]
     assert metrics(stopped / "metrics.csv") == metrics(whole / "metrics.csv")
+    # provenance: each start, stop (with its reason) and resume, and what each invocation ran on
+    events = list(csv.DictReader(open(stopped / "logs" / "events.csv")))
+    assert [e["event"] for e in events] == ["start", "stop", "resume", "complete"]
+    assert signal.Signals(sig).name in events[1]["detail"] and events[1]["step"] == events[2]["step"]
+    inv = list(csv.DictReader(open(stopped / "logs" / "invocations.csv")))
+    assert len(inv) == 2 and all(r["ranks"] == str(ranks) and "OpenBLAS" in r["blas"] and r["mpi"] and r["code_version"]
+                                 for r in inv)
