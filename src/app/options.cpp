@@ -121,6 +121,7 @@ void add_invocation(po::options_description& d, RunConfig& c, Command cmd) {
       ("keep", po::value(&c.keep)->default_value(c.keep), "keep the newest K complete snapshots, pruning older ones after each new one is complete (0 = keep all)")
       ("resume", po::value(&c.resume), "continue from a snapshot: auto (the newest complete one in --out that verifies, falling back to older ones; a fresh start when there is none) or a snapshot PATH (stop with exit 2 unless it verifies)")
       ("stop-signal", po::value(&c.stop_signal)->default_value(c.stop_signal), "besides SIGTERM and SIGINT, the signal that stops the run after its current step with a snapshot and exit status 75 (resumable with --resume auto); SIGUSR2 by default (NCCL may claim SIGUSR1); a second SIGINT aborts")
+      ("time-budget", po::value(&c.time_budget)->default_value(c.time_budget, "0"), "seconds this invocation may run: it stops with a snapshot and exit status 75 when the next step and a snapshot would not fit (0 = no budget; under Slurm the job's end time, SLURM_JOB_END_TIME, sets one)")
       ("stop-after", po::value(&c.stop_after)->default_value(c.stop_after), "stop after step K (the absolute step, beyond a resumed snapshot's) with a snapshot, as a job that runs out of time would (0 = run all --steps); --resume auto continues");
   else if (cmd == Command::Bench)
     d.add_options()
@@ -385,6 +386,7 @@ void validate(const RunConfig& c) {
   non_negative("snapshot-every", c.snapshot_every);
   non_negative("keep", c.keep);
   non_negative("stop-after", c.stop_after);
+  if (c.time_budget < 0.0) bad("time-budget", "must be >= 0 seconds, got " + fmt_double(c.time_budget));
   positive("max-bad-steps", c.max_bad_steps);
 }
 

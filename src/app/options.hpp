@@ -47,7 +47,8 @@ struct RunConfig {
   // snapshots (invocation options: not part of the run's identity in config.ini)
   int64_t snapshot_every = 1000, keep = 0, stop_after = 0;
   std::string resume;  // "", "auto" or a snapshot path
-  std::string stop_signal = "SIGUSR2";  // with SIGTERM and SIGINT: finish the step, snapshot, exit 75
+  std::string stop_signal = "SIGUSR2";
+  double time_budget = 0.0;  // seconds this invocation may run (0 = none; Slurm's job end time when set)  // with SIGTERM and SIGINT: finish the step, snapshot, exit 75
   // branching: theta (and optionally the optimizer state) from a snapshot; part of the identity
   std::string init_from;
   bool init_optimizer = false;

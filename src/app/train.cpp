@@ -545,6 +545,14 @@ int run_train(Comm& comm, const RunConfig& cfg) {
   const int64_t N = static_cast<int64_t>(B) * L;
   double flops = 0.0, busy = 0.0;
   const auto t_run = std::chrono::steady_clock::now();
+  // Time budget: --time-budget seconds from now, or Slurm's projected job end (the earlier).
+  double deadline = cfg.time_budget > 0.0 ? cfg.time_budget : 0.0;  // seconds after t_run; 0 = none
+  if (const char* end = std::getenv("SLURM_JOB_END_TIME")) {
+    const double left = std::strtod(end, nullptr) - static_cast<double>(std::time(nullptr));
+    if (left > 0.0 && (deadline == 0.0 || left < deadline)) deadline = left;
+  }
+  double step_max = 0.0, snap_max = 0.0;  // the slowest step and snapshot so far (the next ones' estimates)
+  const double snap_guess = 1.0 + 12.0 * static_cast<double>(model.table().total()) / 50e6;  // before the first
   for (int64_t step = start; step < cfg.steps; ++step) {
     par.reset_accounting(Lmoe);
     const auto t0 = std::chrono::steady_clock::now();
@@ -599,13 +607,22 @@ int run_train(Comm& comm, const RunConfig& cfg) {
     }
     timing.add(this_snap).end_row();
     agree_on_writes();
-    // a stop signal (SIGTERM, SIGINT, --stop-signal) on any rank: all ranks stop after this step
+    // a stop signal (SIGTERM, SIGINT, --stop-signal) on any rank, or (rank 0's clock) the time
+    // budget: all ranks stop after this step
+    step_max = std::max(step_max, dt);
+    if (this_snap > 0.0) snap_max = std::max(snap_max, this_snap);
+    constexpr int kTimeUp = 1000;  // above every signal number
     int sig = stop_requested();
+    if (root && deadline > 0.0) {
+      const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_run).count();
+      if (elapsed + 2.0 * step_max + (snap_max > 0.0 ? 2.0 * snap_max : snap_guess) + 1.0 > deadline) sig = kTimeUp;
+    }
     if (par.P > 1) sig = par.comm->allreduce_max(sig);
     if (sig != 0 && done < cfg.steps) {
+      const std::string why = sig == kTimeUp ? std::string("the time budget") : signal_name(sig);
       if (this_snap == 0.0) snapshot(done);
-      event(done, "stop", signal_name(sig) + ", snapshot " + last_snap);
-      progress.line("stopping after step " + std::to_string(done) + " on " + signal_name(sig) + " with snapshot " + last_snap +
+      event(done, "stop", why + ", snapshot " + last_snap);
+      progress.line("stopping after step " + std::to_string(done) + " on " + why + " with snapshot " + last_snap +
                     "; continue with --resume auto (exit status " + std::to_string(kExitStopped) + ")");
       agree_on_writes();
       return kExitStopped;

@@ -25,7 +25,11 @@ def cmd(ranks, out, *extra):
     if not BIN:
         pytest.skip("HYPERRNN_BIN not set: run through ctest")
     launch = [MPIEXEC, "--oversubscribe", "-n", str(ranks)] if ranks > 1 else []
-    return [*launch, BIN, "train", *ARGS, "--out", str(out), *extra]
+    base = ARGS
+    if "--steps" in extra:  # the caller's step count replaces ARGS'
+        i = ARGS.index("--steps")
+        base = ARGS[:i] + ARGS[i + 2:]
+    return [*launch, BIN, "train", *base, "--out", str(out), *extra]
 
 
 def metrics(path):
@@ -70,3 +74,27 @@ def test_stop_signal_snapshot_and_bitwise_resume(tmp_path, ranks, sig):
     inv = list(csv.DictReader(open(stopped / "logs" / "invocations.csv")))
     assert len(inv) == 2 and all(r["ranks"] == str(ranks) and "OpenBLAS" in r["blas"] and r["mpi"] and r["code_version"]
                                  for r in inv)
+
+
+@pytest.mark.parametrize("how", ["--time-budget", "SLURM_JOB_END_TIME"])
+def test_time_budget_stops_with_a_snapshot_in_time(tmp_path, how):
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    long = ["--steps", "20000"]
+    r = subprocess.run(cmd(1, whole, *long), capture_output=True, text=True, timeout=300, env=env())
+    assert r.returncode == 0, r.stderr[-2000:]
+    budget = 3.0
+    e = env()
+    extra = list(long)
+    if how == "--time-budget":
+        extra += ["--time-budget", str(budget)]
+    else:
+        e["SLURM_JOB_END_TIME"] = str(int(time.time() + budget + 1))
+    t0 = time.time()
+    r = subprocess.run(cmd(1, stopped, *extra), capture_output=True, text=True, timeout=300, env=e)
+    took = time.time() - t0
+    assert r.returncode == 75, (r.returncode, r.stderr[-2000:])
+    assert "on the time budget with snapshot" in r.stdout
+    assert took < budget + 2.0, took  # it stopped in time (start-up included)
+    r = subprocess.run(cmd(1, stopped, "--steps", "20000", "--resume", "auto"), capture_output=True, text=True, timeout=300, env=env())
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert metrics(stopped / "metrics.csv") == metrics(whole / "metrics.csv")
