@@ -16,26 +16,17 @@
 namespace hyperrnn {
 
 int run_eval(Comm& comm, const RunConfig& cli) {
-  SnapshotInfo snap;
   RunConfig cfg;
-  collective(comm, [&] {
+  const SnapshotInfo snap = open_option_snapshot(comm, cli.snapshot, "snapshot", cfg, [&](const RunConfig& c) {
     try {
-      snap = open_snapshot(cli.snapshot);
-    } catch (const UsageError& e) {
-      throw UsageError(std::string("option '--snapshot': ") + e.what());
-    }
-    cfg = from_ini(snap.config_ini, snap.manifest);
-    try {
-      validate_layout(cfg, comm.size());
+      validate_layout(c, comm.size());
     } catch (const UsageError&) {  // advice in eval's own terms: the run's layout is fixed
-      throw UsageError("ranks: this snapshot's run has " + std::to_string(cfg.shards) + " shards and " +
-                       std::to_string(cfg.model_config().is_moe() ? cfg.experts : 0) +
+      throw UsageError("ranks: this snapshot's run has " + std::to_string(c.shards) + " shards and " +
+                       std::to_string(c.model_config().is_moe() ? c.experts : 0) +
                        " experts per layer; run eval on a rank count that divides the shards (and is at most the experts), not " +
                        std::to_string(comm.size()));
     }
   });
-  const std::string bad = verify_snapshot(snap, comm.size() > 1 ? &comm : nullptr);
-  if (!bad.empty()) throw UsageError("option '--snapshot': " + snap.dir + " fails verification: " + bad);
   const ModelConfig mc = cfg.model_config();
   const int64_t chunk = cli.batch > 0 ? cli.batch : cfg.batch;  // global samples per evaluation batch
   const int64_t samples = cli.eval_samples > 0 ? cli.eval_samples : cfg.eval_samples;  // default: the run's own

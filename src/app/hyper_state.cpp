@@ -1,6 +1,7 @@
 // Writing and reading the hyper-state of a session.
 #include "app/hyper_state.hpp"
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -297,20 +298,27 @@ std::string theta_sha256(const Transformer<float>& model, const PilfState<float>
 
 namespace hyperrnn {
 
-BranchInfo init_from_snapshot(Comm& comm, Session<float>& ses, const RunConfig& cfg) {
-  BranchInfo out;
+SnapshotInfo open_option_snapshot(Comm& comm, const std::string& path, const std::string& option, RunConfig& cfg,
+                                  const std::function<void(const RunConfig&)>& check) {
   SnapshotInfo snap;
-  RunConfig pcfg;
   collective(comm, [&] {
     try {
-      snap = open_snapshot(cfg.init_from);
+      snap = open_snapshot(path);
     } catch (const UsageError& e) {
-      throw UsageError(std::string("option '--init-from': ") + e.what());
+      throw UsageError("option '--" + option + "': " + e.what());
     }
-    pcfg = from_ini(snap.config_ini, snap.manifest);
+    cfg = from_ini(snap.config_ini, snap.manifest);
+    if (check) check(cfg);
   });
   const std::string bad = verify_snapshot(snap, comm.size() > 1 ? &comm : nullptr);
-  if (!bad.empty()) throw UsageError("option '--init-from': " + snap.dir + " fails verification: " + bad);
+  if (!bad.empty()) throw UsageError("option '--" + option + "': " + snap.dir + " fails verification: " + bad);
+  return snap;
+}
+
+BranchInfo init_from_snapshot(Comm& comm, Session<float>& ses, const RunConfig& cfg) {
+  BranchInfo out;
+  RunConfig pcfg;
+  const SnapshotInfo snap = open_option_snapshot(comm, cfg.init_from, "init-from", pcfg);
   // the model shape must fit: the same tensors with the same shapes, in the same order
   const ModelConfig pmc = pcfg.model_config();
   Transformer<float> parent(pmc, 1, 1);  // one rank's layout: the whole parent theta, for its digest

@@ -7,6 +7,7 @@
 // Leaves out: the file mechanics (src/io/snapshot.cpp).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -57,5 +58,10 @@ struct BranchInfo {
   std::vector<std::string> notes;
 };
 BranchInfo init_from_snapshot(Comm& comm, Session<float>& ses, const RunConfig& cfg);
+
+// PATH opened as a snapshot for --option (collective): its configuration into cfg, check run on it
+// within the same agreement, then full verification. UsageError naming the option.
+SnapshotInfo open_option_snapshot(Comm& comm, const std::string& path, const std::string& option, RunConfig& cfg,
+                                  const std::function<void(const RunConfig&)>& check = {});
 
 }  // namespace hyperrnn
