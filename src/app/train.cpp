@@ -434,7 +434,7 @@ int run_train(Comm& comm, const RunConfig& cfg) {
     for (size_t r = 0; r < per_rank.size(); ++r) threads_list += (r ? " " : "") + std::to_string(per_rank[r]);
     f << utc() << "," << start << "," << par.P << "," << threads_list << "," << csv_field(cfg.resume) << "," << csv_field(host) << ","
       << csv_field(env("SLURM_JOB_ID")) << "," << csv_field(env("SLURM_ARRAY_TASK_ID")) << "," << csv_field(env("SLURM_RESTART_COUNT"))
-      << "," << csv_field(make_blas_single_threaded()) << "," << csv_field(mpi_lib) << "," << csv_field(__VERSION__) << ","
+      << "," << csv_field(blas_threading()) << "," << csv_field(mpi_lib) << "," << csv_field(__VERSION__) << ","
       << csv_field(code_version()) << "\n";
     if (!f) throw RuntimeError("cannot write " + inv.string());
   }
@@ -443,7 +443,8 @@ int run_train(Comm& comm, const RunConfig& cfg) {
   // in the step loop, write failures are agreed on by all ranks (below) rather than thrown by rank 0
   for (CsvWriter* w : {&metrics, &evals, &timing, &mara}) w->defer_errors(par.P > 1);
   progress.defer_errors(par.P > 1);
-  // rank 0's writes (CSVs, log) failed? All ranks agree (once per step) and end alike.
+  // rank 0's writes (CSVs, log) failed? All ranks agree and end alike (outside the step loop;
+  // inside it, the per-step agreement below also carries the stop decision).
   auto agree_on_writes = [&] {
     std::string err;
     for (const std::string* e : {&metrics.error(), &evals.error(), &timing.error(), &mara.error(), &progress.error()})
@@ -606,18 +607,26 @@ int run_train(Comm& comm, const RunConfig& cfg) {
       this_snap = snapshot(cfg.steps);
     }
     timing.add(this_snap).end_row();
-    agree_on_writes();
-    // a stop signal (SIGTERM, SIGINT, --stop-signal) on any rank, or (rank 0's clock) the time
-    // budget: all ranks stop after this step
+    // After every step, one agreement (a two-integer max over ranks): did rank 0's writes fail, and
+    // did a stop signal (SIGTERM, SIGINT, --stop-signal) reach any rank or the time budget (rank
+    // 0's clock) run out? All ranks then end or stop after the same step.
     step_max = std::max(step_max, dt);
     if (this_snap > 0.0) snap_max = std::max(snap_max, this_snap);
     constexpr int kTimeUp = 1000;  // above every signal number
-    int sig = stop_requested();
+    std::string write_err;
+    for (const std::string* e : {&metrics.error(), &evals.error(), &timing.error(), &mara.error(), &progress.error()})
+      if (write_err.empty()) write_err = *e;
+    int state[2] = {write_err.empty() ? 0 : 1, stop_requested()};
     if (root && deadline > 0.0) {
       const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_run).count();
-      if (elapsed + 2.0 * step_max + (snap_max > 0.0 ? 2.0 * snap_max : snap_guess) + 1.0 > deadline) sig = kTimeUp;
+      if (elapsed + 2.0 * step_max + (snap_max > 0.0 ? 2.0 * snap_max : snap_guess) + 1.0 > deadline) state[1] = kTimeUp;
     }
-    if (par.P > 1) sig = par.comm->allreduce_max(sig);
+    if (par.P > 1) par.comm->allreduce_max(state, 2);
+    if (state[0] != 0) {  // only rank 0 writes: its message to every rank
+      if (par.P > 1) bcast_string(*par.comm, write_err, 0);
+      throw AgreedError(write_err);
+    }
+    const int sig = state[1];
     if (sig != 0 && done < cfg.steps) {
       const std::string why = sig == kTimeUp ? std::string("the time budget") : signal_name(sig);
       if (this_snap == 0.0) snapshot(done);

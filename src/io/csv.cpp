@@ -119,31 +119,6 @@ void write_file_atomic(const std::string& path, const std::string& text) {
   std::filesystem::rename(tmp, path);
 }
 
-bool continue_csv(const std::string& src, const std::string& dst, const std::vector<std::string>& header, int64_t step) {
-  std::ifstream in(src);
-  if (!in) return false;
-  std::string want;
-  for (size_t i = 0; i < header.size(); ++i) want += (i ? "," : "") + header[i];
-  std::string line;
-  if (!std::getline(in, line) || line != want) return false;
-  std::ostringstream kept;
-  kept << line << '\n';
-  while (std::getline(in, line)) {
-    const long long s = std::strtoll(line.c_str(), nullptr, 10);
-    if (s <= step && !line.empty()) kept << line << '\n';
-  }
-  in.close();
-  const std::string tmp = dst + ".tmp";
-  {
-    std::ofstream o(tmp, std::ios::trunc);
-    o << kept.str();
-    o.flush();
-    if (!o) throw RuntimeError("cannot write '" + tmp + "'");
-  }
-  std::filesystem::rename(tmp, dst);
-  return true;
-}
-
 void CsvWriter::open(const std::string& path, const std::vector<std::string>& header) {
   f_ = std::fopen(path.c_str(), "w");
   if (!f_) throw RuntimeError("cannot write '" + path + "': " + std::strerror(errno));

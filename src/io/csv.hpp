@@ -59,9 +59,5 @@ CsvResume check_resume_csv(const std::string& path, const std::vector<std::strin
 // Writes text to path through a temporary file and a rename.
 void write_file_atomic(const std::string& path, const std::string& text);
 
-// A resumed run's CSV file: the header and the rows of src whose first column (the step) is at
-// most `step`, written to dst through a temporary file and a rename (src may be dst). Returns
-// false, writing nothing, when src is absent or starts with another header.
-bool continue_csv(const std::string& src, const std::string& dst, const std::vector<std::string>& header, int64_t step);
 
 }  // namespace hyperrnn

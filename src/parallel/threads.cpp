@@ -169,13 +169,22 @@ int affinity_cores() {
   return n > 0 ? n : 1;
 }
 
+namespace {
+std::string& blas_text() {
+  static std::string s;
+  return s;
+}
+}  // namespace
+
 std::string make_blas_single_threaded() {
-  if (openblas_set_num_threads == nullptr) return "BLAS: not OpenBLAS (its calls are taken to be single-threaded)";
+  if (openblas_set_num_threads == nullptr) return blas_text() = "BLAS: not OpenBLAS (its calls are taken to be single-threaded)";
   openblas_set_num_threads(1);
   const int t = openblas_get_num_threads ? openblas_get_num_threads() : 1;
   if (t != 1) throw RuntimeError("OpenBLAS still reports " + std::to_string(t) + " threads after openblas_set_num_threads(1)");
   std::string cfg = openblas_get_config ? openblas_get_config() : "";
-  return "BLAS: OpenBLAS (" + cfg + "), 1 thread per call";
+  return blas_text() = "BLAS: OpenBLAS (" + cfg + "), 1 thread per call";
 }
+
+const std::string& blas_threading() { return blas_text(); }
 
 }  // namespace hyperrnn

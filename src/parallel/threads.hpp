@@ -56,5 +56,7 @@ int affinity_cores();
 // (OpenBLAS: openblas_set_num_threads(1)). Returns a one-line description of the BLAS threading
 // after the call; throws when the library reports more than one thread afterwards.
 std::string make_blas_single_threaded();
+// The description make_blas_single_threaded() returned (empty before it ran).
+const std::string& blas_threading();
 
 }  // namespace hyperrnn
