@@ -127,13 +127,14 @@ static void score_one(T* scores, Scratch& s, const T* q, const T* mu_ls, int C, 
 }
 
 template <class T>
-void PilfState<T>::sync_workers() {
+void PilfState<T>::sync_workers(bool routing) {
   const int n = threads().size();
   if (static_cast<int>(workers_.size()) != n) {
     workers_.resize(static_cast<size_t>(n));
     scratch_.resize(static_cast<size_t>(n));
   }
-  for (int w = 0; w < n; ++w) {
+  // routing: thread 0 routes with `gating` itself, so its copy (meta-training's) need not follow
+  for (int w = routing ? 1 : 0; w < n; ++w) {
     std::unique_ptr<GatingTransformer<T>>& g = workers_[static_cast<size_t>(w)];
     if (!g) g = std::make_unique<GatingTransformer<T>>(gating->config(), std::max(batch_capacity_, kMetaChunk));
     g->params = gating->params;
@@ -146,7 +147,7 @@ void PilfState<T>::route(int l, const std::vector<typename Transformer<T>::Route
   const int C = mc.d_model, Kh = cfg.history;
   const size_t L = static_cast<size_t>(l);
   const int n = shards.back().first + shards.back().B;  // this rank's samples
-  if (l == 0) sync_workers();  // the parameters change between forwards only
+  if (l == 0) sync_workers(true);  // the parameters change between forwards only
   s.q[L].resize(static_cast<size_t>(n) * C);
   s.route_q[L].resize(static_cast<size_t>(n) * C);
   s.route_hist[L].resize(static_cast<size_t>(n) * Kh * C);
@@ -511,7 +512,7 @@ StepStats train_step(Transformer<T>& model, nn::AdamW<T>& opt, const Batch& batc
     for (int k = 0; k < nbuf; ++k)
       if (ps->buffers[static_cast<size_t>(k)].size() > 0) sets[static_cast<size_t>(k)] = &ps->replay_set(k, step);
     ps->gating->zero_grad();
-    ps->sync_workers();  // meta-training's chunks run on copies with the current parameters
+    ps->sync_workers(false);  // meta-training's chunks run on copies with the current parameters
     const ParamTable& gt = ps->gating->table();
     std::vector<uint8_t>& bank_skip = s.bank_skip;
     bank_skip.assign(static_cast<size_t>(gt.size()), 0);

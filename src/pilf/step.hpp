@@ -183,7 +183,7 @@ class PilfState {
     std::vector<T> sc_w, sc_m, sc_c, sc_sq, sc_ec, scores, dscores, dq, route_out, qt, hist, mu_ls, dmu_ls;
     std::vector<uint8_t> taken;
   };
-  void sync_workers();
+  void sync_workers(bool routing);  // routing: the copies threads 1.. use; else all (meta-training)
   GatingTransformer<T>& worker(int w) { return *workers_[static_cast<size_t>(w)]; }
   ThreadScratch& thread_scratch(int w) { return scratch_[static_cast<size_t>(w)]; }
   std::vector<std::vector<T>> meta_chunk_grads;  // (chunks)(one bank's parameters)
