@@ -3,6 +3,8 @@
 # root or through sudo), then configures and builds the Release tree in build/ (binary at
 # build/bin/hyperrnn). Idempotent: a second run installs nothing and rebuilds only what changed.
 # Leaves out: starting Slurm (cluster/slurm-up.sh) and running anything.
+# On systemd machines Debian's packages start munge (and try slurmd/slurmctld, which fail without a
+# slurm.conf); cluster/slurm-up.sh works either way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +19,7 @@ packages=(
   libssl-dev                            # SHA-256 of snapshots (OpenSSL libcrypto, SHA-NI accelerated)
   python3 python3-numpy python3-h5py python3-matplotlib python3-pytest python3-torch  # analysis, reference tests
   dataset-fashion-mnist                 # PILF's continual-learning data
+  slurm-wlm munge                       # single-node Slurm for the job-script tests (cluster/slurm-up.sh)
 )
 missing=()
 for p in "${packages[@]}"; do

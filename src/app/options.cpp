@@ -122,7 +122,9 @@ void add_invocation(po::options_description& d, RunConfig& c, Command cmd) {
       ("resume", po::value(&c.resume), "continue from a snapshot: auto (the newest complete one in --out that verifies, falling back to older ones; a fresh start when there is none) or a snapshot PATH (stop with exit 2 unless it verifies)")
       ("stop-signal", po::value(&c.stop_signal)->default_value(c.stop_signal), "besides SIGTERM and SIGINT, the signal that stops the run after its current step with a snapshot and exit status 75 (resumable with --resume auto); SIGUSR2 by default (NCCL may claim SIGUSR1); a second SIGINT aborts")
       ("time-budget", po::value(&c.time_budget)->default_value(c.time_budget, "0"), "seconds this invocation may run: it stops with a snapshot and exit status 75 when the next step and a snapshot would not fit (0 = no budget; under Slurm the job's end time, SLURM_JOB_END_TIME, sets one)")
-      ("stop-after", po::value(&c.stop_after)->default_value(c.stop_after), "stop after step K (the absolute step, beyond a resumed snapshot's) with a snapshot, as a job that runs out of time would (0 = run all --steps); --resume auto continues");
+      ("stop-after", po::value(&c.stop_after)->default_value(c.stop_after), "stop after step K (the absolute step, beyond a resumed snapshot's) with a snapshot, as a job that runs out of time would (0 = run all --steps); --resume auto continues")
+      ("dry-run", po::bool_switch(&c.dry_run), "check the options, the layout for --ranks ranks, the run directory (--out, --resume) and the memory estimate, print what would run, and exit 0 (2 with the reason) without writing anything; one process is enough")
+      ("ranks", po::value(&c.dry_ranks)->default_value(c.dry_ranks), "with --dry-run: the rank count to check for (0 = this launch's)");
   else if (cmd == Command::Bench)
     d.add_options()
       ("bench-steps", po::value(&c.bench_steps)->default_value(c.bench_steps), "timed training steps per repeat")
@@ -386,6 +388,8 @@ void validate(const RunConfig& c) {
   non_negative("snapshot-every", c.snapshot_every);
   non_negative("keep", c.keep);
   non_negative("stop-after", c.stop_after);
+  non_negative("ranks", c.dry_ranks);
+  if (c.dry_ranks > 0 && !c.dry_run) throw UsageError("option '--ranks': only with --dry-run (a launch's rank count is the launcher's -n)");
   if (c.time_budget < 0.0) bad("time-budget", "must be >= 0 seconds, got " + fmt_double(c.time_budget));
   positive("max-bad-steps", c.max_bad_steps);
 }

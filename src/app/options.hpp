@@ -48,6 +48,8 @@ struct RunConfig {
   int64_t snapshot_every = 1000, keep = 0, stop_after = 0;
   std::string resume;  // "", "auto" or a snapshot path
   std::string stop_signal = "SIGUSR2";
+  bool dry_run = false;  // check options, layout, run directory and memory; write nothing
+  int64_t dry_ranks = 0;  // --ranks with --dry-run: the rank count to check for (0 = this launch's)
   double time_budget = 0.0;  // seconds this invocation may run (0 = none; Slurm's job end time when set)  // with SIGTERM and SIGINT: finish the step, snapshot, exit 75
   // branching: theta (and optionally the optimizer state) from a snapshot; part of the identity
   std::string init_from;

@@ -229,7 +229,32 @@ EvalResult evaluate_fmnist(Transformer<float>& model, const FmnistTask& task, Ba
                   [&](int64_t first, int n) { task.fill_test(batch, which, static_cast<int>(first), n); });
 }
 
+// --dry-run: the checks a launch makes before it writes anything, for --ranks ranks, on one
+// process; prints what would run. Leaves out: the dataset files and snapshot verification (both
+// need the data read; a launch checks them before it writes).
+int dry_run(const Comm& comm, const RunConfig& cfg) {
+  const int P = cfg.dry_ranks > 0 ? static_cast<int>(cfg.dry_ranks) : comm.size();
+  validate_layout(cfg, P);
+  install_stop_handlers(cfg.stop_signal);  // checks --stop-signal (the process ends soon anyway)
+  const std::string ini = to_ini(cfg);
+  if (!cfg.resume.empty() && cfg.resume != "auto" && !fs::exists(cfg.resume))
+    throw UsageError("option '--resume': '" + cfg.resume + "' does not exist");
+  if (fs::is_directory(cfg.out)) RunLock::check_free(cfg.out);
+  check_out_dir(cfg, ini);
+  check_memory(cfg, P);
+  if (comm.rank() == 0) {
+    const std::vector<std::string> snaps = fs::is_directory(cfg.out) ? list_snapshots(cfg.out) : std::vector<std::string>{};
+    const std::string what = snaps.empty() ? "a new run"
+                                           : "continues from " + fs::path(snaps.front()).filename().string() + " (--resume auto)";
+    std::printf("hyperrnn train --dry-run: ok: %s on %s, %lld steps on %d rank(s), %s in %s; about %s per rank\n",
+                cfg.model.c_str(), cfg.task.c_str(), static_cast<long long>(cfg.steps), P, what.c_str(), cfg.out.c_str(),
+                gib(estimate_memory(cfg, P).total).c_str());
+  }
+  return 0;
+}
+
 int run_train(Comm& comm, const RunConfig& cfg) {
+  if (cfg.dry_run) return dry_run(comm, cfg);
   validate_layout(cfg, comm.size());
   install_stop_handlers(cfg.stop_signal);
   const bool root = comm.rank() == 0;
