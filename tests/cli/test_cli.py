@@ -232,3 +232,24 @@ def test_non_finite_steps_are_skipped_then_the_run_stops(tmp_path):
     assert "step skipped, nothing updated" in r.stdout
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert [int(row["skipped"]) for row in rows] == [0, 1, 1, 1]
+
+
+def test_dry_run_checks_without_writing(tmp_path):
+    out = tmp_path / "run"
+    r = hyperrnn("train", *TINY, "--out", str(out), "--dry-run", "--ranks", "2")
+    assert r.returncode == 0 and "--dry-run: ok: gauss-moe on mqar, 6 steps on 2 rank(s), a new run" in r.stdout, r.stderr
+    assert not out.exists()
+    # the layout is checked for --ranks, not for this launch's one rank
+    r = hyperrnn("train", *TINY, "--out", str(out), "--dry-run", "--ranks", "3")
+    assert r.returncode == 2 and "the 3 ranks must divide the 8 shards" in r.stderr and not out.exists(), r.stderr
+    # an existing run: its directory is checked and left as it was
+    assert hyperrnn("train", *TINY, "--out", str(out)).returncode == 0
+    files = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    r = hyperrnn("train", *TINY, "--out", str(out), "--dry-run", "--resume", "auto")
+    assert r.returncode == 0 and "continues from step_00000006" in r.stdout, r.stderr
+    r = hyperrnn("train", *tiny_except("d-model"), "--d-model", "8", "--out", str(out), "--dry-run", "--resume", "auto")
+    assert r.returncode == 2 and "already holds a different run" in r.stderr, r.stderr
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == files
+    # --ranks belongs to --dry-run
+    (tmp_path / "b").mkdir()
+    bad(tmp_path / "b", ["--ranks", "2"], "--ranks", "only with --dry-run")
