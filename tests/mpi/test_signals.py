@@ -43,8 +43,13 @@ def rank_pids(parent):
     return [int(p) for p in out]
 
 
-@pytest.mark.parametrize("ranks,sig", [(1, signal.SIGTERM), (1, signal.SIGINT), (2, signal.SIGUSR2)])
-def test_stop_signal_snapshot_and_bitwise_resume(tmp_path, ranks, sig):
+@pytest.mark.parametrize("ranks,sig,to", [(1, signal.SIGTERM, "rank"), (1, signal.SIGINT, "rank"),
+                                         (2, signal.SIGTERM, "rank"), (2, signal.SIGINT, "rank"),
+                                         (2, signal.SIGUSR2, "rank"), (2, signal.SIGUSR2, "mpiexec")])
+def test_stop_signal_snapshot_and_bitwise_resume(tmp_path, ranks, sig, to):
+    """`to`: one rank, or mpiexec itself (OpenMPI passes SIGUSR1/2 on to every rank; SIGTERM and
+    SIGINT it answers by killing the ranks a few seconds later, so only the stop signal is sent
+    to it: what jobs/train.sbatch does)."""
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
     r = subprocess.run(cmd(ranks, whole), capture_output=True, text=True, timeout=300, env=env())
     assert r.returncode == 0, r.stderr[-2000:]
@@ -53,7 +58,7 @@ def test_stop_signal_snapshot_and_bitwise_resume(tmp_path, ranks, sig):
     while not (stopped / "metrics.csv").exists() or len((stopped / "metrics.csv").read_text().splitlines()) < 50:
         assert time.time() - t0 < 60 and p.poll() is None
         time.sleep(0.05)
-    if ranks == 1:
+    if ranks == 1 or to == "mpiexec":
         p.send_signal(sig)
     else:  # one rank only: the other learns it from the agreement after the step
         pids = rank_pids(p.pid)
