@@ -58,6 +58,17 @@ std::pair<std::string, std::string> first_difference(const std::string& a, const
 // Checks --out before anything is written: absent, empty, or holding this very configuration (and
 // then, when it has snapshots, only with --resume: a finished or interrupted run is continued,
 // never silently started over).
+// The compiler that built this binary, with its name (GCC's __VERSION__ is the bare number).
+std::string compiler_name() {
+#if defined(__clang__)
+  return std::string("Clang ") + __clang_version__;
+#elif defined(__GNUC__)
+  return std::string("GCC ") + __VERSION__;
+#else
+  return "unknown compiler";
+#endif
+}
+
 std::string gib(double bytes) {
   char b[32];
   std::snprintf(b, sizeof b, "%.2f GiB", bytes / (1024.0 * 1024.0 * 1024.0));
@@ -459,7 +470,7 @@ int run_train(Comm& comm, const RunConfig& cfg) {
     for (size_t r = 0; r < per_rank.size(); ++r) threads_list += (r ? " " : "") + std::to_string(per_rank[r]);
     f << utc() << "," << start << "," << par.P << "," << threads_list << "," << csv_field(cfg.resume) << "," << csv_field(host) << ","
       << csv_field(env("SLURM_JOB_ID")) << "," << csv_field(env("SLURM_ARRAY_TASK_ID")) << "," << csv_field(env("SLURM_RESTART_COUNT"))
-      << "," << csv_field(blas_threading()) << "," << csv_field(mpi_lib) << "," << csv_field(__VERSION__) << ","
+      << "," << csv_field(blas_threading()) << "," << csv_field(mpi_lib) << "," << csv_field(compiler_name()) << ","
       << csv_field(code_version()) << "\n";
     if (!f) throw RuntimeError("cannot write " + inv.string());
   }

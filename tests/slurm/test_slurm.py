@@ -181,6 +181,10 @@ def test_job_completes(slurm, tmp_path):
     assert (run_dir / "snapshots" / "latest").read_text().strip() == "step_00000300"
     inv = list(csv.DictReader(open(run_dir / "logs" / "invocations.csv")))
     assert len(inv) == 1 and inv[0]["slurm_job_id"] == jid and inv[0]["host"], inv
+    # what it ran on: ranks, threads, BLAS with its kernel, MPI, compiler, git revision
+    i = inv[0]
+    assert i["ranks"] == "1" and i["threads_per_rank"] == "1" and "OpenBLAS" in i["blas"] and i["mpi"], i
+    assert i["compiler"].split()[0] in ("GCC", "Clang") and i["code_version"].startswith("hyperrnn "), i
     assert "train.sbatch: finished" in log, log
 
 
