@@ -12,13 +12,15 @@ time that snapshots every `interval` steps cost. Each rank runs one thread (--th
 $HYPERRNN_BIN or build/bin/hyperrnn.
 """
 import argparse
-import csv
 import os
 import re
 import shutil
 import statistics
 import subprocess
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hyperrnn_analysis import read_table  # noqa: E402
 
 
 def dd_mbps(directory, mb):
@@ -53,8 +55,7 @@ def main():
         for mb, s in re.findall(r"snapshot step_\d+: ([0-9.]+) MB in ([0-9.]+) s", log):
             sizes.append(float(mb))
             times.append(float(s))
-        with open(os.path.join(out, "timing.csv")) as f:
-            steps += [float(r["step_time_s"]) for r in csv.DictReader(f)]
+        steps += list(read_table(os.path.join(out, "timing.csv"))["step_time_s"])
         shutil.rmtree(out)
         dd.append(dd_mbps(a.dir, max(1, round(statistics.median(sizes)))))
     mb, t, st = statistics.median(sizes), statistics.median(times), statistics.median(steps)

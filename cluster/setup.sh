@@ -20,6 +20,7 @@ packages=(
   python3 python3-numpy python3-h5py python3-matplotlib python3-pytest python3-torch  # analysis, reference tests
   dataset-fashion-mnist                 # PILF's continual-learning data
   slurm-wlm munge                       # single-node Slurm for the job-script tests (cluster/slurm-up.sh)
+  chromium                              # headless browser: the analysis report's test
 )
 missing=()
 for p in "${packages[@]}"; do
