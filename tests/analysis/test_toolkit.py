@@ -50,7 +50,9 @@ def runs(tmp_path_factory):
         pytest.skip("HYPERRNN_BIN not set: run through ctest")
     d = tmp_path_factory.mktemp("runs")
     todo = {"pilf": [MPIEXEC, "--oversubscribe", "-n", "2", BIN, "train", *PILF],
-            "pilf1": [BIN, "train", *PILF], "dense": [BIN, "train", *DENSE]}
+            "pilf1": [BIN, "train", *PILF], "dense": [BIN, "train", *DENSE],
+            "moe": [BIN, "train", *PILF[2:PILF.index("--steps")], "--model", "moe", "--steps", "60", "--snapshot-every", "30"],
+            "gauss-moe": [BIN, "train", *PILF[2:PILF.index("--steps")], "--model", "gauss-moe", "--steps", "60"]}
     if os.path.isdir("/usr/share/datasets/fashion-mnist"):
         todo["mar"] = [BIN, "train", *MARATHON]
     for name, cmd in todo.items():
@@ -234,7 +236,7 @@ class Refs(html.parser.HTMLParser):
 
 def test_report_opens_in_a_real_browser(runs, tmp_path):
     out = tmp_path / "report"
-    names = [n for n in ("pilf", "dense", "mar") if (runs / n).exists()]
+    names = [n for n in ("pilf", "dense", "moe", "gauss-moe", "mar") if (runs / n).exists()]  # every model
     r = tool("report", *[runs / n for n in names], "--out", out)
     assert r.returncode == 0, r.stderr
     page = (out / "index.html").read_text()
