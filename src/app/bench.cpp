@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <string>
 #include <vector>
 
 #include "app/commands.hpp"
@@ -13,7 +14,53 @@
 
 namespace hyperrnn {
 
+// bench --comm: per collective and message size, the median over repeats of the mean time per
+// call (calls per repeat: enough for ~4 MiB moved, 5 to 1000), all ranks timing the same calls
+// between barriers; rank 0 prints CSV. The performance model (analysis/hyperrnn_analysis/perfmodel.py)
+// fits latency and bandwidth to these.
+int bench_comm(Comm& comm, const RunConfig& cfg) {
+  const int P = comm.size();
+  std::vector<std::string> rows;
+  for (int64_t bytes = 8; bytes <= (int64_t{4} << 20); bytes *= 8) {
+    const int64_t calls = std::clamp<int64_t>((int64_t{4} << 20) / bytes, 5, 1000);
+    for (const char* op : {"alltoallv", "allreduce_int64", "allgather"}) {
+      const int64_t n4 = std::max<int64_t>(1, bytes / 4), n8 = std::max<int64_t>(1, bytes / 8);
+      std::vector<float> send(static_cast<size_t>(n4 * P), 1.0f), recv(static_cast<size_t>(n4 * P));
+      std::vector<int64_t> counts(static_cast<size_t>(P), n4), displs(static_cast<size_t>(P));
+      for (int r = 0; r < P; ++r) displs[static_cast<size_t>(r)] = n4 * r;
+      std::vector<int64_t> ints(static_cast<size_t>(n8), 1);
+      std::vector<char> gin(static_cast<size_t>(bytes), 1), gout(static_cast<size_t>(bytes * P));
+      auto once = [&] {
+        if (op[3] == 't') comm.alltoallv(send.data(), counts.data(), displs.data(), recv.data(), counts.data(), displs.data());
+        else if (op[3] == 'r') comm.allreduce_sum(ints.data(), ints.size());
+        else comm.allgather_bytes(gin.data(), static_cast<size_t>(bytes), gout.data());
+      };
+      once();  // warm-up
+      std::vector<double> per_call;
+      for (int64_t r = 0; r < cfg.bench_repeats; ++r) {
+        comm.barrier();
+        const auto t0 = std::chrono::steady_clock::now();
+        for (int64_t i = 0; i < calls; ++i) once();
+        double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / static_cast<double>(calls);
+        int ns = static_cast<int>(std::min(dt * 1e9, 2.0e9));  // the slowest rank's time (ns)
+        ns = comm.allreduce_max(ns);
+        per_call.push_back(static_cast<double>(ns) * 1e-9);
+      }
+      std::sort(per_call.begin(), per_call.end());
+      char b[160];
+      std::snprintf(b, sizeof b, "%s,%d,%lld,%.9g", op, P, static_cast<long long>(bytes), per_call[per_call.size() / 2]);
+      rows.emplace_back(b);
+    }
+  }
+  if (comm.rank() == 0) {
+    std::printf("op,ranks,bytes,seconds\n");
+    for (const std::string& r : rows) std::printf("%s\n", r.c_str());
+  }
+  return 0;
+}
+
 int run_bench(Comm& comm, const RunConfig& cfg) {
+  if (cfg.bench_comm) return bench_comm(comm, cfg);
   validate_layout(cfg, comm.size());
   const double peak = std::max(measure_sgemm_gflops(512, 5), measure_sgemm_gflops(1024, 3));
   std::unique_ptr<Session<float>> session;

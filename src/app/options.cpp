@@ -128,7 +128,8 @@ void add_invocation(po::options_description& d, RunConfig& c, Command cmd) {
   else if (cmd == Command::Bench)
     d.add_options()
       ("bench-steps", po::value(&c.bench_steps)->default_value(c.bench_steps), "timed training steps per repeat")
-      ("repeats", po::value(&c.bench_repeats)->default_value(c.bench_repeats), "repeats (the median is reported)");
+      ("repeats", po::value(&c.bench_repeats)->default_value(c.bench_repeats), "repeats (the median is reported)")
+      ("comm", po::bool_switch(&c.bench_comm), "instead of the model: time the collectives the step uses (alltoallv of float rows, the exact shard sum's int64 allreduce, allgather) through the program's own Comm layer at message sizes from 8 B to 2 MiB, and print them as CSV (op,ranks,bytes,seconds: the median over --repeats of the mean over many calls; bytes per peer for alltoallv, per rank for allgather, the whole vector for allreduce)");
   else
     d.add_options()
       ("snapshot", po::value(&c.snapshot), "snapshot directory, its manifest.h5, or a run directory (uses snapshots/latest)")

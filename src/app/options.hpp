@@ -86,6 +86,7 @@ struct RunConfig {
   std::string eval_csv;  // "" = RUN/eval-snapshots.csv, "-" = none
   // bench subcommand
   int64_t bench_steps = 20, bench_repeats = 5;
+  bool bench_comm = false;  // bench --comm: the collectives' latency and bandwidth instead of the model
 
   ModelConfig model_config() const;
   MqarConfig mqar_config() const;

@@ -355,7 +355,8 @@ int run_train(Comm& comm, const RunConfig& cfg) {
   // between ranks (all ranks together): everything that depends on the rank count lives here, so
   // metrics.csv is the same for every P apart from its wall-clock columns.
   const int Lmoe = mc.is_moe() ? mc.layers : 0;
-  std::vector<std::string> theader = {"step", "ranks", "threads", "step_time_s", "compute_s", "dispatch_s", "reduce_s", "optimizer_s"};
+  std::vector<std::string> theader = {"step", "ranks", "threads", "step_time_s", "compute_s", "dispatch_s", "reduce_s",
+                                      "optimizer_s", "pilf_s", "expert_s"};
   for (int l = 0; l < Lmoe; ++l) theader.push_back("xfer_bytes_l" + std::to_string(l));
   theader.push_back("snapshot_s");  // a snapshot written after this step (0 when none)
   const std::vector<std::string> eheader = {"step", "split", "loss", "acc"};
@@ -596,8 +597,8 @@ int run_train(Comm& comm, const RunConfig& cfg) {
     const StepStats st = ses.train(step);
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     timing.add(step + 1).add(static_cast<int64_t>(par.P)).add(static_cast<int64_t>(threads().size())).add(dt)
-        .add(std::max(0.0, dt - par.dispatch_s - par.reduce_s - st.optimizer_s))
-        .add(par.dispatch_s).add(par.reduce_s).add(st.optimizer_s);
+        .add(std::max(0.0, dt - par.dispatch_s - par.reduce_s - st.optimizer_s - st.pilf_s))
+        .add(par.dispatch_s).add(par.reduce_s).add(st.optimizer_s).add(st.pilf_s).add(par.expert_s);
     for (int64_t b : par.layer_bytes) timing.add(b);  // the row ends after the snapshot decision
     busy += dt;
     if (!st.skipped) flops += model.step_flops() + ses.pilf.step_flops(B, st.meta);  // a skipped step ran no backward

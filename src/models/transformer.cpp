@@ -386,7 +386,10 @@ double Transformer<T>::forward(const Batch& batch) {
       nn::moe_route<T>(c, Ly.ln2_out, moe_weights(Ly, params), rk, md);
       const int E = cfg_.experts;
       if (par.P == 1) {
-        nn::moe_experts_forward<T>(c.ys, c.h, c.act, c.xs, c.offsets, E, experts, md);
+        {
+          ScopedTimer tx(par.expert_s);
+          nn::moe_experts_forward<T>(c.ys, c.h, c.act, c.xs, c.offsets, E, experts, md);
+        }
         for (int e = 0; e < E; ++e) expert_tokens_[l * E + e] = nn::moe_tokens_of(c.offsets, e);
       } else {
         ExpertExchange& X = xch_[l];
@@ -395,8 +398,11 @@ double Transformer<T>::forward(const Batch& batch) {
         const size_t R = static_cast<size_t>(X.own_rows());
         o.xs.resize(R * C); o.ys.resize(R * C); o.h.resize(R * F); o.act.resize(R * F);
         X.dispatch(c.xs, o.xs.data(), C, par);
-        nn::moe_experts_forward<T>(o.ys.data(), o.h.data(), o.act.data(), o.xs.data(), X.own_offsets(),
-                                   par.experts_hi() - par.experts_lo(), experts, md);
+        {
+          ScopedTimer tx(par.expert_s);
+          nn::moe_experts_forward<T>(o.ys.data(), o.h.data(), o.act.data(), o.xs.data(), X.own_offsets(),
+                                     par.experts_hi() - par.experts_lo(), experts, md);
+        }
         X.give_back(o.ys.data(), c.ys, C, par);
         for (int e = 0; e < E; ++e) expert_tokens_[l * E + e] = X.expert_rows()[static_cast<size_t>(e)];
       }
@@ -587,6 +593,7 @@ void Transformer<T>::backward() {
       T* experts = params.data() + table_[Ly.expert_here].offset;  // this rank's experts' block
       T* gexperts = grads.data() + table_[Ly.expert_here].offset;
       if (par.P == 1) {
+        ScopedTimer tx(par.expert_s);
         nn::moe_experts_backward<T>(sc.dxs, sc.dact, sc.dh, gexperts, sc.dys, c.xs, c.h, c.act, c.offsets, cfg_.experts,
                                     experts, md);
       } else {
@@ -595,9 +602,12 @@ void Transformer<T>::backward() {
         const size_t R = static_cast<size_t>(X.own_rows());
         own_dys_.resize(R * C); own_dxs_.resize(R * C); own_dact_.resize(R * F); own_dh_.resize(R * F);
         X.dispatch(sc.dys, own_dys_.data(), C, par);
-        nn::moe_experts_backward<T>(own_dxs_.data(), own_dact_.data(), own_dh_.data(), gexperts, own_dys_.data(),
-                                    o.xs.data(), o.h.data(), o.act.data(), X.own_offsets(),
-                                    par.experts_hi() - par.experts_lo(), experts, md);
+        {
+          ScopedTimer tx(par.expert_s);
+          nn::moe_experts_backward<T>(own_dxs_.data(), own_dact_.data(), own_dh_.data(), gexperts, own_dys_.data(),
+                                      o.xs.data(), o.h.data(), o.act.data(), X.own_offsets(),
+                                      par.experts_hi() - par.experts_lo(), experts, md);
+        }
         X.give_back(own_dxs_.data(), sc.dxs, C, par);
       }
       nn::moe_scatter_add<T>(dln_, sc.dxs, c, md);

@@ -16,15 +16,6 @@ namespace hyperrnn {
 
 namespace {
 // Adds the seconds since construction to `acc` when it goes out of scope.
-class Stopwatch {
- public:
-  explicit Stopwatch(double& acc) : acc_(acc), t0_(std::chrono::steady_clock::now()) {}
-  ~Stopwatch() { acc_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count(); }
-
- private:
-  double& acc_;
-  std::chrono::steady_clock::time_point t0_;
-};
 }  // namespace
 
 Parallel::Parallel(Comm* c, int shards, int experts) : comm(c), S(shards), E(experts) {
@@ -55,14 +46,14 @@ void Parallel::local_block(int64_t n, int64_t& first, int& count, std::vector<in
 }
 
 void Parallel::reset_accounting(int moe_layers) {
-  dispatch_s = reduce_s = 0.0;
+  dispatch_s = reduce_s = expert_s = 0.0;
   layer_bytes.assign(static_cast<size_t>(moe_layers), 0);
 }
 
 void Parallel::sum_over_shards(const double* local, int m, double* out) {
   const double* all = local;
   if (P > 1) {
-    Stopwatch w(reduce_s);
+    ScopedTimer w(reduce_s);
     gather_.resize(static_cast<size_t>(S) * static_cast<size_t>(m));
     comm->allgather_bytes(local, static_cast<size_t>(local_shards()) * static_cast<size_t>(m) * sizeof(double), gather_.data());
     all = gather_.data();
@@ -74,7 +65,7 @@ void Parallel::sum_over_shards(const double* local, int m, double* out) {
 
 void Parallel::merge_owned(double* v, size_t n) {
   if (P == 1) return;
-  Stopwatch w(reduce_s);
+  ScopedTimer w(reduce_s);
   comm->allreduce_sum(v, n);
 }
 
@@ -83,7 +74,7 @@ void Parallel::allgather(const void* send, size_t bytes, void* recv) {
     if (bytes && send != recv) std::memmove(recv, send, bytes);
     return;
   }
-  Stopwatch w(reduce_s);
+  ScopedTimer w(reduce_s);
   comm->allgather_bytes(send, bytes, recv);
 }
 
@@ -121,7 +112,7 @@ void ShardSum<T>::sum(T* out, const std::vector<const T*>& shards, const std::ve
                       Parallel& par) {
   const int Sl = static_cast<int>(shards.size());
   HYPERRNN_CHECK(Sl == par.local_shards(), "ShardSum: one buffer per local shard");
-  Stopwatch w(par.reduce_s);
+  ScopedTimer w(par.reduce_s);
   if (par.reduction == Reduction::Plain) {  // benchmark baseline: shard order locally, then MPI's sum
     for (const auto& [b, e] : ranges) {
       for (int64_t i = b; i < e; ++i) {
@@ -220,7 +211,7 @@ std::vector<double>& ExpertExchange::tmp<double>() { return tmp_d_; }
 
 void ExpertExchange::plan(const int32_t* local_offsets, Parallel& par, int layer, int width_bytes) {
   const int P = par.P, E = par.E;
-  Stopwatch w(par.dispatch_s);
+  ScopedTimer w(par.dispatch_s);
   mine_.resize(static_cast<size_t>(E));
   for (int e = 0; e < E; ++e) mine_[static_cast<size_t>(e)] = local_offsets[e + 1] - local_offsets[e];
   counts_.resize(static_cast<size_t>(P) * E);
@@ -288,7 +279,7 @@ void ExpertExchange::permute(const T* from, T* to, int W, bool to_canonical) {
 
 template <class T>
 void ExpertExchange::dispatch(const T* local, T* own, int W, Parallel& par) {
-  Stopwatch w(par.dispatch_s);
+  ScopedTimer w(par.dispatch_s);
   std::vector<T>& buf = tmp<T>();
   buf.resize(static_cast<size_t>(own_rows()) * W);
   scale(W);
@@ -298,7 +289,7 @@ void ExpertExchange::dispatch(const T* local, T* own, int W, Parallel& par) {
 
 template <class T>
 void ExpertExchange::give_back(const T* own, T* local, int W, Parallel& par) {
-  Stopwatch w(par.dispatch_s);
+  ScopedTimer w(par.dispatch_s);
   std::vector<T>& buf = tmp<T>();
   buf.resize(static_cast<size_t>(own_rows()) * W);
   permute(own, buf.data(), W, false);

@@ -4,6 +4,7 @@
 // accounting (time in exchanges and reductions, bytes moved). With P = 1 nothing here calls Comm.
 // Leaves out: the maths (src/nn, src/models) and MPI itself (mpi/).
 #pragma once
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -13,6 +14,19 @@
 namespace hyperrnn {
 
 class Comm;
+
+// Adds the seconds of its lifetime to acc (the step's time accounting).
+class ScopedTimer {
+ public:
+  explicit ScopedTimer(double& acc) : acc_(acc), t0_(std::chrono::steady_clock::now()) {}
+  ~ScopedTimer() { acc_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count(); }
+  ScopedTimer(const ScopedTimer&) = delete;
+  ScopedTimer& operator=(const ScopedTimer&) = delete;
+
+ private:
+  double& acc_;
+  std::chrono::steady_clock::time_point t0_;
+};
 
 // Gradients of replicated tensors are summed over shards either reproducibly (the result does
 // not depend on P) or, for the benchmark's comparison only, by a plain floating-point allreduce.
@@ -47,6 +61,7 @@ class Parallel {
 
   // Accounting, accumulated until reset (train logs it per step).
   double dispatch_s = 0.0, reduce_s = 0.0;
+  double expert_s = 0.0;  // the rank's expert FFN forward and backward (part of the compute)
   std::vector<int64_t> layer_bytes;  // (MoE layers) bytes moved between ranks, all ranks together
   void reset_accounting(int moe_layers);
 

@@ -144,6 +144,7 @@ void PilfState<T>::sync_workers(bool routing) {
 template <class T>
 void PilfState<T>::route(int l, const std::vector<typename Transformer<T>::RouteShard>& shards) {
   if (shards.empty()) return;
+  ScopedTimer timer(route_s);
   const int C = mc.d_model, Kh = cfg.history;
   const size_t L = static_cast<size_t>(l);
   const int n = shards.back().first + shards.back().B;  // this rank's samples
@@ -315,6 +316,7 @@ StepStats train_step(Transformer<T>& model, nn::AdamW<T>& opt, const Batch& batc
   const int Lm = mc.is_moe() ? mc.layers : 0, E = mc.experts;
   Parallel& par = model.parallel();
   StepStats st;
+  if (ps) ps->route_s = 0.0;
   st.lr = nn::lr_at(step, sc.total_steps, sc.warmup, sc.lr, sc.lr_min_ratio);
   st.loss = model.forward(batch);
   st.acc = model.accuracy();
@@ -432,6 +434,21 @@ StepStats train_step(Transformer<T>& model, nn::AdamW<T>& opt, const Batch& batc
   st.optimizer_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_opt).count();
 
   if (!ps || !mc.memory_routing()) return st;
+  // PILF's own work from here on (curation, dynamic-k statistics, meta-training) and the routing
+  // during the forward: pilf_s, without the collectives (they count as reductions)
+  const auto t_pilf = std::chrono::steady_clock::now();
+  const double reduce0 = par.reduce_s;
+  struct PilfTime {
+    StepStats& st;
+    const PilfState<T>& ps;
+    const Parallel& par;
+    std::chrono::steady_clock::time_point t0;
+    double reduce0;
+    ~PilfTime() {
+      st.pilf_s = ps.route_s + std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() -
+                  (par.reduce_s - reduce0);
+    }
+  } pilf_time{st, *ps, par, t_pilf, reduce0};
   auto& s = ps->s;
   const int nbuf = static_cast<int>(ps->buffers.size());
   auto report_buffers = [&] {

@@ -95,6 +95,9 @@ struct StepStats {
   double routing_acc = std::numeric_limits<double>::quiet_NaN();
   double k_mean = 0.0;  // experts per token, mean over tokens and MoE layers
   double optimizer_s = 0.0;  // time in clipping and AdamW (the timing split; not part of theta)
+  // model pilf: routing (the GatingTransformer's forward), curation, dynamic-k statistics and
+  // meta-training, without their collectives (timing split)
+  double pilf_s = 0.0;
 };
 
 // The state PILF adds to theta: PILR statistics, and for model pilf the GatingTransformer with
@@ -110,6 +113,7 @@ class PilfState {
   void attach(Transformer<T>& model);
 
   const PilfConfig cfg;
+  double route_s = 0.0;  // this step's time in routing (timing split; reset by train_step)
   const ModelConfig mc;
   const uint64_t seed;
   pilf::PilrAdaptor pilr_expert, pilr_gating;  // single mode uses pilr_expert for the global surprise
