@@ -123,6 +123,25 @@ def build_parser():
                                    "directory or its metrics.csv. Tab-separated.", formatter_class=fmt)
     p.add_argument("run", metavar="RUN")
     p.add_argument("--windows", type=positive_int, default=5, metavar="N", help="number of windows (default 5)")
+    p = sub.add_parser("study-plan", help="check a scaling study file and print its points",
+                       description="Reads a study file (jobs/configs/study-*.ini; its keys are in\n"
+                                   "analysis/hyperrnn_analysis/study.py and docs/scaling.md), checks every point (P\n"
+                                   "divides the shards, P at most the experts, a known model) and prints one line per\n"
+                                   "point: NAME P T and its hyperrnn train options, shell-quoted. With --write it also\n"
+                                   "writes DIR/study.json, which `scaling` reads. jobs/submit-study.sh calls this.",
+                       formatter_class=fmt)
+    p.add_argument("study", metavar="STUDY.ini")
+    p.add_argument("--out", required=True, metavar="DIR", help="the study directory")
+    p.add_argument("--write", action="store_true", help="write DIR/study.json (DIR must exist)")
+    p = sub.add_parser("scaling", help="analyse a finished scaling study directory",
+                       description="Reads DIR/study.json and every point's run directory and writes DIR/study.csv\n"
+                                   "(per point: median step time, tokens/s, speedup, parallel efficiency, the split into\n"
+                                   "experts, dense compute, dispatch, reductions, PILF bookkeeping and optimizer, the\n"
+                                   "model's prediction and its error; failed points marked failed), DIR/model.csv and\n"
+                                   "DIR/model.md (predictions to P = 1024 on this node's fitted network and a 25 GB/s,\n"
+                                   "2 us inter-node one) and DIR/study-{scaling,phases,model}.png.",
+                       formatter_class=fmt)
+    p.add_argument("dir", metavar="DIR")
     return ap
 
 
@@ -130,6 +149,25 @@ def run_command(a):
     from . import figures, report, tables
     from .runs import open_runs
 
+    if a.command == "study-plan":
+        import json
+        import shlex
+        from . import study
+        pl = study.plan(a.study, a.out)
+        if a.write:
+            with open(os.path.join(a.out, "study.json"), "w") as f:
+                json.dump(pl, f, indent=1)
+        print(f"# {pl['name']}: {pl['kind']} scaling of {pl['model']} ({pl['config']}), {len(pl['points'])} point(s)")
+        for pt in pl["points"]:
+            print(pt["name"], pt["P"], pt["T"], shlex.join(study.point_args(pl, pt)))
+        return 0
+    if a.command == "scaling":
+        from . import study
+        rows = study.analyse(a.dir)
+        failed = [f"P{r['P']}-T{r['T']}" for r in rows if r["status"] != "ok"]
+        print(f"scaling: {len(rows)} point(s), {len(failed)} failed{': ' + ', '.join(failed) if failed else ''}; "
+              f"wrote {os.path.join(a.dir, 'study.csv')}, model.csv, model.md and study-*.png")
+        return 0
     if a.command in ("marathon", "pilf-windows"):
         if a.command == "marathon":
             head, body = tables.marathon(a.runs)

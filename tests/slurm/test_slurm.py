@@ -9,6 +9,8 @@ import hashlib
 import os
 import re
 import shutil
+import statistics
+import sys
 import subprocess
 import time
 from pathlib import Path
@@ -320,3 +322,96 @@ def test_bad_input_fails_fast_with_one_line(slurm, tmp_path, case):
     assert after == before  # no earlier run's file touched, nothing new written
     time.sleep(1)
     assert job(jid)["JobState"] == "FAILED" and job(jid)["Restarts"] == "0"
+
+
+# --- scaling studies (jobs/submit-study.sh) --------------------------------------------------------
+HELPER = ROOT / "jobs" / "submit-study.sh"
+STUDY = """kind = weak
+config = {config}
+ranks = 1 2
+steps = 60
+warmup = 10
+batch-per-rank = 16
+shards-per-rank = 2
+"""
+
+
+def study_file(tmp, **kw):
+    cfg = tmp / "model.ini"
+    cfg.write_text("model = gauss-moe\nd-model = 32\nlayers = 1\nheads = 2\nexperts = 4\ntop-k = 2\nvocab = 40\n"
+                   "seq-len = 32\nkv-pairs = 2\n" + kw.pop("model_extra", ""))
+    text = STUDY.format(config=cfg)
+    for k, v in kw.items():
+        text = re.sub(rf"^{k} = .*$", f"{k} = {v}", text, flags=re.M) if re.search(rf"^{k} = ", text, re.M) \
+            else text + f"{k} = {v}\n"
+    p = tmp / "study.ini"
+    p.write_text(text)
+    return p
+
+
+def submit_study(tmp, study, *extra):
+    r = run(["bash", str(HELPER), str(study), "--out", str(tmp / "study"), *extra], cwd=tmp, env=job_env())
+    ids = dict(re.findall(r"^submit-study.sh: (?:point )?(\S+).*?: job (\d+)", r.stdout, re.M))
+    return r, ids
+
+
+def median_after(path, col, skip):
+    with open(path) as f:
+        vals = [float(row[col]) for row in csv.DictReader(f)][skip:]
+    return statistics.median(vals)
+
+
+def test_weak_study_through_the_helper(slurm, tmp_path):
+    r, ids = submit_study(tmp_path, study_file(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert set(ids) >= {"P1-T1", "P2-T1", "analysis"}, r.stdout
+    j = wait(ids["analysis"], 300)
+    out = tmp_path / "study"
+    assert j["JobState"] == "COMPLETED", (out / "logs").glob("analysis-*.out")
+    rows = {row["P"]: row for row in csv.DictReader(open(out / "study.csv"))}
+    assert set(rows) == {"1", "2"} and all(row["status"] == "ok" for row in rows.values())
+    for P, row in rows.items():
+        run_dir = out / "points" / f"P{P}-T1"
+        # the CSV's figures are the runs' timing.csv and metrics.csv medians (after the warm-up rows)
+        assert float(row["step_time_s"]) == pytest.approx(median_after(run_dir / "timing.csv", "step_time_s", 10), rel=1e-5)
+        assert float(row["tokens_per_s"]) == pytest.approx(median_after(run_dir / "metrics.csv", "tokens_per_s", 10), rel=1e-5)
+        assert float(row["dispatch_s"]) == pytest.approx(median_after(run_dir / "timing.csv", "dispatch_s", 10), rel=1e-5, abs=1e-12)
+    eff = float(rows["1"]["step_time_s"]) / float(rows["2"]["step_time_s"])
+    assert float(rows["2"]["efficiency"]) == pytest.approx(eff, rel=1e-4)
+    assert rows["2"]["predicted_step_time_s"] and rows["2"]["prediction_error"]
+    for png in ("study-scaling", "study-phases", "study-model"):
+        assert (out / f"{png}.png").stat().st_size > 5000
+    assert "efficiency >= 0.8 up to P =" in (out / "model.md").read_text()
+    assert (out / "comm" / "P2.csv").read_text().startswith("op,ranks,bytes,seconds")
+
+
+def test_a_failed_point_is_marked_and_the_analysis_completes(slurm, tmp_path):
+    r, ids = submit_study(tmp_path, study_file(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert run(["scancel", ids["P2-T1"]]).returncode == 0  # it waits behind P1 (singleton): cancelled before it runs
+    j = wait(ids["analysis"], 300)
+    assert j["JobState"] == "COMPLETED"
+    rows = {row["P"]: row for row in csv.DictReader(open(tmp_path / "study" / "study.csv"))}
+    assert rows["1"]["status"] == "ok" and rows["2"]["status"] == "failed" and rows["2"]["step_time_s"] == ""
+    sys.path.insert(0, str(ROOT / "analysis"))
+    from hyperrnn_analysis import study
+    _, figs = study.analyse(str(tmp_path / "study"), keep_figures=True)
+    marks = [l.get_gid() for ax in figs["study-scaling"].axes for l in ax.get_lines() if (l.get_gid() or "").startswith("failed:")]
+    assert "failed:P2-T1" in marks
+    texts = [t.get_gid() for ax in figs["study-phases"].axes for t in ax.texts]
+    assert "failed:P2 T1" in texts
+
+
+@pytest.mark.parametrize("change,why", [
+    ({"ranks": ""}, "'ranks' is empty"),
+    ({"kind": "strong", "ranks": "1 3", "model_extra": "batch = 16\nshards = 2\n"}, "P = 3 does not divide the 2 shards"),
+    ({"ranks": "1 8"}, "P = 8 exceeds the config's 4 experts"),
+    ({"model_extra": "model = transformer\n"}, "unknown model 'transformer'"),
+])
+def test_study_bad_input_submits_nothing(slurm, tmp_path, change, why):
+    before = run(["squeue", "-h", "-o", "%i"]).stdout
+    r, ids = submit_study(tmp_path, study_file(tmp_path, **change))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and why in lines[0], r.stdout + r.stderr
+    assert ids == {} and not (tmp_path / "study").exists()
+    assert sorted(run(["squeue", "-h", "-o", "%i"]).stdout.split()) == sorted(before.split())

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# submit-study.sh: submits a whole scaling study to Slurm: one job per point (P ranks x T threads,
+# each through jobs/train.sbatch, one after another: they share a job name and
+# --dependency=singleton, so points never compete for the node), a communication benchmark job per
+# P > 1 (`hyperrnn bench --comm`), and an analysis job (--dependency=afterany on all of them) that
+# writes the study's CSV, PNGs and the performance model's predictions into the study directory.
+#
+#   jobs/submit-study.sh [STUDY.ini] [--out DIR] [--dry-run]
+#   jobs/submit-study.sh jobs/configs/study-weak-pilf.ini --out runs/weak-pilf
+#
+# Parameters
+#   STUDY.ini   the study (default jobs/configs/study-weak-gauss-moe.ini): kind = weak | strong, config
+#               (the model configuration), ranks (the P list), threads (the T list), steps, warmup,
+#               batch-per-rank and shards-per-rank (weak), options (more hyperrnn train options);
+#               see docs/scaling.md
+#   --out DIR   the study directory (default runs/study-NAME); it must not exist or be empty
+#   --dry-run   check everything and print the sbatch commands, submit nothing
+# Environment: HYPERRNN_BIN (default `hyperrnn` on PATH), HYPERRNN_LAUNCHER and the rest of
+# jobs/train.sbatch's; sbatch options for every job in HYPERRNN_SBATCH_OPTS (e.g. "-p batch").
+# Before anything is submitted, every point is checked: the study file (an empty P list, a P that
+# does not divide the shards, a P above the experts, an unknown model), `hyperrnn train --dry-run
+# --ranks P` with the point's options, and `sbatch --test-only` for its resources. Any failure:
+# one line, exit 2, nothing submitted.
+# Outputs (DIR): study.json (the plan), points/P<P>-T<T>/ (run directories), comm/P<P>.csv,
+# logs/ (Slurm output files), and from the analysis job study.csv, model.csv, model.md,
+# study-scaling.png, study-phases.png, study-model.png (`analysis/hyperrnn-analysis scaling DIR`
+# makes them again at any time). A point that fails is marked failed there.
+# Leaves out: building binaries; more than one node per point on the development cluster.
+set -uo pipefail
+me=submit-study.sh
+fail() { echo "$me: error: $*" >&2; exit 2; }
+repo=$(cd "$(dirname "$0")/.." && pwd)
+tool=$repo/analysis/hyperrnn-analysis
+study=$repo/jobs/configs/study-weak-gauss-moe.ini out="" dry=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --out) [ $# -ge 2 ] || fail "--out needs a directory"; out=$2; shift 2 ;;
+    --out=*) out=${1#--out=}; shift ;;
+    --dry-run) dry=1; shift ;;
+    -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    -*) fail "unknown option '$1' (see $me --help)" ;;
+    *) study=$1; shift ;;
+  esac
+done
+[ -f "$study" ] || fail "study file '$study' not found"
+name=$(basename "$study" .ini)
+[ -n "$out" ] || out=runs/study-$name
+out=$(realpath -m "$out")
+if [ -e "$out" ] && [ -n "$(ls -A "$out" 2> /dev/null)" ]; then fail "--out '$out' exists and is not empty (choose another)"; fi
+bin=${HYPERRNN_BIN:-$(command -v hyperrnn || true)}
+[ -n "$bin" ] && [ -x "$bin" ] || fail "hyperrnn not found: set HYPERRNN_BIN or put it on PATH"
+command -v sbatch > /dev/null || fail "sbatch not found (is Slurm here? cluster/slurm-up.sh brings up a development one)"
+
+# 1. the plan: one line per point, "NAME P T OPTIONS..." (the study file is checked here)
+plan=$("$tool" study-plan "$study" --out "$out" 2>&1) || fail "$(sed 's/^hyperrnn-analysis: error: //' <<< "$plan" | tail -1)"
+config=$(sed -n 's/^# .* (\(.*\)), [0-9]* point(s)$/\1/p' <<< "$plan")
+# 2. every point as hyperrnn and Slurm would see it
+extra=()
+read -r -a extra <<< "${HYPERRNN_SBATCH_OPTS:-}"
+declare -a names ranks threads opts
+while read -r n P T rest; do
+  [ "${n:0:1}" = "#" ] && continue
+  eval "args=($rest)"
+  msg=$("$bin" train --config "$config" "${args[@]}" --dry-run --ranks "$P" 2>&1) ||
+    fail "point $n: $(grep -m1 error <<< "$msg" | sed 's/^hyperrnn: error: //')"
+  msg=$(sbatch --test-only "${extra[@]}" -n "$P" --cpus-per-task "$T" --wrap true 2>&1) ||
+    fail "point $n: Slurm cannot run $P rank(s) x $T thread(s) here: $(tail -1 <<< "$msg")"
+  names+=("$n"); ranks+=("$P"); threads+=("$T"); opts+=("$rest")
+done <<< "$plan"
+[ "${#names[@]}" -gt 0 ] || fail "the study has no points"
+
+run() {  # prints the command; submits it unless --dry-run; echoes the job id
+  if [ "$dry" = 1 ]; then printf '%q ' "$@" >&2; echo >&2; echo "DRYRUN"; return; fi
+  "$@" | cut -d';' -f1
+}
+if [ "$dry" = 0 ]; then
+  mkdir -p "$out"/{points,comm,logs} && "$tool" study-plan "$study" --out "$out" --write > /dev/null ||
+    fail "cannot write the study directory '$out'"
+fi
+job=study-$name-$$
+ids=()
+for i in "${!names[@]}"; do
+  eval "args=(${opts[i]})"
+  id=$(run sbatch --parsable "${extra[@]}" -J "$job" --dependency=singleton -n "${ranks[i]}" \
+       --cpus-per-task "${threads[i]}" -o "$out/logs/${names[i]}-%j.out" "$repo/jobs/train.sbatch" "$config" "${args[@]}") ||
+    fail "sbatch failed for point ${names[i]}"
+  ids+=("$id")
+  echo "$me: point ${names[i]}: job $id"
+done
+for P in $(printf '%s\n' "${ranks[@]}" | sort -nu); do
+  [ "$P" -gt 1 ] || continue
+  launch="mpirun"
+  if [ "${HYPERRNN_LAUNCHER:-}" = srun ] || { [ -z "${HYPERRNN_LAUNCHER:-}" ] && srun --mpi=list 2>&1 | grep -qw pmix; }; then
+    launch="srun --mpi=pmix"
+  fi
+  id=$(run sbatch --parsable "${extra[@]}" -J "$job" --dependency=singleton -n "$P" -o "$out/logs/comm-P$P-%j.out" \
+       --wrap "$launch '$bin' bench --comm --threads 1 > '$out/comm/P$P.csv'") || fail "sbatch failed for the comm benchmark"
+  ids+=("$id")
+  echo "$me: communication benchmark on $P ranks: job $id"
+done
+dep=$(IFS=:; echo "${ids[*]}")
+id=$(run sbatch --parsable "${extra[@]}" -J "$job-analysis" --dependency="afterany:$dep" -n 1 -o "$out/logs/analysis-%j.out" \
+     --wrap "'$tool' scaling '$out'") || fail "sbatch failed for the analysis job"
+echo "$me: analysis: job $id (after every point); results in $out"
