@@ -70,7 +70,7 @@ int run_bench(Comm& comm, const RunConfig& cfg) {
   const int B = static_cast<int>(cfg.batch), L = static_cast<int>(cfg.positions());
   const int Lmoe = ses.model.config().is_moe() ? ses.model.config().layers : 0;
   struct Repeat {
-    double step, dispatch, reduce, optimizer;
+    double step, dispatch, reduce, optimizer, pilf;
   };
   std::vector<Repeat> reps;
   double flops_sum = 0.0;  // model FLOPs of every timed step (meta-training steps cost more)
@@ -78,7 +78,7 @@ int run_bench(Comm& comm, const RunConfig& cfg) {
   const std::vector<int32_t> per_rank = threads_per_rank(par);
   double timed_wall = 0.0;
   for (int64_t r = 0; r <= cfg.bench_repeats; ++r) {  // repeat 0 warms up and is discarded
-    Repeat t{0, 0, 0, 0};
+    Repeat t{0, 0, 0, 0, 0};
     comm.barrier();
     if (r == 1) threads().reset_accounting();
     for (int64_t i = 0; i < cfg.bench_steps; ++i, ++step) {
@@ -90,6 +90,7 @@ int run_bench(Comm& comm, const RunConfig& cfg) {
       t.dispatch += par.dispatch_s;
       t.reduce += par.reduce_s;
       t.optimizer += st.optimizer_s;
+      t.pilf += st.pilf_s;
       if (r > 0) {
         flops_sum += ses.model.step_flops() + ses.pilf.step_flops(B, st.meta);
         for (int64_t b : par.layer_bytes) bytes += b;
@@ -97,7 +98,7 @@ int run_bench(Comm& comm, const RunConfig& cfg) {
       }
     }
     const double n = static_cast<double>(cfg.bench_steps);
-    if (r > 0) reps.push_back({t.step / n, t.dispatch / n, t.reduce / n, t.optimizer / n});
+    if (r > 0) reps.push_back({t.step / n, t.dispatch / n, t.reduce / n, t.optimizer / n, t.pilf / n});
     if (r > 0) timed_wall += t.step;
   }
   std::sort(reps.begin(), reps.end(), [](const Repeat& a, const Repeat& b) { return a.step < b.step; });
@@ -113,9 +114,9 @@ int run_bench(Comm& comm, const RunConfig& cfg) {
                 reps.front().step, reps.back().step, reps.size(), static_cast<long long>(cfg.bench_steps));
     std::printf("tokens_per_s: %.0f\nmodel_gflops: %.2f (%.1f%% of one core's SGEMM peak)\n", tok, flops / med.step * 1e-9,
                 100.0 * flops / med.step * 1e-9 / peak);
-    const double compute = std::max(0.0, med.step - med.dispatch - med.reduce - med.optimizer);
-    std::printf("split_s: compute %.5f, dispatch %.5f, reduce %.5f, optimizer %.5f (rank 0, median repeat)\n", compute,
-                med.dispatch, med.reduce, med.optimizer);
+    const double compute = std::max(0.0, med.step - med.dispatch - med.reduce - med.optimizer - med.pilf);
+    std::printf("split_s: compute %.5f, dispatch %.5f, reduce %.5f, optimizer %.5f, pilf %.5f (rank 0, median repeat)\n",
+                compute, med.dispatch, med.reduce, med.optimizer, med.pilf);
     std::printf("xfer_bytes_per_step: %.0f\n", static_cast<double>(bytes) / static_cast<double>(timed));
     // Per thread (rank 0, all timed steps): time inside parallel regions, each thread's busy time
     // there and its idle time (load imbalance: items of unequal size, fewer items than threads),
