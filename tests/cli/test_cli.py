@@ -253,3 +253,23 @@ def test_dry_run_checks_without_writing(tmp_path):
     # --ranks belongs to --dry-run
     (tmp_path / "b").mkdir()
     bad(tmp_path / "b", ["--ranks", "2"], "--ranks", "only with --dry-run")
+
+
+def test_timing_split_adds_up(tmp_path):
+    """timing.csv: step_time_s = compute + dispatch + reduce + optimizer + pilf; expert_s is part of
+    compute_s; pilf_s is pilf's own (zero for the other models)."""
+    for model, extra in (("pilf", []), ("gauss-moe", [])):
+        out = tmp_path / model
+        r = hyperrnn("train", *tiny_except("model", "steps"), "--model", model, "--steps", "20", "--threads", "1",
+                     "--out", str(out), *extra)
+        assert r.returncode == 0, r.stderr
+        with open(out / "timing.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert len(rows) == 20
+        for row in rows:
+            v = {k: float(x) for k, x in row.items() if k.endswith("_s")}
+            parts = v["compute_s"] + v["dispatch_s"] + v["reduce_s"] + v["optimizer_s"] + v["pilf_s"]
+            # the CSV holds round-trip doubles: the sum is exact to a few ulps (compute_s is clamped at 0)
+            assert abs(parts - v["step_time_s"]) <= 1e-15 or v["compute_s"] == 0.0, row
+            assert 0.0 < v["expert_s"] <= v["compute_s"] + 1e-12, row
+            assert (v["pilf_s"] > 0.0) == (model == "pilf"), row
