@@ -4,6 +4,7 @@
 // For model pilf also the GatingTransformer, every step's PI/PILR/SMK figures, the buffers after
 // each step and the GatingTransformer after the last (the hyper-step reference).
 // usage: hyperrnn_refdump MODEL float|double TIE_EMBEDDINGS(true|false) OUT.h5 [EXTRA_INI_LINES [INIT.h5]]
+//        hyperrnn_refdump wkv7 float|double OUT.h5 T H N CHUNK   (the RWKV-7 recurrence alone)
 // (EXTRA_INI_LINES override the small default shapes, e.g. "d-model = 64\nseq-len = 32\n"; INIT.h5
 // replaces the initial parameters: params0/<tensor> and, for pilf, gating0/<tensor>, e.g. weights
 // converted from another implementation; image tasks also dump each step's images.)
@@ -18,6 +19,9 @@
 #include "core/error.hpp"
 #include "io/h5.hpp"
 #include "app/session.hpp"
+#include "nn/wkv7.hpp"
+
+#include <random>
 
 using namespace hyperrnn;
 
@@ -116,9 +120,55 @@ void run(const RunConfig& cfg, const std::string& out, const std::string& init) 
   dump_tensors(f, "params_final", model.table(), model.params);
 }
 
+// wkv7 mode: random inputs of the RWKV-7 recurrence (r, u, k, v, a, b, dy, the initial state),
+// its forward (y, the final state) and every gradient of sum(y * dy), for test_torch_wkv7.py.
+template <class T>
+void run_wkv7(const std::string& out, int Tn, int H, int N, int chunk) {
+  const nn::Wkv7Dims d{Tn, H, N, chunk};
+  const int64_t n = static_cast<int64_t>(Tn) * H * N, ss = d.state_size();
+  std::mt19937_64 gen(12345);
+  auto fill = [&](double scale, int64_t m) {
+    std::uniform_real_distribution<double> u(-scale, scale);
+    std::vector<T> v(static_cast<size_t>(m));
+    for (T& x : v) x = static_cast<T>(u(gen));
+    return v;
+  };
+  const std::vector<T> r = fill(1, n), u = fill(4, n), k = fill(1, n), v = fill(1, n), a = fill(0.5, n), b = fill(0.5, n),
+                       dy = fill(1, n), s0 = fill(0.5, ss);
+  std::vector<T> y(static_cast<size_t>(n)), ck(static_cast<size_t>(d.checkpoints() * ss)), s1(static_cast<size_t>(ss)),
+      scratch(static_cast<size_t>(nn::wkv7_scratch_size(d)));
+  nn::wkv7_forward(y.data(), ck.data(), r.data(), u.data(), k.data(), v.data(), a.data(), b.data(), d, s0.data(), s1.data());
+  std::vector<std::vector<T>> g(7, std::vector<T>(static_cast<size_t>(n)));
+  g[6].resize(static_cast<size_t>(ss));
+  nn::wkv7_backward(g[0].data(), g[1].data(), g[2].data(), g[3].data(), g[4].data(), g[5].data(), g[6].data(), dy.data(),
+                    ck.data(), r.data(), u.data(), k.data(), v.data(), a.data(), b.data(), d, scratch.data());
+  H5File f(out, H5File::Mode::Create);
+  const std::vector<int64_t> sh{Tn, H, N}, st{H, N, N};
+  const char* names[] = {"r", "u", "k", "v", "a", "b", "dy"};
+  const std::vector<T>* ins[] = {&r, &u, &k, &v, &a, &b, &dy};
+  for (int i = 0; i < 7; ++i) f.write(std::string("in/") + names[i], ins[i]->data(), sh);
+  f.write("in/state0", s0.data(), st);
+  f.write("out/y", y.data(), sh);
+  f.write("out/state", s1.data(), st);
+  for (int i = 0; i < 6; ++i) f.write(std::string("grad/") + names[i], g[static_cast<size_t>(i)].data(), sh);
+  f.write("grad/state0", g[6].data(), st);
+  f.close();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc == 8 && std::strcmp(argv[1], "wkv7") == 0) {  // hyperrnn_refdump wkv7 float|double OUT.h5 T H N CHUNK
+    try {
+      const int Tn = std::atoi(argv[4]), H = std::atoi(argv[5]), N = std::atoi(argv[6]), C = std::atoi(argv[7]);
+      if (std::strcmp(argv[2], "float") == 0) run_wkv7<float>(argv[3], Tn, H, N, C);
+      else run_wkv7<double>(argv[3], Tn, H, N, C);
+      return 0;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "hyperrnn_refdump: %s\n", e.what());
+      return 1;
+    }
+  }
   if ((argc < 5 || argc > 7) || (std::strcmp(argv[2], "float") != 0 && std::strcmp(argv[2], "double") != 0)) {
     std::fprintf(stderr, "usage: hyperrnn_refdump MODEL float|double true|false OUT.h5\n");
     return 2;
