@@ -23,7 +23,9 @@ int bench_comm(Comm& comm, const RunConfig& cfg) {
   std::vector<std::string> rows;
   for (int64_t bytes = 8; bytes <= (int64_t{4} << 20); bytes *= 8) {
     const int64_t calls = std::clamp<int64_t>((int64_t{4} << 20) / bytes, 5, 1000);
-    for (const char* op : {"alltoallv", "allreduce_int64", "allgather"}) {
+    enum Op { Alltoallv, AllreduceInt64, Allgather };
+    static const char* const kOpName[] = {"alltoallv", "allreduce_int64", "allgather"};
+    for (const Op op : {Alltoallv, AllreduceInt64, Allgather}) {
       const int64_t n4 = std::max<int64_t>(1, bytes / 4), n8 = std::max<int64_t>(1, bytes / 8);
       std::vector<float> send(static_cast<size_t>(n4 * P), 1.0f), recv(static_cast<size_t>(n4 * P));
       std::vector<int64_t> counts(static_cast<size_t>(P), n4), displs(static_cast<size_t>(P));
@@ -31,9 +33,11 @@ int bench_comm(Comm& comm, const RunConfig& cfg) {
       std::vector<int64_t> ints(static_cast<size_t>(n8), 1);
       std::vector<char> gin(static_cast<size_t>(bytes), 1), gout(static_cast<size_t>(bytes * P));
       auto once = [&] {
-        if (op[3] == 't') comm.alltoallv(send.data(), counts.data(), displs.data(), recv.data(), counts.data(), displs.data());
-        else if (op[3] == 'r') comm.allreduce_sum(ints.data(), ints.size());
-        else comm.allgather_bytes(gin.data(), static_cast<size_t>(bytes), gout.data());
+        switch (op) {
+          case Alltoallv: comm.alltoallv(send.data(), counts.data(), displs.data(), recv.data(), counts.data(), displs.data()); break;
+          case AllreduceInt64: comm.allreduce_sum(ints.data(), ints.size()); break;
+          case Allgather: comm.allgather_bytes(gin.data(), static_cast<size_t>(bytes), gout.data()); break;
+        }
       };
       once();  // warm-up
       std::vector<double> per_call;
@@ -48,7 +52,7 @@ int bench_comm(Comm& comm, const RunConfig& cfg) {
       }
       std::sort(per_call.begin(), per_call.end());
       char b[160];
-      std::snprintf(b, sizeof b, "%s,%d,%lld,%.9g", op, P, static_cast<long long>(bytes), per_call[per_call.size() / 2]);
+      std::snprintf(b, sizeof b, "%s,%d,%lld,%.9g", kOpName[op], P, static_cast<long long>(bytes), per_call[per_call.size() / 2]);
       rows.emplace_back(b);
     }
   }

@@ -46,11 +46,16 @@ std::string signal_name(int sig) {
   return "signal " + std::to_string(sig);
 }
 
-void install_stop_handlers(const std::string& stop_signal) {
-  const int extra = parse_signal(stop_signal);
-  if (extra < 0 || extra == SIGKILL || extra == SIGSTOP)
+int check_stop_signal(const std::string& stop_signal) {
+  const int sig = parse_signal(stop_signal);
+  if (sig < 0 || sig == SIGKILL || sig == SIGSTOP)
     throw UsageError("option '--stop-signal': must be a catchable signal name (e.g. SIGUSR2, USR1, TERM) or number, got '" +
                      stop_signal + "'");
+  return sig;
+}
+
+void install_stop_handlers(const std::string& stop_signal) {
+  const int extra = check_stop_signal(stop_signal);
   struct sigaction sa {};
   sa.sa_handler = on_stop;
   sigemptyset(&sa.sa_mask);

@@ -14,6 +14,8 @@ constexpr int kExitStopped = 75;
 // Installs the handlers. stop_signal: a name (SIGUSR2, USR2, TERM ...) or a number; UsageError
 // otherwise.
 void install_stop_handlers(const std::string& stop_signal);
+// The signal number of --stop-signal; UsageError when it is not a catchable signal.
+int check_stop_signal(const std::string& stop_signal);
 // The signal received since installation (0 = none).
 int stop_requested();
 std::string signal_name(int sig);

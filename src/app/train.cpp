@@ -55,9 +55,6 @@ std::pair<std::string, std::string> first_difference(const std::string& a, const
   }
 }
 
-// Checks --out before anything is written: absent, empty, or holding this very configuration (and
-// then, when it has snapshots, only with --resume: a finished or interrupted run is continued,
-// never silently started over).
 // The compiler that built this binary, with its name (GCC's __VERSION__ is the bare number).
 std::string compiler_name() {
 #if defined(__clang__)
@@ -100,6 +97,9 @@ void check_memory(const RunConfig& cfg, int ranks) {
   if (estimate_memory(cfg, ranks).total * ranks_on_node() > avail) throw UsageError(memory_message(cfg, ranks, "exceeds this node's memory"));
 }
 
+// Checks --out before anything is written: absent, empty, or holding this very configuration (and
+// then, when it has snapshots, only with --resume: a finished or interrupted run is continued,
+// never silently started over).
 void check_out_dir(const RunConfig& cfg, const std::string& ini) {
   const fs::path out(cfg.out);
   std::error_code ec;
@@ -246,7 +246,7 @@ EvalResult evaluate_fmnist(Transformer<float>& model, const FmnistTask& task, Ba
 int dry_run(const Comm& comm, const RunConfig& cfg) {
   const int P = cfg.dry_ranks > 0 ? static_cast<int>(cfg.dry_ranks) : comm.size();
   validate_layout(cfg, P);
-  install_stop_handlers(cfg.stop_signal);  // checks --stop-signal (the process ends soon anyway)
+  check_stop_signal(cfg.stop_signal);
   const std::string ini = to_ini(cfg);
   if (!cfg.resume.empty() && cfg.resume != "auto" && !fs::exists(cfg.resume))
     throw UsageError("option '--resume': '" + cfg.resume + "' does not exist");
@@ -482,10 +482,13 @@ int run_train(Comm& comm, const RunConfig& cfg) {
   progress.defer_errors(par.P > 1);
   // rank 0's writes (CSVs, log) failed? All ranks agree and end alike (outside the step loop;
   // inside it, the per-step agreement below also carries the stop decision).
-  auto agree_on_writes = [&] {
-    std::string err;
+  auto write_error = [&] {  // the first of rank 0's deferred write failures ("" when none)
     for (const std::string* e : {&metrics.error(), &evals.error(), &timing.error(), &mara.error(), &progress.error()})
-      if (err.empty()) err = *e;
+      if (!e->empty()) return *e;
+    return std::string();
+  };
+  auto agree_on_writes = [&] {
+    std::string err = write_error();
     if (par.P > 1) err = first_failure(*par.comm, err);
     if (!err.empty()) throw AgreedError(err);
   };
@@ -650,9 +653,7 @@ int run_train(Comm& comm, const RunConfig& cfg) {
     step_max = std::max(step_max, dt);
     if (this_snap > 0.0) snap_max = std::max(snap_max, this_snap);
     constexpr int kTimeUp = 1000;  // above every signal number
-    std::string write_err;
-    for (const std::string* e : {&metrics.error(), &evals.error(), &timing.error(), &mara.error(), &progress.error()})
-      if (write_err.empty()) write_err = *e;
+    std::string write_err = write_error();
     int state[2] = {write_err.empty() ? 0 : 1, stop_requested()};
     if (root && deadline > 0.0) {
       const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_run).count();

@@ -55,7 +55,6 @@ PilfState<T>::PilfState(const PilfConfig& c, const ModelConfig& m, int batch_cap
 template <class T>
 void PilfState<T>::attach(Transformer<T>& model) {
   if (!model.config().memory_routing()) return;
-  using Key = typename Transformer<T>::RouteKey;
   using Shards = std::vector<typename Transformer<T>::RouteShard>;
   using GradShards = std::vector<typename Transformer<T>::RouteGradShard>;
   model.set_memory_router([this](int l, const Shards& sh) { route(l, sh); });
@@ -438,17 +437,6 @@ StepStats train_step(Transformer<T>& model, nn::AdamW<T>& opt, const Batch& batc
   // during the forward: pilf_s, without the collectives (they count as reductions)
   const auto t_pilf = std::chrono::steady_clock::now();
   const double reduce0 = par.reduce_s;
-  struct PilfTime {
-    StepStats& st;
-    const PilfState<T>& ps;
-    const Parallel& par;
-    std::chrono::steady_clock::time_point t0;
-    double reduce0;
-    ~PilfTime() {
-      st.pilf_s = ps.route_s + std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() -
-                  (par.reduce_s - reduce0);
-    }
-  } pilf_time{st, *ps, par, t_pilf, reduce0};
   auto& s = ps->s;
   const int nbuf = static_cast<int>(ps->buffers.size());
   auto report_buffers = [&] {
@@ -569,6 +557,8 @@ StepStats train_step(Transformer<T>& model, nn::AdamW<T>& opt, const Batch& batc
     }
   }
   report_buffers();
+  st.pilf_s = ps->route_s + std::chrono::duration<double>(std::chrono::steady_clock::now() - t_pilf).count() -
+              (par.reduce_s - reduce0);
   return st;
 }
 

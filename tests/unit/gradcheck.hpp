@@ -8,6 +8,8 @@
 // |fd - analytic| <= 1e-7 + 1e-6 * max(|fd|, |analytic|). A wrong backward (a missing term, a
 // transposed index, a wrong scale) is off by O(|g|), orders of magnitude above that bound.
 #pragma once
+#include <catch2/catch.hpp>
+
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -33,5 +35,20 @@ GradCheckResult check_gradient(const std::function<double()>& f, double* x, cons
 // Deterministic pseudo-random fill in [-scale, scale] for test inputs.
 void fill_uniform(std::vector<double>& v, uint64_t seed, double scale);
 std::vector<double> uniform(int64_t n, uint64_t seed, double scale);
+
+// sum(a * b): the scalar L = sum(out * R) of the op tests, whose gradient at out is R.
+inline double dot(const std::vector<double>& a, const std::vector<double>& b) {
+  double s = 0;
+  for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
+  return s;
+}
+
+// The check ran on some coordinates and none failed (with what it saw on failure).
+inline void require_ok(const GradCheckResult& r, const char* what) {
+  INFO(what << ": checked " << r.checked << ", skipped " << r.skipped << ", worst ratio " << r.worst << " "
+            << r.first_failure);
+  REQUIRE(r.checked > 0);
+  REQUIRE(r.failed == 0);
+}
 
 }  // namespace hyperrnn::test

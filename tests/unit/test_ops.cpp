@@ -12,22 +12,11 @@
 using namespace hyperrnn;
 using namespace hyperrnn::nn;
 using test::check_gradient;
+using test::dot;
+using test::require_ok;
 using test::uniform;
 using V = std::vector<double>;
 
-namespace {
-double dot(const V& a, const V& b) {
-  double s = 0;
-  for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
-  return s;
-}
-void require_ok(const test::GradCheckResult& r, const char* what) {
-  INFO(what << ": checked " << r.checked << ", skipped " << r.skipped << ", worst ratio " << r.worst
-            << " " << r.first_failure);
-  REQUIRE(r.checked > 0);
-  REQUIRE(r.failed == 0);
-}
-}  // namespace
 
 TEST_CASE("embedding backward matches finite differences", "[ops][grad]") {
   const int B = 2, T = 3, C = 4, Vv = 5;

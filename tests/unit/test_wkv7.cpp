@@ -13,34 +13,32 @@
 using namespace hyperrnn;
 using namespace hyperrnn::nn;
 using test::check_gradient;
+using test::dot;
+using test::require_ok;
 using test::uniform;
 using V = std::vector<double>;
 
 namespace {
+// The recurrence's inputs for T tokens of H heads of size N (T,H,N each); a = -kk and b = kk * a in
+// the model: small vectors; u spans the decay's whole range.
+template <class F>
 struct Inputs {
-  V r, u, k, v, a, b;
+  std::vector<F> r, u, k, v, a, b;
 };
-Inputs make(int T, int H, int N, uint64_t seed) {
+template <class F>
+Inputs<F> make(int T, int H, int N, uint64_t seed) {
   const int64_t n = static_cast<int64_t>(T) * H * N;
-  // a = -kk and b = kk * a in the model: small vectors; u spans the decay's whole range
-  return {uniform(n, seed, 1.0), uniform(n, seed + 1, 4.0), uniform(n, seed + 2, 1.0), uniform(n, seed + 3, 1.0),
-          uniform(n, seed + 4, 0.5), uniform(n, seed + 5, 0.5)};
-}
-double dot(const V& x, const V& y) {
-  double s = 0;
-  for (size_t i = 0; i < x.size(); ++i) s += x[i] * y[i];
-  return s;
-}
-void require_ok(const test::GradCheckResult& r, const char* what) {
-  INFO(what << ": checked " << r.checked << ", worst ratio " << r.worst << " " << r.first_failure);
-  REQUIRE(r.checked > 0);
-  REQUIRE(r.failed == 0);
+  auto u = [&](uint64_t s, double scale) {
+    const V x = uniform(n, seed + s, scale);
+    return std::vector<F>(x.begin(), x.end());
+  };
+  return {u(0, 1.0), u(1, 4.0), u(2, 1.0), u(3, 1.0), u(4, 0.5), u(5, 0.5)};
 }
 }  // namespace
 
 TEST_CASE("wkv7 forward is S_t = S_{t-1} (diag(w) + a b^T) + v k^T and y = S_t r", "[wkv7]") {
   const int T = 5, H = 2, N = 3;
-  Inputs in = make(T, H, N, 11);
+  const Inputs<double> in = make<double>(T, H, N, 11);
   const Wkv7Dims d{T, H, N, 2};
   V y(T * H * N), ck(d.checkpoints() * d.state_size());
   const V S0 = uniform(d.state_size(), 99, 0.5);
@@ -75,7 +73,7 @@ TEST_CASE("wkv7 forward is S_t = S_{t-1} (diag(w) + a b^T) + v k^T and y = S_t r
 TEST_CASE("wkv7 backward matches finite differences (inputs and initial state)", "[wkv7][grad]") {
   const int T = 7, H = 2, N = 3;
   for (int chunk : {3, 16}) {
-    Inputs in = make(T, H, N, 21);
+    Inputs<double> in = make<double>(T, H, N, 21);
     const Wkv7Dims d{T, H, N, chunk};
     V S0 = uniform(d.state_size(), 7, 0.5), R = uniform(T * H * N, 8, 1.0);
     V y(T * H * N), ck(d.checkpoints() * d.state_size());
@@ -102,11 +100,8 @@ TEST_CASE("wkv7 backward matches finite differences (inputs and initial state)",
 TEST_CASE("wkv7 gradients are bitwise the same for every checkpoint interval", "[wkv7]") {
   const int T = 13, H = 2, N = 4;
   const int64_t n = static_cast<int64_t>(T) * H * N;
-  auto mk = [&](uint64_t s, double sc) {
-    V x = uniform(n, s, sc);
-    return std::vector<float>(x.begin(), x.end());
-  };
-  const std::vector<float> r = mk(1, 1), u = mk(2, 4), k = mk(3, 1), v = mk(4, 1), a = mk(5, 0.5), b = mk(6, 0.5), dy = mk(7, 1);
+  const auto [r, u, k, v, a, b] = make<float>(T, H, N, 1);
+  const std::vector<float> dy = make<float>(T, H, N, 7).r;
   std::vector<std::vector<float>> first;
   for (int chunk : {1, 3, 5, 13, 16}) {
     const Wkv7Dims d{T, H, N, chunk};
@@ -124,11 +119,7 @@ TEST_CASE("wkv7 gradients are bitwise the same for every checkpoint interval", "
 TEST_CASE("wkv7 recurrent steps equal the training forward bitwise", "[wkv7]") {
   const int T = 9, H = 3, N = 4;
   const int64_t n = static_cast<int64_t>(T) * H * N;
-  auto mk = [&](uint64_t s, double sc) {
-    V x = uniform(n, s, sc);
-    return std::vector<float>(x.begin(), x.end());
-  };
-  const std::vector<float> r = mk(1, 1), u = mk(2, 4), k = mk(3, 1), v = mk(4, 1), a = mk(5, 0.5), b = mk(6, 0.5);
+  const auto [r, u, k, v, a, b] = make<float>(T, H, N, 1);
   const Wkv7Dims d{T, H, N, 4};
   std::vector<float> y(n), ck(d.checkpoints() * d.state_size()), Sout(d.state_size());
   wkv7_forward(y.data(), ck.data(), r.data(), u.data(), k.data(), v.data(), a.data(), b.data(), d,
