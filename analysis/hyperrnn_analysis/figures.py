@@ -343,7 +343,7 @@ def summary(r):
     inv = r.optional("logs/invocations.csv")
     if inv is not None:
         th = inv["threads_per_rank"][-1]  # "T0 T1 ..." per rank (a number when there is one rank)
-        row["ranks x threads"] = f"{int(inv['ranks'][-1])} x {_num(th) if not isinstance(th, str) else th}"
+        row["ranks x threads"] = f"{int(inv['ranks'][-1])} x {number(th) if not isinstance(th, str) else th}"
         row["invocations"] = str(len(inv))
         row["code"] = str(inv["code_version"][-1])
     row["snapshots"] = str(len(list_snapshots(r.path)))
@@ -351,8 +351,11 @@ def summary(r):
     return row
 
 
-def _num(x):
+def number(x):
+    """A table cell: whole numbers without a fraction, others to 6 digits, nan as '-'."""
     x = float(x)
+    if math.isnan(x):
+        return "-"
     return str(int(x)) if x.is_integer() else f"{x:.6g}"
 
 

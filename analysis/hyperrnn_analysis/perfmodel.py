@@ -57,34 +57,28 @@ def uniform_network(name, bandwidth, latency):
 
 
 def fit_network(rows, name="measured"):
-    """alpha, beta per op from bench --comm rows [(op, ranks, bytes, seconds)] at one P > 1:
-    time = alpha_eff + bytes / beta, alpha_eff the per-call latency (the smallest message's time),
-    turned into a per-message alpha by the op's message count at that P."""
-    by = {}
-    for op, p, b, s in rows:
-        by.setdefault(op, []).append((int(p), float(b), float(s)))
-    net = Network(name)
-    for op, pts in by.items():
-        P = pts[0][0]
-        if P < 2 or len(pts) < 2:
-            continue
-        pts.sort(key=lambda t: t[1])
-        # latency: the smallest message's time; bandwidth: the slope between the two largest
-        # (a least-squares line is ruled by the large messages and puts the latency at ~0)
-        inter = pts[0][2]
-        (_, b0, s0), (_, b1, s1) = pts[-2], pts[-1]
+    """alpha, beta per op from bench --comm rows [(op, ranks, bytes, seconds)], at the largest P > 1
+    measured: time = alpha_eff + bytes / beta, alpha_eff the per-call latency (the smallest
+    message's time) turned into a per-message alpha by the op's message count at that P, beta
+    from the slope between the two largest messages (a least-squares line is ruled by the large
+    messages and puts the latency at ~0)."""
+    ops = ("alltoallv", "allreduce_int64", "allgather")
+    Ps = [int(p) for _, p, _, _ in rows if int(p) > 1]
+    if not Ps:
+        raise AnalysisError("the communication benchmark has no rows at P > 1 (run the study with a P > 1)")
+    P = max(Ps)
+    net = Network(f"{name}, P = {P}")
+    lg = max(1, math.ceil(math.log2(P)))
+    volume = {"alltoallv": P - 1, "allgather": P - 1, "allreduce_int64": 2 * (P - 1) / P}  # -> one link's bytes
+    messages = {"alltoallv": P - 1, "allgather": lg, "allreduce_int64": 2 * lg}
+    for op in ops:
+        pts = sorted((float(b), float(s)) for o, p, b, s in rows if o == op and int(p) == P)
+        if len(pts) < 2:
+            raise AnalysisError(f"the communication benchmark has fewer than 2 {op} sizes at P = {P}")
+        (b0, s0), (b1, s1) = pts[-2], pts[-1]
         slope = (s1 - s0) / (b1 - b0) if b1 > b0 and s1 > s0 else 0.0
-        # bytes per peer (alltoallv), per rank (allgather) or the vector (allreduce) -> one link's rate
-        vol = {"alltoallv": P - 1, "allgather": P - 1, "allreduce_int64": 2 * (P - 1) / P}[op]
-        msgs = {"alltoallv": P - 1, "allgather": max(1, math.ceil(math.log2(P))),
-                "allreduce_int64": 2 * max(1, math.ceil(math.log2(P)))}[op]
-        net.alpha[op] = inter / msgs
-        net.beta[op] = vol / slope if slope > 0 else float("inf")
-    for op in ("alltoallv", "allreduce_int64", "allgather"):
-        if op not in net.alpha:
-            raise AnalysisError(f"the communication benchmark has no {op} rows at P > 1 (run the study with a P > 1)")
-        if not math.isfinite(net.beta[op]):
-            net.beta[op] = 1e12  # no measurable bandwidth term at these sizes
+        net.alpha[op] = pts[0][1] / messages[op]
+        net.beta[op] = volume[op] / slope if slope > 0 else 1e12  # 1e12: no measurable bandwidth term
     return net
 
 

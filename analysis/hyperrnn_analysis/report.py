@@ -26,14 +26,9 @@ def _csv_table(run, name):
     t = run.optional(name)
     if t is None:
         return f"<p>no {html.escape(name)}</p>"
-    rows = [[t.columns[h][i] if not hasattr(t.columns[h][i], "item") else _num(t.columns[h][i]) for h in t.header]
+    rows = [[c[i] if isinstance(c, list) else figures.number(c[i]) for c in (t.columns[h] for h in t.header)]
             for i in range(len(t))]
     return _table(t.header, rows)
-
-
-def _num(x):
-    x = float(x)
-    return str(int(x)) if x.is_integer() else f"{x:.6g}"
 
 
 def build(runs, out_dir, window=None, max_snapshots=50, builders=None):

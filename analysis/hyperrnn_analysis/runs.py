@@ -62,16 +62,11 @@ class Table:
             raise AnalysisError(f"{self.path}: no column '{name}'")
         return self.columns[name]
 
-    def get(self, name, default=None):
-        return self.columns.get(name, default)
-
     def has_data(self, name):
         """The column exists and is not all nan (a quantity this model does not have)."""
         c = self.columns.get(name)
         return isinstance(c, np.ndarray) and len(c) > 0 and not np.all(np.isnan(c))
 
-    def records(self):
-        return [{h: (self.columns[h][i]) for h in self.header} for i in range(self.rows)]
 
 
 def read_table(path, writing=False, need_rows=True):
@@ -184,10 +179,6 @@ class Run:
         """The run's complete snapshots in step order (snapshot.Snapshot), each verified."""
         from .snapshot import list_snapshots, open_snapshot
         return [open_snapshot(p, verify=verify) for p in list_snapshots(self.path)]
-
-    def snapshot_dirs(self):
-        from .snapshot import list_snapshots
-        return list_snapshots(self.path)
 
 
 def open_run(path, label=None):

@@ -156,9 +156,6 @@ class Snapshot:
                     raise AnalysisError(f"{self.manifest}: dataset /{name} does not match its sha256 (damaged data)")
         return a
 
-    def has(self, name):
-        return name in self._f
-
     def params(self):
         return {n: self.dataset("params/" + n) for n in self.param_order}
 

@@ -72,3 +72,20 @@ def test_refuses_what_it_cannot_model(change, P, why):
 def test_refuses_a_network_without_bandwidth():
     with pytest.raises(AnalysisError, match="bandwidth > 0"):
         perfmodel.predict(inputs(), 2, perfmodel.uniform_network("bad", 0.0, 1e-6))
+
+
+def test_network_fit_from_the_comm_benchmark():
+    # synthetic rows at P = 2 and P = 4: time = per-call latency + link bytes / bandwidth; the fit uses P = 4
+    P, alpha, beta = 4, 2e-6, 5e9
+    rows = [("alltoallv", 2, 8, 1.0), ("alltoallv", 2, 64, 2.0)]  # another P: ignored
+    for b in (8, 64, 512, 4096, 32768, 262144, 2097152):
+        rows.append(("alltoallv", P, b, (P - 1) * alpha + (P - 1) * b / beta))
+        rows.append(("allgather", P, b, 2 * alpha + (P - 1) * b / beta))
+        rows.append(("allreduce_int64", P, b, 4 * alpha + 2 * (P - 1) / P * b / beta))
+    net = perfmodel.fit_network(rows)
+    for op in ("alltoallv", "allgather", "allreduce_int64"):
+        assert net.beta[op] == pytest.approx(beta, rel=1e-9)
+        # the smallest message's time includes its (tiny) bandwidth term
+        assert net.alpha[op] == pytest.approx(alpha, rel=1e-2)
+    with pytest.raises(AnalysisError, match="no rows at P > 1"):
+        perfmodel.fit_network([("alltoallv", 1, 8, 1e-8)])
