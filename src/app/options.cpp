@@ -30,7 +30,7 @@ std::string fmt_double(double v) { return format_roundtrip(v); }
 // when --out already exists); the others only steer this invocation.
 void add_model_task_train(po::options_description& d, RunConfig& c) {
   d.add_options()
-    ("model", po::value(&c.model)->default_value(c.model), "model: dense | moe | gauss-moe | pilf")
+    ("model", po::value(&c.model)->default_value(c.model), "model: dense | moe | gauss-moe | pilf | rwkv7")
     ("d-model", po::value(&c.d_model)->default_value(c.d_model), "model width C")
     ("layers", po::value(&c.layers)->default_value(c.layers), "Transformer blocks")
     ("heads", po::value(&c.heads)->default_value(c.heads), "attention heads (must divide d-model)")
@@ -42,6 +42,16 @@ void add_model_task_train(po::options_description& d, RunConfig& c) {
     ("tie-embeddings", po::value(&c.tie_embeddings)->default_value(c.tie_embeddings), "output head shares the token embedding (true | false)")
     ("dropout", po::value(&c.dropout)->default_value(c.dropout, fmt_double(c.dropout)), "dropout probability in [0, 1) at the reference ViT's sites (embedding, attention probabilities, attention and feed-forward branches; dense FFN hidden and output), training only [profile]")
     ("vit-pool", po::value(&c.vit_pool)->default_value(c.vit_pool), "image tasks: what the head reads: mean (the mean over the patch tokens) | cls (a class token, as the reference ViT; its head has a bias) [profile]")
+    ("head-size", po::value(&c.head_size)->default_value(c.head_size), "rwkv7: head size N (must divide d-model; heads = d-model / N)")
+    ("rwkv-decay-rank", po::value(&c.rwkv_decay_rank)->default_value(c.rwkv_decay_rank), "rwkv7: low-rank size of the decay path in [1, d-model] (0 = the reference's max(32, round(2.5 sqrt(C) / 32) 32), at most C)")
+    ("rwkv-a-rank", po::value(&c.rwkv_a_rank)->default_value(c.rwkv_a_rank), "rwkv7: low-rank size of the in-context learning rate path (0 = as the decay's)")
+    ("rwkv-value-rank", po::value(&c.rwkv_value_rank)->default_value(c.rwkv_value_rank), "rwkv7: low-rank size of the value-residual path (0 = the reference's, factor 1.7)")
+    ("rwkv-gate-rank", po::value(&c.rwkv_gate_rank)->default_value(c.rwkv_gate_rank), "rwkv7: low-rank size of the output gate (0 = the reference's, factor 5)")
+    ("rwkv-chunk", po::value(&c.rwkv_chunk)->default_value(c.rwkv_chunk), "rwkv7: tokens between checkpoints of the wkv state in training, in [1, seq-len] (memory per sequence against recompute; results do not depend on it)")
+    ("value-residual", po::value(&c.value_residual)->default_value(c.value_residual), "rwkv7: layers >= 1 mix in the first layer's values (true | false)")
+    ("output-gate", po::value(&c.output_gate)->default_value(c.output_gate), "rwkv7: the time mix's output gate (true | false)")
+    ("channel-mix", po::value(&c.channel_mix)->default_value(c.channel_mix), "rwkv7: the channel mix (squared-ReLU FFN of width d-ff) after each time mix (true | false; Zoology's MQAR models have none)")
+    ("l2wrap", po::value(&c.l2wrap)->default_value(c.l2wrap, fmt_double(c.l2wrap)), "rwkv7: L2Wrap factor of the reference's loss (adds factor x max logit to the gradient at each scored row's largest logit; 0 = plain cross-entropy)")
     ("task", po::value(&c.task)->default_value(c.task), "task: mqar | fmnist | fmnist-marathon")
     ("fmnist-dir", po::value(&c.fmnist_dir)->default_value(c.fmnist_dir), "directory of the Fashion-MNIST IDX files (Debian: apt-get install dataset-fashion-mnist)")
     ("patch", po::value(&c.patch)->default_value(c.patch), "image tasks: ViT patch size (must divide 28)")
@@ -191,6 +201,59 @@ std::string boost_message(const po::error& e) {
   return m;
 }
 
+// rwkv7: the options of the attention and MoE models it has no use for take neutral values when
+// not given (heads from --head-size, no experts, an untied head), so that its config.ini is
+// consistent; given explicitly they are refused by validate_rwkv.
+void apply_model_defaults(const po::variables_map& vm, RunConfig& c) {
+  if (c.model != "rwkv7") return;
+  auto given = [&vm](const char* k) {
+    const auto it = vm.find(k);
+    return it != vm.end() && !it->second.defaulted();
+  };
+  if (!given("heads") && c.head_size > 0 && c.d_model % c.head_size == 0) c.heads = c.d_model / c.head_size;
+  if (!given("experts")) c.experts = 0;
+  if (!given("top-k")) c.top_k = 0;
+  if (!given("tie-embeddings")) c.tie_embeddings = false;
+}
+
+void validate_rwkv(const RunConfig& c, bool rwkv) {
+  const RunConfig def;
+  if (!rwkv) {  // the rwkv7 options, each at its default
+    const std::pair<const char*, bool> changed[] = {
+        {"head-size", c.head_size != def.head_size}, {"rwkv-decay-rank", c.rwkv_decay_rank != def.rwkv_decay_rank},
+        {"rwkv-a-rank", c.rwkv_a_rank != def.rwkv_a_rank}, {"rwkv-value-rank", c.rwkv_value_rank != def.rwkv_value_rank},
+        {"rwkv-gate-rank", c.rwkv_gate_rank != def.rwkv_gate_rank}, {"rwkv-chunk", c.rwkv_chunk != def.rwkv_chunk},
+        {"value-residual", c.value_residual != def.value_residual}, {"output-gate", c.output_gate != def.output_gate},
+        {"channel-mix", c.channel_mix != def.channel_mix}, {"l2wrap", c.l2wrap != def.l2wrap}};
+    for (const auto& [name, ch] : changed)
+      if (ch) bad(name, "applies only to model rwkv7, not " + c.model);
+    return;
+  }
+  positive("head-size", c.head_size);
+  if (c.d_model % c.head_size != 0)
+    bad("head-size", "head size " + std::to_string(c.head_size) + " does not divide d-model " + std::to_string(c.d_model));
+  if (c.heads != c.d_model / c.head_size)
+    bad("heads", "model rwkv7 takes its heads from --head-size (d-model / head-size = " + std::to_string(c.d_model / c.head_size) +
+                     "), got " + std::to_string(c.heads) + "; leave --heads out");
+  if (c.experts != 0) bad("experts", "applies only to the MoE models (moe, gauss-moe, pilf), not rwkv7");
+  if (c.top_k != 0) bad("top-k", "applies only to the MoE models (moe, gauss-moe, pilf), not rwkv7");
+  if (c.tie_embeddings) bad("tie-embeddings", "model rwkv7's head is never tied to the embedding (the reference's)");
+  if (c.dropout != 0.0) bad("dropout", "applies only to the attention models (the reference ViT's sites), not rwkv7");
+  if (c.image_task() && c.vit_pool != "mean") bad("vit-pool", "model rwkv7 reads the mean over the patch tokens (mean), not a class token");
+  if (c.init_scale != def.init_scale || c.embed_init_std != def.embed_init_std)
+    bad(c.init_scale != def.init_scale ? "init-scale" : "embed-init-std", "model rwkv7 uses the reference's initialisation; the option applies to the other models");
+  const std::pair<const char*, int64_t> ranks[] = {{"rwkv-decay-rank", c.rwkv_decay_rank}, {"rwkv-a-rank", c.rwkv_a_rank},
+                                                    {"rwkv-value-rank", c.rwkv_value_rank}, {"rwkv-gate-rank", c.rwkv_gate_rank}};
+  for (const auto& [name, r] : ranks)
+    if (r < 0 || r > c.d_model)
+      bad(name, "low-rank size must be in [1, d-model " + std::to_string(c.d_model) + "] (0 = the reference's size), got " + std::to_string(r));
+  const bool shape_known = !c.image_task() || (c.patch > 0 && 28 % c.patch == 0);  // else --patch is refused below
+  if (shape_known && (c.rwkv_chunk < 1 || c.rwkv_chunk > c.positions()))
+    bad("rwkv-chunk", "the state checkpoint interval must be in [1, " + std::to_string(c.positions()) +
+                          "] (the sequence's positions), got " + std::to_string(c.rwkv_chunk));
+  if (!(c.l2wrap >= 0.0 && c.l2wrap < 1.0)) bad("l2wrap", "must be in [0, 1), got " + fmt_double(c.l2wrap));
+}
+
 }  // namespace
 
 ModelConfig RunConfig::model_config() const {
@@ -214,6 +277,20 @@ ModelConfig RunConfig::model_config() const {
   m.embed_init_std = embed_init_std;
   m.dropout = dropout;
   m.cls_token = image_task() && vit_pool == "cls";
+  if (m.is_rwkv()) {
+    m.head_size = static_cast<int>(head_size);
+    m.heads = head_size > 0 ? static_cast<int>(d_model / head_size) : 0;
+    m.lora_w = static_cast<int>(rwkv_decay_rank);
+    m.lora_a = static_cast<int>(rwkv_a_rank);
+    m.lora_v = static_cast<int>(rwkv_value_rank);
+    m.lora_g = static_cast<int>(rwkv_gate_rank);
+    m.rwkv_chunk = static_cast<int>(rwkv_chunk);
+    m.value_residual = value_residual;
+    m.output_gate = output_gate;
+    m.channel_mix = channel_mix;
+    m.l2wrap = l2wrap;
+    m.tie_embeddings = false;
+  }
   return m;
 }
 
@@ -276,10 +353,11 @@ PilfConfig RunConfig::pilf_config() const {
 
 void validate(const RunConfig& c) {
   ModelKind mk;
-  if (!parse_model_kind(c.model, mk)) bad("model", "unknown model '" + c.model + "' (dense, moe, gauss-moe, pilf)");
+  if (!parse_model_kind(c.model, mk)) bad("model", "unknown model '" + c.model + "' (dense, moe, gauss-moe, pilf, rwkv7)");
   if (c.task != "mqar" && !c.image_task()) bad("task", "unknown task '" + c.task + "' (mqar, fmnist, fmnist-marathon)");
   positive("d-model", c.d_model);
   positive("layers", c.layers);
+  validate_rwkv(c, mk == ModelKind::Rwkv7);
   positive("heads", c.heads);
   if (c.d_model % c.heads != 0)
     bad("heads", "d-model " + std::to_string(c.d_model) + " is not divisible by heads " + std::to_string(c.heads));
@@ -287,7 +365,8 @@ void validate(const RunConfig& c) {
   if (!(c.init_scale > 0.0 && c.init_scale < 100.0)) bad("init-scale", "must be in (0, 100), got " + fmt_double(c.init_scale));
   if (!(c.embed_init_std > 0.0 && c.embed_init_std < 10.0))
     bad("embed-init-std", "must be in (0, 10), got " + fmt_double(c.embed_init_std));
-  if (mk != ModelKind::Dense) {
+  const bool moe = mk == ModelKind::Moe || mk == ModelKind::GaussMoe || mk == ModelKind::Pilf;
+  if (moe) {
     positive("experts", c.experts);
     positive("top-k", c.top_k);
     if (c.top_k > c.experts)
@@ -356,9 +435,9 @@ void validate(const RunConfig& c) {
   if (!(c.pilr_inverse_k > 0.0) || !std::isfinite(c.pilr_inverse_k)) bad("pilr-inverse-k", "must be > 0, got " + fmt_double(c.pilr_inverse_k));
   non_negative("pilr-warmup", c.pilr_warmup);
   if (c.smk != "auto" && c.smk != "off" && c.smk != "smk" && c.smk != "asmk") bad("smk", "must be off, smk, asmk or auto, got '" + c.smk + "'");
-  if (mk == ModelKind::Dense) {
-    if (c.smk == "smk" || c.smk == "asmk") bad("smk", "needs an MoE model (moe, gauss-moe or pilf), not dense");
-    if (c.pilr == "dual") bad("pilr", "dual mode needs an MoE model (its gating group is the router), not dense");
+  if (!moe) {
+    if (c.smk == "smk" || c.smk == "asmk") bad("smk", "needs an MoE model (moe, gauss-moe or pilf), not " + c.model);
+    if (c.pilr == "dual") bad("pilr", "dual mode needs an MoE model (its gating group is the router), not " + c.model);
   } else {
     positive("min-k", c.min_k);
     if (c.min_k > c.experts)
@@ -467,7 +546,10 @@ bool parse_options(Command cmd, int argc, const char* const* argv, RunConfig& cf
     for (const auto& [name, v] : vm)  // every floating-point value finite
       if (const auto* x = boost::any_cast<double>(&v.value()); x && !std::isfinite(*x))
         bad(name, "must be a finite number, got " + fmt_double(*x));
-    if (cmd != Command::Eval) apply_profile(all, vm, cfg);
+    if (cmd != Command::Eval) {
+      apply_profile(all, vm, cfg);
+      apply_model_defaults(vm, cfg);
+    }
   } catch (const po::error& e) {
     throw UsageError(boost_message(e));
   }
@@ -571,6 +653,7 @@ RunConfig from_ini(const std::string& text, const std::string& origin) {
     po::store(po::parse_config_file(in, d, false), vm);
     po::notify(vm);
     apply_profile(d, vm, c);
+    apply_model_defaults(vm, c);
   } catch (const po::error& e) {
     throw UsageError("configuration in '" + origin + "' is malformed: " + boost_message(e));
   }
@@ -661,6 +744,17 @@ MemoryEstimate estimate_memory(const RunConfig& c, int ranks) {
                        (m.is_moe() ? L * 2 * E * C : L * (2 * C * F + F + C)) + (c.tie_embeddings ? 0.0 : V * C);
   const double experts = m.is_moe() ? L * E * (2 * C * F + F + C) / ranks : 0.0;
   MemoryEstimate out;
+  if (m.is_rwkv()) {  // rwkv7: about 4 C^2 + 2 C (sum of low ranks, <= 4 x 64 here) + 2 C F per layer; ~40 C + 2 F floats
+    // per token and layer of activations, the wkv checkpoints and one backward scratch per thread
+    const double D = 4.0 * std::min(C, 64.0), N = static_cast<double>(m.head_size);
+    const double held = 2.0 * V * C + L * (4 * C * C + 2 * C * D + (m.channel_mix ? 2 * C * F : 0.0) + 20 * C);
+    out.params = 4.0 * (4.0 * held + (c.shards > 1 ? S_loc * held : 0.0)) + 4.0 * 2.0 * 3.0 * held;
+    const double ckpt = std::ceil(T / static_cast<double>(std::max<int64_t>(1, c.rwkv_chunk))) * C * N;
+    out.activations = 4.0 * Bl * L * (T * (40.0 * C + 2.0 * F) + ckpt) + 4.0 * Bl / S_loc * T * (14.0 * C + F) +
+                      4.0 * static_cast<double>(c.scored_per_batch(static_cast<int64_t>(Bl))) * 3.0 * V;
+    out.total = out.params + out.activations;
+    return out;
+  }
   const double held = dense + experts;  // this rank's table
   // parameters, gradients, two moments; with S > 1 one gradient copy of the table per local shard;
   // and a snapshot's in-memory file image (parameters and moments) and its copy while it is written

@@ -21,6 +21,11 @@ struct RunConfig {
   double init_scale = 1.0, embed_init_std = 1.0;
   double dropout = 0.0;
   std::string vit_pool = "mean";  // image tasks: mean (over the tokens) | cls (class token, the reference ViT)
+  // rwkv7 (docs/rwkv7.md): head size N (heads = d-model / N), low-rank sizes (0 = the reference's
+  // formula), wkv state checkpoint interval, optional parts, L2Wrap factor
+  int64_t head_size = 64, rwkv_decay_rank = 0, rwkv_a_rank = 0, rwkv_value_rank = 0, rwkv_gate_rank = 0, rwkv_chunk = 16;
+  bool value_residual = true, output_gate = true, channel_mix = true;
+  double l2wrap = 1e-4;
   // task
   std::string task = "mqar";
   // The defaults are the embedded quick-start job (README): a ~1 minute MQAR run on one core.

@@ -23,6 +23,7 @@ struct TensorInfo {
   int expert = -1;             // expert index within its MoE layer, -1 otherwise
   bool decay = false;          // AdamW weight decay applies (matrices, not biases/norms)
   int owner = -1;              // rank that holds and updates it (experts); -1 = replicated on all
+  double lr_scale = 1.0;       // its learning rate relative to its kind's (rwkv7's w0: 2, as the reference)
   bool replicated() const { return owner < 0; }
   bool held() const { return offset >= 0; }  // this rank's buffers have room for it
 };
@@ -37,6 +38,7 @@ class ParamTable {
   int size() const { return static_cast<int>(entries_.size()); }
   int64_t total() const { return total_; }
   void set_owner(int i, int rank) { entries_[static_cast<size_t>(i)].owner = rank; }
+  void set_lr_scale(int i, double s) { entries_[static_cast<size_t>(i)].lr_scale = s; }
   // Lays the buffers out for `rank`: the replicated tensors and the experts it owns get consecutive
   // offsets in table order, other ranks' experts offset -1 (they take no memory here). rank < 0:
   // every tensor (one process). total() becomes this rank's buffer length.

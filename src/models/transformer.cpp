@@ -21,12 +21,13 @@ const char* to_string(ModelKind k) {
     case ModelKind::Moe: return "moe";
     case ModelKind::GaussMoe: return "gauss-moe";
     case ModelKind::Pilf: return "pilf";
+    case ModelKind::Rwkv7: return "rwkv7";
   }
   return "?";
 }
 
 bool parse_model_kind(const std::string& s, ModelKind& out) {
-  for (ModelKind k : {ModelKind::Dense, ModelKind::Moe, ModelKind::GaussMoe, ModelKind::Pilf})
+  for (ModelKind k : {ModelKind::Dense, ModelKind::Moe, ModelKind::GaussMoe, ModelKind::Pilf, ModelKind::Rwkv7})
     if (s == to_string(k)) {
       out = k;
       return true;
@@ -62,9 +63,17 @@ Transformer<T>::Transformer(const ModelConfig& cfg, int batch_capacity, int max_
   } else {
     wte_ = table_.add("wte", {V, C}, TK::Dense, true);
   }
-  wpe_ = table_.add("wpe", {Tn, C}, TK::Dense, true);
   layers_.resize(static_cast<size_t>(L));
-  for (int l = 0; l < L; ++l) {
+  if (cfg.is_rwkv()) {
+    HYPERRNN_CHECK(!cfg.tie_embeddings && cfg.dropout == 0.0 && !cfg.cls_token,
+                   "rwkv7: untied head, no dropout, no class token");
+    HYPERRNN_CHECK(cfg.head_size > 0 && C % cfg.head_size == 0 && cfg.heads == C / cfg.head_size, "rwkv7: heads must be d_model / head_size");
+    wpe_ = -1;  // no position table: the recurrence orders the tokens
+    add_rwkv_tensors();
+  } else {
+    wpe_ = table_.add("wpe", {Tn, C}, TK::Dense, true);
+  }
+  for (int l = 0; l < L && !cfg.is_rwkv(); ++l) {
     Layer& Ly = layers_[static_cast<size_t>(l)];
     const std::string pre = "layers." + std::to_string(l) + ".";
     Ly.ln1_w = table_.add(pre + "ln1.weight", {C}, TK::Dense, false, l);
@@ -165,7 +174,10 @@ void Transformer<T>::bind_activations(Carver<T>& f, Carver<int32_t>& ip, Carver<
   const int64_t N = static_cast<int64_t>(Bcap_) * Tn, H = cfg_.heads, S = Scap_;
   const nn::MoeDims md = moe_dims(static_cast<int>(N));
   auto take = [&f](int64_t n) { return f.take(n); };
+  const bool rwkv = cfg_.is_rwkv();
+  for (size_t l = 0; l < layers_.size() && rwkv; ++l) bind_rwkv_layer(layers_[l], static_cast<int>(l), f);
   for (Layer& Ly : layers_) {
+    if (rwkv) break;
     Ly.ln1_out = take(N * C); Ly.ln1_mean = take(N); Ly.ln1_rstd = take(N);
     Ly.qkv = take(N * 3 * C); Ly.att = take(Bcap_ * H * Tn * Tn);
     Ly.atty = take(N * C); Ly.attproj = take(N * C); Ly.res_mid = take(N * C);
@@ -193,12 +205,16 @@ void Transformer<T>::bind_activations(Carver<T>& f, Carver<int32_t>& ip, Carver<
   emb_keep_ = cfg_.dropout > 0.0 ? bp.take(N * C) : nullptr;
   dmask_ = cfg_.dropout > 0.0 ? take(N * C) : nullptr;
   dq_ = cfg_.memory_routing() ? take(Bcap_ * C) : nullptr;
+  if (rwkv) {
+    x0n_ = take(N * C); ln0_mean_ = take(N); ln0_rstd_ = take(N); vfirst_ = take(N * C); dvfirst_ = take(N * C);
+  }
   x0_ = take(N * C); lnf_out_ = take(N * C); lnf_mean_ = take(N); lnf_rstd_ = take(N);
   hs_ = take(S * C); logits_ = take(S * V); probs_ = take(S * V); losses_ = take(S);
-  dres_ = take(N * C); dln_ = take(N * C); datty_ = take(N * C); dqkv_ = take(N * 3 * C);
-  datt_ = take(Bcap_ * H * Tn * Tn);
+  dres_ = take(N * C); dln_ = take(N * C); datty_ = take(N * C); dqkv_ = take(rwkv ? 0 : N * 3 * C);
+  datt_ = take(rwkv ? 0 : Bcap_ * H * Tn * Tn);
   dact_ = dh_ = nullptr;
-  if (cfg_.is_moe()) {
+  if (rwkv) {
+  } else if (cfg_.is_moe()) {
     moe_scratch_ = nn::moe_bind_scratch<T>(f, md);
   } else {
     dact_ = take(N * F); dh_ = take(N * F);
@@ -211,6 +227,10 @@ void Transformer<T>::bind_activations(Carver<T>& f, Carver<int32_t>& ip, Carver<
 template <class T>
 void Transformer<T>::init(uint64_t seed) {
   seed_ = seed;  // dropout masks are keyed by it
+  if (cfg_.is_rwkv()) {
+    init_rwkv7(seed);
+    return;
+  }
   // Matrices N(0, s^2 / (2 fan_in)) with s = init_scale (for a square matrix this is Xavier's
   // 1/(fan_in + fan_out)); embeddings N(0, embed_init_std^2), unit variance by default (as
   // torch.nn.Embedding); LayerNorm (1, 0); biases 0; Gaussian router mu ~ N(0, 1/C), so that x.mu
@@ -263,13 +283,10 @@ nn::MoeWeights<T> Transformer<T>::moe_weights(const Layer& Ly, std::vector<T>& b
 }
 
 template <class T>
-double Transformer<T>::forward(const Batch& batch) {
+void Transformer<T>::set_shards(const Batch& batch) {
   HYPERRNN_CHECK(batch.B <= Bcap_ && batch.T == cfg_.seq_len, "batch shape does not fit the model");
   batch_ = &batch;
   B_ = batch.B;
-  const int Tn = batch.T, C = cfg_.d_model, H = cfg_.heads, F = cfg_.d_ff, V = cfg_.vocab;
-  const int N = B_ * Tn;
-  const nn::RouterKind rk = cfg_.kind == ModelKind::Moe ? nn::RouterKind::Linear : nn::RouterKind::Gaussian;
   // this rank's canonical shards: sample and token offsets
   const int Sl = batch.shard_samples.empty() ? 1 : static_cast<int>(batch.shard_samples.size());
   HYPERRNN_CHECK(Sl == par_->local_shards(), "batch: one sample count per local shard expected");
@@ -278,7 +295,54 @@ double Transformer<T>::forward(const Batch& batch) {
     shard_b_[static_cast<size_t>(s) + 1] = shard_b_[static_cast<size_t>(s)] + (batch.shard_samples.empty() ? B_ : batch.shard_samples[static_cast<size_t>(s)]);
   HYPERRNN_CHECK(shard_b_.back() == B_, "batch: shard sample counts do not add up to B");
   shard_tok_.resize(shard_b_.size());
-  for (size_t s = 0; s < shard_b_.size(); ++s) shard_tok_[s] = shard_b_[s] * Tn;
+  for (size_t s = 0; s < shard_b_.size(); ++s) shard_tok_[s] = shard_b_[s] * batch.T;
+}
+
+template <class T>
+void Transformer<T>::embed_rows(const Batch& batch, int b0, int nb, int r0, int n) {
+  const int Tn = batch.T, C = cfg_.d_model;
+  const T dscale = static_cast<T>(1.0 / (1.0 - cfg_.dropout));
+  if (cfg_.is_image()) {
+    const int IH = cfg_.image_h, IW = cfg_.image_w, P = cfg_.patch, Pn = cfg_.patches();
+    T* pt = patches_ + 1LL * b0 * Pn * P * P;
+    if constexpr (std::is_same_v<T, float>) {
+      nn::image_to_patches<T>(pt, batch.images.data() + 1LL * b0 * IH * IW, nb, IH, IW, P);
+    } else {
+      std::vector<T> img(batch.images.begin() + 1LL * b0 * IH * IW, batch.images.begin() + 1LL * (b0 + nb) * IH * IW);
+      nn::image_to_patches<T>(pt, img.data(), nb, IH, IW, P);
+    }
+    const T* wpe = wpe_ >= 0 ? p(wpe_) : nullptr;  // rwkv7: no position table
+    if (!cfg_.cls_token) {
+      nn::linear_forward<T>(x0_ + 1LL * r0 * C, pt, p(wte_), p(patch_b_), n, P * P, C);
+      for (int b = b0; b < b0 + nb && wpe; ++b)
+        for (int64_t i = 0; i < 1LL * Tn * C; ++i) x0_[1LL * b * Tn * C + i] += wpe[i];
+    } else {  // [cls, patch_1 .. patch_P] + positions
+      nn::linear_forward<T>(patch_emb_ + 1LL * b0 * Pn * C, pt, p(wte_), p(patch_b_), nb * Pn, P * P, C);
+      const T* cls = p(cls_);
+      for (int b = b0; b < b0 + nb; ++b) {
+        T* x = x0_ + 1LL * b * Tn * C;
+        for (int i = 0; i < C; ++i) x[i] = cls[i] + wpe[i];
+        for (int64_t i = C; i < 1LL * Tn * C; ++i) x[i] = patch_emb_[1LL * b * Pn * C + i - C] + wpe[i];
+      }
+    }
+  } else if (wpe_ < 0) {  // rwkv7: token embedding only
+    const T* wte = p(wte_);
+    for (int i = r0; i < r0 + n; ++i) std::copy(wte + 1LL * batch.tokens[static_cast<size_t>(i)] * C, wte + (1LL * batch.tokens[static_cast<size_t>(i)] + 1) * C, x0_ + 1LL * i * C);
+  } else {
+    nn::embedding_forward<T>(x0_ + 1LL * r0 * C, batch.tokens.data() + r0, p(wte_), p(wpe_), nb, Tn, C);
+  }
+  if (drop_) {
+    dropout_masks(emb_keep_, 0, 1LL * Tn * C, b0, nb);
+    nn::dropout_forward<T>(x0_ + 1LL * r0 * C, x0_ + 1LL * r0 * C, emb_keep_ + 1LL * r0 * C, dscale, 1LL * n * C);
+  }
+}
+
+template <class T>
+double Transformer<T>::forward(const Batch& batch) {
+  set_shards(batch);
+  const int Tn = batch.T, C = cfg_.d_model, H = cfg_.heads, F = cfg_.d_ff;
+  const int N = B_ * Tn, Sl = nshards();
+  const nn::RouterKind rk = cfg_.kind == ModelKind::Moe ? nn::RouterKind::Linear : nn::RouterKind::Gaussian;
   Parallel& par = *par_;
   if (cfg_.is_moe()) par.layer_bytes.resize(layers_.size(), 0);
 
@@ -293,43 +357,16 @@ double Transformer<T>::forward(const Batch& batch) {
   drop_ = cfg_.dropout > 0.0 && batch.step >= 0;  // dropout: training only, masks per global sample and site
   const T dscale = static_cast<T>(1.0 / (1.0 - cfg_.dropout));
   if (cfg_.is_image()) {
-    const int IH = cfg_.image_h, IW = cfg_.image_w, P = cfg_.patch;
+    const int IH = cfg_.image_h, IW = cfg_.image_w;
     HYPERRNN_CHECK(batch.images.size() >= static_cast<size_t>(B_) * IH * IW, "image batch too small");
   }
-  each_shard([&](int s, int b0, int nb, int r0, int n) {
-    if (cfg_.is_image()) {
-      const int IH = cfg_.image_h, IW = cfg_.image_w, P = cfg_.patch, Pn = cfg_.patches();
-      T* pt = patches_ + 1LL * b0 * Pn * P * P;
-      if constexpr (std::is_same_v<T, float>) {
-        nn::image_to_patches<T>(pt, batch.images.data() + 1LL * b0 * IH * IW, nb, IH, IW, P);
-      } else {
-        std::vector<T> img(batch.images.begin() + 1LL * b0 * IH * IW, batch.images.begin() + 1LL * (b0 + nb) * IH * IW);
-        nn::image_to_patches<T>(pt, img.data(), nb, IH, IW, P);
-      }
-      const T* wpe = p(wpe_);
-      if (!cfg_.cls_token) {
-        nn::linear_forward<T>(x0_ + 1LL * r0 * C, pt, p(wte_), p(patch_b_), n, P * P, C);
-        for (int b = b0; b < b0 + nb; ++b)
-          for (int64_t i = 0; i < 1LL * Tn * C; ++i) x0_[1LL * b * Tn * C + i] += wpe[i];
-      } else {  // [cls, patch_1 .. patch_P] + positions
-        nn::linear_forward<T>(patch_emb_ + 1LL * b0 * Pn * C, pt, p(wte_), p(patch_b_), nb * Pn, P * P, C);
-        const T* cls = p(cls_);
-        for (int b = b0; b < b0 + nb; ++b) {
-          T* x = x0_ + 1LL * b * Tn * C;
-          for (int i = 0; i < C; ++i) x[i] = cls[i] + wpe[i];
-          for (int64_t i = C; i < 1LL * Tn * C; ++i) x[i] = patch_emb_[1LL * b * Pn * C + i - C] + wpe[i];
-        }
-      }
-    } else {
-      nn::embedding_forward<T>(x0_ + 1LL * r0 * C, batch.tokens.data() + r0, p(wte_), p(wpe_), nb, Tn, C);
-    }
-    if (drop_) {
-      dropout_masks(emb_keep_, 0, 1LL * Tn * C, b0, nb);
-      nn::dropout_forward<T>(x0_ + 1LL * r0 * C, x0_ + 1LL * r0 * C, emb_keep_ + 1LL * r0 * C, dscale, 1LL * n * C);
-    }
-  });
+  each_shard([&](int, int b0, int nb, int r0, int n) { embed_rows(batch, b0, nb, r0, n); });
   const T* res_in = x0_;
-  for (size_t l = 0; l < layers_.size(); ++l) {
+  if (cfg_.is_rwkv()) {
+    rwkv_forward_blocks(Tn);
+    res_in = layers_.back().res_out;
+  }
+  for (size_t l = 0; l < layers_.size() && !cfg_.is_rwkv(); ++l) {
     Layer& Ly = layers_[l];
     const int site = 1 + 5 * static_cast<int>(l);  // this layer's dropout sites: site + 0 .. 4
     // attention block and the second LayerNorm, per shard
@@ -424,7 +461,13 @@ double Transformer<T>::forward(const Batch& batch) {
   each_shard([&](int, int, int, int r0, int n) {
     nn::layernorm_forward<T>(lnf_out_ + 1LL * r0 * C, lnf_mean_ + r0, lnf_rstd_ + r0, res_in + 1LL * r0 * C, p(lnf_w_), p(lnf_b_), n, C);
   });
+  return head_forward(batch);
+}
 
+template <class T>
+double Transformer<T>::head_forward(const Batch& batch) {
+  const int Tn = batch.T, C = cfg_.d_model, V = cfg_.vocab, Sl = nshards();
+  Parallel& par = *par_;
   // Gather the scored positions; only they reach the head. Rows stay in sample order, so each
   // shard's scored rows are one range.
   int S = 0;
@@ -518,7 +561,7 @@ template <class T>
 void Transformer<T>::backward() {
   HYPERRNN_CHECK(batch_ != nullptr, "backward without forward");
   const int Tn = batch_->T, C = cfg_.d_model, H = cfg_.heads, F = cfg_.d_ff, V = cfg_.vocab;
-  const int N = B_ * Tn, S = n_scored_, Sl = nshards();
+  const int N = B_ * Tn, Sl = nshards();
   const nn::RouterKind rk = cfg_.kind == ModelKind::Moe ? nn::RouterKind::Linear : nn::RouterKind::Gaussian;
   Parallel& par = *par_;
   if (scored_global_ == 0) return;
@@ -540,6 +583,13 @@ void Transformer<T>::backward() {
     if (ns > 0) {
       nn::crossentropy_backward<T>(dlogits_ + 1LL * s0 * V, probs_ + 1LL * s0 * V, scored_targets_ + s0,
                                    static_cast<T>(1.0 / scored_global_), ns, V);
+      if (cfg_.l2wrap > 0.0)  // L2Wrap (rwkv7's reference loss): + factor x max logit at each row's argmax
+        for (int r = s0; r < s0 + ns; ++r) {
+          const T* lg = logits_ + 1LL * r * V;
+          int am = 0;
+          for (int v = 1; v < V; ++v) am = lg[v] > lg[am] ? v : am;
+          dlogits_[1LL * r * V + am] += static_cast<T>(cfg_.l2wrap / scored_global_) * lg[am];
+        }
       nn::linear_backward<T>(dhs_ + 1LL * s0 * C, gs(head_w_, sh), head_b_ >= 0 ? gs(head_b_, sh) : nullptr,
                              dlogits_ + 1LL * s0 * V, hs_ + 1LL * s0 * C, p(head_w_), ns, C, V);
     }
@@ -552,7 +602,8 @@ void Transformer<T>::backward() {
     nn::layernorm_backward<T>(dres_ + o, gs(lnf_w_, sh), gs(lnf_b_, sh), dln_ + o, last + o, p(lnf_w_), lnf_mean_ + r0,
                               lnf_rstd_ + r0, n, C);
   });
-  for (int l = static_cast<int>(layers_.size()) - 1; l >= 0; --l) {
+  if (cfg_.is_rwkv()) rwkv_backward_blocks(Tn);
+  for (int l = cfg_.is_rwkv() ? -1 : static_cast<int>(layers_.size()) - 1; l >= 0; --l) {
     Layer& Ly = layers_[static_cast<size_t>(l)];
     const T* res_in = l == 0 ? x0_ : layers_[static_cast<size_t>(l - 1)].res_out;
     // res_out = res_mid + ffn_out: both receive dres unchanged (the branch through its dropout).
@@ -663,9 +714,15 @@ void Transformer<T>::backward() {
         for (int b = b0; b < b0 + nb; ++b)
           for (int i = 0; i < C; ++i) dcls[i] += dres_[1LL * b * Tn * C + i];
       }
-      T* dwpe = gs(wpe_, sh);
-      for (int b = b0; b < b0 + nb; ++b)
+      T* dwpe = wpe_ >= 0 ? gs(wpe_, sh) : nullptr;
+      for (int b = b0; b < b0 + nb && dwpe; ++b)
         for (int64_t i = 0; i < 1LL * Tn * C; ++i) dwpe[i] += dres_[1LL * b * Tn * C + i];
+    } else if (wpe_ < 0) {  // rwkv7: token embedding only
+      T* dwte = gs(wte_, sh);
+      for (int i = r0; i < r0 + n; ++i) {
+        T* row = dwte + 1LL * batch_->tokens[static_cast<size_t>(i)] * C;
+        for (int c = 0; c < C; ++c) row[c] += dres_[1LL * i * C + c];
+      }
     } else {
       nn::embedding_backward<T>(gs(wte_, sh), gs(wpe_, sh), dres_ + o, batch_->tokens.data() + r0, nb, Tn, C);
     }
@@ -715,7 +772,9 @@ double Transformer<T>::step_flops() const {
   const double N = static_cast<double>(samples_global_) * cfg_.seq_len, C = cfg_.d_model, F = cfg_.d_ff;
   const double Tn = cfg_.seq_len, E = cfg_.experts;
   double fwd = 0.0;
-  for (size_t l = 0; l < layers_.size(); ++l) {
+  for (size_t l = 0; l < layers_.size() && cfg_.is_rwkv(); ++l)
+    fwd += N * nn::rwkv7_layer_flops(rwkv_dims(static_cast<int>(l), cfg_.seq_len), cfg_.channel_mix);
+  for (size_t l = 0; l < layers_.size() && !cfg_.is_rwkv(); ++l) {
     fwd += 2 * N * C * 3 * C + 2 * N * C * C;  // qkv, proj
     fwd += 4 * samples_global_ * Tn * Tn * C;  // QK^T and PV over all heads
     if (cfg_.is_moe()) {

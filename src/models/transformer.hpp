@@ -17,13 +17,15 @@
 #include "parallel/layout.hpp"
 #include "core/param_table.hpp"
 #include "nn/moe.hpp"
+#include "nn/rwkv7.hpp"
 
 namespace hyperrnn {
 
 // pilf: memory-Gaussian MoE, each sample's tokens routed by per-expert Gaussians that a router
 // callback (the GatingTransformer over the experience buffer, src/pilf) produces from the sample's
-// mean layer input q.
-enum class ModelKind { Dense, Moe, GaussMoe, Pilf };
+// mean layer input q. rwkv7: the RWKV-7 recurrent baseline (src/nn/rwkv7.hpp) in place of the
+// attention and FFN blocks, on the same embedding, head, loss, shards and parameter table.
+enum class ModelKind { Dense, Moe, GaussMoe, Pilf, Rwkv7 };
 const char* to_string(ModelKind k);
 // Returns false for an unknown name.
 bool parse_model_kind(const std::string& s, ModelKind& out);
@@ -55,9 +57,18 @@ struct ModelConfig {
   // feed-forward residual branches, and in the dense FFN its hidden activation and its output.
   // Masks come from the counter RNG keyed by (seed, Dropout, step, global sample x sites + site).
   double dropout = 0.0;
+  // rwkv7 (heads = d_model / head_size): low-rank sizes of the decay, in-context learning rate,
+  // value residual and gate paths; the wkv state checkpoint interval; the optional parts; L2Wrap's
+  // factor (the reference's loss: 1e-4 x the largest logit added to its gradient, per scored row).
+  int head_size = 0;
+  int lora_w = 0, lora_a = 0, lora_v = 0, lora_g = 0;
+  int rwkv_chunk = 16;
+  bool value_residual = true, output_gate = true, channel_mix = true;
+  double l2wrap = 0.0;
+  bool is_rwkv() const { return kind == ModelKind::Rwkv7; }
   bool is_image() const { return patch > 0; }
   int patches() const { return is_image() ? seq_len - (cls_token ? 1 : 0) : 0; }
-  bool is_moe() const { return kind != ModelKind::Dense; }
+  bool is_moe() const { return kind == ModelKind::Moe || kind == ModelKind::GaussMoe || kind == ModelKind::Pilf; }
   bool memory_routing() const { return kind == ModelKind::Pilf; }
 };
 
@@ -152,6 +163,17 @@ class Transformer {
   // (GEMMs only: backward counted as twice the forward), all ranks together.
   double step_flops() const;
 
+  // rwkv7: the same outputs as forward (loss, statistics, logits of the scored rows), computed one
+  // token at a time for all of this rank's samples, carrying each layer's recurrent state (O(1)
+  // memory and work per token; no backward). Other models: UsageError-free check failure.
+  double forward_recurrent(const Batch& batch);
+  // Floats of recurrent state per sequence (rwkv7), or the KV cache one sequence of `positions`
+  // tokens needs (attention models: K and V of every layer and position).
+  int64_t state_floats_per_sequence(int64_t positions) const;
+  // Logits of the scored rows of the last forward (rows in scored order, V each).
+  const T* scored_logits() const { return logits_; }
+  int scored_rows() const { return n_scored_; }
+
  private:
   struct Layer {
     // parameter tensor indices
@@ -168,7 +190,27 @@ class Transformer {
     // dropout (training, cfg.dropout > 0): keep masks and the dropped attention probabilities
     uint8_t *att_keep = nullptr, *proj_keep = nullptr, *ffn_keep = nullptr, *hid_keep = nullptr, *out_keep = nullptr;
     T* att_drop = nullptr;  // (B,H,T,T)
+    // rwkv7: the time mix's and channel mix's parameter tensors (first index of each group, in
+    // the order of Rwkv7AttW / Rwkv7FfnW; -1 where the option leaves them out) and caches
+    int ratt[26];
+    int rffn[3] = {-1, -1, -1};
+    nn::Rwkv7AttCache<T> rac{};
+    nn::Rwkv7FfnCache<T> rfc{};
   };
+  nn::Rwkv7Dims rwkv_dims(int layer, int Tn) const;
+  nn::Rwkv7AttW<T> rwkv_att(const Layer& L, const std::function<T*(int)>& at) const;
+  nn::Rwkv7FfnW<T> rwkv_ffn(const Layer& L, const std::function<T*(int)>& at) const;
+  void add_rwkv_tensors();
+  void init_rwkv7(uint64_t seed);
+  void bind_rwkv_layer(Layer& Ly, int layer, Carver<T>& f);
+  // the canonical shards of a batch: sample and token offsets
+  void set_shards(const Batch& batch);
+  // the embedding (and its dropout) of local samples [b0, b0 + nb), rows [r0, r0 + n)
+  void embed_rows(const Batch& batch, int b0, int nb, int r0, int n);
+  void rwkv_forward_blocks(int Tn);
+  void rwkv_backward_blocks(int Tn);
+  // the head on the scored rows of lnf_out_, the loss and the statistics (forward's tail)
+  double head_forward(const Batch& batch);
   // The activation layout: every buffer below, carved in one fixed order (counted, then bound).
   void bind_activations(Carver<T>& f, Carver<int32_t>& ip, Carver<uint8_t>& bp);
   // Dropout masks of local samples [b0, b0 + nb) for one site: keep (B, per_sample), keyed by global
@@ -214,6 +256,9 @@ class Transformer {
   uint8_t* emb_keep_ = nullptr;  // dropout on the embedding output (B,T,C)
   T* dmask_ = nullptr;           // dropout backward scratch (B,T,C)
   T* dq_ = nullptr;              // pilf with routing backward: (B,C)
+  int ln0_w_ = -1, ln0_b_ = -1;  // rwkv7: the first layer's extra LayerNorm (the residual stream becomes ln0(emb))
+  T *x0n_ = nullptr, *ln0_mean_ = nullptr, *ln0_rstd_ = nullptr, *vfirst_ = nullptr, *dvfirst_ = nullptr;  // rwkv7
+  std::vector<std::vector<T>> rscratch_;  // rwkv7 backward scratch, one per thread (sized at the first backward)
   bool drop_ = false;            // the last forward applied dropout
   uint64_t seed_ = 0;
   std::vector<Layer> layers_;

@@ -42,7 +42,7 @@ void AdamW<T>::step(T* params, const T* grads, const double lr_by_kind[3], const
     const double bc1 = 1.0 - std::pow(cfg_.beta1, static_cast<double>(tt));
     const T sqrt_bc2 = static_cast<T>(std::sqrt(1.0 - std::pow(cfg_.beta2, static_cast<double>(tt))));
     const TensorInfo& t = table_[ti];
-    const double lr = lr_by_kind[static_cast<int>(t.kind)];
+    const double lr = lr_by_kind[static_cast<int>(t.kind)] * t.lr_scale;
     const T step_size = static_cast<T>(lr / bc1);
     const T decay = static_cast<T>(t.decay ? 1.0 - lr * cfg_.weight_decay : 1.0);
     for (int64_t b0 = t.offset; b0 < t.offset + t.size; b0 += kBlock)
