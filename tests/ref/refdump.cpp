@@ -192,10 +192,12 @@ int main(int argc, char** argv) {
       }
     };
     // (for pilf the schedule, clip and decay are left to its profile unless the extra lines set them)
+    const bool rwkv = std::strcmp(argv[1], "rwkv7") == 0;  // heads from head-size, no experts, untied head
     merge(std::string("model = ") + argv[1] +
-          "\nvocab = 40\nseq-len = 16\nkv-pairs = 3\nd-model = 16\nlayers = 2\nheads = 2\n"
-          "experts = 4\ntop-k = 2\nd-ff = 24\nbatch = 4\nsteps = 5\nlr = 0.01\nseed = 3\n"
-          "tie-embeddings = " + argv[3] + "\n");
+          "\nvocab = 40\nseq-len = 16\nkv-pairs = 3\nd-model = 16\nlayers = 2\n"
+          "d-ff = 24\nbatch = 4\nsteps = 5\nlr = 0.01\nseed = 3\n");
+    if (rwkv) merge("head-size = 8\n");
+    else merge(std::string("heads = 2\nexperts = 4\ntop-k = 2\ntie-embeddings = ") + argv[3] + "\n");
     if (std::strcmp(argv[1], "pilf") != 0) merge("warmup = 2\nlr-min-ratio = 0.1\ngrad-clip = 0.5\nweight-decay = 0.1\n");
     if (argc >= 6) merge(argv[5]);
     std::string ini;
