@@ -273,3 +273,59 @@ def test_timing_split_adds_up(tmp_path):
             assert abs(parts - v["step_time_s"]) <= 1e-15 or v["compute_s"] == 0.0, row
             assert 0.0 < v["expert_s"] <= v["compute_s"] + 1e-12, row
             assert (v["pilf_s"] > 0.0) == (model == "pilf"), row
+
+
+# Model rwkv7: its own options, and the other models' options it has no use for
+RWKV_OPTS = {"model": "rwkv7", "d-model": "16", "layers": "1", "head-size": "8", "vocab": "40", "seq-len": "16",
+             "kv-pairs": "2", "batch": "8", "steps": "4", "warmup": "2", "eval-every": "2", "eval-samples": "16",
+             "d-ff": "16"}
+RWKV_CASES = [
+    (["--head-size", "6"], "head-size", "does not divide d-model 16"),
+    (["--head-size", "0"], "head-size", "positive"),
+    (["--heads", "4"], "heads", "takes its heads from --head-size"),
+    (["--experts", "4"], "experts", "applies only to the MoE models"),
+    (["--top-k", "2"], "top-k", "applies only to the MoE models"),
+    (["--tie-embeddings", "true"], "tie-embeddings", "never tied"),
+    (["--dropout", "0.1"], "dropout", "not rwkv7"),
+    (["--init-scale", "0.5"], "init-scale", "reference's initialisation"),
+    (["--embed-init-std", "0.02"], "embed-init-std", "reference's initialisation"),
+    (["--rwkv-decay-rank", "17"], "rwkv-decay-rank", "must be in [1, d-model 16]"),
+    (["--rwkv-gate-rank", "-1"], "rwkv-gate-rank", "must be in [1, d-model 16]"),
+    (["--rwkv-chunk", "0"], "rwkv-chunk", "must be in [1, 16]"),
+    (["--rwkv-chunk", "17"], "rwkv-chunk", "must be in [1, 16]"),
+    (["--l2wrap", "-1"], "l2wrap", "must be in [0, 1)"),
+    (["--smk", "smk"], "smk", "needs an MoE model"),
+    (["--model", "dense", "--head-size", "8"], "head-size", "applies only to model rwkv7"),
+    (["--model", "gauss-moe", "--experts", "4", "--top-k", "2", "--heads", "2", "--head-size", "64", "--channel-mix", "false"],
+     "channel-mix", "applies only to model rwkv7"),
+    (["--model", "pilf", "--experts", "4", "--top-k", "2", "--heads", "2", "--head-size", "64", "--rwkv-chunk", "4"],
+     "rwkv-chunk", "applies only to model rwkv7"),
+    (["--task", "fmnist", "--patch", "7", "--vit-pool", "cls"], "vit-pool", "mean over the patch tokens"),
+]
+
+
+@pytest.mark.parametrize("args,option,reason", RWKV_CASES, ids=[c[1] + ":" + c[2] for c in RWKV_CASES])
+def test_bad_rwkv7_option(tmp_path, args, option, reason):
+    given = {a[2:] for a in args if a.startswith("--")}
+    base = [a for k, v in RWKV_OPTS.items() if k not in given for a in ("--" + k, v)]
+    out = tmp_path / "run"
+    r = hyperrnn("train", *base, "--out", str(out), *args)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2, r.stderr + r.stdout
+    assert len(lines) == 1 and f"'--{option}'" in lines[0] and reason in lines[0], r.stderr
+    assert not out.exists()
+
+
+def test_rwkv7_run_and_its_config_ini(tmp_path):
+    """An rwkv7 run's config.ini records the neutral values it took (heads from head-size, no
+    experts, an untied head) and reproduces the run through --config."""
+    base = [a for k, v in RWKV_OPTS.items() for a in ("--" + k, v)]
+    a, b = tmp_path / "a", tmp_path / "b"
+    r = hyperrnn("train", *base, "--out", str(a))
+    assert r.returncode == 0, r.stderr
+    ini = (a / "config.ini").read_text()
+    for line in ("heads = 2", "experts = 0", "top-k = 0", "tie-embeddings = false", "head-size = 8", "model = rwkv7"):
+        assert line + "\n" in ini, line
+    r = hyperrnn("train", "--config", str(a / "config.ini"), "--out", str(b))
+    assert r.returncode == 0, r.stderr
+    assert (a / "metrics.csv").read_text().splitlines()[1].split(",")[:3] == (b / "metrics.csv").read_text().splitlines()[1].split(",")[:3]

@@ -1,5 +1,5 @@
 """Results independent of threads, launcher and environment (docs/architecture.md, determinism
-contract): for dense, gauss-moe and pilf, theta (every dataset of the final snapshot),
+contract): for dense, gauss-moe, pilf and rwkv7, theta (every dataset of the final snapshot),
 metrics.csv less its wall-clock columns, and eval.csv are bitwise the same for every (ranks P,
 threads T) in {1, 2, 4} x {1, 2, 4}, under the launcher's default binding (--oversubscribe only
 where P exceeds the cores, as OpenMPI requires) and with OPENBLAS_NUM_THREADS unset, 1 or 4 (a
@@ -29,6 +29,7 @@ MODELS = {
     # on per-thread copies), the shared buffer, meta-training every step; dynamic top-k on
     "pilf": ["--model", "pilf", "--experts", "4", "--top-k", "2", "--d-ff", "32", "--epoch-steps", "5",
              "--dynamic-top-k", "true", "--k-min", "1"],
+    "rwkv7": ["--model", "rwkv7", "--head-size", "8", "--rwkv-chunk", "5", "--d-ff", "32"],
 }
 ENVS = {"unset": None, "1": "1", "4": "4"}
 
