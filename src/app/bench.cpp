@@ -105,6 +105,32 @@ int run_bench(Comm& comm, const RunConfig& cfg) {
     if (r > 0) reps.push_back({t.step / n, t.dispatch / n, t.reduce / n, t.optimizer / n, t.pilf / n});
     if (r > 0) timed_wall += t.step;
   }
+  // rwkv7: inference, parallel (the training forward alone) and recurrent (one token at a time,
+  // the state carried), on the same batch
+  double fwd_s = 0.0, rec_s = 0.0;
+  if (ses.model.config().is_rwkv()) {
+    ses.fill_train_batch(0);
+    ses.batch.step = -1;
+    std::vector<double> f, rc;
+    for (int64_t r = 0; r <= cfg.bench_repeats; ++r) {
+      comm.barrier();
+      auto t0 = std::chrono::steady_clock::now();
+      ses.model.forward(ses.batch);
+      const double a = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      comm.barrier();
+      t0 = std::chrono::steady_clock::now();
+      ses.model.forward_recurrent(ses.batch);
+      const double b = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (r > 0) {  // repeat 0 warms up
+        f.push_back(a);
+        rc.push_back(b);
+      }
+    }
+    std::sort(f.begin(), f.end());
+    std::sort(rc.begin(), rc.end());
+    fwd_s = f[f.size() / 2];
+    rec_s = rc[rc.size() / 2];
+  }
   std::sort(reps.begin(), reps.end(), [](const Repeat& a, const Repeat& b) { return a.step < b.step; });
   const Repeat med = reps[reps.size() / 2];
   const double tok = static_cast<double>(B) * L / med.step;
@@ -122,6 +148,16 @@ int run_bench(Comm& comm, const RunConfig& cfg) {
     std::printf("split_s: compute %.5f, dispatch %.5f, reduce %.5f, optimizer %.5f, pilf %.5f (rank 0, median repeat)\n",
                 compute, med.dispatch, med.reduce, med.optimizer, med.pilf);
     std::printf("xfer_bytes_per_step: %.0f\n", static_cast<double>(bytes) / static_cast<double>(timed));
+    std::printf("model_flops_per_token: %.0f (forward + backward, analytic)\n", flops / (static_cast<double>(B) * L));
+    const int64_t sf = ses.model.state_floats_per_sequence(L);
+    if (ses.model.config().is_rwkv()) {
+      std::printf("inference_tokens_per_s: parallel %.0f, recurrent %.0f (one token at a time; median of %lld)\n",
+                  static_cast<double>(B) * L / fwd_s, static_cast<double>(B) * L / rec_s, static_cast<long long>(cfg.bench_repeats));
+      std::printf("state_floats_per_sequence: %lld (%lld bytes fp32, fixed)\n", static_cast<long long>(sf), static_cast<long long>(4 * sf));
+    } else {
+      std::printf("kv_cache_floats_per_sequence: %lld at %d positions (%lld bytes fp32)\n", static_cast<long long>(sf), L,
+                  static_cast<long long>(4 * sf));
+    }
     // Per thread (rank 0, all timed steps): time inside parallel regions, each thread's busy time
     // there and its idle time (load imbalance: items of unequal size, fewer items than threads),
     // and the serial rest of the step, which thread 0 runs alone.

@@ -22,13 +22,14 @@ struct EvalResult {
 
 // Held-out samples 0..samples-1 of the HeldOut stream, in global batches of `chunk` samples cut
 // into the model's shards (collective; batch must hold this rank's block of a chunk).
+// recurrent: model rwkv7's token-by-token forward (Transformer::forward_recurrent).
 EvalResult evaluate_heldout(Transformer<float>& model, MqarGenerator& gen, Batch& batch, uint64_t seed,
-                            int64_t samples, int64_t chunk);
+                            int64_t samples, int64_t chunk, bool recurrent = false);
 
 // Test samples of Fashion-MNIST task `which` (-1: all classes), at most max_samples, in file order,
 // in global batches of `chunk` samples (collective).
 EvalResult evaluate_fmnist(Transformer<float>& model, const FmnistTask& task, Batch& batch, int which, int64_t max_samples,
-                           int64_t chunk);
+                           int64_t chunk, bool recurrent = false);
 
 // Runs fn on every rank (root_only: on rank 0 only) and agrees on the outcome: when it threw a
 // UsageError anywhere, every rank throws the lowest failing rank's message (collective).

@@ -28,6 +28,9 @@ int run_eval(Comm& comm, const RunConfig& cli) {
     }
   });
   const ModelConfig mc = cfg.model_config();
+  if (cli.eval_recurrent && !mc.is_rwkv())
+    throw UsageError("option '--recurrent': needs model rwkv7 (this snapshot's model is " + cfg.model +
+                     ", whose attention has no fixed-size recurrent state; its KV cache size is printed instead)");
   const int64_t chunk = cli.batch > 0 ? cli.batch : cfg.batch;  // global samples per evaluation batch
   const int64_t samples = cli.eval_samples > 0 ? cli.eval_samples : cfg.eval_samples;  // default: the run's own
   Parallel par(&comm, static_cast<int>(cfg.shards), mc.is_moe() ? mc.experts : 0);
@@ -49,16 +52,26 @@ int run_eval(Comm& comm, const RunConfig& cli) {
   if (cfg.image_task()) {
     const FmnistTask task(cfg.fmnist_dir, 1);
     batch.images.assign(static_cast<size_t>(B) * FmnistTask::kH * FmnistTask::kW, 0.0f);
-    r = evaluate_fmnist(model, task, batch, -1, samples, chunk);
+    r = evaluate_fmnist(model, task, batch, -1, samples, chunk, cli.eval_recurrent);
     split = "test";
   } else {
     MqarGenerator gen(cfg.mqar_config());
-    r = evaluate_heldout(model, gen, batch, cfg.seed, samples, chunk);
+    r = evaluate_heldout(model, gen, batch, cfg.seed, samples, chunk, cli.eval_recurrent);
   }
   if (comm.rank() == 0) {
-    std::printf("snapshot %s (step %lld, %s on %s): %s loss %s acc %s (%lld samples)\n",  // round-trip exact
+    std::printf("snapshot %s (step %lld, %s on %s): %s loss %s acc %s (%lld samples%s)\n",  // round-trip exact
                 snap.manifest.c_str(), static_cast<long long>(snap.step), cfg.model.c_str(), cfg.task.c_str(), split,
-                format_roundtrip(r.loss).c_str(), format_roundtrip(r.acc).c_str(), static_cast<long long>(r.samples));
+                format_roundtrip(r.loss).c_str(), format_roundtrip(r.acc).c_str(), static_cast<long long>(r.samples),
+                cli.eval_recurrent ? ", recurrent: one token at a time" : "");
+    // memory per sequence: the fixed recurrent state, or the KV cache at this sequence length
+    const int64_t Lp = cfg.positions(), sf = model.state_floats_per_sequence(Lp);
+    if (mc.is_rwkv())
+      std::printf("recurrent state per sequence: %lld floats (%lld bytes fp32), fixed for every sequence length\n",
+                  static_cast<long long>(sf), static_cast<long long>(4 * sf));
+    else
+      std::printf("KV cache per sequence at %lld positions: %lld floats (%lld bytes fp32), growing by %lld floats per position\n",
+                  static_cast<long long>(Lp), static_cast<long long>(sf), static_cast<long long>(4 * sf),
+                  static_cast<long long>(model.state_floats_per_sequence(1)));
     // ... and one CSV row (appended; the header written with the file)
     namespace fs = std::filesystem;
     const std::string csv = cli.eval_csv.empty() ? (fs::path(snap.dir).parent_path().parent_path() / "eval-snapshots.csv").string()

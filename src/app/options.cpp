@@ -145,7 +145,8 @@ void add_invocation(po::options_description& d, RunConfig& c, Command cmd) {
       ("snapshot", po::value(&c.snapshot), "snapshot directory, its manifest.h5, or a run directory (uses snapshots/latest)")
       ("eval-samples", po::value(&c.eval_samples)->default_value(0), "held-out samples to evaluate (0 = the run's own --eval-samples)")
       ("batch", po::value(&c.batch)->default_value(0), "samples per evaluation batch (0 = the run's --batch; with both defaults eval reproduces the run's own final evaluation exactly)")
-      ("csv", po::value(&c.eval_csv), "CSV file the result is appended to (default: eval-snapshots.csv in the snapshot's run directory; - = none)");
+      ("csv", po::value(&c.eval_csv), "CSV file the result is appended to (default: eval-snapshots.csv in the snapshot's run directory; - = none)")
+      ("recurrent", po::bool_switch(&c.eval_recurrent), "model rwkv7: evaluate one token at a time carrying the recurrent state (O(1) memory and work per token), instead of the parallel training forward; the figures agree to rounding");
 }
 
 [[noreturn]] void bad(const std::string& opt, const std::string& why) {

@@ -89,6 +89,7 @@ struct RunConfig {
   // eval subcommand
   std::string snapshot;
   std::string eval_csv;  // "" = RUN/eval-snapshots.csv, "-" = none
+  bool eval_recurrent = false;  // eval --recurrent (rwkv7): token by token
   // bench subcommand
   int64_t bench_steps = 20, bench_repeats = 5;
   bool bench_comm = false;  // bench --comm: the collectives' latency and bandwidth instead of the model

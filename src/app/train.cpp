@@ -205,7 +205,7 @@ std::optional<SnapshotInfo> choose_snapshot(Comm& comm, const RunConfig& cfg, co
 // shards, each rank evaluating its block, so the figures do not depend on P. fill(first, n) puts
 // the global samples [first, first + n) of the evaluated stream into the batch.
 static EvalResult evaluate(Transformer<float>& model, Batch& batch, int64_t samples, int64_t chunk,
-                           const std::function<void(int64_t, int)>& fill) {
+                           const std::function<void(int64_t, int)>& fill, bool recurrent) {
   Parallel& par = model.parallel();
   double loss_sum = 0.0, correct = 0.0;
   int64_t scored = 0, counted = 0;
@@ -217,7 +217,7 @@ static EvalResult evaluate(Transformer<float>& model, Batch& batch, int64_t samp
     fill(first + f0, cnt);
     batch.step = -1;  // evaluation: no dropout
     batch.first = first + f0;
-    const double loss = model.forward(batch);  // over the global chunk
+    const double loss = recurrent ? model.forward_recurrent(batch) : model.forward(batch);  // over the global chunk
     loss_sum += loss * model.scored();
     scored += model.scored();
     correct += model.correct();
@@ -228,16 +228,16 @@ static EvalResult evaluate(Transformer<float>& model, Batch& batch, int64_t samp
 }
 
 EvalResult evaluate_heldout(Transformer<float>& model, MqarGenerator& gen, Batch& batch, uint64_t seed,
-                            int64_t samples, int64_t chunk) {
+                            int64_t samples, int64_t chunk, bool recurrent) {
   return evaluate(model, batch, samples, chunk, [&](int64_t first, int n) {
     gen.fill(batch, seed, RngPurpose::HeldOut, 0, static_cast<uint32_t>(first), n);
-  });
+  }, recurrent);
 }
 
 EvalResult evaluate_fmnist(Transformer<float>& model, const FmnistTask& task, Batch& batch, int which, int64_t max_samples,
-                           int64_t chunk) {
+                           int64_t chunk, bool recurrent) {
   return evaluate(model, batch, std::min<int64_t>(max_samples, task.test_count(which)), chunk,
-                  [&](int64_t first, int n) { task.fill_test(batch, which, static_cast<int>(first), n); });
+                  [&](int64_t first, int n) { task.fill_test(batch, which, static_cast<int>(first), n); }, recurrent);
 }
 
 // --dry-run: the checks a launch makes before it writes anything, for --ranks ranks, on one

@@ -18,6 +18,11 @@ namespace {
 // One head, one token: S (N x N) in place; sa_out (N) gets S_{t-1} a for the backward.
 template <class T>
 void head_step(T* S, T* y, T* sa_out, const T* r, const T* u, const T* k, const T* v, const T* a, const T* b, int N) {
+  constexpr int kStack = 256;  // head sizes up to this use a stack buffer for the decays
+  T wst[kStack];
+  std::vector<T> wheap(N > kStack ? static_cast<size_t>(N) : 0);
+  T* w = N > kStack ? wheap.data() : wst;
+  for (int j = 0; j < N; ++j) w[j] = wkv7_decay(u[j]);  // once per token, not per state entry
   for (int i = 0; i < N; ++i) {
     T* row = S + static_cast<int64_t>(i) * N;
     T sa = 0;
@@ -26,7 +31,7 @@ void head_step(T* S, T* y, T* sa_out, const T* r, const T* u, const T* k, const 
     const T vi = v[i];
     T yi = 0;
     for (int j = 0; j < N; ++j) {
-      const T s = row[j] * wkv7_decay(u[j]) + (sa * b[j] + k[j] * vi);
+      const T s = row[j] * w[j] + (sa * b[j] + k[j] * vi);
       row[j] = s;
       yi += s * r[j];
     }
