@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Throughput of hyperrnn's rwkv7 against its PyTorch peer, the naive per-token recurrence of
+tests/ref/test_torch_rwkv7.py (the oracle that follows the reference's rwkv_v7_numpy.py), in
+float32 on the same shapes and thread count: a training step (forward over the sequence, autograd
+backward, AdamW) and recurrent inference (no grad). Alternates the two programs REPEATS times and
+prints both medians and the ratios. Usage:
+
+    /usr/bin/python3 analysis/bench_rwkv7_peer.py [--threads 1] [--repeats 5] [--steps 5] -- [hyperrnn options]
+
+The hyperrnn options after `--` describe the model and batch (e.g. --model rwkv7 --d-model 64
+--head-size 16 --seq-len 64 --kv-pairs 8 --batch 32 --channel-mix false).
+"""
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def hyperrnn_bench(binary, opts, steps, threads):
+    out = subprocess.run([binary, "bench", "--bench-steps", str(steps), "--repeats", "3", "--threads", str(threads), *opts],
+                         capture_output=True, text=True, check=True).stdout
+    train = float(re.search(r"tokens_per_s: (\d+)", out).group(1))
+    rec = float(re.search(r"inference_tokens_per_s: parallel \d+, recurrent (\d+)", out).group(1))
+    return train, rec, out
+
+
+def effective_run(binary, opts):
+    """The configuration as hyperrnn resolves it (its config.ini, defaults included) and its
+    initial parameters (the shapes of its table; speed does not depend on the values), from a
+    one-step run in a temporary directory."""
+    import tempfile
+    import h5py
+    import numpy as np
+    with tempfile.TemporaryDirectory() as d:
+        run = os.path.join(d, "run")
+        subprocess.run([binary, "train", *opts, "--out", run, "--steps", "1", "--eval-every", "0"], capture_output=True, check=True)
+        cfg = {}
+        for line in open(os.path.join(run, "config.ini")).read().splitlines():
+            if "=" in line and not line.startswith("#"):
+                k, v = (s.strip() for s in line.split("=", 1))
+                cfg[k] = v
+        with h5py.File(os.path.join(run, "snapshots", "latest", "manifest.h5"), "r") as f:
+            params = {n: np.asarray(f["params/" + n][()]) for n in f["params"]}
+    return cfg, params
+
+
+def torch_peer(cfg, params, steps, threads):
+    import numpy as np
+    import torch
+    sys.path.insert(0, os.path.join(HERE, "..", "tests", "ref"))
+    import test_torch_rwkv7 as ref
+    torch.set_num_threads(threads)
+    torch.set_default_dtype(torch.float32)
+    model = ref.TorchRwkv7(cfg, {k: v.astype(np.float32) for k, v in params.items()})
+    for v in model.p.values():
+        v.data = v.data.float()
+    opt = torch.optim.AdamW(list(model.p.values()), lr=1e-3)
+    B, T, V = int(cfg["batch"]), int(cfg["seq-len"]), int(cfg["vocab"])
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, V, (B, T), generator=g)
+    targets = torch.where(torch.rand(B, T, generator=g) < 0.1, torch.randint(0, V, (B, T), generator=g), -1)
+    targets[:, -1] = 0
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = model.loss(tokens, targets)
+        loss.backward()
+        opt.step()
+    train = B * T * steps / (time.perf_counter() - t0)
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        model.logits(tokens)
+        rec = B * T / (time.perf_counter() - t0)
+    return train, rec
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--binary", default=os.path.join(HERE, "..", "build", "bin", "hyperrnn"))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("opts", nargs="*")
+    a = ap.parse_args()
+    cfg, params = effective_run(a.binary, a.opts)
+    if cfg.get("model") != "rwkv7":
+        sys.exit("bench_rwkv7_peer.py: the options after -- must describe a model rwkv7")
+    h_train, h_rec, t_train, t_rec = [], [], [], []
+    for _ in range(a.repeats):
+        tr, rc, _ = hyperrnn_bench(a.binary, a.opts, a.steps, a.threads)
+        h_train.append(tr)
+        h_rec.append(rc)
+        tr, rc = torch_peer(cfg, params, max(1, a.steps // 2), a.threads)
+        t_train.append(tr)
+        t_rec.append(rc)
+    med = statistics.median
+    print(f"rwkv7 d-model {cfg['d-model']} head-size {cfg['head-size']} layers {cfg['layers']} channel-mix {cfg['channel-mix']}, "
+          f"batch {cfg['batch']} x {cfg['seq-len']}, {a.threads} thread(s), median of {a.repeats}")
+    print(f"training tokens/s: hyperrnn {med(h_train):.0f}, pytorch naive recurrence {med(t_train):.0f}, "
+          f"ratio {med(h_train) / med(t_train):.2f}")
+    print(f"recurrent inference tokens/s: hyperrnn {med(h_rec):.0f}, pytorch naive recurrence {med(t_rec):.0f}, "
+          f"ratio {med(h_rec) / med(t_rec):.2f}")
+
+
+if __name__ == "__main__":
+    main()
