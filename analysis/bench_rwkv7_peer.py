@@ -44,7 +44,8 @@ def effective_run(binary, opts):
             if "=" in line and not line.startswith("#"):
                 k, v = (s.strip() for s in line.split("=", 1))
                 cfg[k] = v
-        with h5py.File(os.path.join(run, "snapshots", "latest", "manifest.h5"), "r") as f:
+        snap = sorted(p for p in os.listdir(os.path.join(run, "snapshots")) if p.startswith("step_"))[-1]
+        with h5py.File(os.path.join(run, "snapshots", snap, "manifest.h5"), "r") as f:
             params = {n: np.asarray(f["params/" + n][()]) for n in f["params"]}
     return cfg, params
 

@@ -345,3 +345,34 @@ TEST_CASE("rwkv7 initialisation follows the reference's", "[rwkv7]") {
   CHECK(m.table()[m.table().find("layers.0.att.receptance.weight")].decay);
   CHECK_FALSE(m.table()[m.table().find("layers.0.att.w1")].decay);
 }
+
+TEST_CASE("rwkv7 on patch sequences: every tensor's gradient", "[rwkv7][grad][vit]") {
+  // 8x8 images, 4x4 patches -> 4 tokens in raster order; 5 classes; the head reads the mean
+  ModelConfig mc = rwkv_model(true, true, true, 3);
+  mc.vocab = 5;
+  mc.seq_len = 4;
+  mc.image_h = mc.image_w = 8;
+  mc.patch = 4;
+  mc.causal = false;
+  const int B = 3;
+  Transformer<double> model(mc, B, B);
+  model.init(5);
+  randomise(model, 300);
+  Batch batch;
+  batch.resize(B, 4);
+  const std::vector<double> px = uniform(B * 64, 32, 1.0);
+  batch.images.assign(px.begin(), px.end());
+  for (int b = 0; b < B; ++b) batch.targets[static_cast<size_t>(b * 4)] = (2 * b + 1) % 5;
+  const double loss = model.forward(batch);
+  model.zero_grad();
+  model.backward();
+  CHECK(model.table().find("wpe") < 0);  // the recurrence orders the patches
+  auto f = [&] { return model.forward(batch); };
+  for (const TensorInfo& t : model.table().entries()) {
+    const auto r = check_gradient(f, model.params.data() + t.offset, model.grads.data() + t.offset, t.size, 24);
+    INFO("tensor " << t.name << ": " << r.first_failure);
+    REQUIRE(r.failed == 0);
+  }
+  batch.images[63] += 1.0f;  // the last patch of the last image reaches its pooled output
+  CHECK(model.forward(batch) != loss);
+}
