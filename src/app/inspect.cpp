@@ -43,7 +43,10 @@ int run_inspect(Comm& comm, const std::string& path) {
   say("step: " + std::to_string(snap.step) + " of " + std::to_string(cfg.steps));
   say("model: " + cfg.model + " on " + cfg.task + " (d-model " + std::to_string(cfg.d_model) + ", layers " +
       std::to_string(cfg.layers) + ", heads " + std::to_string(cfg.heads) +
-      (mc.is_moe() ? ", experts " + std::to_string(cfg.experts) + ", top-k " + std::to_string(cfg.top_k) : std::string()) + ")");
+      (mc.is_moe() ? ", experts " + std::to_string(cfg.experts) + ", top-k " + std::to_string(cfg.top_k) : std::string()) +
+      (mc.is_rwkv() ? " of size " + std::to_string(cfg.head_size) + ", recurrent state " +
+                          std::to_string(Transformer<float>(mc, 1, 1).state_floats_per_sequence(cfg.positions())) + " floats per sequence"
+                    : std::string()) + ")");
   std::string layout = "layout: " + std::to_string(snap.files) + " shard file(s) (one per rank), batch " +
                        std::to_string(cfg.batch) + " in " + std::to_string(cfg.shards) + " canonical shards";
   if (mc.is_moe())
