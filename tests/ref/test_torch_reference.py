@@ -135,6 +135,30 @@ def change_error(name, ours, theirs, start, C):
     return np.linalg.norm(ours - theirs) / moved
 
 
+def check_steps(f, tm, opt, cfg, tol, names, p0):
+    """Trains tm for cfg's steps on f's batches (clip, the schedule times each group's "scale",
+    opt) and compares every step's loss and gradient norm and the final parameters with the C++
+    dump; returns the worst parameter error relative to the change, and the step count."""
+    steps = int(cfg["steps"])
+    for s in range(steps):
+        opt.zero_grad()
+        loss = tm.loss(torch.tensor(f[f"batch/{s}/tokens"][()], dtype=torch.long),
+                       torch.tensor(f[f"batch/{s}/targets"][()], dtype=torch.long))
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(list(tm.p.values()), float(cfg["grad-clip"]))
+        assert abs(f["grad_norms"][s] - norm.item()) <= tol["grad"] * norm.item()
+        assert abs(f["losses"][s] - loss.item()) <= tol["grad"] * abs(loss.item()), f"loss at step {s}"
+        for g in opt.param_groups:
+            g["lr"] = g.get("scale", 1.0) * lr_at(s, steps, int(cfg["warmup"]), float(cfg["lr"]), float(cfg["lr-min-ratio"]))
+        opt.step()
+    worst = 0.0
+    for n in names:
+        err = change_error(n, f["params_final"][n][()], tm.p[n].detach().numpy(), p0[n], int(cfg["d-model"]))
+        worst = max(worst, err)
+        assert err <= tol["step"], f"{n}: parameters after {steps} steps differ by {err:.3g} of their change"
+    return worst, steps
+
+
 def dump(tmp_path, model, dtype, tied):
     exe = os.environ.get("HYPERRNN_REFDUMP")
     if not exe:
@@ -178,21 +202,5 @@ def test_matches_torch(tmp_path, model, tied, dtype):
               {"params": [tm.p[n] for n in names if not decays(n, tm.p[n])], "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=float(cfg["lr"]), betas=(float(cfg["adam-beta1"]), float(cfg["adam-beta2"])),
                             eps=float(cfg["adam-eps"]))
-    steps = int(cfg["steps"])
-    for s in range(steps):
-        opt.zero_grad()
-        loss = tm.loss(torch.tensor(f[f"batch/{s}/tokens"][()], dtype=torch.long),
-                       torch.tensor(f[f"batch/{s}/targets"][()], dtype=torch.long))
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(list(tm.p.values()), float(cfg["grad-clip"]))
-        assert abs(f["grad_norms"][s] - norm.item()) <= tol["grad"] * norm.item()
-        assert abs(f["losses"][s] - loss.item()) <= tol["grad"] * abs(loss.item()), f"loss at step {s}"
-        for g in opt.param_groups:
-            g["lr"] = lr_at(s, steps, int(cfg["warmup"]), float(cfg["lr"]), float(cfg["lr-min-ratio"]))
-        opt.step()
-    worst = 0.0
-    for n in names:
-        err = change_error(n, f["params_final"][n][()], tm.p[n].detach().numpy(), p0[n], int(cfg["d-model"]))
-        worst = max(worst, err)
-        assert err <= tol["step"], f"{n}: parameters after {steps} steps differ by {err:.3g} of their change"
+    worst, steps = check_steps(f, tm, opt, cfg, tol, names, p0)
     print(f"{model}/{dtype}: worst parameter error after {steps} steps {worst:.3g} of the change")

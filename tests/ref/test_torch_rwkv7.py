@@ -30,7 +30,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from test_torch_reference import TOL, change_error, lr_at, parse_ini, rel
+from test_torch_reference import TOL, check_steps, parse_ini, rel
 
 torch.set_default_dtype(torch.float64)
 
@@ -206,21 +206,5 @@ def test_rwkv7_matches_torch(tmp_path, variant, dtype):
     assert sum(len(g["params"]) for g in groups) == len(names)
     opt = torch.optim.AdamW(groups, lr=float(cfg["lr"]), betas=(float(cfg["adam-beta1"]), float(cfg["adam-beta2"])),
                             eps=float(cfg["adam-eps"]))
-    steps = int(cfg["steps"])
-    for s in range(steps):
-        opt.zero_grad()
-        loss = tm.loss(torch.tensor(f[f"batch/{s}/tokens"][()], dtype=torch.long),
-                       torch.tensor(f[f"batch/{s}/targets"][()], dtype=torch.long))
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(list(tm.p.values()), float(cfg["grad-clip"]))
-        assert abs(f["grad_norms"][s] - norm.item()) <= tol["grad"] * norm.item()
-        assert abs(f["losses"][s] - loss.item()) <= tol["grad"] * abs(loss.item()), f"loss at step {s}"
-        for g in opt.param_groups:
-            g["lr"] = g["scale"] * lr_at(s, steps, int(cfg["warmup"]), float(cfg["lr"]), float(cfg["lr-min-ratio"]))
-        opt.step()
-    worst = 0.0
-    for n in names:
-        err = change_error(n, f["params_final"][n][()], tm.p[n].detach().numpy(), p0[n], int(cfg["d-model"]))
-        worst = max(worst, err)
-        assert err <= tol["step"], f"{n}: parameters after {steps} steps differ by {err:.3g} of their change"
+    worst, steps = check_steps(f, tm, opt, cfg, tol, names, p0)
     print(f"rwkv7 {variant}/{dtype}: worst parameter error after {steps} steps {worst:.3g} of the change")

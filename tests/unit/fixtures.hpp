@@ -30,6 +30,15 @@ inline MqarConfig small_mqar(int vocab, int seq_len, int kv_pairs) {
   return qc;
 }
 
+// B MQAR samples with D key-value pairs shaped for the model (seed 3, the TestData stream).
+inline Batch mqar_batch(const ModelConfig& mc, int B, int D) {
+  MqarGenerator gen(small_mqar(mc.vocab, mc.seq_len, D));
+  Batch batch;
+  batch.resize(B, mc.seq_len);
+  gen.fill(batch, 3, RngPurpose::TestData, 0, 0, B);
+  return batch;
+}
+
 // A small MQAR problem (V 40, L 16, 3 pairs) and a model of the given kind (C 8, 2 layers, 2
 // heads, 4 experts top-2, width 8), in double (exact comparisons), with its optimizer and a step
 // configuration (lr 1e-2, no clip).

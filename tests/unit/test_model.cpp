@@ -13,6 +13,7 @@
 #include "tasks/mqar.hpp"
 
 using namespace hyperrnn;
+using test::mqar_batch;
 
 namespace {
 // Finite-difference check of every tensor of the table at up to 24 coordinates each (skipping
@@ -30,14 +31,6 @@ std::pair<int, int> check_all_tensors(Transformer<double>& model, const Batch& b
     skipped += r.skipped;
   }
   return {checked, skipped};
-}
-// B MQAR samples with D key-value pairs shaped for the model (seed 3, the TestData stream).
-Batch mqar_batch(const ModelConfig& mc, int B, int D) {
-  MqarGenerator gen(test::small_mqar(mc.vocab, mc.seq_len, D));
-  Batch batch;
-  batch.resize(B, mc.seq_len);
-  gen.fill(batch, 3, RngPurpose::TestData, 0, 0, B);
-  return batch;
 }
 }  // namespace
 

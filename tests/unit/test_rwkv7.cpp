@@ -14,6 +14,7 @@
 #include "tasks/mqar.hpp"
 
 using namespace hyperrnn;
+using test::mqar_batch;
 using namespace hyperrnn::nn;
 using test::check_gradient;
 using test::dot;
@@ -95,14 +96,6 @@ void randomise(Transformer<double>& m, uint64_t seed) {
     const bool norm_w = t.name.find("ln") != std::string::npos && t.name.find(".weight") != std::string::npos;
     for (int64_t i = 0; i < t.size; ++i) m.params[static_cast<size_t>(t.offset + i)] = u[static_cast<size_t>(i)] + (norm_w ? 1.0 : 0.0);
   }
-}
-
-Batch mqar_batch(const ModelConfig& mc, int B, int D) {
-  MqarGenerator gen(test::small_mqar(mc.vocab, mc.seq_len, D));
-  Batch batch;
-  batch.resize(B, mc.seq_len);
-  gen.fill(batch, 3, RngPurpose::TestData, 0, 0, B);
-  return batch;
 }
 
 }  // namespace
@@ -216,18 +209,18 @@ TEST_CASE("rwkv7 model: L2Wrap adds factor x max logit / scored rows at each row
   // the head's gradient differs by 0.25 / S x max logit x h at the argmax class of each scored row
   const int head = a.table().find("head.weight");
   REQUIRE(head >= 0);
-  const int V = mc.vocab, C = mc.d_model, S = a.scored();
+  const int Vn = mc.vocab, C = mc.d_model, S = a.scored();
   const double* lg = a.scored_logits();
   // hs (the final-norm rows fed to the head) is not exposed: recover the difference's structure
   // instead: rows of the difference are nonzero only at argmax classes
-  std::vector<int> is_argmax(static_cast<size_t>(V), 0);
+  std::vector<int> is_argmax(static_cast<size_t>(Vn), 0);
   for (int s = 0; s < S; ++s) {
     int am = 0;
-    for (int v = 1; v < V; ++v) am = lg[s * V + v] > lg[s * V + am] ? v : am;
+    for (int v = 1; v < Vn; ++v) am = lg[s * Vn + v] > lg[s * Vn + am] ? v : am;
     is_argmax[static_cast<size_t>(am)] = 1;
   }
   double diff = 0;
-  for (int v = 0; v < V; ++v)
+  for (int v = 0; v < Vn; ++v)
     for (int c = 0; c < C; ++c) {
       const size_t i = static_cast<size_t>(a.table()[head].offset + v * C + c);
       const double dd = std::abs(b.grads[i] - a.grads[i]);
