@@ -4,15 +4,41 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <vector>
 
 namespace hyperrnn {
 
+namespace {
+std::atomic<int64_t> g_flops{0}, g_ns{0}, g_calls{0};
+struct Count {  // adds one call's operations and time when it goes out of scope
+  int64_t flops;
+  std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
+  ~Count() {
+    g_flops.fetch_add(flops, std::memory_order_relaxed);
+    g_ns.fetch_add(std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count(),
+                   std::memory_order_relaxed);
+    g_calls.fetch_add(1, std::memory_order_relaxed);
+  }
+};
+}  // namespace
+
+GemmAccount gemm_account() {
+  return {static_cast<double>(g_flops.load()), static_cast<double>(g_ns.load()) * 1e-9, g_calls.load()};
+}
+
+void reset_gemm_account() {
+  g_flops = 0;
+  g_ns = 0;
+  g_calls = 0;
+}
+
 template <>
 void gemm<float>(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda,
                  const float* B, int ldb, float beta, float* C, int ldc) {
   if (M == 0 || N == 0) return;
+  const Count count{2LL * M * N * K};
   cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N,
               K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
@@ -21,6 +47,7 @@ template <>
 void gemm<double>(bool ta, bool tb, int M, int N, int K, double alpha, const double* A, int lda,
                   const double* B, int ldb, double beta, double* C, int ldc) {
   if (M == 0 || N == 0) return;
+  const Count count{2LL * M * N * K};
   cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N,
               K, alpha, A, lda, B, ldb, beta, C, ldc);
 }

@@ -381,7 +381,7 @@ double rwkv7_layer_flops(const Rwkv7Dims& d, bool channel_mix) {
   const double C = d.C, N = d.N;
   double f = 2.0 * 4 * C * C;                                        // r k v o
   f += 2.0 * 2 * C * (d.Dw + d.Da + (d.value_residual ? d.Dv : 0) + (d.gate ? d.Dg : 0));  // low-rank pairs
-  f += 2.0 * 3 * C * N;                                              // wkv: S a, S update (a b^T, v k^T), S r
+  f += 9.0 * C * N;  // wkv, per state entry: S a (2), S w + sa b + v k (5), S r (2); H N^2 = C N entries
   if (channel_mix) f += 2.0 * 2 * C * d.F;
   return f;
 }
