@@ -1,6 +1,8 @@
 // `hyperrnn bench`: the machine's measured SGEMM rate, then the configured model's training-step
 // throughput on P ranks (median of repeats) as tokens/s, model GFLOP/s, the share of the SGEMM
 // peak, and where the step time went (compute, dispatch exchange, reductions, optimizer).
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -76,6 +78,7 @@ int run_bench(Comm& comm, const RunConfig& cfg) {
   struct Repeat {
     double step, dispatch, reduce, optimizer, pilf;
   };
+  Repeat sums{0, 0, 0, 0, 0};  // over every timed step, for the phase split
   std::vector<Repeat> reps;
   double flops_sum = 0.0;  // model FLOPs of every timed step (meta-training steps cost more)
   int64_t step = 0, timed = 0, bytes = 0;
@@ -84,7 +87,10 @@ int run_bench(Comm& comm, const RunConfig& cfg) {
   for (int64_t r = 0; r <= cfg.bench_repeats; ++r) {  // repeat 0 warms up and is discarded
     Repeat t{0, 0, 0, 0, 0};
     comm.barrier();
-    if (r == 1) threads().reset_accounting();
+    if (r == 1) {
+      threads().reset_accounting();
+      reset_gemm_account();
+    }
     for (int64_t i = 0; i < cfg.bench_steps; ++i, ++step) {
       ses.fill_train_batch(step);  // not timed
       par.reset_accounting(Lmoe);
@@ -103,8 +109,18 @@ int run_bench(Comm& comm, const RunConfig& cfg) {
     }
     const double n = static_cast<double>(cfg.bench_steps);
     if (r > 0) reps.push_back({t.step / n, t.dispatch / n, t.reduce / n, t.optimizer / n, t.pilf / n});
-    if (r > 0) timed_wall += t.step;
+    if (r > 0) {
+      timed_wall += t.step;
+      sums.dispatch += t.dispatch;
+      sums.reduce += t.reduce;
+      sums.optimizer += t.optimizer;
+    }
   }
+  const PhaseAccount phases = phase_account();  // the timed steps only
+  const GemmAccount gemms = gemm_account();
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  const int peak_mib = comm.allreduce_max(static_cast<int>(ru.ru_maxrss / 1024));  // Linux: KiB
   // rwkv7: inference, parallel (the training forward alone) and recurrent (one token at a time,
   // the state carried), on the same batch
   double fwd_s = 0.0, rec_s = 0.0;
@@ -149,6 +165,22 @@ int run_bench(Comm& comm, const RunConfig& cfg) {
                 compute, med.dispatch, med.reduce, med.optimizer, med.pilf);
     std::printf("xfer_bytes_per_step: %.0f\n", static_cast<double>(bytes) / static_cast<double>(timed));
     std::printf("model_flops_per_token: %.0f (forward + backward, analytic)\n", flops / (static_cast<double>(B) * L));
+    {  // where a step's time goes (rank 0, mean over the timed steps; exact at one thread, see core/blas.hpp)
+      const double per = 1.0 / static_cast<double>(timed), wall = timed_wall * per;
+      const int Pi = static_cast<int>(Phase::Pilf);
+      const double gemm = (gemms.seconds - phases.gemm_s[Pi]) * per, gflop = (gemms.flops - phases.gemm_flops[Pi]) * per;
+      auto own = [&](Phase p) { return (phases.total_s[static_cast<int>(p)] - phases.gemm_s[static_cast<int>(p)]) * per; };
+      const double att = own(Phase::Attention), route = own(Phase::Routing), rec = own(Phase::Recurrence);
+      const double pilf = phases.total_s[Pi] * per, opt = sums.optimizer * per, xch = (sums.dispatch + sums.reduce) * per;
+      const double rest = std::max(0.0, wall - gemm - att - route - rec - pilf - opt - xch);
+      auto pc = [wall](double x) { return wall > 0 ? 100.0 * x / wall : 0.0; };
+      std::printf("phase_s_per_step: step %.5f = gemm %.5f (%.0f%%, %.2f GFLOP/s, %.1f%% of peak) + attention %.5f (%.0f%%) + "
+                  "routing_dispatch %.5f (%.0f%%) + recurrence %.5f (%.0f%%) + pilf %.5f (%.0f%%) + optimizer %.5f (%.0f%%) + "
+                  "exchanges %.5f (%.0f%%) + elementwise_other %.5f (%.0f%%)\n",
+                  wall, gemm, pc(gemm), gemm > 0 ? gflop / gemm * 1e-9 : 0.0, gemm > 0 ? 100.0 * gflop / gemm * 1e-9 / peak : 0.0,
+                  att, pc(att), route, pc(route), rec, pc(rec), pilf, pc(pilf), opt, pc(opt), xch, pc(xch), rest, pc(rest));
+      std::printf("peak_rss_mib: %d (largest rank)\n", peak_mib);
+    }
     const int64_t sf = ses.model.state_floats_per_sequence(L);
     if (ses.model.config().is_rwkv()) {
       std::printf("inference_tokens_per_s: parallel %.0f, recurrent %.0f (one token at a time; median of %lld)\n",

@@ -12,14 +12,22 @@ namespace hyperrnn {
 
 namespace {
 std::atomic<int64_t> g_flops{0}, g_ns{0}, g_calls{0};
+std::atomic<int64_t> g_phase_total_ns[kPhases], g_phase_gemm_ns[kPhases], g_phase_gemm_flops[kPhases];
+thread_local Phase t_phase = Phase::Model;
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
 struct Count {  // adds one call's operations and time when it goes out of scope
   int64_t flops;
-  std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
+  int64_t t0 = now_ns();
   ~Count() {
+    const int64_t dt = now_ns() - t0;
+    const int p = static_cast<int>(t_phase);
     g_flops.fetch_add(flops, std::memory_order_relaxed);
-    g_ns.fetch_add(std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count(),
-                   std::memory_order_relaxed);
+    g_ns.fetch_add(dt, std::memory_order_relaxed);
     g_calls.fetch_add(1, std::memory_order_relaxed);
+    g_phase_gemm_ns[p].fetch_add(dt, std::memory_order_relaxed);
+    g_phase_gemm_flops[p].fetch_add(flops, std::memory_order_relaxed);
   }
 };
 }  // namespace
@@ -32,6 +40,27 @@ void reset_gemm_account() {
   g_flops = 0;
   g_ns = 0;
   g_calls = 0;
+  for (int p = 0; p < kPhases; ++p) g_phase_total_ns[p] = g_phase_gemm_ns[p] = g_phase_gemm_flops[p] = 0;
+}
+
+PhaseAccount phase_account() {
+  PhaseAccount a;
+  for (int p = 0; p < kPhases; ++p) {
+    a.total_s[p] = static_cast<double>(g_phase_total_ns[p].load()) * 1e-9;
+    a.gemm_s[p] = static_cast<double>(g_phase_gemm_ns[p].load()) * 1e-9;
+    a.gemm_flops[p] = static_cast<double>(g_phase_gemm_flops[p].load());
+  }
+  return a;
+}
+
+Phase current_phase() { return t_phase; }
+void set_current_phase(Phase p) { t_phase = p; }
+
+PhaseScope::PhaseScope(Phase p) : prev_(t_phase), p_(p), t0_ns_(now_ns()) { t_phase = p; }
+
+PhaseScope::~PhaseScope() {
+  if (prev_ != p_) g_phase_total_ns[static_cast<int>(p_)].fetch_add(now_ns() - t0_ns_, std::memory_order_relaxed);
+  t_phase = prev_;
 }
 
 template <>

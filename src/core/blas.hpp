@@ -17,7 +17,34 @@ struct GemmAccount {
   int64_t calls = 0;
 };
 GemmAccount gemm_account();
-void reset_gemm_account();
+void reset_gemm_account();  // also resets the phase account
+
+// The benchmark's phase split: a PhaseScope marks the work of its lifetime on the calling thread
+// (the thread pool hands the caller's phase on to the items of a region) and adds its wall time to
+// the phase's total, once per outermost scope of that phase; every gemm adds its time and operations
+// to the phase of the thread that runs it. At one thread (the benchmark's configuration) both are
+// the step's wall time; at more, totals are the scopes' wall time, GEMM figures thread-seconds.
+enum class Phase : int { Model = 0, Attention = 1, Routing = 2, Recurrence = 3, Pilf = 4 };
+constexpr int kPhases = 5;
+struct PhaseAccount {
+  double total_s[kPhases] = {};  // time inside each phase's scopes (Model: unused)
+  double gemm_s[kPhases] = {};   // GEMM time and operations while the thread was in each phase
+  double gemm_flops[kPhases] = {};
+};
+PhaseAccount phase_account();
+Phase current_phase();
+void set_current_phase(Phase p);
+class PhaseScope {
+ public:
+  explicit PhaseScope(Phase p);
+  ~PhaseScope();
+  PhaseScope(const PhaseScope&) = delete;
+  PhaseScope& operator=(const PhaseScope&) = delete;
+
+ private:
+  Phase prev_, p_;
+  int64_t t0_ns_;
+};
 
 // Measured single-precision GEMM rate of this machine in GFLOP/s (square n x n, best of reps).
 double measure_sgemm_gflops(int n, int reps);

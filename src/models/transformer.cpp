@@ -6,6 +6,7 @@
 #include <limits>
 #include <type_traits>
 
+#include "core/blas.hpp"
 #include "core/error.hpp"
 #include "core/rng.hpp"
 #include "nn/dropout.hpp"
@@ -376,7 +377,10 @@ double Transformer<T>::forward(const Batch& batch) {
       nn::linear_forward<T>(Ly.qkv + 3 * o, Ly.ln1_out + o, p(Ly.qkv_w), p(Ly.qkv_b), n, C, 3 * C);
       nn::AttnDropout<T> ad{drop_ ? Ly.att_keep + oa : nullptr, dscale, drop_ ? Ly.att_drop + oa : nullptr};
       if (drop_) dropout_masks(Ly.att_keep, site, 1LL * H * Tn * Tn, b0, nb);
-      nn::attention_forward<T>(Ly.atty + o, Ly.att + oa, Ly.qkv + 3 * o, nb, Tn, C, H, cfg_.causal, drop_ ? &ad : nullptr);
+      {
+        const PhaseScope ph(Phase::Attention);
+        nn::attention_forward<T>(Ly.atty + o, Ly.att + oa, Ly.qkv + 3 * o, nb, Tn, C, H, cfg_.causal, drop_ ? &ad : nullptr);
+      }
       nn::linear_forward<T>(Ly.attproj + o, Ly.atty + o, p(Ly.proj_w), p(Ly.proj_b), n, C, C);
       if (drop_) {
         dropout_masks(Ly.proj_keep, site + 1, 1LL * Tn * C, b0, nb);
@@ -420,7 +424,10 @@ double Transformer<T>::forward(const Batch& batch) {
       }
       nn::MoeCache<T>& c = Ly.moe;
       T* experts = params.data() + table_[Ly.expert_here].offset;  // this rank's experts' block
-      nn::moe_route<T>(c, Ly.ln2_out, moe_weights(Ly, params), rk, md);
+      {
+        const PhaseScope ph(Phase::Routing);
+        nn::moe_route<T>(c, Ly.ln2_out, moe_weights(Ly, params), rk, md);
+      }
       const int E = cfg_.experts;
       if (par.P == 1) {
         {
@@ -446,7 +453,10 @@ double Transformer<T>::forward(const Batch& batch) {
       double rows = 0.0;
       for (int e = 0; e < E; ++e) rows += expert_tokens_[l * E + e];
       layer_rows_[l] = rows;
-      nn::moe_combine<T>(Ly.ffn_out, c, md);
+      {
+        const PhaseScope ph(Phase::Routing);
+        nn::moe_combine<T>(Ly.ffn_out, c, md);
+      }
     }
     each_shard([&](int, int b0, int nb, int r0, int n) {
       const int64_t o = 1LL * r0 * C;
@@ -630,6 +640,8 @@ void Transformer<T>::backward() {
       if (cfg_.memory_routing()) md.sample_k = Ly.k;
       const nn::MoeCache<T>& c = Ly.moe;
       nn::MoeScratch<T>& sc = moe_scratch_;
+      {  // the combine's and the router's backward
+      const PhaseScope ph(Phase::Routing);
       nn::moe_combine_backward<T>(sc.dys, sc.dgates, dffn, c, md);
       // router gradients: per shard for the replicated router tensors, per sample set for pilf
       router_grads_.resize(static_cast<size_t>(Sl));
@@ -641,6 +653,7 @@ void Transformer<T>::backward() {
         }
       }
       nn::moe_router_backward<T>(dln_, router_grads_.data(), sc, Ly.ln2_out, c, moe_weights(Ly, params), rk, md);
+      }
       T* experts = params.data() + table_[Ly.expert_here].offset;  // this rank's experts' block
       T* gexperts = grads.data() + table_[Ly.expert_here].offset;
       if (par.P == 1) {
@@ -661,7 +674,10 @@ void Transformer<T>::backward() {
         }
         X.give_back(own_dxs_.data(), sc.dxs, C, par);
       }
-      nn::moe_scatter_add<T>(dln_, sc.dxs, c, md);
+      {
+        const PhaseScope ph(Phase::Routing);
+        nn::moe_scatter_add<T>(dln_, sc.dxs, c, md);
+      }
       if (cfg_.memory_routing() && router_backward_) {
         // the routing gradient through the router into each sample's q = mean of its tokens
         std::vector<RouteGradShard> shards;
@@ -688,8 +704,11 @@ void Transformer<T>::backward() {
       }
       nn::linear_backward<T>(datty_ + o, gs(Ly.proj_w, sh), gs(Ly.proj_b, sh), dproj, Ly.atty + o, p(Ly.proj_w), n, C, C);
       nn::AttnDropout<T> ad{drop_ ? Ly.att_keep + oa : nullptr, dscale, drop_ ? Ly.att_drop + oa : nullptr};
-      nn::attention_backward<T>(dqkv_ + 3 * o, datt_ + oa, datty_ + o, Ly.qkv + 3 * o, Ly.att + oa, nb, Tn, C, H, cfg_.causal,
-                                drop_ ? &ad : nullptr);
+      {
+        const PhaseScope ph(Phase::Attention);
+        nn::attention_backward<T>(dqkv_ + 3 * o, datt_ + oa, datty_ + o, Ly.qkv + 3 * o, Ly.att + oa, nb, Tn, C, H,
+                                  cfg_.causal, drop_ ? &ad : nullptr);
+      }
       nn::linear_backward<T>(dln_ + o, gs(Ly.qkv_w, sh), gs(Ly.qkv_b, sh), dqkv_ + 3 * o, Ly.ln1_out + o, p(Ly.qkv_w), n, C,
                              3 * C);
       nn::layernorm_backward<T>(dres_ + o, gs(Ly.ln1_w, sh), gs(Ly.ln1_b, sh), dln_ + o, res_in + o, p(Ly.ln1_w),

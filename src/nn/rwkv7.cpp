@@ -196,10 +196,13 @@ void rwkv7_att_forward(T* out, Rwkv7AttCache<T>& c, T* vfirst, const T* xa, cons
     }
   const Wkv7Dims wd{Tn, H, N, d.chunk};
   const int64_t SS = wd.state_size(), seq = static_cast<int64_t>(Tn) * C;
-  for (int b = 0; b < nb; ++b) {
-    const int64_t o = b * seq;
-    wkv7_forward<T>(c.y + o, c.ckpt + b * wd.checkpoints() * SS, c.r + o, c.u + o, c.kp + o, c.v + o, c.aa + o, c.bb + o,
-                    wd, state0 ? state0 + b * SS : nullptr, state_out ? state_out + b * SS : nullptr);
+  {
+    const PhaseScope ph(Phase::Recurrence);
+    for (int b = 0; b < nb; ++b) {
+      const int64_t o = b * seq;
+      wkv7_forward<T>(c.y + o, c.ckpt + b * wd.checkpoints() * SS, c.r + o, c.u + o, c.kp + o, c.v + o, c.aa + o, c.bb + o,
+                      wd, state0 ? state0 + b * SS : nullptr, state_out ? state_out + b * SS : nullptr);
+    }
   }
   // GroupNorm per head, then the bonus (sum_j r_j k'_j r_k_j) v
   const T eps = static_cast<T>(kRwkvGroupNormEps);
@@ -279,10 +282,13 @@ void rwkv7_att_backward(T* dxa, T* dvfirst, const Rwkv7AttW<T>& dw, const T* dou
   // the recurrence
   const Wkv7Dims wd{Tn, H, N, d.chunk};
   const int64_t SS = wd.state_size(), seq = static_cast<int64_t>(Tn) * C;
-  for (int b = 0; b < nb; ++b) {
-    const int64_t o = b * seq;
-    wkv7_backward<T>(s.wr + o, s.du + o, s.wkp + o, s.wv + o, s.daa + o, s.dbb + o, nullptr, s.dy + o,
-                     c.ckpt + b * wd.checkpoints() * SS, c.r + o, c.u + o, c.kp + o, c.v + o, c.aa + o, c.bb + o, wd, s.wkv);
+  {
+    const PhaseScope ph(Phase::Recurrence);
+    for (int b = 0; b < nb; ++b) {
+      const int64_t o = b * seq;
+      wkv7_backward<T>(s.wr + o, s.du + o, s.wkp + o, s.wv + o, s.daa + o, s.dbb + o, nullptr, s.dy + o,
+                       c.ckpt + b * wd.checkpoints() * SS, c.r + o, c.u + o, c.kp + o, c.v + o, c.aa + o, c.bb + o, wd, s.wkv);
+    }
   }
   // aa = -kk, bb = kk a, kp = k (1 + (a - 1) k_a): s.daa becomes d kk, s.dbb d a, s.dkp d k
   for (int64_t n = 0; n < rows; ++n)

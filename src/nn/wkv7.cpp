@@ -76,7 +76,7 @@ void wkv7_backward(T* dr, T* du, T* dk, T* dv, T* da, T* db, T* dstate0, const T
   T* dS = scratch + (d.chunk + 1) * SS;          // SS: the gradient of the state after the current token
   T* sa = dS + SS;                               // chunk x HN
   std::fill(dS, dS + SS, T(0));
-  std::vector<T> dsa(static_cast<size_t>(N)), w(static_cast<size_t>(N)), ytmp(static_cast<size_t>(N));
+  std::vector<T> dsa(static_cast<size_t>(N)), w(static_cast<size_t>(N)), ytmp(static_cast<size_t>(N)), acc(5 * static_cast<size_t>(N));
   for (int64_t c = d.checkpoints() - 1; c >= 0; --c) {
     const int t0 = static_cast<int>(c * d.chunk), t1 = std::min(d.T, t0 + d.chunk);
     // the chunk's states, rebuilt by the forward's own arithmetic
@@ -101,21 +101,34 @@ void wkv7_backward(T* dr, T* du, T* dk, T* dv, T* da, T* db, T* dstate0, const T
         T* G = dS + h * NN;
         for (int i = 0; i < N; ++i)
           for (int j = 0; j < N; ++j) G[i * N + j] += dy[q + i] * r[q + j];
-        for (int j = 0; j < N; ++j) {
-          T drj = 0, dwj = 0, dkj = 0, dbj = 0;
-          for (int i = 0; i < N; ++i) {
-            const T g = G[i * N + j];
-            drj += Sn[i * N + j] * dy[q + i];
-            dwj += g * Sp[i * N + j];
-            dkj += g * v[q + i];
-            dbj += g * sah[i];
+        // Column sums over i, taken row by row (unit stride; per column the same order i = 0, 1, ...
+        // as a column loop, so the same values)
+        std::fill(acc.begin(), acc.end(), T(0));
+        T* drj = acc.data();
+        T* dwj = drj + N;
+        T* dkj = dwj + N;
+        T* dbj = dkj + N;
+        T* daj = dbj + N;
+        for (int i = 0; i < N; ++i) {
+          const T* Gi = G + i * N;
+          const T* Sni = Sn + i * N;
+          const T* Spi = Sp + i * N;
+          const T dyi = dy[q + i], vi = v[q + i], sai = sah[i];
+          for (int j = 0; j < N; ++j) {
+            const T g = Gi[j];
+            drj[j] += Sni[j] * dyi;
+            dwj[j] += g * Spi[j];
+            dkj[j] += g * vi;
+            dbj[j] += g * sai;
           }
+        }
+        for (int j = 0; j < N; ++j) {
           const T sg = T(1) / (T(1) + std::exp(-u[q + j]));
           w[static_cast<size_t>(j)] = wkv7_decay(u[q + j]);
-          dr[q + j] = drj;
-          du[q + j] = dwj * w[static_cast<size_t>(j)] * static_cast<T>(kWkvDecayScale) * sg * (T(1) - sg);
-          dk[q + j] = dkj;
-          db[q + j] = dbj;
+          dr[q + j] = drj[j];
+          du[q + j] = dwj[j] * w[static_cast<size_t>(j)] * static_cast<T>(kWkvDecayScale) * sg * (T(1) - sg);
+          dk[q + j] = dkj[j];
+          db[q + j] = dbj[j];
         }
         for (int i = 0; i < N; ++i) {
           T dvi = 0, dsai = 0;
@@ -126,11 +139,12 @@ void wkv7_backward(T* dr, T* du, T* dk, T* dv, T* da, T* db, T* dstate0, const T
           dv[q + i] = dvi;
           dsa[static_cast<size_t>(i)] = dsai;
         }
-        for (int j = 0; j < N; ++j) {
-          T daj = 0;
-          for (int i = 0; i < N; ++i) daj += Sp[i * N + j] * dsa[static_cast<size_t>(i)];
-          da[q + j] = daj;
+        for (int i = 0; i < N; ++i) {
+          const T* Spi = Sp + i * N;
+          const T dsai = dsa[static_cast<size_t>(i)];
+          for (int j = 0; j < N; ++j) daj[j] += Spi[j] * dsai;
         }
+        for (int j = 0; j < N; ++j) da[q + j] = daj[j];
         for (int i = 0; i < N; ++i)
           for (int j = 0; j < N; ++j)
             G[i * N + j] = G[i * N + j] * w[static_cast<size_t>(j)] + dsa[static_cast<size_t>(i)] * a[q + j];

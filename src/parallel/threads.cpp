@@ -2,6 +2,8 @@
 // oversubscribed node loses no time to idle threads); items are handed out by one atomic counter.
 #include "parallel/threads.hpp"
 
+#include "core/blas.hpp"
+
 #include <sched.h>
 
 #include <atomic>
@@ -39,6 +41,7 @@ struct ThreadPool::Shared {
   const std::function<void(int, int)>* fn = nullptr;
   std::atomic<int> next{0};
   std::exception_ptr error;
+  Phase phase = Phase::Model;
   std::vector<std::thread> workers;
 };
 
@@ -67,8 +70,10 @@ void ThreadPool::worker(int id) {
     seen = s.generation;
     const std::function<void(int, int)>& fn = *s.fn;
     const int n = s.n;
+    const Phase phase = s.phase;
     lk.unlock();
     in_region = true;
+    set_current_phase(phase);
     const double t0 = now_s();
     for (int i = s.next.fetch_add(1); i < n; i = s.next.fetch_add(1)) {
       try {
@@ -80,6 +85,7 @@ void ThreadPool::worker(int id) {
     }
     busy_[static_cast<size_t>(id)] += now_s() - t0;
     in_region = false;
+    set_current_phase(Phase::Model);
     lk.lock();
     if (--s.active == 0) s.done.notify_one();
   }
@@ -114,6 +120,7 @@ void ThreadPool::run(int n, const std::function<void(int, int)>& fn) {
     s.next.store(0);
     s.error = nullptr;
     s.active = threads_ - 1;
+    s.phase = current_phase();  // the items work in the caller's phase (the benchmark's split)
     ++s.generation;
   }
   s.start.notify_all();

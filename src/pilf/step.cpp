@@ -1,6 +1,8 @@
 // The hyper-step and the PILF state it evolves.
 #include "pilf/step.hpp"
 
+#include "core/blas.hpp"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -144,6 +146,7 @@ template <class T>
 void PilfState<T>::route(int l, const std::vector<typename Transformer<T>::RouteShard>& shards) {
   if (shards.empty()) return;
   ScopedTimer timer(route_s);
+  const PhaseScope ph(Phase::Pilf);
   const int C = mc.d_model, Kh = cfg.history;
   const size_t L = static_cast<size_t>(l);
   const int n = shards.back().first + shards.back().B;  // this rank's samples
@@ -436,6 +439,7 @@ StepStats train_step(Transformer<T>& model, nn::AdamW<T>& opt, const Batch& batc
   // PILF's own work from here on (curation, dynamic-k statistics, meta-training) and the routing
   // during the forward: pilf_s, without the collectives (they count as reductions)
   const auto t_pilf = std::chrono::steady_clock::now();
+  const PhaseScope pilf_phase(Phase::Pilf);
   const double reduce0 = par.reduce_s;
   auto& s = ps->s;
   const int nbuf = static_cast<int>(ps->buffers.size());
