@@ -20,6 +20,7 @@ extern "C" {
 void openblas_set_num_threads(int) __attribute__((weak));
 int openblas_get_num_threads(void) __attribute__((weak));
 char* openblas_get_config(void) __attribute__((weak));
+char* openblas_get_corename(void) __attribute__((weak));
 }
 
 namespace hyperrnn {
@@ -189,9 +190,22 @@ std::string make_blas_single_threaded() {
   const int t = openblas_get_num_threads ? openblas_get_num_threads() : 1;
   if (t != 1) throw RuntimeError("OpenBLAS still reports " + std::to_string(t) + " threads after openblas_set_num_threads(1)");
   std::string cfg = openblas_get_config ? openblas_get_config() : "";
-  return blas_text() = "BLAS: OpenBLAS (" + cfg + "), 1 thread per call";
+  const std::string core = openblas_get_corename ? openblas_get_corename() : "?";
+  return blas_text() = "BLAS: OpenBLAS (" + cfg + "), kernel " + core + ", 1 thread per call";
 }
 
 const std::string& blas_threading() { return blas_text(); }
+
+std::string blas_short() {
+  const std::string& t = blas_text();
+  if (openblas_set_num_threads == nullptr || t.empty()) return t.empty() ? "BLAS unknown" : t.substr(6);
+  std::string version = "OpenBLAS";
+  if (openblas_get_config) {  // "OpenBLAS 0.3.21 NO_LAPACKE ...": the first two words
+    const std::string cfg = openblas_get_config();
+    const size_t sp = cfg.find(' '), sp2 = sp == std::string::npos ? sp : cfg.find(' ', sp + 1);
+    version = cfg.substr(0, sp2);
+  }
+  return version + ", kernel " + (openblas_get_corename ? openblas_get_corename() : "?") + ", 1 thread per call";
+}
 
 }  // namespace hyperrnn

@@ -57,6 +57,8 @@ int affinity_cores();
 // after the call; throws when the library reports more than one thread afterwards.
 std::string make_blas_single_threaded();
 // The description make_blas_single_threaded() returned (empty before it ran).
+// "OpenBLAS 0.3.21, kernel Zen, 1 thread per call": the banner's short form.
+std::string blas_short();
 const std::string& blas_threading();
 
 }  // namespace hyperrnn

@@ -356,3 +356,21 @@ def test_eval_recurrent(tmp_path):
     assert r.returncode == 2 and "option '--recurrent': needs model rwkv7" in r.stderr, r.stderr
     r = hyperrnn("eval", "--snapshot", str(dense), "--csv", "-")
     assert "KV cache per sequence at 16 positions: 512 floats (2048 bytes fp32), growing by 32 floats per position" in r.stdout
+
+
+def test_banner_and_run_directory_name_blas_kernel_and_threads(tmp_path):
+    """The banner (stdout and logs/train.log) and logs/invocations.csv name the BLAS, the kernel it
+    chose and the thread count; with OPENBLAS_CORETYPE set, the kernel is the one it forces."""
+    import re
+    out = tmp_path / "run"
+    r = hyperrnn("train", *TINY, "--threads", "2", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    banner = r.stdout.splitlines()[0]
+    m = re.search(r"on 1 rank\(s\) x 2 thread\(s\) -> \S+ \(OpenBLAS ([0-9.]+), kernel (\S+), 1 thread per call\)$", banner)
+    assert m, banner
+    assert (out / "logs" / "train.log").read_text().splitlines()[0] == banner
+    forced = os.environ.get("OPENBLAS_CORETYPE")
+    if forced:
+        assert m.group(2).lower() == forced.lower(), (banner, forced)
+    inv = list(csv.DictReader(open(out / "logs" / "invocations.csv")))[-1]
+    assert f"kernel {m.group(2)}" in inv["blas"] and m.group(1) in inv["blas"] and inv["threads_per_rank"] == "2"
