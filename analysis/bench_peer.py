@@ -1,14 +1,21 @@
 #!/usr/bin/env python3
-"""Throughput of hyperrnn against PyTorch (CPU) on the same model and batch shapes.
+"""Throughput of hyperrnn against a PyTorch (CPU) peer of the same model, batch and thread count.
 
-Runs `hyperrnn bench` and an equivalent PyTorch training step (pre-LN Transformer, tied head,
-dense FFN, AdamW, loss on the scored MQAR positions only) alternately, REPEATS times each, with the
-same thread count, and prints the medians and their ratio. Usage:
+Runs `hyperrnn bench` and the peer's training step alternately, REPEATS times each, and prints both
+medians and their ratio. The peer per model:
+- dense: PyTorch's own pre-LN nn.TransformerEncoderLayer blocks (its fused attention path), tied
+  head, AdamW, loss on the scored MQAR positions only;
+- moe, gauss-moe: the same attention blocks with a top-k MoE feed-forward written the efficient
+  PyTorch way (each expert gathers its tokens with index_select and adds back with index_add_; the
+  linear or diagonal-Gaussian log-likelihood router of tests/ref/test_torch_reference.py);
+- rwkv7: analysis/bench_rwkv7_peer.py's naive per-token recurrence (the test oracle), run through
+  that script.
+pilf has no PyTorch peer here: its peer is the PILF reference itself, timed outside the project
+(docs/performance.md). Usage:
 
     /usr/bin/python3 analysis/bench_peer.py [--threads 1] [--repeats 5] [--steps 20] -- [hyperrnn options]
 
-Only the dense model has a PyTorch peer here (PyTorch has no built-in MoE); the hyperrnn options
-after `--` must describe it (e.g. --model dense --d-model 64 --layers 2 --heads 4).
+The hyperrnn options after `--` describe the model and batch (e.g. --config jobs/configs/bench-mqar-dense.ini).
 """
 import argparse
 import os
@@ -16,44 +23,110 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
+HERE = os.path.dirname(os.path.abspath(__file__))
 
-def hyperrnn_bench(binary, opts, steps, env):
+
+def hyperrnn_bench(binary, opts, steps):
     out = subprocess.run([binary, "bench", "--bench-steps", str(steps), "--repeats", "3", *opts],
-                         capture_output=True, text=True, env=env, check=True).stdout
+                         capture_output=True, text=True, check=True).stdout
     return float(re.search(r"tokens_per_s: (\d+)", out).group(1)), out
+
+
+def effective_config(binary, opts):
+    """The configuration as hyperrnn resolves it (its config.ini), from a one-step run."""
+    with tempfile.TemporaryDirectory() as d:
+        run = os.path.join(d, "run")
+        subprocess.run([binary, "train", *opts, "--out", run, "--steps", "1", "--eval-every", "0", "--threads", "1"],
+                       capture_output=True, check=True)
+        cfg = {}
+        for line in open(os.path.join(run, "config.ini")).read().splitlines():
+            if "=" in line and not line.startswith("#"):
+                k, v = (s.strip() for s in line.split("=", 1))
+                cfg[k] = v
+    return cfg
 
 
 def torch_bench(cfg, steps, threads):
     import torch
     import torch.nn.functional as F
     torch.set_num_threads(threads)
-    B, L, C, V, H, layers = cfg["batch"], cfg["seq-len"], cfg["d-model"], cfg["vocab"], cfg["heads"], cfg["layers"]
-    dff = cfg["d-ff"] or 4 * C
+    kind = cfg["model"]
+    B, L, C, V, H, layers = (int(cfg[k]) for k in ("batch", "seq-len", "d-model", "vocab", "heads", "layers"))
+    dff = int(cfg["d-ff"]) or 4 * C
+    E, K = int(cfg["experts"]), int(cfg["top-k"])
+
+    class Moe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = torch.nn.ModuleList(torch.nn.Linear(C, dff) for _ in range(E))
+            self.fc2 = torch.nn.ModuleList(torch.nn.Linear(dff, C) for _ in range(E))
+            if kind == "moe":
+                self.router = torch.nn.Linear(C, E, bias=False)
+            else:
+                self.mu = torch.nn.Parameter(torch.randn(E, C) / C ** 0.5)
+                self.log_sigma = torch.nn.Parameter(torch.zeros(E, C))
+
+        def forward(self, x):
+            shape = x.shape
+            x = x.reshape(-1, C)
+            if kind == "moe":
+                scores = self.router(x)
+            else:  # sum_i log N(x_i; mu, sigma), as GEMMs (hyperrnn's form)
+                w = torch.exp(-2 * self.log_sigma)
+                m = self.mu * w
+                c = (-0.5 * self.mu ** 2 * w - self.log_sigma - 0.9189385332046727).sum(-1)
+                scores = -0.5 * (x * x) @ w.T + x @ m.T + c
+            top, idx = torch.topk(scores, K, dim=-1)
+            gates = torch.softmax(top, dim=-1)
+            out = torch.zeros_like(x)
+            for e in range(E):
+                rows, slot = torch.nonzero(idx == e, as_tuple=True)
+                if rows.numel() == 0:
+                    continue
+                h = self.fc2[e](F.gelu(self.fc1[e](x.index_select(0, rows))))
+                out.index_add_(0, rows, h * gates[rows, slot].unsqueeze(-1))
+            return out.reshape(shape)
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln1, self.ln2 = torch.nn.LayerNorm(C), torch.nn.LayerNorm(C)
+            self.attn = torch.nn.MultiheadAttention(C, H, batch_first=True)
+            self.ffn = Moe()
+
+        def forward(self, x, mask):
+            h = self.ln1(x)
+            x = x + self.attn(h, h, h, attn_mask=mask, need_weights=False)[0]
+            return x + self.ffn(self.ln2(x))
 
     class Model(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.wte = torch.nn.Embedding(V, C)
             self.wpe = torch.nn.Embedding(L, C)
-            self.blocks = torch.nn.ModuleList(
-                torch.nn.TransformerEncoderLayer(C, H, dff, dropout=0.0, activation="gelu", batch_first=True,
-                                                 norm_first=True) for _ in range(layers))
+            if kind == "dense":
+                self.blocks = torch.nn.ModuleList(
+                    torch.nn.TransformerEncoderLayer(C, H, dff, dropout=0.0, activation="gelu", batch_first=True,
+                                                     norm_first=True) for _ in range(layers))
+            else:
+                self.blocks = torch.nn.ModuleList(Block() for _ in range(layers))
             self.lnf = torch.nn.LayerNorm(C)
             self.register_buffer("mask", torch.triu(torch.full((L, L), float("-inf")), 1))
 
         def forward(self, x, rows):
             h = self.wte(x) + self.wpe.weight
             for b in self.blocks:
-                h = b(h, src_mask=self.mask)
+                h = b(h, self.mask) if kind != "dense" else b(h, src_mask=self.mask)
             h = self.lnf(h).reshape(-1, C)[rows]  # scored positions only, as hyperrnn does
             return h @ self.wte.weight.T
 
     model = Model()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
     x = torch.randint(0, V, (B, L))
-    D = cfg["kv-pairs"]
+    D = int(cfg["kv-pairs"])
     rows = torch.cat([torch.arange(2 * D, 2 * D + 2 * D, 2) + b * L for b in range(B)])
     y = torch.randint(V // 2, V, (rows.numel(),))
 
@@ -76,29 +149,31 @@ def torch_bench(cfg, steps, threads):
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--binary", default=os.path.join(os.path.dirname(__file__), "..", "build", "bin", "hyperrnn"))
+    ap.add_argument("--binary", default=os.path.join(HERE, "..", "build", "bin", "hyperrnn"))
     ap.add_argument("opts", nargs="*")
     a = ap.parse_args()
-    env = dict(os.environ)
-    a.opts = ["--threads", str(a.threads), *a.opts]  # hyperrnn's own threads (its BLAS calls are single-threaded)
-    _, text = hyperrnn_bench(a.binary, a.opts, 1, env)
-    cfg = {"batch": 64, "seq-len": 64, "d-model": 64, "vocab": 256, "heads": 4, "layers": 2, "d-ff": 0, "kv-pairs": 8}
-    for i, tok in enumerate(a.opts):
-        if tok.startswith("--") and tok[2:] in cfg:
-            cfg[tok[2:]] = int(a.opts[i + 1])
-    if "--model" not in a.opts or a.opts[a.opts.index("--model") + 1] != "dense":
-        sys.exit("bench_peer.py: pass --model dense (the PyTorch peer is the dense model)")
+    cfg = effective_config(a.binary, a.opts)
+    if cfg["model"] == "rwkv7":
+        sys.exit(subprocess.call([sys.executable, os.path.join(HERE, "bench_rwkv7_peer.py"), "--binary", a.binary,
+                                  "--threads", str(a.threads), "--repeats", str(a.repeats), "--steps", str(max(1, a.steps // 4)),
+                                  "--", *a.opts]))
+    if cfg["model"] not in ("dense", "moe", "gauss-moe"):
+        sys.exit(f"bench_peer.py: no PyTorch peer for model {cfg['model']} (pilf's is the PILF reference: docs/performance.md)")
+    if cfg["task"] != "mqar":
+        sys.exit("bench_peer.py: the peer runs the MQAR shapes (token input)")
+    opts = ["--threads", str(a.threads), *a.opts]  # hyperrnn's own threads (its BLAS calls are single-threaded)
+    _, text = hyperrnn_bench(a.binary, opts, 1)
     ours, theirs = [], []
     for _ in range(a.repeats):
-        ours.append(hyperrnn_bench(a.binary, a.opts, a.steps, env)[0])
+        ours.append(hyperrnn_bench(a.binary, opts, a.steps)[0])
         theirs.append(torch_bench(cfg, a.steps, a.threads))
     mo, mt = statistics.median(ours), statistics.median(theirs)
-    print(text.splitlines()[0])
-    print(f"shapes: {cfg}, threads {a.threads}, {a.repeats} alternating repeats")
+    print([l for l in text.splitlines() if l.startswith("model:")][0])
+    print(f"threads {a.threads}, {a.repeats} alternating repeats")
     print(f"hyperrnn tokens/s: median {mo:.0f} (all {[round(v) for v in ours]})")
     print(f"pytorch  tokens/s: median {mt:.0f} (all {[round(v) for v in theirs]})")
     print(f"ratio hyperrnn / pytorch: {mo / mt:.2f}")

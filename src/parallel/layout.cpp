@@ -148,18 +148,24 @@ void ShardSum<T>::sum(T* out, const std::vector<const T*>& shards, const std::ve
   exps_.assign(static_cast<size_t>(nblocks), kZero);
   // 1. the largest binary exponent of each block over this rank's shards, then over all ranks
   each_block([&](int k, const Block& bl) {
+    // frexp's exponent grows with |v|, so the block's largest is that of its largest |v|: one
+    // frexp per block after a max that vectorises (NaN fails every comparison: counted apart)
     int& ex = exps_[static_cast<size_t>(k)];
+    T mx = T(0);
+    int bad = 0;
     for (int s = 0; s < Sl; ++s)
       for (int64_t i = bl.b0; i < bl.b1; ++i) {
-        const T v = shards[static_cast<size_t>(s)][i];
-        if (!std::isfinite(v)) {
-          ex = kNonFinite;
-        } else if (v != T(0) && ex != kNonFinite) {
-          int e2 = 0;
-          std::frexp(static_cast<double>(v), &e2);  // |v| < 2^e2
-          ex = std::max(ex, e2);
-        }
+        const T a = std::abs(shards[static_cast<size_t>(s)][i]);
+        bad |= !(a <= std::numeric_limits<T>::max());
+        mx = a > mx ? a : mx;
       }
+    if (bad) {
+      ex = kNonFinite;
+    } else if (mx != T(0)) {
+      int e2 = 0;
+      std::frexp(static_cast<double>(mx), &e2);  // |v| < 2^e2 for every v of the block
+      ex = e2;
+    }
   });
   if (par.P > 1) par.comm->allreduce_max(exps_.data(), exps_.size());
   // 2. fixed point on the block's exponent with headroom for S terms, exact integer sums (scaling
