@@ -709,6 +709,8 @@ int run_train(Comm& comm, const RunConfig& cfg) {
   }
   progress.line("run directory: " + cfg.out + " (config.ini, metrics.csv, timing.csv, eval.csv, " + (marathon ? "marathon.csv, " : "") +
                 "logs/, snapshot " + fs::path(last_snap).filename().string() + ")");
+  progress.line("next: build/bin/hyperrnn inspect " + cfg.out + " (what the snapshot holds) | hyperrnn eval --snapshot " + cfg.out +
+                " | analysis/hyperrnn-analysis report " + cfg.out + " (curves and figures as HTML)");
   event(cfg.steps, "complete", "snapshot " + last_snap);
   agree_on_writes();
   return 0;
