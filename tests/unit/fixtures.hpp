@@ -22,6 +22,23 @@ inline ModelConfig small_model(ModelKind kind, int vocab, int seq_len, int d_mod
   return mc;
 }
 
+// rwkv7 with V 20, T 12, C 8, 2 layers, head size 4 (2 heads), low ranks 3/2/3/4, channel-mix width
+// 12, the given options and checkpoint interval.
+inline ModelConfig small_rwkv7(bool vres = true, bool gate = true, bool cmix = true, int chunk = 3) {
+  ModelConfig mc = small_model(ModelKind::Rwkv7, 20, 12, 8, 2, 2, 0, 0, 12);
+  mc.head_size = 4;
+  mc.tie_embeddings = false;
+  mc.lora_w = 3;
+  mc.lora_a = 2;
+  mc.lora_v = 3;
+  mc.lora_g = 4;
+  mc.rwkv_chunk = chunk;
+  mc.value_residual = vres;
+  mc.output_gate = gate;
+  mc.channel_mix = cmix;
+  return mc;
+}
+
 inline MqarConfig small_mqar(int vocab, int seq_len, int kv_pairs) {
   MqarConfig qc;
   qc.vocab = vocab;

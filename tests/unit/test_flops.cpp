@@ -61,14 +61,7 @@ TEST_CASE("FLOP counter: hand counts and the GEMMs' own count", "[flops]") {
     CHECK(counted == hand);
   }
   SECTION("rwkv7: projections, low-rank paths, channel mix, and the recurrence (not a GEMM)") {
-    ModelConfig mc = test::small_model(ModelKind::Rwkv7, 20, 12, 8, 2, 2, 0, 0, 12);
-    mc.head_size = 4;
-    mc.tie_embeddings = false;
-    mc.lora_w = 3;
-    mc.lora_a = 2;
-    mc.lora_v = 3;
-    mc.lora_g = 4;
-    const auto [an, counted] = step_count(mc, 3, 3);
+    const auto [an, counted] = step_count(test::small_rwkv7(), 3, 3);
     const double Nh = 4;  // head size
     // per token and layer, 2 flops per multiply-add: r k v o (8 C^2); each low-rank pair C -> D -> C
     // (4 C D; w 3, a 2 and gate 4 on both layers, the value residual's 3 on layer 1 only); the

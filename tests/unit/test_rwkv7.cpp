@@ -15,6 +15,7 @@
 
 using namespace hyperrnn;
 using test::mqar_batch;
+using test::small_rwkv7;
 using namespace hyperrnn::nn;
 using test::check_gradient;
 using test::dot;
@@ -73,20 +74,6 @@ Rwkv7Dims dims(int T, bool vres, bool gate) {
   return d;
 }
 
-ModelConfig rwkv_model(bool vres, bool gate, bool cmix, int chunk = 3) {
-  ModelConfig mc = test::small_model(ModelKind::Rwkv7, 20, 12, 8, 2, 2, 0, 0, 12);
-  mc.head_size = 4;
-  mc.tie_embeddings = false;
-  mc.lora_w = 3;
-  mc.lora_a = 2;
-  mc.lora_v = 3;
-  mc.lora_g = 4;
-  mc.rwkv_chunk = chunk;
-  mc.value_residual = vres;
-  mc.output_gate = gate;
-  mc.channel_mix = cmix;
-  return mc;
-}
 
 // Random parameters of moderate size everywhere (the reference's initialisation has exact zeros,
 // W_o among them, under which most gradients vanish and a check proves little).
@@ -169,7 +156,7 @@ TEST_CASE("rwkv7 model: every tensor's gradient, every option combination", "[rw
   for (int combo = 0; combo < 8; ++combo) {
     const bool vres = combo & 1, gate = combo & 2, cmix = combo & 4;
     INFO("value residual " << vres << ", gate " << gate << ", channel mix " << cmix);
-    const ModelConfig mc = rwkv_model(vres, gate, cmix);
+    const ModelConfig mc = small_rwkv7(vres, gate, cmix);
     const int B = 3, D = 3;
     Transformer<double> model(mc, B, B * D);
     model.init(7);
@@ -191,7 +178,7 @@ TEST_CASE("rwkv7 model: every tensor's gradient, every option combination", "[rw
 }
 
 TEST_CASE("rwkv7 model: L2Wrap adds factor x max logit / scored rows at each row's argmax", "[rwkv7][model]") {
-  ModelConfig mc = rwkv_model(true, true, true);
+  ModelConfig mc = small_rwkv7(true, true, true);
   const int B = 3, D = 3;
   Transformer<double> a(mc, B, B * D);
   mc.l2wrap = 0.25;  // large, so that the difference is far above rounding
@@ -233,7 +220,7 @@ TEST_CASE("rwkv7 model: L2Wrap adds factor x max logit / scored rows at each row
 TEST_CASE("rwkv7 model: gradients bitwise independent of the checkpoint interval", "[rwkv7][model]") {
   std::vector<double> ref;
   for (int chunk : {1, 4, 5, 12}) {
-    const ModelConfig mc = rwkv_model(true, true, true, chunk);
+    const ModelConfig mc = small_rwkv7(true, true, true, chunk);
     Transformer<double> model(mc, 3, 9);
     model.init(7);
     randomise(model, 100);
@@ -253,7 +240,7 @@ TEST_CASE("rwkv7 recurrent inference equals the training forward position by pos
   // through the 2 layers' ~20 ops and the recurrence's state; logits of size ~1 then agree to
   // ~1e-5. Bound: 1e-4 absolute on the logits (a wrong state or token shift is off by O(1e-1)).
   for (bool cmix : {true, false}) {
-    ModelConfig mc = rwkv_model(true, true, cmix, 4);
+    ModelConfig mc = small_rwkv7(true, true, cmix, 4);
     mc.seq_len = 16;
     Transformer<float> model(mc, 4, 4 * 16);
     model.init(3);
@@ -282,7 +269,7 @@ TEST_CASE("rwkv7 recurrent inference equals the training forward position by pos
 }
 
 TEST_CASE("rwkv7 state and KV-cache sizes per sequence", "[rwkv7]") {
-  ModelConfig mc = rwkv_model(true, true, true);
+  ModelConfig mc = small_rwkv7(true, true, true);
   Transformer<float> r(mc, 1, 1);
   // per layer: two token-shift rows (C) and H N^2 wkv state: 2 layers x (16 + 2 x 16)
   CHECK(r.state_floats_per_sequence(12) == 2 * (2 * 8 + 2 * 4 * 4));
@@ -294,7 +281,7 @@ TEST_CASE("rwkv7 state and KV-cache sizes per sequence", "[rwkv7]") {
 }
 
 TEST_CASE("rwkv7 initialisation follows the reference's", "[rwkv7]") {
-  ModelConfig mc = rwkv_model(true, true, true);
+  ModelConfig mc = small_rwkv7(true, true, true);
   mc.layers = 3;
   mc.vocab = 20;
   Transformer<double> m(mc, 1, 1);
@@ -341,7 +328,7 @@ TEST_CASE("rwkv7 initialisation follows the reference's", "[rwkv7]") {
 
 TEST_CASE("rwkv7 on patch sequences: every tensor's gradient", "[rwkv7][grad][vit]") {
   // 8x8 images, 4x4 patches -> 4 tokens in raster order; 5 classes; the head reads the mean
-  ModelConfig mc = rwkv_model(true, true, true, 3);
+  ModelConfig mc = small_rwkv7(true, true, true, 3);
   mc.vocab = 5;
   mc.seq_len = 4;
   mc.image_h = mc.image_w = 8;
