@@ -52,8 +52,8 @@ def daemons():
 
 
 def settled_daemons(timeout=15):
-    """daemons() once two reads a second apart agree: a daemon that has just been started may still
-    show its forking parent for a moment (munged did, once, right after the module's bring-up)."""
+    """daemons() once two reads a second apart agree (a daemon that has just been started may still
+    show its forking parent)."""
     prev = sorted(daemons())
     for _ in range(timeout):
         time.sleep(1)
@@ -173,7 +173,10 @@ def test_bring_up_twice_and_again_after_down(slurm):
     before = settled_daemons()
     r = run(["bash", str(CLUSTER / "slurm-up.sh")])
     assert r.returncode == 0 and "is up" in r.stdout, r.stdout + r.stderr
-    assert settled_daemons() == before  # the second bring-up started nothing new
+    after = settled_daemons()
+    # the second bring-up started nothing new: every daemon is one of before's, none is missing;
+    # before may also hold munged's exited forking parent (seen twice in CI, gone later)
+    assert set(after) <= set(before) and names(after) == names(before), (before, after)
     assert status_ok()
     r = run(["bash", str(CLUSTER / "slurm-down.sh")])
     assert r.returncode == 0, r.stdout + r.stderr
