@@ -23,7 +23,6 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -33,20 +32,6 @@ def hyperrnn_bench(binary, opts, steps):
     out = subprocess.run([binary, "bench", "--bench-steps", str(steps), "--repeats", "3", *opts],
                          capture_output=True, text=True, check=True).stdout
     return float(re.search(r"tokens_per_s: (\d+)", out).group(1)), out
-
-
-def effective_config(binary, opts):
-    """The configuration as hyperrnn resolves it (its config.ini), from a one-step run."""
-    with tempfile.TemporaryDirectory() as d:
-        run = os.path.join(d, "run")
-        subprocess.run([binary, "train", *opts, "--out", run, "--steps", "1", "--eval-every", "0", "--threads", "1"],
-                       capture_output=True, check=True)
-        cfg = {}
-        for line in open(os.path.join(run, "config.ini")).read().splitlines():
-            if "=" in line and not line.startswith("#"):
-                k, v = (s.strip() for s in line.split("=", 1))
-                cfg[k] = v
-    return cfg
 
 
 def torch_bench(cfg, steps, threads):
@@ -156,7 +141,9 @@ def main():
     ap.add_argument("--binary", default=os.path.join(HERE, "..", "build", "bin", "hyperrnn"))
     ap.add_argument("opts", nargs="*")
     a = ap.parse_args()
-    cfg = effective_config(a.binary, a.opts)
+    sys.path.insert(0, HERE)
+    from bench_rwkv7_peer import effective_run
+    cfg, _ = effective_run(a.binary, a.opts)
     if cfg["model"] == "rwkv7":
         sys.exit(subprocess.call([sys.executable, os.path.join(HERE, "bench_rwkv7_peer.py"), "--binary", a.binary,
                                   "--threads", str(a.threads), "--repeats", str(a.repeats), "--steps", str(max(1, a.steps // 4)),

@@ -89,6 +89,7 @@ int run_bench(Comm& comm, const RunConfig& cfg) {
     comm.barrier();
     if (r == 1) {
       threads().reset_accounting();
+      set_accounting(true);
       reset_gemm_account();
     }
     for (int64_t i = 0; i < cfg.bench_steps; ++i, ++step) {
@@ -118,6 +119,7 @@ int run_bench(Comm& comm, const RunConfig& cfg) {
   }
   const PhaseAccount phases = phase_account();  // the timed steps only
   const GemmAccount gemms = gemm_account();
+  set_accounting(false);
   struct rusage ru {};
   getrusage(RUSAGE_SELF, &ru);
   const int peak_mib = comm.allreduce_max(static_cast<int>(ru.ru_maxrss / 1024));  // Linux: KiB

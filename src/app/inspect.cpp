@@ -38,6 +38,7 @@ int run_inspect(Comm& comm, const std::string& path) {
     if (root) std::printf("%s\n", s.c_str());
   };
   const ModelConfig mc = cfg.model_config();
+  Transformer<float> model(mc, 1, 1);
   say("snapshot: " + snap.dir);
   say("format: hyperrnn-snapshot-v1, written by " + snap.code_version);
   say("step: " + std::to_string(snap.step) + " of " + std::to_string(cfg.steps));
@@ -45,7 +46,7 @@ int run_inspect(Comm& comm, const std::string& path) {
       std::to_string(cfg.layers) + ", heads " + std::to_string(cfg.heads) +
       (mc.is_moe() ? ", experts " + std::to_string(cfg.experts) + ", top-k " + std::to_string(cfg.top_k) : std::string()) +
       (mc.is_rwkv() ? " of size " + std::to_string(cfg.head_size) + ", recurrent state " +
-                          std::to_string(Transformer<float>(mc, 1, 1).state_floats_per_sequence(cfg.positions())) + " floats per sequence"
+                          std::to_string(model.state_floats_per_sequence(cfg.positions())) + " floats per sequence"
                     : std::string()) + ")");
   std::string layout = "layout: " + std::to_string(snap.files) + " shard file(s) (one per rank), batch " +
                        std::to_string(cfg.batch) + " in " + std::to_string(cfg.shards) + " canonical shards";
@@ -54,7 +55,6 @@ int run_inspect(Comm& comm, const std::string& path) {
       layout += "; " + shard_file_name(r, snap.files) + ": experts " + std::to_string(static_cast<int64_t>(mc.experts) * r / snap.files) +
                 "-" + std::to_string(static_cast<int64_t>(mc.experts) * (r + 1) / snap.files - 1);
   say(layout);
-  Transformer<float> model(mc, 1, 1);
   say("tensors (" + std::to_string(model.table().size()) + ", " + std::to_string(model.table().elements()) +
       " parameters; each also under adam/m/ and adam/v/):");
   for (const TensorInfo& t : model.table().entries()) {

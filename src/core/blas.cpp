@@ -11,16 +11,19 @@
 namespace hyperrnn {
 
 namespace {
+std::atomic<bool> g_on{false};
 std::atomic<int64_t> g_flops{0}, g_ns{0}, g_calls{0};
 std::atomic<int64_t> g_phase_total_ns[kPhases], g_phase_gemm_ns[kPhases], g_phase_gemm_flops[kPhases];
 thread_local Phase t_phase = Phase::Model;
 int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
-struct Count {  // adds one call's operations and time when it goes out of scope
+struct Count {  // adds one call's operations and time when it goes out of scope (accounting on)
   int64_t flops;
-  int64_t t0 = now_ns();
+  bool on = g_on.load(std::memory_order_relaxed);
+  int64_t t0 = on ? now_ns() : 0;
   ~Count() {
+    if (!on) return;
     const int64_t dt = now_ns() - t0;
     const int p = static_cast<int>(t_phase);
     g_flops.fetch_add(flops, std::memory_order_relaxed);
@@ -31,6 +34,8 @@ struct Count {  // adds one call's operations and time when it goes out of scope
   }
 };
 }  // namespace
+
+void set_accounting(bool on) { g_on = on; }
 
 GemmAccount gemm_account() {
   return {static_cast<double>(g_flops.load()), static_cast<double>(g_ns.load()) * 1e-9, g_calls.load()};
@@ -56,10 +61,12 @@ PhaseAccount phase_account() {
 Phase current_phase() { return t_phase; }
 void set_current_phase(Phase p) { t_phase = p; }
 
-PhaseScope::PhaseScope(Phase p) : prev_(t_phase), p_(p), t0_ns_(now_ns()) { t_phase = p; }
+PhaseScope::PhaseScope(Phase p) : prev_(t_phase), p_(p), t0_ns_(g_on.load(std::memory_order_relaxed) ? now_ns() : -1) {
+  t_phase = p;
+}
 
 PhaseScope::~PhaseScope() {
-  if (prev_ != p_) g_phase_total_ns[static_cast<int>(p_)].fetch_add(now_ns() - t0_ns_, std::memory_order_relaxed);
+  if (prev_ != p_ && t0_ns_ >= 0) g_phase_total_ns[static_cast<int>(p_)].fetch_add(now_ns() - t0_ns_, std::memory_order_relaxed);
   t_phase = prev_;
 }
 

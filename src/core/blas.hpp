@@ -9,13 +9,14 @@ template <class T>
 void gemm(bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda,
           const T* B, int ldb, T beta, T* C, int ldc);
 
-// Every gemm call is counted: 2 M N K floating-point operations and its wall time, summed over all
-// threads of the process since the last reset (for the benchmark's phase split and the FLOP counter's
-// test; two clock reads per call).
+// With accounting on (bench, the FLOP counter's test; off by default, so that a training step pays
+// nothing), every gemm call is counted: 2 M N K floating-point operations and its wall time, summed
+// over all threads of the process since the last reset.
 struct GemmAccount {
   double flops = 0.0, seconds = 0.0;
   int64_t calls = 0;
 };
+void set_accounting(bool on);
 GemmAccount gemm_account();
 void reset_gemm_account();  // also resets the phase account
 

@@ -21,10 +21,12 @@ std::pair<double, double> step_count(const ModelConfig& mc, int B, int D) {
     }));
   }
   const Batch batch = test::mqar_batch(mc, B, D);
+  set_accounting(true);
   reset_gemm_account();
   model.forward(batch);
   model.zero_grad();
   model.backward();
+  set_accounting(false);
   return {model.step_flops(), gemm_account().flops};
 }
 }  // namespace
