@@ -108,7 +108,7 @@ void linear_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
 // GELU is evaluated in the precision of T with elementwise_math.hpp's erf/exp (vectorisable in
 // float; libm in double).
 template <class T>
-void gelu_forward(T* out, const T* inp, int64_t n) {
+__attribute__((target_clones("avx2", "default"))) void gelu_forward(T* out, const T* inp, int64_t n) {
   const T inv_sqrt2 = static_cast<T>(1.0 / std::numbers::sqrt2);
   for (int64_t i = 0; i < n; ++i) {
     const T x = inp[i];
@@ -117,7 +117,7 @@ void gelu_forward(T* out, const T* inp, int64_t n) {
 }
 
 template <class T>
-void gelu_backward(T* dinp, const T* dout, const T* inp, int64_t n) {
+__attribute__((target_clones("avx2", "default"))) void gelu_backward(T* dinp, const T* dout, const T* inp, int64_t n) {
   const T inv_sqrt2 = static_cast<T>(1.0 / std::numbers::sqrt2);
   const T inv_sqrt2pi = static_cast<T>(1.0 / std::sqrt(2.0 * std::numbers::pi));
   for (int64_t i = 0; i < n; ++i) {
