@@ -154,7 +154,7 @@ int run_bench(Comm& comm, const RunConfig& cfg) {
   const double tok = static_cast<double>(B) * L / med.step;
   const double flops = flops_sum / static_cast<double>(timed);  // per step, on average
   if (comm.rank() == 0) {
-    std::printf("sgemm_peak_gflops: %.2f (%s)\n", peak, blas_short().c_str());
+    std::printf("sgemm_peak_gflops: %.2f (%s; denormals %s)\n", peak, blas_short().c_str(), cfg.denormals.c_str());
     std::printf("model: %s, %lld parameters, batch %d x %d tokens in %lld shards on %s (%s reduction)\n",
                 cfg.model.c_str(), static_cast<long long>(ses.model.table().elements()), B, L,
                 static_cast<long long>(cfg.shards), ranks_x_threads(per_rank).c_str(), cfg.reduction.c_str());

@@ -6,6 +6,7 @@
 
 #include "app/commands.hpp"
 #include "core/error.hpp"
+#include "core/fp_mode.hpp"
 #include "core/version.hpp"
 #include "parallel/threads.hpp"
 
@@ -65,6 +66,7 @@ int main(int argc, char** argv) {
       else std::fprintf(stderr, "hyperrnn: rank %d: %s\n", comm->rank(), warning.c_str());
     }
     set_threads(T);
+    set_flush_denormals(cfg.denormals == "flush");  // the pool's workers follow this thread's mode
     check_same_everywhere(*comm, cmd + "\n" + to_ini(cfg) + "snapshot = " + cfg.snapshot + "\n");
     if (c == Command::Train) return run_train(*comm, cfg);
     if (c == Command::Eval) return run_eval(*comm, cfg);

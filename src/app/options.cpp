@@ -66,6 +66,7 @@ void add_model_task_train(po::options_description& d, RunConfig& c) {
     ("batch", po::value(&c.batch)->default_value(c.batch), "global samples per step")
     ("shards", po::value(&c.shards_opt)->default_value(c.shards_opt), "canonical batch shards S: the global batch is cut into S equal shards, each rank runs S/P of them and its threads take them one at a time (the rank count P must divide S; results depend on S, never on P or --threads); auto = gcd(batch, 8)")
     ("reduction", po::value(&c.reduction)->default_value(c.reduction), "sum of replicated gradients over shards: exact (reproducible, independent of the rank count) | plain (floating-point MPI_Allreduce; benchmark comparison only)")
+    ("denormals", po::value(&c.denormals)->default_value(c.denormals), "subnormal floats: flush (results and inputs below 2^-126 in float, 2^-1022 in double, taken as zero: FTZ and DAZ, as TensorFlow's CPU kernels and -ffast-math builds do; subnormal operands are several times slower on x86) | keep (IEEE gradual underflow, as PyTorch does by default)")
     ("steps", po::value(&c.steps)->default_value(c.steps), "training steps")
     ("warmup", po::value(&c.warmup)->default_value(c.warmup), "linear learning-rate warm-up steps")
     ("lr", po::value(&c.lr)->default_value(c.lr, fmt_double(c.lr)), "peak learning rate")
@@ -396,6 +397,7 @@ void validate(const RunConfig& c) {
   positive("shards", c.shards);
   if (c.batch % c.shards != 0)
     bad("shards", "shards " + std::to_string(c.shards) + " must divide batch " + std::to_string(c.batch));
+  if (c.denormals != "flush" && c.denormals != "keep") bad("denormals", "must be flush or keep, got '" + c.denormals + "'");
   if (c.reduction != "exact" && c.reduction != "plain") bad("reduction", "must be exact or plain, got '" + c.reduction + "'");
   positive("steps", c.steps);
   non_negative("warmup", c.warmup);

@@ -44,6 +44,9 @@ struct RunConfig {
   std::string shards_opt = "auto";
   static constexpr int64_t kAutoShards = 8;
   std::string reduction = "exact";
+  // subnormal floats: "flush" (FTZ/DAZ on every thread of the run) or "keep" (IEEE); part of the
+  // run's identity, since flushed values differ from gradual underflow (docs/performance.md)
+  std::string denormals = "flush";
   double lr = 3e-3, lr_min_ratio = 0.1, weight_decay = 0.1, grad_clip = 1.0, gating_lr = 0.0;
   double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_eps = 1e-8;
   uint64_t seed = 1;

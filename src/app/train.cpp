@@ -498,7 +498,7 @@ int run_train(Comm& comm, const RunConfig& cfg) {
                 (ses.pilf.gating ? " (+" + std::to_string(ses.pilf.gating->table().total()) + " GatingTransformer)" : std::string()) +
                 ", " + std::to_string(cfg.steps) +
                 " steps of " + std::to_string(B) + " samples in " + std::to_string(cfg.shards) + " shard(s) on " +
-                ranks_x_threads(per_rank) + " -> " + cfg.out + " (" + blas_short() + ")");
+                ranks_x_threads(per_rank) + " -> " + cfg.out + " (" + blas_short() + "; denormals " + cfg.denormals + ")");
   if (cfg.model == "pilf") {
     const std::vector<std::string> dev = profile_deviations(cfg);
     std::string line = "pilf profile " + cfg.pilf_profile;

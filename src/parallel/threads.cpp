@@ -3,6 +3,7 @@
 #include "parallel/threads.hpp"
 
 #include "core/blas.hpp"
+#include "core/fp_mode.hpp"
 
 #include <sched.h>
 
@@ -43,6 +44,7 @@ struct ThreadPool::Shared {
   std::atomic<int> next{0};
   std::exception_ptr error;
   Phase phase = Phase::Model;
+  uint32_t fp = 0;  // the caller's floating-point mode (subnormals), applied by every worker
   std::vector<std::thread> workers;
 };
 
@@ -72,7 +74,9 @@ void ThreadPool::worker(int id) {
     const std::function<void(int, int)>& fn = *s.fn;
     const int n = s.n;
     const Phase phase = s.phase;
+    const uint32_t fp = s.fp;
     lk.unlock();
+    set_fp_mode(fp);
     in_region = true;
     set_current_phase(phase);
     const double t0 = now_s();
@@ -122,6 +126,7 @@ void ThreadPool::run(int n, const std::function<void(int, int)>& fn) {
     s.error = nullptr;
     s.active = threads_ - 1;
     s.phase = current_phase();  // the items work in the caller's phase (the benchmark's split)
+    s.fp = fp_mode();           // and in its floating-point mode (--denormals)
     ++s.generation;
   }
   s.start.notify_all();

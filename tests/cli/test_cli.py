@@ -69,6 +69,7 @@ CASES = [
     (["--model", "pilf", "--dynamic-top-k", "true", "--k-min", "0"], "k-min", "must be in [1, top-k"),
     (["--stop-signal", "SIGFOO"], "stop-signal", "signal name"),
     (["--stop-signal", "9"], "stop-signal", "catchable"),  # SIGKILL cannot be handled
+    (["--denormals", "ieee"], "denormals", "must be flush or keep"),
 ]
 
 
@@ -93,6 +94,17 @@ def test_bad_option(tmp_path, args, option, reason):
 def test_unreadable_config(tmp_path):
     bad(tmp_path, ["--config", str(tmp_path / "missing.ini")], "config", "does not exist")
     bad(tmp_path, ["--config", str(tmp_path)], "config", "not a regular file")
+
+
+def test_denormals_mode_is_in_the_banner_and_config_ini(tmp_path):
+    """--denormals is part of the run's identity: named in the banner, recorded in config.ini, and
+    the default is flush."""
+    for mode, args in (("flush", []), ("keep", ["--denormals", "keep"])):
+        out = tmp_path / mode
+        r = hyperrnn("train", *TINY, *args, "--out", str(out))
+        assert r.returncode == 0, r.stderr
+        assert f"; denormals {mode})" in r.stdout.splitlines()[0], r.stdout
+        assert f"\ndenormals = {mode}\n" in (out / "config.ini").read_text()
 
 
 def test_threads_above_the_cores_warn_and_run(tmp_path):

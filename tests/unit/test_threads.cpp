@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "core/fp_mode.hpp"
 #include "fixtures.hpp"
 #include "parallel/threads.hpp"
 
@@ -29,6 +30,27 @@ TEST_CASE("thread pool runs every item exactly once", "[threads]") {
       }
     }
   }
+}
+
+TEST_CASE("thread pool: workers compute in the caller's subnormal mode (--denormals)", "[threads]") {
+  // 2^-130 is subnormal in float: squared-and-scaled arithmetic on it reads as zero under DAZ and
+  // gives a nonzero subnormal under IEEE gradual underflow.
+  volatile float tiny = 0x1p-130f;
+  ThreadPool pool(3);
+  for (bool flush : {true, false, true}) {
+    set_flush_denormals(flush);
+    std::vector<int> mode(12, -1);
+    std::vector<float> value(12, -1.0f);
+    pool.run(12, [&](int i, int) {
+      mode[static_cast<size_t>(i)] = flushing_denormals() ? 1 : 0;
+      value[static_cast<size_t>(i)] = tiny * 2.0f;
+    });
+    for (int i = 0; i < 12; ++i) {
+      CHECK(mode[static_cast<size_t>(i)] == (flush ? 1 : 0));
+      CHECK(value[static_cast<size_t>(i)] == (flush ? 0.0f : 0x1p-129f));
+    }
+  }
+  set_flush_denormals(false);  // the other unit tests run in IEEE mode, as before
 }
 
 TEST_CASE("thread pool: nested regions run in order on the calling thread", "[threads]") {
