@@ -10,8 +10,11 @@ medians and their ratio. The peer per model:
   linear or diagonal-Gaussian log-likelihood router of tests/ref/test_torch_reference.py);
 - rwkv7: analysis/bench_rwkv7_peer.py's naive per-token recurrence (the test oracle), run through
   that script.
-pilf has no PyTorch peer here: its peer is the PILF reference itself, timed outside the project
-(docs/performance.md). Usage:
+- pilf: analysis/bench_pilf_peer.py's PILF-2 step (the reference profile) in PyTorch, run through
+  that script.
+Peak memory: hyperrnn's peak RSS from its bench, PyTorch's from a child process that runs the peer
+alone (printed with the RSS it has after `import torch`, the interpreter's and libtorch's share).
+Usage:
 
     /usr/bin/python3 analysis/bench_peer.py [--threads 1] [--repeats 5] [--steps 20] -- [hyperrnn options]
 
@@ -139,6 +142,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--binary", default=os.path.join(HERE, "..", "build", "bin", "hyperrnn"))
+    ap.add_argument("--torch-only", action="store_true", help="run the PyTorch peer alone and print its peak memory")
     ap.add_argument("opts", nargs="*")
     a = ap.parse_args()
     sys.path.insert(0, HERE)
@@ -148,22 +152,39 @@ def main():
         sys.exit(subprocess.call([sys.executable, os.path.join(HERE, "bench_rwkv7_peer.py"), "--binary", a.binary,
                                   "--threads", str(a.threads), "--repeats", str(a.repeats), "--steps", str(max(1, a.steps // 4)),
                                   "--", *a.opts]))
+    if cfg["model"] == "pilf":
+        sys.exit(subprocess.call([sys.executable, os.path.join(HERE, "bench_pilf_peer.py"), "--binary", a.binary,
+                                  "--threads", str(a.threads), "--repeats", str(a.repeats), "--steps", str(max(1, a.steps // 5)),
+                                  "--", *a.opts]))
     if cfg["model"] not in ("dense", "moe", "gauss-moe"):
-        sys.exit(f"bench_peer.py: no PyTorch peer for model {cfg['model']} (pilf's is the PILF reference: docs/performance.md)")
+        sys.exit(f"bench_peer.py: no PyTorch peer for model {cfg['model']}")
     if cfg["task"] != "mqar":
         sys.exit("bench_peer.py: the peer runs the MQAR shapes (token input)")
+    if a.torch_only:
+        import resource
+        import torch  # noqa: F401
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        tps = torch_bench(cfg, a.steps, a.threads)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"torch_only tokens_per_s {tps:.0f} peak_rss_mib {peak:.0f} import_rss_mib {base:.0f}")
+        return
     opts = ["--threads", str(a.threads), *a.opts]  # hyperrnn's own threads (its BLAS calls are single-threaded)
     _, text = hyperrnn_bench(a.binary, opts, 1)
     ours, theirs = [], []
     for _ in range(a.repeats):
         ours.append(hyperrnn_bench(a.binary, opts, a.steps)[0])
         theirs.append(torch_bench(cfg, a.steps, a.threads))
+    child = subprocess.run([sys.executable, os.path.abspath(__file__), "--binary", a.binary, "--threads", str(a.threads),
+                            "--steps", str(a.steps), "--torch-only", "--", *a.opts], capture_output=True, text=True, check=True)
+    f = child.stdout.split()
+    rss = max(int(re.search(r"peak_rss_mib: (\d+)", hyperrnn_bench(a.binary, opts, a.steps)[1]).group(1)) for _ in range(2))
     mo, mt = statistics.median(ours), statistics.median(theirs)
     print([l for l in text.splitlines() if l.startswith("model:")][0])
     print(f"threads {a.threads}, {a.repeats} alternating repeats")
     print(f"hyperrnn tokens/s: median {mo:.0f} (all {[round(v) for v in ours]})")
     print(f"pytorch  tokens/s: median {mt:.0f} (all {[round(v) for v in theirs]})")
     print(f"ratio hyperrnn / pytorch: {mo / mt:.2f}")
+    print(f"peak memory: hyperrnn {rss} MiB; pytorch {f[4]} MiB (of which {f[6]} MiB after import torch)")
 
 
 if __name__ == "__main__":

@@ -86,19 +86,32 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--torch-only", action="store_true", help="run the PyTorch peer alone and print its peak memory")
     ap.add_argument("opts", nargs="*")
     a = ap.parse_args()
     cfg, params = effective_run(a.binary, a.opts)
     if cfg.get("model") != "rwkv7":
         sys.exit("bench_rwkv7_peer.py: the options after -- must describe a model rwkv7")
-    h_train, h_rec, t_train, t_rec = [], [], [], []
+    if a.torch_only:  # the peer alone, for its peak memory
+        import resource
+        import torch  # noqa: F401
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        tr, _ = torch_peer(cfg, params, max(1, a.steps // 2), a.threads)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"torch_only tokens_per_s {tr:.0f} peak_rss_mib {peak:.0f} import_rss_mib {base:.0f}")
+        return
+    h_train, h_rec, t_train, t_rec, rss = [], [], [], [], []
     for _ in range(a.repeats):
-        tr, rc, _ = hyperrnn_bench(a.binary, a.opts, a.steps, a.threads)
+        tr, rc, text = hyperrnn_bench(a.binary, a.opts, a.steps, a.threads)
+        rss.append(int(re.search(r"peak_rss_mib: (\d+)", text).group(1)))
         h_train.append(tr)
         h_rec.append(rc)
         tr, rc = torch_peer(cfg, params, max(1, a.steps // 2), a.threads)
         t_train.append(tr)
         t_rec.append(rc)
+    child = subprocess.run([sys.executable, os.path.abspath(__file__), "--binary", a.binary, "--threads", str(a.threads),
+                            "--steps", str(a.steps), "--torch-only", "--", *a.opts], capture_output=True, text=True, check=True)
+    f = child.stdout.split()
     med = statistics.median
     print(f"rwkv7 d-model {cfg['d-model']} head-size {cfg['head-size']} layers {cfg['layers']} channel-mix {cfg['channel-mix']}, "
           f"batch {cfg['batch']} x {cfg['seq-len']}, {a.threads} thread(s), median of {a.repeats}")
@@ -106,6 +119,7 @@ def main():
           f"ratio {med(h_train) / med(t_train):.2f}")
     print(f"recurrent inference tokens/s: hyperrnn {med(h_rec):.0f}, pytorch naive recurrence {med(t_rec):.0f}, "
           f"ratio {med(h_rec) / med(t_rec):.2f}")
+    print(f"peak memory (training): hyperrnn {max(rss)} MiB; pytorch {f[4]} MiB (of which {f[6]} MiB after import torch)")
 
 
 if __name__ == "__main__":

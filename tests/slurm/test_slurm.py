@@ -268,8 +268,16 @@ def test_cancel_writes_a_snapshot_and_is_not_requeued(slurm, tmp_path):
 def test_time_limit_requeues_from_the_snapshot_and_finishes(slurm, tmp_path):
     # --time=1: each leg ends within its minute, by the time-limit signal (asked for 10 s before
     # the end; Slurm's 30 s timer sends it 10-60 s early) or by hyperrnn's own end-time budget,
-    # whichever comes first; 25000 steps (about 50 s of compute) need at least two legs.
-    cfg = config(tmp_path, 25000)
+    # whichever comes first. The step count is sized on this machine's measured speed to about
+    # 80 s of compute, so that it needs at least two legs however fast the build (a fixed 25000
+    # steps stopped needing two once the elementwise kernels were vectorised).
+    calib = tmp_path / "calib"
+    t0 = time.monotonic()
+    assert run([BIN, "train", "--config", str(config(tmp_path, 3000, name="calib.ini")), "--threads", "1",
+                "--eval-every", "0", "--snapshot-every", "0", "--out", str(calib)]).returncode == 0
+    per_step = (time.monotonic() - t0) / 3000
+    steps = max(25000, int(80.0 / per_step))
+    cfg = config(tmp_path, steps)
     jid = submit(tmp_path, ["--time=1", "--signal=B:USR2@10"], str(cfg), "--threads", "1",
                  "--out", str(tmp_path / "run"))
     j = wait(jid, 600)
@@ -280,7 +288,7 @@ def test_time_limit_requeues_from_the_snapshot_and_finishes(slurm, tmp_path):
     assert len(stops) == int(j["Restarts"]) and ev[-1]["event"] == "complete", ev
     assert all("SIGUSR2" in e["detail"] or "time budget" in e["detail"] for e in stops), stops
     # every step once, in order, across the legs
-    assert steps_column(tmp_path / "run") == list(range(1, 25001))
+    assert steps_column(tmp_path / "run") == list(range(1, steps + 1))
 
 
 def test_requeue_limit_ends_the_job_as_failed(slurm, tmp_path):
