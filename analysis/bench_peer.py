@@ -162,10 +162,11 @@ def main():
         sys.exit("bench_peer.py: the peer runs the MQAR shapes (token input)")
     if a.torch_only:
         import resource
+        from bench_rwkv7_peer import vm_hwm_mib
         import torch  # noqa: F401
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        base = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize() / 2 ** 20  # resident now
         tps = torch_bench(cfg, a.steps, a.threads)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = vm_hwm_mib()
         print(f"torch_only tokens_per_s {tps:.0f} peak_rss_mib {peak:.0f} import_rss_mib {base:.0f}")
         return
     opts = ["--threads", str(a.threads), *a.opts]  # hyperrnn's own threads (its BLAS calls are single-threaded)

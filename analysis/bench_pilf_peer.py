@@ -39,7 +39,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from bench_rwkv7_peer import effective_run  # noqa: E402
+from bench_rwkv7_peer import effective_run, vm_hwm_mib  # noqa: E402
 
 
 def hyperrnn_bench(binary, opts, steps, threads):
@@ -261,10 +261,6 @@ def torch_bench(cfg, steps, threads):
     return tokens * steps / (time.perf_counter() - t0)
 
 
-def rss_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--binary", default=os.path.join(HERE, "..", "build", "bin", "hyperrnn"))
@@ -281,9 +277,9 @@ def main():
         sys.exit("bench_pilf_peer.py: the peer is the reference profile (PILF-2 as its code runs)")
     if a.torch_only:
         import torch  # noqa: F401
-        base = rss_mib()
+        base = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize() / 2 ** 20  # resident now
         tps = torch_bench(cfg, a.steps, a.threads)
-        print(f"torch_only tokens_per_s {tps:.0f} peak_rss_mib {rss_mib():.0f} import_rss_mib {base:.0f}")
+        print(f"torch_only tokens_per_s {tps:.0f} peak_rss_mib {vm_hwm_mib():.0f} import_rss_mib {base:.0f}")
         return
     ours, theirs, mem = [], [], []
     for _ in range(a.repeats):

@@ -29,6 +29,15 @@ def hyperrnn_bench(binary, opts, steps, threads):
     return train, rec, out
 
 
+def vm_hwm_mib():
+    """This process's resident high-water mark (VmHWM: of its own address space; ru_maxrss would
+    carry over a forked parent's, e.g. the driver's when this runs as its child)."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def effective_run(binary, opts):
     """The configuration as hyperrnn resolves it (its config.ini, defaults included) and its
     initial parameters (the shapes of its table; speed does not depend on the values), from a
@@ -95,9 +104,9 @@ def main():
     if a.torch_only:  # the peer alone, for its peak memory
         import resource
         import torch  # noqa: F401
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        base = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize() / 2 ** 20  # resident now
         tr, _ = torch_peer(cfg, params, max(1, a.steps // 2), a.threads)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = vm_hwm_mib()
         print(f"torch_only tokens_per_s {tr:.0f} peak_rss_mib {peak:.0f} import_rss_mib {base:.0f}")
         return
     h_train, h_rec, t_train, t_rec, rss = [], [], [], [], []

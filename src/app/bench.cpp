@@ -16,6 +16,26 @@
 
 namespace hyperrnn {
 
+namespace {
+// The process's own resident high-water mark: /proc/self/status VmHWM (of this address space; not
+// getrusage's ru_maxrss, which Linux carries over exec from the forked parent, so that a bench
+// started by a large Python process reported the parent's memory), else ru_maxrss.
+int peak_rss_mib() {
+  if (std::FILE* f = std::fopen("/proc/self/status", "r")) {
+    char line[256];
+    long kib = -1;
+    while (std::fgets(line, sizeof line, f))
+      if (std::sscanf(line, "VmHWM: %ld kB", &kib) == 1) break;
+    std::fclose(f);
+    if (kib >= 0) return static_cast<int>(kib / 1024);
+  }
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<int>(ru.ru_maxrss / 1024);  // Linux: KiB
+}
+}  // namespace
+
+
 // bench --comm: per collective and message size, the median over repeats of the mean time per
 // call (calls per repeat: enough for ~4 MiB moved, 5 to 1000), all ranks timing the same calls
 // between barriers; rank 0 prints CSV. The performance model (analysis/hyperrnn_analysis/perfmodel.py)
@@ -120,9 +140,7 @@ int run_bench(Comm& comm, const RunConfig& cfg) {
   const PhaseAccount phases = phase_account();  // the timed steps only
   const GemmAccount gemms = gemm_account();
   set_accounting(false);
-  struct rusage ru {};
-  getrusage(RUSAGE_SELF, &ru);
-  const int peak_mib = comm.allreduce_max(static_cast<int>(ru.ru_maxrss / 1024));  // Linux: KiB
+  const int peak_mib = comm.allreduce_max(peak_rss_mib());
   // rwkv7: inference, parallel (the training forward alone) and recurrent (one token at a time,
   // the state carried), on the same batch
   double fwd_s = 0.0, rec_s = 0.0;
