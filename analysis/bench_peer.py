@@ -20,7 +20,6 @@ Usage:
 
 The hyperrnn options after `--` describe the model and batch (e.g. --config jobs/configs/bench-mqar-dense.ini).
 """
-import argparse
 import os
 import re
 import statistics
@@ -137,16 +136,9 @@ def torch_bench(cfg, steps, threads):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--binary", default=os.path.join(HERE, "..", "build", "bin", "hyperrnn"))
-    ap.add_argument("--torch-only", action="store_true", help="run the PyTorch peer alone and print its peak memory")
-    ap.add_argument("opts", nargs="*")
-    a = ap.parse_args()
     sys.path.insert(0, HERE)
-    from bench_rwkv7_peer import effective_run
+    from bench_rwkv7_peer import effective_run, peer_arguments, torch_only, torch_only_memory
+    a = peer_arguments(__doc__, 20)
     cfg, _ = effective_run(a.binary, a.opts)
     if cfg["model"] == "rwkv7":
         sys.exit(subprocess.call([sys.executable, os.path.join(HERE, "bench_rwkv7_peer.py"), "--binary", a.binary,
@@ -161,23 +153,14 @@ def main():
     if cfg["task"] != "mqar":
         sys.exit("bench_peer.py: the peer runs the MQAR shapes (token input)")
     if a.torch_only:
-        import resource
-        from bench_rwkv7_peer import vm_hwm_mib
-        import torch  # noqa: F401
-        base = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize() / 2 ** 20  # resident now
-        tps = torch_bench(cfg, a.steps, a.threads)
-        peak = vm_hwm_mib()
-        print(f"torch_only tokens_per_s {tps:.0f} peak_rss_mib {peak:.0f} import_rss_mib {base:.0f}")
-        return
+        return torch_only(lambda: torch_bench(cfg, a.steps, a.threads))
     opts = ["--threads", str(a.threads), *a.opts]  # hyperrnn's own threads (its BLAS calls are single-threaded)
     _, text = hyperrnn_bench(a.binary, opts, 1)
     ours, theirs = [], []
     for _ in range(a.repeats):
         ours.append(hyperrnn_bench(a.binary, opts, a.steps)[0])
         theirs.append(torch_bench(cfg, a.steps, a.threads))
-    child = subprocess.run([sys.executable, os.path.abspath(__file__), "--binary", a.binary, "--threads", str(a.threads),
-                            "--steps", str(a.steps), "--torch-only", "--", *a.opts], capture_output=True, text=True, check=True)
-    f = child.stdout.split()
+    peak, base = torch_only_memory(os.path.abspath(__file__), a)
     rss = max(int(re.search(r"peak_rss_mib: (\d+)", hyperrnn_bench(a.binary, opts, a.steps)[1]).group(1)) for _ in range(2))
     mo, mt = statistics.median(ours), statistics.median(theirs)
     print([l for l in text.splitlines() if l.startswith("model:")][0])
@@ -185,7 +168,7 @@ def main():
     print(f"hyperrnn tokens/s: median {mo:.0f} (all {[round(v) for v in ours]})")
     print(f"pytorch  tokens/s: median {mt:.0f} (all {[round(v) for v in theirs]})")
     print(f"ratio hyperrnn / pytorch: {mo / mt:.2f}")
-    print(f"peak memory: hyperrnn {rss} MiB; pytorch {f[4]} MiB (of which {f[6]} MiB after import torch)")
+    print(f"peak memory: hyperrnn {rss} MiB; pytorch {peak} MiB (of which {base} MiB after import torch)")
 
 
 if __name__ == "__main__":

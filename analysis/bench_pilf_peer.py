@@ -28,10 +28,8 @@ meta work) are a second peer. Usage:
 
     /usr/bin/python3 analysis/bench_pilf_peer.py [--threads 1] [--repeats 5] [--steps 4] -- --config jobs/configs/bench-vit-pilf-256.ini
 """
-import argparse
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -39,7 +37,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from bench_rwkv7_peer import effective_run, vm_hwm_mib  # noqa: E402
+from bench_rwkv7_peer import effective_run, peer_arguments, torch_only, torch_only_memory  # noqa: E402
 
 
 def hyperrnn_bench(binary, opts, steps, threads):
@@ -109,7 +107,7 @@ def build(cfg):
         return -0.5 * torch.bmm(x * x, w.transpose(1, 2)) + torch.bmm(x, (mu * w).transpose(1, 2)) + c.unsqueeze(1)
 
     def retrieve(q):  # the kh nearest buffer items by cosine, zeros where the buffer has fewer
-        n, out = q.shape[0], torch.zeros(q.shape[0], kh, C)
+        out = torch.zeros(q.shape[0], kh, C)
         size = buf["q"].shape[0]
         if size:
             sim = F.normalize(q, dim=-1) @ F.normalize(buf["q"], dim=-1).T
@@ -262,41 +260,28 @@ def torch_bench(cfg, steps, threads):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--binary", default=os.path.join(HERE, "..", "build", "bin", "hyperrnn"))
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--torch-only", action="store_true", help="run the PyTorch peer alone and print its peak memory")
-    ap.add_argument("opts", nargs="*")
-    a = ap.parse_args()
+    a = peer_arguments(__doc__, 4)
     cfg, _ = effective_run(a.binary, a.opts)
     if cfg.get("model") != "pilf":
         sys.exit("bench_pilf_peer.py: the options after -- must describe a model pilf")
     if cfg["pilf-profile"] != "reference":
         sys.exit("bench_pilf_peer.py: the peer is the reference profile (PILF-2 as its code runs)")
     if a.torch_only:
-        import torch  # noqa: F401
-        base = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize() / 2 ** 20  # resident now
-        tps = torch_bench(cfg, a.steps, a.threads)
-        print(f"torch_only tokens_per_s {tps:.0f} peak_rss_mib {vm_hwm_mib():.0f} import_rss_mib {base:.0f}")
-        return
+        return torch_only(lambda: torch_bench(cfg, a.steps, a.threads))
     ours, theirs, mem = [], [], []
     for _ in range(a.repeats):
         tps, rss = hyperrnn_bench(a.binary, a.opts, a.steps, a.threads)
         ours.append(tps)
         mem.append(rss)
         theirs.append(torch_bench(cfg, a.steps, a.threads))
-    child = subprocess.run([sys.executable, os.path.abspath(__file__), "--binary", a.binary, "--threads", str(a.threads),
-                            "--steps", str(a.steps), "--torch-only", "--", *a.opts], capture_output=True, text=True, check=True)
-    f = child.stdout.split()
+    peak, base = torch_only_memory(os.path.abspath(__file__), a)
     med = statistics.median
     print(f"pilf ({cfg['task']}, C {cfg['d-model']}, {cfg['layers']} layers, {cfg['experts']} experts top-{cfg['top-k']} "
           f"of width {cfg['d-ff']}, batch {cfg['batch']}; reference profile), {a.threads} thread(s), {a.repeats} alternating repeats")
     print(f"hyperrnn tokens/s: median {med(ours):.0f} (all {[round(v) for v in ours]})")
     print(f"pytorch  tokens/s: median {med(theirs):.0f} (all {[round(v) for v in theirs]})")
     print(f"ratio hyperrnn / pytorch: {med(ours) / med(theirs):.2f}")
-    print(f"peak memory: hyperrnn {max(mem)} MiB; pytorch {f[4]} MiB (of which {f[6]} MiB after import torch)")
+    print(f"peak memory: hyperrnn {max(mem)} MiB; pytorch {peak} MiB (of which {base} MiB after import torch)")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,38 @@ def vm_hwm_mib():
     return float("nan")
 
 
+def peer_arguments(doc, steps):
+    """The peers' common command line: --binary, --threads, --repeats, --steps, --torch-only, then
+    the hyperrnn options after --."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--binary", default=os.path.join(HERE, "..", "build", "bin", "hyperrnn"))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=steps)
+    ap.add_argument("--torch-only", action="store_true", help="run the PyTorch peer alone and print its peak memory")
+    ap.add_argument("opts", nargs="*")
+    return ap.parse_args()
+
+
+def torch_only(run):
+    """--torch-only: `run()` (the peer's tokens/s) in this process, with its memory: one line
+    `torch_only tokens_per_s X peak_rss_mib Y import_rss_mib Z` (Z: resident right after import torch)."""
+    import resource
+    import torch  # noqa: F401
+    base = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize() / 2 ** 20  # resident now
+    tps = run()
+    print(f"torch_only tokens_per_s {tps:.0f} peak_rss_mib {vm_hwm_mib():.0f} import_rss_mib {base:.0f}")
+
+
+def torch_only_memory(script, a):
+    """Runs `script --torch-only` in a child process (its own address space): (peak MiB, MiB after
+    import torch) as printed."""
+    child = subprocess.run([sys.executable, script, "--binary", a.binary, "--threads", str(a.threads), "--steps",
+                            str(a.steps), "--torch-only", "--", *a.opts], capture_output=True, text=True, check=True)
+    f = child.stdout.split()
+    return f[4], f[6]
+
+
 def effective_run(binary, opts):
     """The configuration as hyperrnn resolves it (its config.ini, defaults included) and its
     initial parameters (the shapes of its table; speed does not depend on the values), from a
@@ -90,25 +122,12 @@ def torch_peer(cfg, params, steps, threads):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--binary", default=os.path.join(HERE, "..", "build", "bin", "hyperrnn"))
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--torch-only", action="store_true", help="run the PyTorch peer alone and print its peak memory")
-    ap.add_argument("opts", nargs="*")
-    a = ap.parse_args()
+    a = peer_arguments(__doc__, 5)
     cfg, params = effective_run(a.binary, a.opts)
     if cfg.get("model") != "rwkv7":
         sys.exit("bench_rwkv7_peer.py: the options after -- must describe a model rwkv7")
     if a.torch_only:  # the peer alone, for its peak memory
-        import resource
-        import torch  # noqa: F401
-        base = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize() / 2 ** 20  # resident now
-        tr, _ = torch_peer(cfg, params, max(1, a.steps // 2), a.threads)
-        peak = vm_hwm_mib()
-        print(f"torch_only tokens_per_s {tr:.0f} peak_rss_mib {peak:.0f} import_rss_mib {base:.0f}")
-        return
+        return torch_only(lambda: torch_peer(cfg, params, max(1, a.steps // 2), a.threads)[0])
     h_train, h_rec, t_train, t_rec, rss = [], [], [], [], []
     for _ in range(a.repeats):
         tr, rc, text = hyperrnn_bench(a.binary, a.opts, a.steps, a.threads)
@@ -118,9 +137,7 @@ def main():
         tr, rc = torch_peer(cfg, params, max(1, a.steps // 2), a.threads)
         t_train.append(tr)
         t_rec.append(rc)
-    child = subprocess.run([sys.executable, os.path.abspath(__file__), "--binary", a.binary, "--threads", str(a.threads),
-                            "--steps", str(a.steps), "--torch-only", "--", *a.opts], capture_output=True, text=True, check=True)
-    f = child.stdout.split()
+    peak, base = torch_only_memory(os.path.abspath(__file__), a)
     med = statistics.median
     print(f"rwkv7 d-model {cfg['d-model']} head-size {cfg['head-size']} layers {cfg['layers']} channel-mix {cfg['channel-mix']}, "
           f"batch {cfg['batch']} x {cfg['seq-len']}, {a.threads} thread(s), median of {a.repeats}")
@@ -128,7 +145,7 @@ def main():
           f"ratio {med(h_train) / med(t_train):.2f}")
     print(f"recurrent inference tokens/s: hyperrnn {med(h_rec):.0f}, pytorch naive recurrence {med(t_rec):.0f}, "
           f"ratio {med(h_rec) / med(t_rec):.2f}")
-    print(f"peak memory (training): hyperrnn {max(rss)} MiB; pytorch {f[4]} MiB (of which {f[6]} MiB after import torch)")
+    print(f"peak memory (training): hyperrnn {max(rss)} MiB; pytorch {peak} MiB (of which {base} MiB after import torch)")
 
 
 if __name__ == "__main__":
