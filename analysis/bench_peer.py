@@ -21,19 +21,12 @@ Usage:
 The hyperrnn options after `--` describe the model and batch (e.g. --config jobs/configs/bench-mqar-dense.ini).
 """
 import os
-import re
 import statistics
 import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def hyperrnn_bench(binary, opts, steps):
-    out = subprocess.run([binary, "bench", "--bench-steps", str(steps), "--repeats", "3", *opts],
-                         capture_output=True, text=True, check=True).stdout
-    return float(re.search(r"tokens_per_s: (\d+)", out).group(1)), out
 
 
 def torch_bench(cfg, steps, threads):
@@ -137,7 +130,7 @@ def torch_bench(cfg, steps, threads):
 
 def main():
     sys.path.insert(0, HERE)
-    from bench_rwkv7_peer import effective_run, peer_arguments, torch_only, torch_only_memory
+    from peer_common import effective_run, hyperrnn_bench, peer_arguments, torch_only, torch_only_memory
     a = peer_arguments(__doc__, 20)
     cfg, _ = effective_run(a.binary, a.opts)
     if cfg["model"] == "rwkv7":
@@ -154,21 +147,21 @@ def main():
         sys.exit("bench_peer.py: the peer runs the MQAR shapes (token input)")
     if a.torch_only:
         return torch_only(lambda: torch_bench(cfg, a.steps, a.threads))
-    opts = ["--threads", str(a.threads), *a.opts]  # hyperrnn's own threads (its BLAS calls are single-threaded)
-    _, text = hyperrnn_bench(a.binary, opts, 1)
-    ours, theirs = [], []
+    text = hyperrnn_bench(a.binary, a.opts, 1, a.threads)[3]  # warm-up; its report names the model
+    ours, theirs, rss = [], [], []
     for _ in range(a.repeats):
-        ours.append(hyperrnn_bench(a.binary, opts, a.steps)[0])
+        tps, peak_mib, _, _ = hyperrnn_bench(a.binary, a.opts, a.steps, a.threads)
+        ours.append(tps)
+        rss.append(peak_mib)
         theirs.append(torch_bench(cfg, a.steps, a.threads))
     peak, base = torch_only_memory(os.path.abspath(__file__), a)
-    rss = max(int(re.search(r"peak_rss_mib: (\d+)", hyperrnn_bench(a.binary, opts, a.steps)[1]).group(1)) for _ in range(2))
     mo, mt = statistics.median(ours), statistics.median(theirs)
     print([l for l in text.splitlines() if l.startswith("model:")][0])
     print(f"threads {a.threads}, {a.repeats} alternating repeats")
     print(f"hyperrnn tokens/s: median {mo:.0f} (all {[round(v) for v in ours]})")
     print(f"pytorch  tokens/s: median {mt:.0f} (all {[round(v) for v in theirs]})")
     print(f"ratio hyperrnn / pytorch: {mo / mt:.2f}")
-    print(f"peak memory: hyperrnn {rss} MiB; pytorch {peak} MiB (of which {base} MiB after import torch)")
+    print(f"peak memory: hyperrnn {max(rss)} MiB; pytorch {peak} MiB (of which {base} MiB after import torch)")
 
 
 if __name__ == "__main__":

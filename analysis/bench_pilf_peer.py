@@ -31,21 +31,12 @@ meta work) are a second peer. Usage:
 import math
 import os
 import statistics
-import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from bench_rwkv7_peer import effective_run, peer_arguments, torch_only, torch_only_memory  # noqa: E402
-
-
-def hyperrnn_bench(binary, opts, steps, threads):
-    import re
-    out = subprocess.run([binary, "bench", "--bench-steps", str(steps), "--repeats", "3", "--threads", str(threads), *opts],
-                         capture_output=True, text=True, check=True).stdout
-    rss = re.search(r"peak_rss_mib: (\d+)", out)
-    return float(re.search(r"tokens_per_s: (\d+)", out).group(1)), int(rss.group(1)) if rss else -1
+from peer_common import effective_run, hyperrnn_bench, peer_arguments, torch_only, torch_only_memory  # noqa: E402
 
 
 def build(cfg):
@@ -270,7 +261,7 @@ def main():
         return torch_only(lambda: torch_bench(cfg, a.steps, a.threads))
     ours, theirs, mem = [], [], []
     for _ in range(a.repeats):
-        tps, rss = hyperrnn_bench(a.binary, a.opts, a.steps, a.threads)
+        tps, rss, _, _ = hyperrnn_bench(a.binary, a.opts, a.steps, a.threads)
         ours.append(tps)
         mem.append(rss)
         theirs.append(torch_bench(cfg, a.steps, a.threads))

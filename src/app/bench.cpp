@@ -35,7 +35,6 @@ int peak_rss_mib() {
 }
 }  // namespace
 
-
 // bench --comm: per collective and message size, the median over repeats of the mean time per
 // call (calls per repeat: enough for ~4 MiB moved, 5 to 1000), all ranks timing the same calls
 // between barriers; rank 0 prints CSV. The performance model (analysis/hyperrnn_analysis/perfmodel.py)

@@ -31,6 +31,10 @@ class CounterRng {
  public:
   CounterRng(uint64_t seed, RngPurpose purpose, uint32_t step, uint32_t index);
   uint32_t next_u32();
+  // Words 4 first .. 4 (first + kLanes) - 1 of this stream (the words next_u32 returns from block
+  // `first` on), kLanes Philox blocks at once (vectorised): out[j][l] = word j of block first + l.
+  static constexpr int kLanes = 16;
+  void blocks(uint32_t first, uint32_t out[4][kLanes]) const;
   // Uniform in [0, 1) with 24 random bits.
   float uniform();
   // Uniform in [0, 1) with 53 random bits.
