@@ -52,4 +52,10 @@ class CounterRng {
   int used_ = 4;
 };
 
+namespace detail {
+// The portable body behind CounterRng::blocks (which takes the AVX2 one where the CPU has it);
+// public so that tests check both give the same words on an AVX2 machine.
+void philox_lanes_portable(uint32_t out[4][CounterRng::kLanes], Philox4x32Ctr ctr, Philox4x32Key key);
+}  // namespace detail
+
 }  // namespace hyperrnn

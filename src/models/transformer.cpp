@@ -392,7 +392,7 @@ double Transformer<T>::forward(const Batch& batch) {
       if (!cfg_.is_moe()) {  // the dense FFN (the reference's: Linear, GELU, Dropout, Linear, Dropout)
         const int64_t of = 1LL * r0 * F;
         nn::linear_forward<T>(Ly.fc1_h + of, Ly.ln2_out + o, p(Ly.fc1_w), p(Ly.fc1_b), n, C, F);
-        nn::gelu_forward<T>(Ly.fc1_act + of, Ly.fc1_h + of, 1LL * n * F);
+        nn::gelu_forward_grad<T>(Ly.fc1_act + of, Ly.fc1_h + of, Ly.fc1_h + of, 1LL * n * F);  // fc1_h: GELU'
         if (drop_) {
           dropout_masks(Ly.hid_keep, site + 3, 1LL * Tn * F, b0, nb);
           nn::dropout_forward<T>(Ly.fc1_act + of, Ly.fc1_act + of, Ly.hid_keep + of, dscale, 1LL * n * F);
@@ -628,7 +628,7 @@ void Transformer<T>::backward() {
         const int64_t of = 1LL * r0 * F;
         nn::linear_backward<T>(dact_ + of, gs(Ly.fc2_w, sh), gs(Ly.fc2_b, sh), dffn + o, Ly.fc1_act + of, p(Ly.fc2_w), n, F, C);
         if (drop_) nn::dropout_backward<T>(dact_ + of, dact_ + of, Ly.hid_keep + of, dscale, 1LL * n * F);
-        nn::gelu_backward<T>(dh_ + of, dact_ + of, Ly.fc1_h + of, 1LL * n * F);
+        nn::gelu_backward_cached<T>(dh_ + of, dact_ + of, Ly.fc1_h + of, 1LL * n * F);
         nn::linear_backward<T>(dln_ + o, gs(Ly.fc1_w, sh), gs(Ly.fc1_b, sh), dh_ + of, Ly.ln2_out + o, p(Ly.fc1_w), n, C, F);
       }
     });

@@ -183,7 +183,7 @@ class Transformer {
     int expert_here = -1;  // MoE: fc1.weight of the first expert this rank holds (its block's start)
     // activations
     T *ln1_out, *ln1_mean, *ln1_rstd, *qkv, *att, *atty, *attproj, *res_mid;
-    T *ln2_out, *ln2_mean, *ln2_rstd, *fc1_h, *fc1_act, *ffn_out, *res_out;
+    T *ln2_out, *ln2_mean, *ln2_rstd, *fc1_h, *fc1_act, *ffn_out, *res_out;  // fc1_h: GELU' after the forward
     nn::MoeCache<T> moe{};
     T *q = nullptr, *mu_ls = nullptr, *dmu_ls = nullptr;  // pilf: (B,C) (B,2,E,C) (B,2,E,C)
     int32_t* k = nullptr;                                 // pilf: (B) experts per token of each sample

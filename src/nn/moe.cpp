@@ -154,7 +154,7 @@ void moe_experts_forward(T* ys, T* h, T* act, const T* xs, const int32_t* offset
     if (n_e == 0) return;
     const ExpertView<T> x = expert_view(const_cast<T*>(experts), e, d);
     linear_forward<T>(h + 1LL * r0 * F, xs + 1LL * r0 * C, x.fc1_w, x.fc1_b, n_e, C, F);
-    gelu_forward<T>(act + 1LL * r0 * F, h + 1LL * r0 * F, 1LL * n_e * F);
+    gelu_forward_grad<T>(act + 1LL * r0 * F, h + 1LL * r0 * F, h + 1LL * r0 * F, 1LL * n_e * F);
     linear_forward<T>(ys + 1LL * r0 * C, act + 1LL * r0 * F, x.fc2_w, x.fc2_b, n_e, F, C);
   });
 }
@@ -253,7 +253,7 @@ void moe_experts_backward(T* dxs, T* dact, T* dh, T* grad_experts, const T* dys,
     const ExpertView<T> x = expert_view(const_cast<T*>(experts), e, d);
     const ExpertView<T> gx = expert_view(grad_experts, e, d);
     linear_backward<T>(dact + 1LL * r0 * F, gx.fc2_w, gx.fc2_b, dys + 1LL * r0 * C, act + 1LL * r0 * F, x.fc2_w, n_e, F, C);
-    gelu_backward<T>(dh + 1LL * r0 * F, dact + 1LL * r0 * F, h + 1LL * r0 * F, 1LL * n_e * F);
+    gelu_backward_cached<T>(dh + 1LL * r0 * F, dact + 1LL * r0 * F, h + 1LL * r0 * F, 1LL * n_e * F);
     linear_backward<T>(dxs + 1LL * r0 * C, gx.fc1_w, gx.fc1_b, dh + 1LL * r0 * F, xs + 1LL * r0 * C, x.fc1_w, n_e, C, F);
   });
 }

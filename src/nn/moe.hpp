@@ -58,7 +58,7 @@ struct MoeCache {
   int32_t* tok;     // (A) token of each dispatched row, canonical (expert, token, slot) order
   int32_t* pos;     // (N,K) dispatched row of each (token, slot); -1 for a slot beyond the token's k
   T* xs;            // (A,C) gathered inputs
-  T* h;             // (A,F) fc1 pre-activation
+  T* h;             // (A,F) GELU'(fc1 pre-activation): the forward writes the derivative over it
   T* act;           // (A,F) GELU(h)
   T* ys;            // (A,C) expert outputs
   T* w;             // (sets,E,C) gaussian: exp(-2 log_sigma)
@@ -106,7 +106,7 @@ void moe_backward(T* dinp,                 // (N,C)
 template <class T>
 void moe_route(MoeCache<T>& cache, const T* inp, const MoeWeights<T>& wts, RouterKind router, const MoeDims& d);
 // Experts [0, n_experts) of the block `experts` (expert_stride() elements each) on their row ranges
-// offsets (n_experts + 1) of xs: h, act, ys assigned.
+// offsets (n_experts + 1) of xs: h (GELU's derivative at the fc1 pre-activation), act, ys assigned.
 template <class T>
 void moe_experts_forward(T* ys, T* h, T* act, const T* xs, const int32_t* offsets, int n_experts, const T* experts,
                          const MoeDims& d);
@@ -121,8 +121,8 @@ void moe_combine_backward(T* dys, T* dgates, const T* dout, const MoeCache<T>& c
 template <class T>
 void moe_router_backward(T* dinp, const MoeWeights<T>* router_grads, MoeScratch<T>& scratch, const T* inp,
                          const MoeCache<T>& cache, const MoeWeights<T>& wts, RouterKind router, const MoeDims& d);
-// Expert backward on the rows of experts_forward: dxs, dact, dh assigned; weight gradients
-// accumulate into grad_experts.
+// Expert backward on the rows of experts_forward (h: the forward's GELU' buffer): dxs, dact, dh
+// assigned; weight gradients accumulate into grad_experts.
 template <class T>
 void moe_experts_backward(T* dxs, T* dact, T* dh, T* grad_experts, const T* dys, const T* xs, const T* h, const T* act,
                           const int32_t* offsets, int n_experts, const T* experts, const MoeDims& d);

@@ -9,6 +9,7 @@
 #include "core/blas.hpp"
 #include "nn/dropout.hpp"
 #include "nn/elementwise_math.hpp"
+#include "nn/lanes.hpp"
 
 namespace hyperrnn::nn {
 
@@ -37,17 +38,17 @@ void embedding_backward(T* dwte, T* dwpe, const T* dout, const int32_t* inp, int
     }
 }
 
+// Row statistics in double, summed in lanes.hpp's fixed lane order (vectorised; the same bits on
+// every ISA clone).
 template <class T>
-void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* weight, const T* bias, int N,
-                       int C) {
+__attribute__((target_clones("avx2", "default"))) void layernorm_forward(
+    T* __restrict out, T* __restrict mean, T* __restrict rstd, const T* __restrict inp,
+    const T* __restrict weight, const T* __restrict bias, int N, int C) {
   constexpr double eps = 1e-5;
   for (int n = 0; n < N; ++n) {
     const T* x = inp + static_cast<int64_t>(n) * C;
-    double s = 0.0;
-    for (int i = 0; i < C; ++i) s += x[i];
-    const double m = s / C;
-    double v = 0.0;
-    for (int i = 0; i < C; ++i) v += (x[i] - m) * (x[i] - m);
+    const double m = lane_sum(C, [&](int i) { return static_cast<double>(x[i]); }) / C;
+    const double v = lane_sum(C, [&](int i) { return (x[i] - m) * (x[i] - m); });
     const double r = 1.0 / std::sqrt(v / C + eps);
     T* o = out + static_cast<int64_t>(n) * C;
     for (int i = 0; i < C; ++i) o[i] = static_cast<T>((x[i] - m) * r) * weight[i] + bias[i];
@@ -56,30 +57,29 @@ void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* weight, 
   }
 }
 
+// xhat = (x - mean) * rstd in T (mean and rstd are stored in T), the row means of the normalised
+// gradient in double (fixed lane order).
 template <class T>
-void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight,
-                        const T* mean, const T* rstd, int N, int C) {
+__attribute__((target_clones("avx2", "default"))) void layernorm_backward(
+    T* __restrict dinp, T* __restrict dweight, T* __restrict dbias, const T* __restrict dout,
+    const T* __restrict inp, const T* __restrict weight, const T* __restrict mean,
+    const T* __restrict rstd, int N, int C) {
   for (int n = 0; n < N; ++n) {
     const T* x = inp + static_cast<int64_t>(n) * C;
     const T* d = dout + static_cast<int64_t>(n) * C;
-    double mdn = 0.0, mdnx = 0.0;  // mean(dnorm), mean(dnorm * xhat)
-    for (int i = 0; i < C; ++i) {
-      const double xhat = (x[i] - mean[n]) * rstd[n];
-      const double dn = static_cast<double>(weight[i]) * d[i];
-      mdn += dn;
-      mdnx += dn * xhat;
-    }
-    mdn /= C;
-    mdnx /= C;
+    const T mn = mean[n], rs = rstd[n];
+    const double mdn = lane_sum(C, [&](int i) { return static_cast<double>(weight[i]) * d[i]; }) / C;
+    const double mdnx =
+        lane_sum(C, [&](int i) { return static_cast<double>(weight[i]) * d[i] * static_cast<double>((x[i] - mn) * rs); }) / C;
     T* dx = dinp + static_cast<int64_t>(n) * C;
     for (int i = 0; i < C; ++i) {
-      const double xhat = (x[i] - mean[n]) * rstd[n];
+      const double xhat = (x[i] - mn) * rs;
       const double dn = static_cast<double>(weight[i]) * d[i];
-      dx[i] += static_cast<T>(rstd[n] * (dn - mdn - xhat * mdnx));
+      dx[i] += static_cast<T>(rs * (dn - mdn - xhat * mdnx));
     }
     if (dweight)  // parameter gradients wanted (both or neither)
       for (int i = 0; i < C; ++i) {
-        const double xhat = (x[i] - mean[n]) * rstd[n];
+        const double xhat = (x[i] - mn) * rs;
         dbias[i] += d[i];
         dweight[i] += static_cast<T>(xhat * d[i]);
       }
@@ -127,9 +127,58 @@ __attribute__((target_clones("avx2", "default"))) void gelu_backward(T* dinp, co
   }
 }
 
+// GELU that also leaves GELU'(x) in grad, evaluated with the erf it already has (grad may alias
+// inp: each element is read before it is written). The same expressions as gelu_forward and
+// gelu_backward, so the bits are theirs; the backward is then gelu_backward_cached's product.
+template <class T>
+__attribute__((target_clones("avx2", "default"))) void gelu_forward_grad(T* out, T* grad, const T* inp, int64_t n) {
+  const T inv_sqrt2 = static_cast<T>(1.0 / std::numbers::sqrt2);
+  const T inv_sqrt2pi = static_cast<T>(1.0 / std::sqrt(2.0 * std::numbers::pi));
+  for (int64_t i = 0; i < n; ++i) {
+    const T x = inp[i];
+    const T e = erf_elementwise(x * inv_sqrt2);
+    out[i] = T(0.5) * x * (T(1) + e);
+    grad[i] = T(0.5) * (T(1) + e) + x * inv_sqrt2pi * exp_elementwise(T(-0.5) * x * x);
+  }
+}
+
+template <class T>
+__attribute__((target_clones("avx2", "default"))) void gelu_backward_cached(T* __restrict dinp, const T* __restrict dout,
+                                                                           const T* __restrict grad, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dinp[i] = grad[i] * dout[i];
+}
+
 template <class T>
 void residual_forward(T* out, const T* a, const T* b, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
+}
+
+// The attention's row softmax over one (Tn, Tn) block of scores, in place; causal rows stop at the
+// diagonal and are zero beyond it. Row sums in double in lanes.hpp's fixed order.
+template <class T>
+__attribute__((target_clones("avx2", "default"))) static void softmax_block(T* __restrict p, int Tn, bool causal) {
+  for (int i = 0; i < Tn; ++i) {
+    T* row = p + static_cast<int64_t>(i) * Tn;
+    const int jmax = causal ? i + 1 : Tn;
+    const T mx = lane_max(row, jmax);
+    for (int j = 0; j < jmax; ++j) row[j] = exp_elementwise(row[j] - mx);
+    const T inv = static_cast<T>(1.0 / lane_sum(jmax, [&](int j) { return static_cast<double>(row[j]); }));
+    for (int j = 0; j < jmax; ++j) row[j] *= inv;
+    for (int j = jmax; j < Tn; ++j) row[j] = T(0);
+  }
+}
+
+// Softmax backward in place over one block: dZ = P (dP - rowsum(P dP)).
+template <class T>
+__attribute__((target_clones("avx2", "default"))) static void softmax_backward_block(T* __restrict dp, const T* __restrict p, int Tn, bool causal) {
+  for (int i = 0; i < Tn; ++i) {
+    const T* pr = p + static_cast<int64_t>(i) * Tn;
+    T* dr = dp + static_cast<int64_t>(i) * Tn;
+    const int jmax = causal ? i + 1 : Tn;
+    const double s = lane_sum(jmax, [&](int j) { return static_cast<double>(pr[j]) * dr[j]; });
+    for (int j = 0; j < jmax; ++j) dr[j] = static_cast<T>(pr[j] * (dr[j] - s));
+    for (int j = jmax; j < Tn; ++j) dr[j] = T(0);
+  }
 }
 
 template <class T>
@@ -144,18 +193,7 @@ void attention_forward(T* out, T* att, const T* qkv, int B, int Tn, int C, int H
       const T* v = q + 2 * C;
       T* p = att + (static_cast<int64_t>(b) * H + h) * Tn * Tn;
       gemm<T>(false, true, Tn, Tn, hs, scale, q, ld, k, ld, T(0), p, Tn);
-      for (int i = 0; i < Tn; ++i) {
-        T* row = p + static_cast<int64_t>(i) * Tn;
-        const int jmax = causal ? i + 1 : Tn;
-        T mx = row[0];
-        for (int j = 1; j < jmax; ++j) mx = row[j] > mx ? row[j] : mx;
-        for (int j = 0; j < jmax; ++j) row[j] = exp_elementwise(row[j] - mx);  // vectorised
-        double s = 0.0;
-        for (int j = 0; j < jmax; ++j) s += row[j];
-        const T inv = static_cast<T>(1.0 / s);
-        for (int j = 0; j < jmax; ++j) row[j] *= inv;
-        for (int j = jmax; j < Tn; ++j) row[j] = T(0);
-      }
+      softmax_block(p, Tn, causal);
       const T* pv = p;
       if (drop) {
         const int64_t o = (static_cast<int64_t>(b) * H + h) * Tn * Tn;
@@ -189,31 +227,21 @@ void attention_backward(T* dqkv, T* datt, const T* dout, const T* qkv, const T* 
       gemm<T>(false, true, Tn, Tn, hs, T(1), d, C, v, ld, T(0), dp, Tn);   // dP = dO V^T
       gemm<T>(true, false, Tn, hs, Tn, T(1), drop ? drop->att + o : p, Tn, d, C, T(0), dv, ld);   // dV = P^T dO
       if (drop) dropout_backward<T>(dp, dp, drop->keep + o, drop->scale, static_cast<int64_t>(Tn) * Tn);
-      for (int i = 0; i < Tn; ++i) {  // softmax backward, in place: dZ = P (dP - rowsum(P dP))
-        const T* pr = p + static_cast<int64_t>(i) * Tn;
-        T* dr = dp + static_cast<int64_t>(i) * Tn;
-        const int jmax = causal ? i + 1 : Tn;
-        double s = 0.0;
-        for (int j = 0; j < jmax; ++j) s += static_cast<double>(pr[j]) * dr[j];
-        for (int j = 0; j < jmax; ++j) dr[j] = static_cast<T>(pr[j] * (dr[j] - s));
-        for (int j = jmax; j < Tn; ++j) dr[j] = T(0);
-      }
+      softmax_backward_block(dp, p, Tn, causal);
       gemm<T>(false, false, Tn, hs, Tn, scale, dp, Tn, k, ld, T(0), dq, ld);  // dQ = s dZ K
       gemm<T>(true, false, Tn, hs, Tn, scale, dp, Tn, q, ld, T(0), dk, ld);   // dK = s dZ^T Q
     }
 }
 
 template <class T>
-double crossentropy_forward(T* losses, T* probs, const T* logits, const int32_t* targets, int N, int V) {
+__attribute__((target_clones("avx2", "default"))) double crossentropy_forward(T* losses, T* probs, const T* logits, const int32_t* targets, int N, int V) {
   double total = 0.0;
   for (int n = 0; n < N; ++n) {
     const T* l = logits + static_cast<int64_t>(n) * V;
     T* p = probs + static_cast<int64_t>(n) * V;
-    T mx = l[0];
-    for (int v = 1; v < V; ++v) mx = l[v] > mx ? l[v] : mx;
+    const T mx = lane_max(l, V);
     for (int v = 0; v < V; ++v) p[v] = exp_elementwise(l[v] - mx);  // vectorised
-    double s = 0.0;
-    for (int v = 0; v < V; ++v) s += p[v];
+    const double s = lane_sum(V, [&](int v) { return static_cast<double>(p[v]); });
     const T inv = static_cast<T>(1.0 / s);
     for (int v = 0; v < V; ++v) p[v] *= inv;
     const double loss = std::log(s) + static_cast<double>(mx) - static_cast<double>(l[targets[n]]);
@@ -453,6 +481,8 @@ void relu_backward(T* dinp, const T* dout, const T* inp, int64_t n) {
   template void linear_backward<T>(T*, T*, T*, const T*, const T*, const T*, int, int, int);      \
   template void gelu_forward<T>(T*, const T*, int64_t);                                           \
   template void gelu_backward<T>(T*, const T*, const T*, int64_t);                                \
+  template void gelu_forward_grad<T>(T*, T*, const T*, int64_t);                                  \
+  template void gelu_backward_cached<T>(T*, const T*, const T*, int64_t);                         \
   template void residual_forward<T>(T*, const T*, const T*, int64_t);                             \
   template void attention_forward<T>(T*, T*, const T*, int, int, int, int, bool, const AttnDropout<T>*); \
   template void attention_backward<T>(T*, T*, const T*, const T*, const T*, int, int, int, int,   \

@@ -58,6 +58,13 @@ template <class T>
 void gelu_forward(T* out, const T* inp, int64_t n);
 template <class T>
 void gelu_backward(T* dinp, const T* dout, const T* inp, int64_t n);  // dinp assigned
+// The training pair: the forward also writes GELU'(inp) to grad (grad may be inp itself), the
+// backward multiplies by it (dinp assigned). The erf and exp are evaluated once per element, and
+// the results are bitwise those of gelu_forward and gelu_backward.
+template <class T>
+void gelu_forward_grad(T* out, T* grad, const T* inp, int64_t n);
+template <class T>
+void gelu_backward_cached(T* dinp, const T* dout, const T* grad, int64_t n);
 
 template <class T>
 void residual_forward(T* out, const T* a, const T* b, int64_t n);  // out = a + b

@@ -105,6 +105,7 @@ namespace {
 constexpr int64_t kBlock = 256;
 constexpr int kZero = INT_MIN;    // block of zeros
 constexpr int kNonFinite = INT_MAX;
+
 }  // namespace
 
 template <class T>
@@ -183,7 +184,7 @@ void ShardSum<T>::sum(T* out, const std::vector<const T*>& shards, const std::ve
       int64_t a = 0;
       for (int s = 0; s < Sl; ++s) {
         const double v = static_cast<double>(shards[static_cast<size_t>(s)][i]);
-        a += std::llround(pow2 ? v * scale : std::ldexp(v, shift));
+        a += round_half_away(pow2 ? v * scale : std::ldexp(v, shift));
       }
       acc_[static_cast<size_t>(at)] = a;
     }

@@ -8,6 +8,7 @@
 
 #include "core/error.hpp"
 #include "core/rng.hpp"
+#include "nn/lanes.hpp"
 
 namespace hyperrnn::pilf {
 
@@ -23,14 +24,19 @@ int ExperienceBuffer::active_prototypes() const {
   return static_cast<int>(std::count_if(proto_count_.begin(), proto_count_.end(), [](int c) { return c > 0; }));
 }
 
-double ExperienceBuffer::cosine(const float* a, const float* b) const {
-  double ab = 0, aa = 0, bb = 0;
-  for (int i = 0; i < dim_; ++i) {
-    ab += static_cast<double>(a[i]) * b[i];
-    aa += static_cast<double>(a[i]) * a[i];
-    bb += static_cast<double>(b[i]) * b[i];
-  }
+namespace {
+// a . b in double, in lanes.hpp's fixed order (vectorised; the same on every ISA).
+__attribute__((target_clones("avx2", "default"))) double dot(const float* __restrict a, const float* __restrict b, int n) {
+  return nn::lane_sum(n, [&](int i) { return static_cast<double>(a[i]) * b[i]; });
+}
+
+double cosine_from(double ab, double aa, double bb) {
   return ab / std::max(std::sqrt(aa) * std::sqrt(bb), 1e-12);  // F.normalize's eps
+}
+}  // namespace
+
+double ExperienceBuffer::cosine(const float* a, const float* b) const {
+  return cosine_from(dot(a, b, dim_), dot(a, a, dim_), dot(b, b, dim_));
 }
 
 int ExperienceBuffer::add(const float* q, const uint8_t* action, const double* pi, int B) {
@@ -196,13 +202,23 @@ void ExperienceBuffer::decay(const std::vector<int>& indices) {
 
 void ExperienceBuffer::retrieve(float* out, const float* query, int nq, int k) const {
   std::fill_n(out, static_cast<size_t>(nq) * k * dim_, 0.f);
+  const int kk = std::min(k, size_);
+  std::vector<double> bb(static_cast<size_t>(size_));  // each stored q's squared norm, once
+  for (int i = 0; i < size_; ++i) bb[static_cast<size_t>(i)] = dot(q(i), q(i), dim_);
   std::vector<int> order(static_cast<size_t>(size_));
   std::vector<double> sim(static_cast<size_t>(size_));
   for (int r = 0; r < nq; ++r) {
-    for (int i = 0; i < size_; ++i) sim[static_cast<size_t>(i)] = cosine(query + static_cast<size_t>(r) * dim_, q(i));
+    const float* a = query + static_cast<size_t>(r) * dim_;
+    const double aa = dot(a, a, dim_);
+    for (int i = 0; i < size_; ++i) sim[static_cast<size_t>(i)] = cosine_from(dot(a, q(i), dim_), aa, bb[static_cast<size_t>(i)]);
     std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(), [&sim](int a, int b) { return sim[static_cast<size_t>(a)] > sim[static_cast<size_t>(b)]; });
-    for (int j = 0; j < std::min(k, size_); ++j)
+    // the k first of a stable descending sort: (similarity descending, index ascending) is a strict
+    // total order, so a partial sort gives the same k
+    std::partial_sort(order.begin(), order.begin() + kk, order.end(), [&sim](int x, int y) {
+      const double sx = sim[static_cast<size_t>(x)], sy = sim[static_cast<size_t>(y)];
+      return sx > sy || (sx == sy && x < y);
+    });
+    for (int j = 0; j < kk; ++j)
       std::copy_n(q(order[static_cast<size_t>(j)]), dim_, out + (static_cast<size_t>(r) * k + j) * dim_);
   }
 }

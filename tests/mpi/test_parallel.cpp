@@ -123,6 +123,28 @@ std::vector<float> shard_values(int s, int64_t n) {
 }
 }  // namespace
 
+TEST_CASE("shard sum's rounding is std::llround on every value it can meet", "[mpi]") {
+  // halves, their neighbours one ulp either side, integers, the ends of the range, random values
+  std::vector<double> xs = {0.0, -0.0, 0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 0.49999999999999994, -0.49999999999999994,
+                            4503599627370495.5, -4503599627370495.5, 4503599627370497.0, 0x1.fffffffffffffp61,
+                            -0x1.fffffffffffffp61, 1e-300, -1e-300};
+  for (double h = 0.5; h < 0x1p61; h *= 3.0) {
+    xs.push_back(h);
+    xs.push_back(std::nextafter(h, 0.0));
+    xs.push_back(std::nextafter(h, 1e300));
+    xs.push_back(-std::nextafter(h, 1e300));
+    xs.push_back(std::floor(h) + 0.5);
+  }
+  CounterRng r(7, RngPurpose::Init, 0, 0);
+  for (int i = 0; i < 100000; ++i) {
+    const double u = 2.0 * r.uniform() - 1.0;
+    xs.push_back(std::ldexp(u, static_cast<int>(r.next_u32() % 63)));
+  }
+  int bad = 0;
+  for (double x : xs) bad += round_half_away(x) != std::llround(x);
+  CHECK(bad == 0);
+}
+
 TEST_CASE("reproducible shard sum: bitwise equal to one process, within its bound of the exact sum", "[mpi]") {
   const int S = 8;
   const int64_t n = 1000;

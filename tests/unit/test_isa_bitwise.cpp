@@ -1,4 +1,4 @@
-// The vectorised elementwise kernels (cloned for AVX2 next to the baseline, chosen at load time by
+// The vectorised elementwise kernels and row reductions (cloned for AVX2 next to the baseline, chosen by
 // the CPU) must give exactly the bits of their scalar evaluation: that is what keeps a run's
 // results the same on every x86-64 machine, whichever clone it picks. The scalar oracles below are
 // compiled without vectorisation and written from the definitions (CounterRng's stream, the GELU
@@ -17,6 +17,7 @@
 #include "nn/adamw.hpp"
 #include "nn/dropout.hpp"
 #include "nn/elementwise_math.hpp"
+#include "nn/lanes.hpp"
 #include "nn/ops.hpp"
 
 using namespace hyperrnn;
@@ -35,6 +36,37 @@ SCALAR float gelu_grad_scalar(float x, float d) {
   const float inv_sqrt2pi = static_cast<float>(1.0 / std::sqrt(2.0 * std::numbers::pi));
   const float g = 0.5f * (1.0f + erf_elementwise(x * inv_sqrt2)) + x * inv_sqrt2pi * exp_elementwise(-0.5f * x * x);
   return g * d;
+}
+
+// layernorm's forward as ops.cpp writes it, with lanes.hpp's sums, evaluated scalar
+SCALAR void layernorm_scalar(float* out, float* mean, float* rstd, const float* inp, const float* w, const float* b,
+                             int N, int C) {
+  for (int n = 0; n < N; ++n) {
+    const float* x = inp + static_cast<int64_t>(n) * C;
+    const double m = lane_sum(C, [&](int i) { return static_cast<double>(x[i]); }) / C;
+    const double v = lane_sum(C, [&](int i) { return (x[i] - m) * (x[i] - m); });
+    const double r = 1.0 / std::sqrt(v / C + 1e-5);
+    for (int i = 0; i < C; ++i) out[static_cast<int64_t>(n) * C + i] = static_cast<float>((x[i] - m) * r) * w[i] + b[i];
+    mean[n] = static_cast<float>(m);
+    rstd[n] = static_cast<float>(r);
+  }
+}
+
+SCALAR double crossentropy_scalar(float* losses, float* probs, const float* logits, const int32_t* tg, int N, int V) {
+  double total = 0.0;
+  for (int n = 0; n < N; ++n) {
+    const float* l = logits + static_cast<int64_t>(n) * V;
+    float* p = probs + static_cast<int64_t>(n) * V;
+    const float mx = lane_max(l, V);
+    for (int v = 0; v < V; ++v) p[v] = exp_elementwise(l[v] - mx);
+    const double s = lane_sum(V, [&](int v) { return static_cast<double>(p[v]); });
+    const float inv = static_cast<float>(1.0 / s);
+    for (int v = 0; v < V; ++v) p[v] *= inv;
+    const double loss = std::log(s) + static_cast<double>(mx) - static_cast<double>(l[tg[n]]);
+    losses[n] = static_cast<float>(loss);
+    total += loss;
+  }
+  return total;
 }
 
 std::vector<float> floats(int64_t n, uint32_t seed, float scale) {
@@ -66,6 +98,24 @@ TEST_CASE("dropout masks are CounterRng's stream word by word, at every length",
   }
 }
 
+TEST_CASE("CounterRng::blocks: the selected Philox and the portable one give the same words", "[isa][rng]") {
+  for (uint64_t seed : {0ULL, 1ULL, 0xfedcba9876543210ULL})
+    for (uint32_t first : {0u, 1u, 0xfffffff8u, 0xfffffffcu}) {  // the counter's low word wraps
+      const CounterRng rng(seed, RngPurpose::Dropout, 77u, 0xabcdefu);
+      uint32_t a[4][CounterRng::kLanes], b[4][CounterRng::kLanes];
+      rng.blocks(first, a);
+      detail::philox_lanes_portable(b, {first, 0xabcdefu, 77u, static_cast<uint32_t>(RngPurpose::Dropout)},
+                                    {static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)});
+      CHECK(std::memcmp(a, b, sizeof a) == 0);
+      for (int l = 0; l < CounterRng::kLanes; ++l) {  // and philox4x32_10 itself, block by block
+        const Philox4x32Ctr w = philox4x32_10({first + static_cast<uint32_t>(l), 0xabcdefu, 77u,
+                                               static_cast<uint32_t>(RngPurpose::Dropout)},
+                                              {static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)});
+        for (int j = 0; j < 4; ++j) CHECK(a[j][l] == w[static_cast<size_t>(j)]);
+      }
+    }
+}
+
 TEST_CASE("gelu forward and backward (float) equal their scalar evaluation bit for bit", "[isa][ops]") {
   const int64_t n = 100003;  // not a multiple of any vector width
   const std::vector<float> x = floats(n, 1, 6.0f), d = floats(n, 2, 1.0f);
@@ -78,6 +128,12 @@ TEST_CASE("gelu forward and backward (float) equal their scalar evaluation bit f
   }
   CHECK(same_bits(y, ys));
   CHECK(same_bits(dx, dxs));
+  // the training pair (GELU' kept from the forward, in place over the input) gives the same bits
+  std::vector<float> g = x, yc(y.size()), dxc(y.size());
+  gelu_forward_grad(yc.data(), g.data(), g.data(), n);
+  gelu_backward_cached(dxc.data(), d.data(), g.data(), n);
+  CHECK(same_bits(yc, ys));
+  CHECK(same_bits(dxc, dxs));
 }
 
 TEST_CASE("dropout forward/backward and AdamW (float) equal their scalar evaluation bit for bit", "[isa][adamw]") {
@@ -116,6 +172,29 @@ TEST_CASE("dropout forward/backward and AdamW (float) equal their scalar evaluat
       }
     }();
     INFO("step " << s);
+    CHECK(same_bits(p, ps));
+  }
+}
+
+TEST_CASE("row reductions (layernorm, cross-entropy) sum in the written lane order on every clone", "[isa][ops]") {
+  for (int C : {1, 5, 8, 64, 67, 509}) {
+    const int N = 37;
+    const std::vector<float> x = floats(static_cast<int64_t>(N) * C, 11, 3.0f), w = floats(C, 12, 1.0f),
+                             b = floats(C, 13, 1.0f);
+    std::vector<float> y(x.size()), m(N), r(N), ys(x.size()), ms(N), rs(N);
+    layernorm_forward(y.data(), m.data(), r.data(), x.data(), w.data(), b.data(), N, C);
+    layernorm_scalar(ys.data(), ms.data(), rs.data(), x.data(), w.data(), b.data(), N, C);
+    INFO("C " << C);
+    CHECK(same_bits(y, ys));
+    CHECK(same_bits(m, ms));
+    CHECK(same_bits(r, rs));
+    std::vector<int32_t> tg(N);
+    for (int n = 0; n < N; ++n) tg[static_cast<size_t>(n)] = (n * 7) % C;
+    std::vector<float> lo(N), p(x.size()), los(N), ps(x.size());
+    const double t = crossentropy_forward(lo.data(), p.data(), x.data(), tg.data(), N, C);
+    const double ts = crossentropy_scalar(los.data(), ps.data(), x.data(), tg.data(), N, C);
+    CHECK(std::memcmp(&t, &ts, sizeof t) == 0);
+    CHECK(same_bits(lo, los));
     CHECK(same_bits(p, ps));
   }
 }
