@@ -28,7 +28,7 @@ namespace {
 // One block's update, elementwise in T (cloned for AVX2: the same IEEE operations lane by lane,
 // so every ISA gives the same bits; -ffp-contract=off keeps FMA out).
 template <class T>
-__attribute__((target_clones("avx2", "default")))
+__attribute__((target_clones("avx512f", "avx2", "default")))
 void adamw_block(T* __restrict p, const T* __restrict g, T* __restrict mm, T* __restrict vv, int64_t n, T b1, T b2,
                  T eps, T step_size, T decay, T sqrt_bc2) {
   for (int64_t i = 0; i < n; ++i) {

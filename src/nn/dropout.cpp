@@ -24,12 +24,12 @@ void dropout_mask(uint8_t* keep, int64_t n, const DropoutKey& key, uint32_t inde
 }
 
 template <class T>
-__attribute__((target_clones("avx2", "default"))) void dropout_forward(T* out, const T* inp, const uint8_t* keep, T scale, int64_t n) {
+__attribute__((target_clones("avx512f", "avx2", "default"))) void dropout_forward(T* out, const T* inp, const uint8_t* keep, T scale, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = keep[i] ? inp[i] * scale : T(0);
 }
 
 template <class T>
-__attribute__((target_clones("avx2", "default"))) void dropout_backward(T* dinp, const T* dout, const uint8_t* keep, T scale, int64_t n) {
+__attribute__((target_clones("avx512f", "avx2", "default"))) void dropout_backward(T* dinp, const T* dout, const uint8_t* keep, T scale, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dinp[i] = keep[i] ? dout[i] * scale : T(0);
 }
 

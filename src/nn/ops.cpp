@@ -41,7 +41,7 @@ void embedding_backward(T* dwte, T* dwpe, const T* dout, const int32_t* inp, int
 // Row statistics in double, summed in lanes.hpp's fixed lane order (vectorised; the same bits on
 // every ISA clone).
 template <class T>
-__attribute__((target_clones("avx2", "default"))) void layernorm_forward(
+__attribute__((target_clones("avx512f", "avx2", "default"))) void layernorm_forward(
     T* __restrict out, T* __restrict mean, T* __restrict rstd, const T* __restrict inp,
     const T* __restrict weight, const T* __restrict bias, int N, int C) {
   constexpr double eps = 1e-5;
@@ -60,7 +60,7 @@ __attribute__((target_clones("avx2", "default"))) void layernorm_forward(
 // xhat = (x - mean) * rstd in T (mean and rstd are stored in T), the row means of the normalised
 // gradient in double (fixed lane order).
 template <class T>
-__attribute__((target_clones("avx2", "default"))) void layernorm_backward(
+__attribute__((target_clones("avx512f", "avx2", "default"))) void layernorm_backward(
     T* __restrict dinp, T* __restrict dweight, T* __restrict dbias, const T* __restrict dout,
     const T* __restrict inp, const T* __restrict weight, const T* __restrict mean,
     const T* __restrict rstd, int N, int C) {
@@ -108,7 +108,7 @@ void linear_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
 // GELU is evaluated in the precision of T with elementwise_math.hpp's erf/exp (vectorisable in
 // float; libm in double).
 template <class T>
-__attribute__((target_clones("avx2", "default"))) void gelu_forward(T* out, const T* inp, int64_t n) {
+__attribute__((target_clones("avx512f", "avx2", "default"))) void gelu_forward(T* out, const T* inp, int64_t n) {
   const T inv_sqrt2 = static_cast<T>(1.0 / std::numbers::sqrt2);
   for (int64_t i = 0; i < n; ++i) {
     const T x = inp[i];
@@ -117,7 +117,7 @@ __attribute__((target_clones("avx2", "default"))) void gelu_forward(T* out, cons
 }
 
 template <class T>
-__attribute__((target_clones("avx2", "default"))) void gelu_backward(T* dinp, const T* dout, const T* inp, int64_t n) {
+__attribute__((target_clones("avx512f", "avx2", "default"))) void gelu_backward(T* dinp, const T* dout, const T* inp, int64_t n) {
   const T inv_sqrt2 = static_cast<T>(1.0 / std::numbers::sqrt2);
   const T inv_sqrt2pi = static_cast<T>(1.0 / std::sqrt(2.0 * std::numbers::pi));
   for (int64_t i = 0; i < n; ++i) {
@@ -131,7 +131,7 @@ __attribute__((target_clones("avx2", "default"))) void gelu_backward(T* dinp, co
 // inp: each element is read before it is written). The same expressions as gelu_forward and
 // gelu_backward, so the bits are theirs; the backward is then gelu_backward_cached's product.
 template <class T>
-__attribute__((target_clones("avx2", "default"))) void gelu_forward_grad(T* out, T* grad, const T* inp, int64_t n) {
+__attribute__((target_clones("avx512f", "avx2", "default"))) void gelu_forward_grad(T* out, T* grad, const T* inp, int64_t n) {
   const T inv_sqrt2 = static_cast<T>(1.0 / std::numbers::sqrt2);
   const T inv_sqrt2pi = static_cast<T>(1.0 / std::sqrt(2.0 * std::numbers::pi));
   for (int64_t i = 0; i < n; ++i) {
@@ -143,7 +143,7 @@ __attribute__((target_clones("avx2", "default"))) void gelu_forward_grad(T* out,
 }
 
 template <class T>
-__attribute__((target_clones("avx2", "default"))) void gelu_backward_cached(T* __restrict dinp, const T* __restrict dout,
+__attribute__((target_clones("avx512f", "avx2", "default"))) void gelu_backward_cached(T* __restrict dinp, const T* __restrict dout,
                                                                            const T* __restrict grad, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dinp[i] = grad[i] * dout[i];
 }
@@ -156,7 +156,7 @@ void residual_forward(T* out, const T* a, const T* b, int64_t n) {
 // The attention's row softmax over one (Tn, Tn) block of scores, in place; causal rows stop at the
 // diagonal and are zero beyond it. Row sums in double in lanes.hpp's fixed order.
 template <class T>
-__attribute__((target_clones("avx2", "default"))) static void softmax_block(T* __restrict p, int Tn, bool causal) {
+__attribute__((target_clones("avx512f", "avx2", "default"))) static void softmax_block(T* __restrict p, int Tn, bool causal) {
   for (int i = 0; i < Tn; ++i) {
     T* row = p + static_cast<int64_t>(i) * Tn;
     const int jmax = causal ? i + 1 : Tn;
@@ -170,7 +170,7 @@ __attribute__((target_clones("avx2", "default"))) static void softmax_block(T* _
 
 // Softmax backward in place over one block: dZ = P (dP - rowsum(P dP)).
 template <class T>
-__attribute__((target_clones("avx2", "default"))) static void softmax_backward_block(T* __restrict dp, const T* __restrict p, int Tn, bool causal) {
+__attribute__((target_clones("avx512f", "avx2", "default"))) static void softmax_backward_block(T* __restrict dp, const T* __restrict p, int Tn, bool causal) {
   for (int i = 0; i < Tn; ++i) {
     const T* pr = p + static_cast<int64_t>(i) * Tn;
     T* dr = dp + static_cast<int64_t>(i) * Tn;
@@ -234,7 +234,7 @@ void attention_backward(T* dqkv, T* datt, const T* dout, const T* qkv, const T* 
 }
 
 template <class T>
-__attribute__((target_clones("avx2", "default"))) double crossentropy_forward(T* losses, T* probs, const T* logits, const int32_t* targets, int N, int V) {
+__attribute__((target_clones("avx512f", "avx2", "default"))) double crossentropy_forward(T* losses, T* probs, const T* logits, const int32_t* targets, int N, int V) {
   double total = 0.0;
   for (int n = 0; n < N; ++n) {
     const T* l = logits + static_cast<int64_t>(n) * V;

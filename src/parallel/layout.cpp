@@ -106,6 +106,14 @@ constexpr int64_t kBlock = 256;
 constexpr int kZero = INT_MIN;    // block of zeros
 constexpr int kNonFinite = INT_MAX;
 
+// a[i] += llround(x[i] * scale) over one block (|x[i] * scale| < 2^62). Integer results, exact
+// conversions and comparisons only: every clone (AVX-512's vcvttpd2qq, or scalar conversions)
+// gives the same integers.
+template <class T>
+__attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
+void add_fixed_point(int64_t* __restrict a, const T* __restrict x, int n, double scale) {
+  for (int i = 0; i < n; ++i) a[i] += round_half_away(static_cast<double>(x[i]) * scale);
+}
 }  // namespace
 
 template <class T>
@@ -180,13 +188,15 @@ void ShardSum<T>::sum(T* out, const std::vector<const T*>& shards, const std::ve
     const int shift = 62 - headroom - ex;  // |v| 2^shift < 2^(62 - headroom)
     const bool pow2 = shift > -1000 && shift < 1000;  // 2^shift is a normal double
     const double scale = pow2 ? std::ldexp(1.0, shift) : 0.0;
-    for (int64_t i = bl.b0, at = bl.at; i < bl.b1; ++i, ++at) {
-      int64_t a = 0;
-      for (int s = 0; s < Sl; ++s) {
-        const double v = static_cast<double>(shards[static_cast<size_t>(s)][i]);
-        a += round_half_away(pow2 ? v * scale : std::ldexp(v, shift));
+    int64_t* a = acc_.data() + bl.at;  // zero (assigned above); shard by shard, in shard order
+    const int n = static_cast<int>(bl.b1 - bl.b0);
+    for (int s = 0; s < Sl; ++s) {
+      const T* x = shards[static_cast<size_t>(s)] + bl.b0;
+      if (pow2) {
+        add_fixed_point(a, x, n, scale);
+      } else {
+        for (int i = 0; i < n; ++i) a[i] += round_half_away(std::ldexp(static_cast<double>(x[i]), shift));
       }
-      acc_[static_cast<size_t>(at)] = a;
     }
   });
   if (par.P > 1) par.comm->allreduce_sum(acc_.data(), acc_.size());

@@ -26,7 +26,7 @@ int ExperienceBuffer::active_prototypes() const {
 
 namespace {
 // a . b in double, in lanes.hpp's fixed order (vectorised; the same on every ISA).
-__attribute__((target_clones("avx2", "default"))) double dot(const float* __restrict a, const float* __restrict b, int n) {
+__attribute__((target_clones("avx512f", "avx2", "default"))) double dot(const float* __restrict a, const float* __restrict b, int n) {
   return nn::lane_sum(n, [&](int i) { return static_cast<double>(a[i]) * b[i]; });
 }
 

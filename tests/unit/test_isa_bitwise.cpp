@@ -1,9 +1,9 @@
-// The vectorised elementwise kernels and row reductions (cloned for AVX2 next to the baseline, chosen by
+// The vectorised elementwise kernels and row reductions (cloned for AVX-512 and AVX2 next to the baseline, chosen by
 // the CPU) must give exactly the bits of their scalar evaluation: that is what keeps a run's
 // results the same on every x86-64 machine, whichever clone it picks. The scalar oracles below are
 // compiled without vectorisation and written from the definitions (CounterRng's stream, the GELU
 // formula of ops.cpp, torch.optim.AdamW's update), so a clone that reorders, fuses or reassociates
-// anything fails here. A run checks the clone its CPU selects (AVX2 on the development machine,
+// anything fails here. A run checks the clone its CPU selects (AVX-512 or AVX2 on the development machines,
 // the SSE2 baseline on a CPU without AVX2); the first test case says which.
 #include <catch2/catch.hpp>
 
@@ -82,7 +82,8 @@ bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
 }  // namespace
 
 TEST_CASE("dropout masks are CounterRng's stream word by word, at every length", "[isa][dropout]") {
-  WARN("elementwise clone selected by this CPU: " << (__builtin_cpu_supports("avx2") ? "avx2" : "default (SSE2)"));
+  WARN("elementwise clone selected by this CPU: " << (__builtin_cpu_supports("avx512f") ? "avx512f"
+                                                       : __builtin_cpu_supports("avx2") ? "avx2" : "default (SSE2)"));
   const DropoutKey key{0x123456789abcdefULL, RngPurpose::Dropout, 4000000000u};
   const uint32_t thr = dropout_threshold(0.37);
   for (int64_t n : {1, 3, 4, 5, 63, 64, 65, 127, 1000, 4099}) {
