@@ -8,6 +8,9 @@ namespace hyperrnn {
 template <class T>
 void gemm(bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda,
           const T* B, int ldb, T beta, T* C, int ldc);
+// The library that takes the float GEMMs it has kernels for before OpenBLAS ("libxsmm 1.17"), or
+// "" when the build has none (CMake option HYPERRNN_LIBXSMM).
+const char* small_gemm_library();
 
 // With accounting on (bench, the FLOP counter's test; off by default, so that a training step pays
 // nothing), every gemm call is counted: 2 M N K floating-point operations and its wall time, summed

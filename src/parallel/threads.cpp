@@ -196,7 +196,9 @@ std::string make_blas_single_threaded() {
   if (t != 1) throw RuntimeError("OpenBLAS still reports " + std::to_string(t) + " threads after openblas_set_num_threads(1)");
   std::string cfg = openblas_get_config ? openblas_get_config() : "";
   const std::string core = openblas_get_corename ? openblas_get_corename() : "?";
-  return blas_text() = "BLAS: OpenBLAS (" + cfg + "), kernel " + core + ", 1 thread per call";
+  const std::string small = small_gemm_library();
+  return blas_text() = "BLAS: OpenBLAS (" + cfg + "), kernel " + core + ", 1 thread per call" +
+                       (small.empty() ? "" : "; small float GEMMs: " + small);
 }
 
 const std::string& blas_threading() { return blas_text(); }
@@ -210,7 +212,9 @@ std::string blas_short() {
     const size_t sp = cfg.find(' '), sp2 = sp == std::string::npos ? sp : cfg.find(' ', sp + 1);
     version = cfg.substr(0, sp2);
   }
-  return version + ", kernel " + (openblas_get_corename ? openblas_get_corename() : "?") + ", 1 thread per call";
+  const std::string small = small_gemm_library();
+  return version + ", kernel " + (openblas_get_corename ? openblas_get_corename() : "?") + ", 1 thread per call" +
+         (small.empty() ? "" : ", " + small);
 }
 
 }  // namespace hyperrnn
