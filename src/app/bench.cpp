@@ -198,6 +198,17 @@ int run_bench(Comm& comm, const RunConfig& cfg) {
                   "exchanges %.5f (%.0f%%) + elementwise_other %.5f (%.0f%%)\n",
                   wall, gemm, pc(gemm), gemm > 0 ? gflop / gemm * 1e-9 : 0.0, gemm > 0 ? 100.0 * gflop / gemm * 1e-9 / peak : 0.0,
                   att, pc(att), route, pc(route), rec, pc(rec), pilf, pc(pilf), opt, pc(opt), xch, pc(xch), rest, pc(rest));
+      // the GEMM column by the phase its calls ran in (the model's own linears and experts: "model")
+      std::printf("gemm_by_phase_s_per_step:");
+      const char* names[kPhases] = {"model", "attention", "routing", "recurrence", "pilf"};
+      for (int p = 0; p < kPhases; ++p) {
+        const double t = (p == 0 ? gemms.seconds - [&] { double o = 0; for (int q = 1; q < kPhases; ++q) o += phases.gemm_s[q]; return o; }()
+                                 : phases.gemm_s[p]) * per;
+        const double f = (p == 0 ? gemms.flops - [&] { double o = 0; for (int q = 1; q < kPhases; ++q) o += phases.gemm_flops[q]; return o; }()
+                                 : phases.gemm_flops[p]) * per;
+        std::printf(" %s %.5f (%.2f GFLOP/s)", names[p], t, t > 0 ? f / t * 1e-9 : 0.0);
+      }
+      std::printf("\n");
       std::printf("peak_rss_mib: %d (largest rank)\n", peak_mib);
     }
     const int64_t sf = ses.model.state_floats_per_sequence(L);

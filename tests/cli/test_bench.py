@@ -39,6 +39,15 @@ def test_bench_reports_every_phase_and_they_add_up():
     assert all(v >= 0 for v in parts.values()), line.group(0)
     assert sum(parts.values()) == pytest.approx(float(line.group(1)), abs=5e-5 * len(parts)), line.group(0)
     assert parts["pilf"] > 0 and parts["gemm"] > 0 and parts["recurrence"] == 0, line.group(0)
+    # the GEMM column by phase: the model's, attention's, routing's and the recurrence's GEMMs add up
+    # to the gemm column (PILF's GEMMs are inside its own phase); a pilf step has GEMMs in all but
+    # the recurrence
+    by = re.search(r"^gemm_by_phase_s_per_step: (.*)$", out, re.M).group(1)
+    g = dict((n, float(v)) for n, v in re.findall(r"(\w+) ([0-9.]+) \(", by))
+    assert set(g) == {"model", "attention", "routing", "recurrence", "pilf"}, by
+    assert g["model"] + g["attention"] + g["routing"] + g["recurrence"] == pytest.approx(parts["gemm"], abs=5e-5), by
+    assert g["model"] > 0 and g["attention"] > 0 and g["routing"] > 0 and g["pilf"] > 0 and g["recurrence"] == 0, by
+    assert g["pilf"] <= parts["pilf"] + 5e-5, by
     flops = int(re.search(r"^model_flops_per_token: (\d+)", out, re.M).group(1))
     gflops = float(re.search(r"^model_gflops: ([0-9.]+)", out, re.M).group(1))
     assert gflops == pytest.approx(flops * tps / 1e9, rel=0.02), out
