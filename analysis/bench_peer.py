@@ -130,7 +130,7 @@ def torch_bench(cfg, steps, threads):
 
 def main():
     sys.path.insert(0, HERE)
-    from peer_common import effective_run, hyperrnn_bench, peer_arguments, torch_only, torch_only_memory
+    from peer_common import effective_run, hyperrnn_bench, pair_ratios, peer_arguments, torch_only, torch_only_memory
     a = peer_arguments(__doc__, 20)
     cfg, _ = effective_run(a.binary, a.opts)
     if cfg["model"] == "rwkv7":
@@ -161,6 +161,7 @@ def main():
     print(f"hyperrnn tokens/s: median {mo:.0f} (all {[round(v) for v in ours]})")
     print(f"pytorch  tokens/s: median {mt:.0f} (all {[round(v) for v in theirs]})")
     print(f"ratio hyperrnn / pytorch: {mo / mt:.2f}")
+    print(f"ratio per alternating pair: {pair_ratios(ours, theirs)}")
     print(f"peak memory: hyperrnn {max(rss)} MiB; pytorch {peak} MiB (of which {base} MiB after import torch)")
 
 

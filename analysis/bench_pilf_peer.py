@@ -36,7 +36,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from peer_common import effective_run, hyperrnn_bench, peer_arguments, torch_only, torch_only_memory  # noqa: E402
+from peer_common import effective_run, hyperrnn_bench, pair_ratios, peer_arguments, torch_only, torch_only_memory  # noqa: E402
 
 
 def build(cfg):
@@ -272,6 +272,7 @@ def main():
     print(f"hyperrnn tokens/s: median {med(ours):.0f} (all {[round(v) for v in ours]})")
     print(f"pytorch  tokens/s: median {med(theirs):.0f} (all {[round(v) for v in theirs]})")
     print(f"ratio hyperrnn / pytorch: {med(ours) / med(theirs):.2f}")
+    print(f"ratio per alternating pair: {pair_ratios(ours, theirs)}")
     print(f"peak memory: hyperrnn {max(mem)} MiB; pytorch {peak} MiB (of which {base} MiB after import torch)")
 
 

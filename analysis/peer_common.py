@@ -82,3 +82,12 @@ def effective_run(binary, opts):
     return cfg, params
 
 
+
+
+def pair_ratios(ours, theirs):
+    """The ratio of each alternating pair (ours[i] / theirs[i]) as 'median X (range A-B)': the two
+    runs of a pair share the machine's state, so on a noisy VM their ratio varies less than the
+    ratio of the two medians does between invocations."""
+    r = sorted(o / t for o, t in zip(ours, theirs))
+    mid = r[len(r) // 2] if len(r) % 2 else 0.5 * (r[len(r) // 2 - 1] + r[len(r) // 2])
+    return f"median {mid:.2f} (range {r[0]:.2f}-{r[-1]:.2f})"
