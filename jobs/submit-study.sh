@@ -51,44 +51,57 @@ bin=${HYPERRNN_BIN:-$(command -v hyperrnn || true)}
 [ -n "$bin" ] && [ -x "$bin" ] || fail "hyperrnn not found: set HYPERRNN_BIN or put it on PATH"
 command -v sbatch > /dev/null || fail "sbatch not found (is Slurm here? cluster/slurm-up.sh brings up a development one)"
 
-# 1. the plan: one line per point, "NAME P T OPTIONS..." (the study file is checked here)
+# 1. the plan: a header ("# NAME: ...", "# analysis: scaling|comparison"), then one line per run,
+#    "NAME P T CONFIG OPTIONS..." (the study file is checked here)
 plan=$("$tool" study-plan "$study" --out "$out" 2>&1) || fail "$(sed 's/^hyperrnn-analysis: error: //' <<< "$plan" | tail -1)"
-config=$(sed -n 's/^# .* (\(.*\)), [0-9]* point(s)$/\1/p' <<< "$plan")
-# 2. every point as hyperrnn and Slurm would see it
+analysis=$(sed -n 's/^# analysis: \([a-z]*\)$/\1/p' <<< "$plan")
+case "$analysis" in scaling|comparison) ;; *) fail "study-plan printed no '# analysis:' line (a toolkit older than this script?)" ;; esac
+# 2. every run as hyperrnn and Slurm would see it (Slurm once per distinct P x T)
 extra=()
 read -r -a extra <<< "${HYPERRNN_SBATCH_OPTS:-}"
-declare -a names ranks threads opts
-while read -r n P T rest; do
-  [ "${n:0:1}" = "#" ] && continue
+declare -a names ranks threads configs opts
+declare -A slurm_ok=()
+while read -r n P T config rest; do
+  [ -z "$n" ] || [ "${n:0:1}" = "#" ] && continue
+  eval "config=$config"
   eval "args=($rest)"
   msg=$("$bin" train --config "$config" "${args[@]}" --dry-run --ranks "$P" 2>&1) ||
-    fail "point $n: $(grep -m1 error <<< "$msg" | sed 's/^hyperrnn: error: //')"
-  msg=$(sbatch --test-only "${extra[@]}" -n "$P" --cpus-per-task "$T" --wrap true 2>&1) ||
-    fail "point $n: Slurm cannot run $P rank(s) x $T thread(s) here: $(tail -1 <<< "$msg")"
-  names+=("$n"); ranks+=("$P"); threads+=("$T"); opts+=("$rest")
+    fail "run $n: $(grep -m1 error <<< "$msg" | sed 's/^hyperrnn: error: //')"
+  if [ -z "${slurm_ok[$P-$T]:-}" ]; then
+    msg=$(sbatch --test-only "${extra[@]}" -n "$P" --cpus-per-task "$T" --wrap true 2>&1) ||
+      fail "run $n: Slurm cannot run $P rank(s) x $T thread(s) here: $(tail -1 <<< "$msg")"
+    slurm_ok[$P-$T]=1
+  fi
+  names+=("$n"); ranks+=("$P"); threads+=("$T"); configs+=("$config"); opts+=("$rest")
 done <<< "$plan"
-[ "${#names[@]}" -gt 0 ] || fail "the study has no points"
+[ "${#names[@]}" -gt 0 ] || fail "the study has no runs"
 
 run() {  # prints the command; submits it unless --dry-run; echoes the job id
   if [ "$dry" = 1 ]; then printf '%q ' "$@" >&2; echo >&2; echo "DRYRUN"; return; fi
   "$@" | cut -d';' -f1
 }
 if [ "$dry" = 0 ]; then
-  mkdir -p "$out"/{points,comm,logs} && "$tool" study-plan "$study" --out "$out" --write > /dev/null ||
+  mkdir -p "$out"/logs && { [ "$analysis" = comparison ] || mkdir -p "$out"/{points,comm}; } && "$tool" study-plan "$study" --out "$out" --write > /dev/null ||
     fail "cannot write the study directory '$out'"
 fi
 job=study-$name-$$
+# A scaling study's points run one after another (one job name, --dependency=singleton: a point
+# never competes with another for the node, its times are its own); a comparison's runs are one
+# rank and one thread each and Slurm packs them onto the free cores.
+order=(--dependency=singleton)
+[ "$analysis" = comparison ] && order=()
 ids=()
 for i in "${!names[@]}"; do
   eval "args=(${opts[i]})"
-  id=$(run sbatch --parsable "${extra[@]}" -J "$job" --dependency=singleton -n "${ranks[i]}" \
-       --cpus-per-task "${threads[i]}" -o "$out/logs/${names[i]}-%j.out" "$repo/jobs/train.sbatch" "$config" "${args[@]}") ||
-    fail "sbatch failed for point ${names[i]}"
+  log=$out/logs/${names[i]//\//-}-%j.out
+  id=$(run sbatch --parsable "${extra[@]}" -J "$job" "${order[@]}" -n "${ranks[i]}" \
+       --cpus-per-task "${threads[i]}" -o "$log" "$repo/jobs/train.sbatch" "${configs[i]}" "${args[@]}") ||
+    fail "sbatch failed for run ${names[i]}"
   ids+=("$id")
-  echo "$me: point ${names[i]}: job $id"
+  if [ "$analysis" = scaling ]; then echo "$me: point ${names[i]}: job $id"; else echo "$me: run ${names[i]}: job $id"; fi
 done
 for P in $(printf '%s\n' "${ranks[@]}" | sort -nu); do
-  [ "$P" -gt 1 ] || continue
+  [ "$P" -gt 1 ] && [ "$analysis" = scaling ] || continue
   launch="mpirun"
   if [ "${HYPERRNN_LAUNCHER:-}" = srun ] || { [ -z "${HYPERRNN_LAUNCHER:-}" ] && srun --mpi=list 2>&1 | grep -qw pmix; }; then
     launch="srun --mpi=pmix"
@@ -100,5 +113,5 @@ for P in $(printf '%s\n' "${ranks[@]}" | sort -nu); do
 done
 dep=$(IFS=:; echo "${ids[*]}")
 id=$(run sbatch --parsable "${extra[@]}" -J "$job-analysis" --dependency="afterany:$dep" -n 1 -o "$out/logs/analysis-%j.out" \
-     --wrap "'$tool' scaling '$out'") || fail "sbatch failed for the analysis job"
+     --wrap "'$tool' $analysis '$out'") || fail "sbatch failed for the analysis job"
 echo "$me: analysis: job $id (after every point); results in $out"

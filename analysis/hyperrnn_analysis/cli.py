@@ -123,12 +123,16 @@ def build_parser():
                                    "directory or its metrics.csv. Tab-separated.", formatter_class=fmt)
     p.add_argument("run", metavar="RUN")
     p.add_argument("--windows", type=positive_int, default=5, metavar="N", help="number of windows (default 5)")
-    p = sub.add_parser("study-plan", help="check a scaling study file and print its points",
-                       description="Reads a study file (jobs/configs/study-*.ini; its keys are in\n"
-                                   "analysis/hyperrnn_analysis/study.py and docs/scaling.md), checks every point (P\n"
-                                   "divides the shards, P at most the experts, a known model) and prints one line per\n"
-                                   "point: NAME P T and its hyperrnn train options, shell-quoted. With --write it also\n"
-                                   "writes DIR/study.json, which `scaling` reads. jobs/submit-study.sh calls this.",
+    p = sub.add_parser("study-plan", help="check a study file (scaling or comparison) and print its runs",
+                       description="Reads a study file (jobs/configs/study-*.ini): a scaling study (kind = weak |\n"
+                                   "strong; keys in analysis/hyperrnn_analysis/study.py and docs/scaling.md) or a\n"
+                                   "comparison (kind = compare; keys in analysis/hyperrnn_analysis/comparison.py and\n"
+                                   "docs/results.md). Checks it (P divides the shards, P at most the experts, a known\n"
+                                   "model; for a comparison: cells that fit, a non-empty learning-rate sweep) and\n"
+                                   "prints a header ('# NAME: ...' and '# analysis: scaling|comparison') and one line\n"
+                                   "per run: NAME P T CONFIG and its hyperrnn train options, shell-quoted. With --write\n"
+                                   "it also writes DIR/study.json, which the analysis reads. jobs/submit-study.sh\n"
+                                   "calls this.",
                        formatter_class=fmt)
     p.add_argument("study", metavar="STUDY.ini")
     p.add_argument("--out", required=True, metavar="DIR", help="the study directory")
@@ -142,6 +146,15 @@ def build_parser():
                                    "2 us inter-node one) and DIR/study-{scaling,phases,model}.png.",
                        formatter_class=fmt)
     p.add_argument("dir", metavar="DIR")
+    p = sub.add_parser("comparison", help="analyse a finished comparison study directory (HyperRNN against RNN)",
+                       description="Reads DIR/study.json and every run directory and writes DIR/study.csv (every run:\n"
+                                   "final held-out accuracy, or the marathon's accuracy and forgetting, tokens/s, model\n"
+                                   "FLOPs per token, memory per sequence, parameters; a failed run marked failed with\n"
+                                   "why), DIR/best.csv (per model and cell: the best learning rate, the mean over seeds\n"
+                                   "with its 95% t interval), DIR/marathon.csv (per model, over seeds), the PNGs\n"
+                                   "comparison-{accuracy,memory,cost,forgetting}.png and DIR/index.html.",
+                       formatter_class=fmt)
+    p.add_argument("dir", metavar="DIR")
     return ap
 
 
@@ -152,14 +165,38 @@ def run_command(a):
     if a.command == "study-plan":
         import json
         import shlex
-        from . import study
-        pl = study.plan(a.study, a.out)
+        from . import comparison, study
+        from .runs import parse_ini
+        if not os.path.isfile(a.study):
+            raise AnalysisError(f"study file '{a.study}' not found")
+        with open(a.study) as f:
+            kind = parse_ini(f.read()).get("kind", "")
+        if kind == "compare":
+            pl = comparison.plan(a.study, a.out)
+            lines = comparison.plan_lines(pl)
+            print(f"# {pl['name']}: comparison, {len(lines)} run(s)")
+            print("# analysis: comparison")
+        else:
+            pl = study.plan(a.study, a.out)
+            lines = [f"{pt['name']} {pt['P']} {pt['T']} {shlex.quote(pl['config'])} {shlex.join(study.point_args(pl, pt))}"
+                     for pt in pl["points"]]
+            print(f"# {pl['name']}: {pl['kind']} scaling of {pl['model']} ({pl['config']}), {len(lines)} point(s)")
+            print("# analysis: scaling")
         if a.write:
             with open(os.path.join(a.out, "study.json"), "w") as f:
                 json.dump(pl, f, indent=1)
-        print(f"# {pl['name']}: {pl['kind']} scaling of {pl['model']} ({pl['config']}), {len(pl['points'])} point(s)")
-        for pt in pl["points"]:
-            print(pt["name"], pt["P"], pt["T"], shlex.join(study.point_args(pl, pt)))
+            if kind == "compare":
+                comparison.write_commands(pl, a.out)
+        for line in lines:
+            print(line)
+        return 0
+    if a.command == "comparison":
+        from . import comparison
+        rows, best, mar = comparison.analyse(a.dir)
+        failed = [r["run"] for r in rows if r["status"] != "ok"]
+        print(f"comparison: {len(rows)} run(s), {len(failed)} failed{': ' + ', '.join(failed) if failed else ''}; "
+              f"{len(best)} MQAR cell(s), {len(mar)} marathon model(s); wrote {os.path.join(a.dir, 'study.csv')}, "
+              f"best.csv, {'marathon.csv, ' if mar else ''}comparison-*.png and index.html")
         return 0
     if a.command == "scaling":
         from . import study

@@ -482,8 +482,9 @@ int run_train(Comm& comm, const RunConfig& cfg) {
   progress.defer_errors(par.P > 1);
   // rank 0's writes (CSVs, log) failed? All ranks agree and end alike (outside the step loop;
   // inside it, the per-step agreement below also carries the stop decision).
+  std::string cost_error;  // model.csv's, written at the end
   auto write_error = [&] {  // the first of rank 0's deferred write failures ("" when none)
-    for (const std::string* e : {&metrics.error(), &evals.error(), &timing.error(), &mara.error(), &progress.error()})
+    for (const std::string* e : {&metrics.error(), &evals.error(), &timing.error(), &mara.error(), &progress.error(), static_cast<const std::string*>(&cost_error)})
       if (!e->empty()) return *e;
     return std::string();
   };
@@ -585,6 +586,7 @@ int run_train(Comm& comm, const RunConfig& cfg) {
 
   const int64_t N = static_cast<int64_t>(B) * L;
   double flops = 0.0, busy = 0.0;
+  int64_t counted = 0;  // steps whose FLOPs are in `flops`
   const auto t_run = std::chrono::steady_clock::now();
   // Time budget: --time-budget seconds from now, or Slurm's projected job end (the earlier).
   double deadline = cfg.time_budget > 0.0 ? cfg.time_budget : 0.0;  // seconds after t_run; 0 = none
@@ -604,7 +606,10 @@ int run_train(Comm& comm, const RunConfig& cfg) {
         .add(par.dispatch_s).add(par.reduce_s).add(st.optimizer_s).add(st.pilf_s).add(par.expert_s);
     for (int64_t b : par.layer_bytes) timing.add(b);  // the row ends after the snapshot decision
     busy += dt;
-    if (!st.skipped) flops += model.step_flops() + ses.pilf.step_flops(B, st.meta);  // a skipped step ran no backward
+    if (!st.skipped) {  // a skipped step ran no backward
+      flops += model.step_flops() + ses.pilf.step_flops(B, st.meta);
+      ++counted;
+    }
 
     metrics.add(step + 1).add(st.loss).add(st.acc).add(st.lr).add(st.grad_norm)
         .add(static_cast<double>(N) / dt).add(dt).add(static_cast<int64_t>(model.scored()))
@@ -707,10 +712,31 @@ int run_train(Comm& comm, const RunConfig& cfg) {
                   seen ? sum / seen : 0.0, seen, loop.marathon_forgetting);
     progress.line(buf);
   }
-  progress.line("run directory: " + cfg.out + " (config.ini, metrics.csv, timing.csv, eval.csv, " + (marathon ? "marathon.csv, " : "") +
+  progress.line("run directory: " + cfg.out + " (config.ini, metrics.csv, timing.csv, eval.csv, " + (marathon ? "marathon.csv, " : "") + "model.csv, " +
                 "logs/, snapshot " + fs::path(last_snap).filename().string() + ")");
   progress.line("next: build/bin/hyperrnn inspect " + cfg.out + " (what the snapshot holds) | hyperrnn eval --snapshot " + cfg.out +
                 " | analysis/hyperrnn-analysis report " + cfg.out + " (curves and figures as HTML)");
+  if (root) {  // model.csv: what the run cost, for studies that compare models (analysis/hyperrnn_analysis/comparison.py)
+    // Memory one sequence carries at inference: rwkv7's recurrent state per layer (the wkv matrix of
+    // every head, the time-mix and channel-mix token shifts); a Transformer's KV cache at the run's
+    // sequence length (keys and values of every layer and position).
+    const int64_t per_seq = mc.is_rwkv()
+        ? static_cast<int64_t>(mc.layers) * (static_cast<int64_t>(mc.d_model / mc.head_size) * mc.head_size * mc.head_size +
+                                             mc.d_model + (mc.channel_mix ? mc.d_model : 0))
+        : 2 * static_cast<int64_t>(mc.layers) * L * mc.d_model;
+    const double per_token = counted > 0 ? flops / (static_cast<double>(counted) * static_cast<double>(N))
+                                         : (model.step_flops() + ses.pilf.step_flops(B, false)) / static_cast<double>(N);
+    std::string text = "parameters,gating_parameters,model_flops_per_token,memory_floats_per_sequence,memory,positions,tokens_per_s\n";
+    text += std::to_string(model.table().elements()) + "," +
+            std::to_string(ses.pilf.gating ? ses.pilf.gating->table().total() : 0) + "," + format_roundtrip(per_token) + "," +
+            std::to_string(per_seq) + "," + (mc.is_rwkv() ? "recurrent-state" : "kv-cache") + "," + std::to_string(L) + "," +
+            format_roundtrip(busy > 0 ? static_cast<double>(N) * static_cast<double>(ran) / busy : 0.0) + "\n";
+    try {
+      write_file_atomic((out / "model.csv").string(), text);
+    } catch (const std::exception& e) {
+      cost_error = e.what();
+    }
+  }
   event(cfg.steps, "complete", "snapshot " + last_snap);
   agree_on_writes();
   return 0;

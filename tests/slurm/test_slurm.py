@@ -373,8 +373,8 @@ def study_file(tmp, **kw):
     return p
 
 
-def submit_study(tmp, study, *extra):
-    r = run(["bash", str(HELPER), str(study), "--out", str(tmp / "study"), *extra], cwd=tmp, env=job_env())
+def submit_study(tmp, study, *extra, env_extra=None):
+    r = run(["bash", str(HELPER), str(study), "--out", str(tmp / "study"), *extra], cwd=tmp, env=job_env(**(env_extra or {})))
     ids = dict(re.findall(r"^submit-study.sh: (?:point )?(\S+).*?: job (\d+)", r.stdout, re.M))
     return r, ids
 
@@ -435,6 +435,98 @@ def test_a_failed_point_is_marked_and_the_analysis_completes(slurm, tmp_path):
 def test_study_bad_input_submits_nothing(slurm, tmp_path, change, why):
     before = run(["squeue", "-h", "-o", "%i"]).stdout
     r, ids = submit_study(tmp_path, study_file(tmp_path, **change))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and why in lines[0], r.stdout + r.stderr
+    assert ids == {} and not (tmp_path / "study").exists()
+    assert sorted(run(["squeue", "-h", "-o", "%i"]).stdout.split()) == sorted(before.split())
+
+
+# --- the comparison study (kind = compare; issue 18) -----------------------------------------------
+TOY_MQAR = {"gauss-moe": "model = gauss-moe\nd-model = 32\nlayers = 1\nheads = 2\nexperts = 4\ntop-k = 2\nd-ff = 32\n",
+            "rwkv7": "model = rwkv7\nlayers = 1\nhead-size = 16\nchannel-mix = false\n"}
+TOY_MARATHON = ("task = fmnist-marathon\nd-model = 16\nlayers = 1\npatch = 7\nbatch = 16\nsteps = 12\ntask-steps = 6\n"
+                "classes-per-task = 5\nmarathon-head = task\neval-every = 0\neval-samples = 40\n")
+
+
+def compare_study(tmp, **kw):
+    """A toy comparison: two cells, two MQAR models, one learning rate; a two-seed marathon of both."""
+    for name, text in TOY_MQAR.items():
+        (tmp / f"compare-mqar-{name}.ini").write_text(text + "task = mqar\nvocab = 64\nbatch = 16\nwarmup = 0\n")
+    (tmp / "compare-marathon-gauss-moe.ini").write_text("model = gauss-moe\nheads = 2\nexperts = 4\ntop-k = 2\nd-ff = 16\n"
+                                                        + TOY_MARATHON)
+    (tmp / "compare-marathon-rwkv7.ini").write_text("model = rwkv7\nhead-size = 16\nvit-pool = mean\n" + TOY_MARATHON)
+    st = {"kind": "compare", "models": "gauss-moe rwkv7", "cells": "16:2 32:4", "d-models": "32", "lrs": "3e-3",
+          "seeds": "1", "steps": "12", "eval-samples": "64", "marathon-models": "gauss-moe rwkv7", "marathon-seeds": "1 2"}
+    st.update(kw)
+    p = tmp / "study-compare-toy.ini"
+    p.write_text("".join(f"{k} = {v}\n" for k, v in st.items()))
+    return p
+
+
+def test_comparison_study_through_the_helper(slurm, tmp_path):
+    # every job is submitted held; one MQAR run is then cancelled before it starts, the rest released
+    r, _ = submit_study(tmp_path, compare_study(tmp_path), env_extra={"HYPERRNN_SBATCH_OPTS": "--hold"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    jobs = dict(re.findall(r"^submit-study.sh: run (\S+): job (\d+)$", r.stdout, re.M))
+    analysis = re.search(r"^submit-study.sh: analysis: job (\d+)", r.stdout, re.M).group(1)
+    assert len(jobs) == 8, r.stdout  # 2 cells x 2 models + 2 models x 2 seeds
+    doomed = "mqar/rwkv7-L32-D4-d32-lr0.003-s1"
+    assert run(["scancel", jobs[doomed]]).returncode == 0
+    for n, jid in jobs.items():
+        if n != doomed:
+            assert run(["scontrol", "release", jid]).returncode == 0
+    assert run(["scontrol", "release", analysis]).returncode == 0
+    j = wait(analysis, 400)
+    out = tmp_path / "study"
+    assert j["JobState"] == "COMPLETED", [p.read_text() for p in (out / "logs").glob("analysis-*.out")]
+    rows = list(csv.DictReader(open(out / "study.csv")))
+    assert len(rows) == 8  # a failed run is kept, not dropped
+    by = {r["run"]: r for r in rows}
+    assert by["runs/" + doomed]["status"] == "failed" and by["runs/" + doomed]["accuracy"] == ""
+    for r in rows:
+        if r["run"] == "runs/" + doomed:
+            continue
+        assert r["status"] == "ok", r
+        d = out / r["run"]
+        if r["part"] == "mqar":  # the CSV's figure is the run's final held-out evaluation, exactly
+            ev = [e for e in csv.DictReader(open(d / "eval.csv")) if e["split"] == "heldout"]
+            assert int(ev[-1]["step"]) == 12 and float(r["accuracy"]) == pytest.approx(float(ev[-1]["acc"]), rel=1e-5, abs=1e-9)
+        else:
+            mar = list(csv.DictReader(open(d / "marathon.csv")))
+            assert float(r["avg_forgetting"]) == pytest.approx(float(mar[-1]["avg_forgetting"]), rel=1e-5, abs=1e-9)
+        cost = next(csv.DictReader(open(d / "model.csv")))
+        assert float(r["model_flops_per_token"]) == pytest.approx(float(cost["model_flops_per_token"]), rel=1e-5)
+        assert float(r["parameters"]) == float(cost["parameters"]) > 0
+    # memory per sequence: rwkv7's state (1 layer: 2 heads x 16^2 + the token shift 32) against the
+    # MoE's KV cache (2 x 1 layer x seq-len x 32)
+    mem = {(r["model"], r["seq_len"]): float(r["memory_floats_per_sequence"]) for r in rows if r["part"] == "mqar" and r["status"] == "ok"}
+    assert mem[("rwkv7", "16")] == 2 * 16 * 16 + 32 and mem[("gauss-moe", "32")] == 2 * 1 * 32 * 32
+    best = {(b["model"], b["seq_len"]): b for b in csv.DictReader(open(out / "best.csv"))}
+    assert best[("rwkv7", "32")]["status"] == "failed" and best[("gauss-moe", "32")]["status"] == "ok"
+    mar = {m["model"]: m for m in csv.DictReader(open(out / "marathon.csv"))}
+    assert set(mar) == {"gauss-moe", "rwkv7"} and all(m["seeds"] == "2" and m["accuracy_ci95"] != "" for m in mar.values())
+    for png in ("comparison-accuracy", "comparison-memory", "comparison-cost", "comparison-forgetting"):
+        assert (out / f"{png}.png").stat().st_size > 5000
+    page = (out / "index.html").read_text()
+    assert "comparison-memory.png" in page and "failed" in page
+    # one run again from its line in commands.sh: the same theta, bitwise
+    line = next(l for l in (out / "commands.sh").read_text().splitlines() if "mqar/gauss-moe-L16-D2" in l)
+    again = tmp_path / "again"
+    cmd = line.replace(str(out / "runs" / "mqar" / "gauss-moe-L16-D2-d32-lr0.003-s1"), str(again))
+    assert str(again) in cmd
+    r2 = run(["bash", "-c", cmd], env=job_env(PATH=f"{Path(BIN).parent}:{os.environ['PATH']}"))
+    assert r2.returncode == 0, r2.stdout + r2.stderr
+    assert theta_sha(again) == theta_sha(out / "runs" / "mqar" / "gauss-moe-L16-D2-d32-lr0.003-s1")
+
+
+@pytest.mark.parametrize("change,why", [
+    ({"cells": "16:2 16:8"}, "8 kv-pairs do not fit seq-len 16"),
+    ({"models": "gauss-moe transformer"}, "unknown model 'transformer'"),
+    ({"lrs": ""}, "the learning-rate sweep is empty"),
+])
+def test_comparison_bad_input_submits_nothing(slurm, tmp_path, change, why):
+    before = run(["squeue", "-h", "-o", "%i"]).stdout
+    r, ids = submit_study(tmp_path, compare_study(tmp_path, **change))
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and why in lines[0], r.stdout + r.stderr
     assert ids == {} and not (tmp_path / "study").exists()
