@@ -25,6 +25,12 @@
 # logs/ (Slurm output files), and from the analysis job study.csv, model.csv, model.md,
 # study-scaling.png, study-phases.png, study-model.png (`analysis/hyperrnn-analysis scaling DIR`
 # makes them again at any time). A point that fails is marked failed there.
+# A comparison study (kind = compare: jobs/configs/study-compare*.ini, keys in
+# analysis/hyperrnn_analysis/comparison.py, docs/results.md) is submitted the same way: one job per
+# run (one rank, one thread; no singleton, Slurm packs them onto the free cores), then the analysis
+# job (`hyperrnn-analysis comparison DIR`: study.csv, best.csv, marathon.csv, comparison-*.png,
+# index.html); DIR/commands.sh holds every run's command. Refused before anything is submitted: a
+# cell whose kv-pairs do not fit its seq-len, an unknown model, an empty learning-rate sweep.
 # Leaves out: building binaries; more than one node per point on the development cluster.
 set -uo pipefail
 me=submit-study.sh
