@@ -38,23 +38,32 @@ def binary():
 
 def test_second_run_on_a_directory_in_use_is_refused(tmp_path, binary):
     out = tmp_path / "run"
-    first = subprocess.Popen([binary, "train", *LONG, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # long enough to outlast both checks on any machine; stopped by SIGTERM once they are done (the
+    # checks only count while the first run is alive and holds the lock: asserted before each)
+    args = [a if a != "3000" else "1000000" for a in LONG]
+    first = subprocess.Popen([binary, "train", *args, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_for(lambda: (out / "metrics.csv").exists() and len((out / "metrics.csv").read_text().splitlines()) > 3)
-        second = subprocess.run([binary, "train", *LONG, "--out", str(out)], capture_output=True, text=True, timeout=60)
+        assert first.poll() is None
+        second = subprocess.run([binary, "train", *args, "--out", str(out)], capture_output=True, text=True, timeout=60)
         assert second.returncode == 2, second.stderr
         lines = second.stderr.strip().splitlines()
         assert len(lines) == 1 and "option '--out'" in lines[0] and "in use by another hyperrnn run" in lines[0]
         assert f"pid {first.pid}" in lines[0] and "host " in lines[0], lines[0]
         # also with --resume auto, and from another rank count's launcher
-        again = subprocess.run([binary, "train", *LONG, "--out", str(out), "--resume", "auto"], capture_output=True,
+        assert first.poll() is None
+        again = subprocess.run([binary, "train", *args, "--out", str(out), "--resume", "auto"], capture_output=True,
                                text=True, timeout=60)
-        assert again.returncode == 2 and "in use" in again.stderr
+        assert again.returncode == 2 and "in use" in again.stderr, again.stdout + again.stderr
+        assert first.poll() is None
     finally:
+        first.send_signal(signal.SIGTERM)
         first.wait(timeout=300)
-    assert first.returncode == 0, first.stderr.read()
+    assert first.returncode == 75, first.stderr.read()  # stopped early with a snapshot, resumable
     metrics = rows(out / "metrics.csv")
-    assert [int(r["step"]) for r in metrics] == list(range(1, 3001))  # the first run is intact
+    steps = [int(r["step"]) for r in metrics]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) > 3  # the first run is intact
+    assert (out / "snapshots" / f"step_{len(steps):08d}").is_dir()
 
 
 def test_kill_9_then_resume_continues_bitwise(tmp_path, binary):
