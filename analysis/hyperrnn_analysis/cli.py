@@ -166,11 +166,7 @@ def run_command(a):
         import json
         import shlex
         from . import comparison, study
-        from .runs import parse_ini
-        if not os.path.isfile(a.study):
-            raise AnalysisError(f"study file '{a.study}' not found")
-        with open(a.study) as f:
-            kind = parse_ini(f.read()).get("kind", "")
+        kind = study.read_study(a.study).get("kind", "")
         if kind == "compare":
             pl = comparison.plan(a.study, a.out)
             lines = comparison.plan_lines(pl)

@@ -34,6 +34,7 @@ import numpy as np
 from . import plots
 from .errors import AnalysisError
 from .runs import parse_ini, read_table
+from .study import _cell, read_study
 
 KEYS = {"kind", "models", "cells", "d-models", "lrs", "seeds", "contested-cells", "contested-seeds", "steps",
         "eval-samples", "options", "marathon-models", "marathon-seeds", "marathon-options", "name"}
@@ -97,13 +98,7 @@ def _lr_text(lr):
 
 def plan(study_path, out_dir):
     """Checks the study and returns its plan (a dict, also written as OUT/study.json by the helper)."""
-    if not os.path.isfile(study_path):
-        raise AnalysisError(f"study file '{study_path}' not found")
-    with open(study_path) as f:
-        st = parse_ini(f.read())
-    unknown = sorted(set(st) - KEYS)
-    if unknown:
-        raise AnalysisError(f"{study_path}: unknown key '{unknown[0]}' (known: {', '.join(sorted(KEYS))})")
+    st = read_study(study_path, KEYS)
     models = _words(st, "models")
     mmodels = _words(st, "marathon-models")
     if not models and not mmodels:
@@ -321,12 +316,6 @@ def marathon_summary(rows):
                 row[f"forgetting_task{k}"], row[f"forgetting_task{k}_ci95"] = ci95([r[f"forgetting_task{k}"] for r in ok])
         out.append(row)
     return out
-
-
-def _cell(x):
-    if isinstance(x, float):
-        return "" if math.isnan(x) else f"{x:.6g}"
-    return x
 
 
 def _write_csv(path, rows, head=None):

@@ -39,15 +39,21 @@ def _ints(study, key, text):
     return vals
 
 
-def plan(study_path, out_dir):
-    """Checks the study and returns its plan (a dict, also written as OUT/study.json by the helper)."""
+def read_study(study_path, keys=None):
+    """A study file's keys (scaling or comparison); with keys, one not among them is refused."""
     if not os.path.isfile(study_path):
         raise AnalysisError(f"study file '{study_path}' not found")
     with open(study_path) as f:
         st = parse_ini(f.read())
-    unknown = sorted(set(st) - KEYS)
+    unknown = sorted(set(st) - keys) if keys is not None else []
     if unknown:
-        raise AnalysisError(f"{study_path}: unknown key '{unknown[0]}' (known: {', '.join(sorted(KEYS))})")
+        raise AnalysisError(f"{study_path}: unknown key '{unknown[0]}' (known: {', '.join(sorted(keys))})")
+    return st
+
+
+def plan(study_path, out_dir):
+    """Checks the study and returns its plan (a dict, also written as OUT/study.json by the helper)."""
+    st = read_study(study_path, KEYS)
     kind = st.get("kind", "")
     if kind not in ("weak", "strong"):
         raise AnalysisError(f"{study_path}: kind must be weak or strong, got '{kind}'")

@@ -433,8 +433,13 @@ def test_a_failed_point_is_marked_and_the_analysis_completes(slurm, tmp_path):
     ({"model_extra": "model = transformer\n"}, "unknown model 'transformer'"),
 ])
 def test_study_bad_input_submits_nothing(slurm, tmp_path, change, why):
+    refused_before_submitting(tmp_path, study_file(tmp_path, **change), why)
+
+
+def refused_before_submitting(tmp_path, study, why):
+    """The helper refuses the study with one line and exit 2, submitting nothing, writing nothing."""
     before = run(["squeue", "-h", "-o", "%i"]).stdout
-    r, ids = submit_study(tmp_path, study_file(tmp_path, **change))
+    r, ids = submit_study(tmp_path, study)
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and why in lines[0], r.stdout + r.stderr
     assert ids == {} and not (tmp_path / "study").exists()
@@ -525,9 +530,4 @@ def test_comparison_study_through_the_helper(slurm, tmp_path):
     ({"lrs": ""}, "the learning-rate sweep is empty"),
 ])
 def test_comparison_bad_input_submits_nothing(slurm, tmp_path, change, why):
-    before = run(["squeue", "-h", "-o", "%i"]).stdout
-    r, ids = submit_study(tmp_path, compare_study(tmp_path, **change))
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and len(lines) == 1 and why in lines[0], r.stdout + r.stderr
-    assert ids == {} and not (tmp_path / "study").exists()
-    assert sorted(run(["squeue", "-h", "-o", "%i"]).stdout.split()) == sorted(before.split())
+    refused_before_submitting(tmp_path, compare_study(tmp_path, **change), why)
