@@ -12,8 +12,11 @@ A comparison study file (INI, `key = value`; jobs/configs/study-compare*.ini):
   seeds = 1                   seeds of every MQAR run
   contested-cells = 256:32    cells where the verdict hangs on the seed: these run every seed of
   contested-seeds = 1 2       contested-seeds instead (default: none)
-  steps = 2000                MQAR training steps per run; eval-samples (default 1000) held-out
-  eval-samples = 1000         samples of the final evaluation
+  steps = 2000                MQAR training steps per run, the same in every cell; or
+  tokens = 3000000            training tokens per run instead: each cell runs
+                              ceil(tokens / (batch x seq-len)) steps, so that every run of every
+                              cell sees the same number of tokens (not both)
+  eval-samples = 1000         held-out samples of the final evaluation
   options = ...               more `hyperrnn train` options for every MQAR run
   marathon-models = dense rwkv7   fmnist-marathon variants: compare-marathon-NAME.ini (none: no
   marathon-seeds = 1 2 3          marathon part)
@@ -36,7 +39,7 @@ from .errors import AnalysisError
 from .runs import parse_ini, read_table
 from .study import _cell, read_study
 
-KEYS = {"kind", "models", "cells", "d-models", "lrs", "seeds", "contested-cells", "contested-seeds", "steps",
+KEYS = {"kind", "models", "cells", "d-models", "lrs", "seeds", "contested-cells", "contested-seeds", "steps", "tokens",
         "eval-samples", "options", "marathon-models", "marathon-seeds", "marathon-options", "name"}
 MODELS = ("dense", "moe", "gauss-moe", "pilf", "rwkv7")
 # Zoology's recall-versus-state-size plot, RWKV-7 (read from the figure: ../shared/reference/mqar.md)
@@ -92,6 +95,17 @@ def _config(study_path, prefix, name):
     return path, cfg
 
 
+def _option(opts, flag, default):
+    """The value of `flag` in the option list (the last one wins, as on the command line), else default."""
+    v = default
+    for i, o in enumerate(opts):
+        if o == flag and i + 1 < len(opts):
+            v = opts[i + 1]
+        elif o.startswith(flag + "="):
+            v = o.split("=", 1)[1]
+    return v
+
+
 def _lr_text(lr):
     return f"{lr:g}"
 
@@ -126,11 +140,15 @@ def plan(study_path, out_dir):
             raise AnalysisError(f"{study_path}: 'lrs = {st['lrs']}': every learning rate must be positive")
         seeds = _ints(study_path, "seeds", _words(st, "seeds", "1")) or [1]
         cseeds = _ints(study_path, "contested-seeds", _words(st, "contested-seeds")) or seeds
+        if "steps" in st and "tokens" in st:
+            raise AnalysisError(f"{study_path}: give 'steps' or 'tokens', not both")
         steps = _ints(study_path, "steps", _words(st, "steps", "2000"))[0]
+        tokens = _ints(study_path, "tokens", _words(st, "tokens"))[0] if "tokens" in st else None
         evs = _ints(study_path, "eval-samples", _words(st, "eval-samples", "1000"))[0]
         opts = shlex.split(st.get("options", ""))
         for m in models:
             cfg_path, cfg = configs[m]
+            batch = _ints(study_path, f"{m}'s batch", [_option(opts, "--batch", cfg.get("batch", "64"))])[0]
             for d in dms:
                 heads = int(cfg.get("heads", "4"))
                 hs = int(cfg.get("head-size", "64"))
@@ -139,6 +157,8 @@ def plan(study_path, out_dir):
                 if cfg.get("model") != "rwkv7" and d % heads:
                     raise AnalysisError(f"{study_path}: d-model {d} is not a multiple of {m}'s {heads} heads")
                 for (L, D) in cells:
+                    if tokens is not None:
+                        steps = -(-tokens // (batch * L))
                     for lr in lrs:
                         for s in (cseeds if (L, D) in contested else seeds):
                             name = f"mqar/{m}-L{L}-D{D}-d{d}-lr{_lr_text(lr)}-s{s}"
@@ -153,11 +173,7 @@ def plan(study_path, out_dir):
         mopts = shlex.split(st.get("marathon-options", ""))
         for m in mmodels:
             cfg_path, cfg = mconfigs[m]
-            steps = int(cfg.get("steps", "3000"))
-            for i, o in enumerate(mopts):  # marathon-options may set the steps
-                if o == "--steps" and i + 1 < len(mopts) or o.startswith("--steps="):
-                    v = o.split("=", 1)[1] if "=" in o else mopts[i + 1]
-                    steps = _ints(study_path, "marathon-options --steps", [v])[0]
+            steps = _ints(study_path, "marathon-options --steps", [_option(mopts, "--steps", cfg.get("steps", "3000"))])[0]
             for s in mseeds:
                 args = ["--seed", str(s), "--snapshot-every", "0", "--threads", "1", *mopts]
                 runs.append({"name": f"marathon/{m}-s{s}", "part": "marathon", "model": m,

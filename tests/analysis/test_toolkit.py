@@ -369,3 +369,27 @@ def test_marathon_table(tmp_path):
     assert cells == ["pilf", "30", "2", "0.950", "0.600", "0.775", "0.200", f"{(0 + 0.2 + 0.2) / 3:.3f}"]
     r = tool("marathon", tmp_path / "nope")
     assert r.returncode == 2 and "not found" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_comparison_tokens_budget_sets_steps_per_cell(tmp_path):
+    """`tokens = N`: every MQAR run of a cell runs ceil(N / (batch x seq-len)) steps, batch from the
+    study's options (which override the configuration's); `steps` and `tokens` together are refused."""
+    (tmp_path / "compare-mqar-dense.ini").write_text("model = dense\ntask = mqar\nvocab = 300\nbatch = 32\n")
+    (tmp_path / "compare-mqar-rwkv7.ini").write_text("model = rwkv7\ntask = mqar\nvocab = 300\nhead-size = 16\n")
+    study = tmp_path / "study-compare-t.ini"
+    base = "kind = compare\nmodels = dense rwkv7\ncells = 64:4 100:8 256:16\nd-models = 32\nlrs = 1e-3 1e-2\n"
+    for opts, batch in (("", {"dense": 32, "rwkv7": 64}), ("options = --batch 48\n", {"dense": 48, "rwkv7": 48})):
+        study.write_text(base + "tokens = 100000\n" + opts)
+        r = tool("study-plan", study, "--out", tmp_path / "o")
+        assert r.returncode == 0, r.stderr
+        runs = [l.split() for l in r.stdout.splitlines() if l and not l.startswith("#")]
+        assert len(runs) == 2 * 3 * 2
+        for w in runs:
+            L, m = int(w[w.index("--seq-len") + 1]), w[0].split("/")[1].split("-L")[0]
+            steps = int(w[w.index("--steps") + 1])
+            assert steps == -(-100000 // (batch[m] * L)), (w, batch[m])  # the rwkv7 config leaves batch at 64
+            assert steps * batch[m] * L >= 100000 > (steps - 1) * batch[m] * L
+    study.write_text(base + "tokens = 100000\nsteps = 10\n")
+    r = tool("study-plan", study, "--out", tmp_path / "o")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "'steps' or 'tokens', not both" in lines[0], r.stderr
