@@ -41,6 +41,10 @@ void check_same_everywhere(Comm& comm, const std::string& what);
 std::vector<int32_t> threads_per_rank(Parallel& par);
 std::string ranks_x_threads(const std::vector<int32_t>& per_rank);
 
+// --device cuda: attaches this rank to its GPU (one per rank, by its place on its node) or throws
+// the same UsageError on every rank (collective); --device cpu: nothing.
+void attach_device(Comm& comm, const RunConfig& cfg);
+
 int run_train(Comm& comm, const RunConfig& cfg);
 int run_eval(Comm& comm, const RunConfig& cli);
 int run_bench(Comm& comm, const RunConfig& cfg);

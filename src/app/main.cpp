@@ -68,6 +68,7 @@ int main(int argc, char** argv) {
     set_threads(T);
     set_flush_denormals(cfg.denormals == "flush");  // the pool's workers follow this thread's mode
     check_same_everywhere(*comm, cmd + "\n" + to_ini(cfg) + "snapshot = " + cfg.snapshot + "\n");
+    attach_device(*comm, cfg);
     if (c == Command::Train) return run_train(*comm, cfg);
     if (c == Command::Eval) return run_eval(*comm, cfg);
     return run_bench(*comm, cfg);

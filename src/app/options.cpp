@@ -15,6 +15,7 @@
 
 #include "core/error.hpp"
 #include "io/csv.hpp"
+#include "cuda/device.hpp"
 #include "parallel/threads.hpp"
 #include "app/signals.hpp"
 
@@ -123,7 +124,8 @@ void add_model_task_train(po::options_description& d, RunConfig& c) {
 void add_invocation(po::options_description& d, RunConfig& c, Command cmd) {
   d.add_options()("help,h", "print this help and exit")
     ("config", po::value<std::string>(), "INI file with key = value lines (same names as the options)")
-    ("threads", po::value(&c.threads)->default_value(c.threads), "threads per rank: auto (the cores of the rank's affinity mask, as the launcher binds it) or a count; results are bitwise the same for every count; not part of the run's identity, free to change on resume");
+    ("threads", po::value(&c.threads)->default_value(c.threads), "threads per rank: auto (the cores of the rank's affinity mask, as the launcher binds it) or a count; results are bitwise the same for every count; not part of the run's identity, free to change on resume")
+    ("device", po::value(&c.device)->default_value(c.device), "where the step runs: cpu | cuda (one GPU per rank, chosen by the rank's place on its node; needs a build with -DHYPERRNN_CUDA=ON; docs/gpu.md); not part of the run's identity");
   if (cmd == Command::Train)
     d.add_options()
       ("out", po::value(&c.out), "run directory (default runs/<model>-<task>-s<seed>)")
@@ -557,6 +559,9 @@ bool parse_options(Command cmd, int argc, const char* const* argv, RunConfig& cf
     throw UsageError(boost_message(e));
   }
   resolve_threads(cfg.threads);
+  if (cfg.device != "cpu" && cfg.device != "cuda") bad("device", "must be cpu or cuda, got '" + cfg.device + "'");
+  if (cfg.device == "cuda" && !cuda::built())
+    bad("device", "cuda: this build has no CUDA backend (configure with -DHYPERRNN_CUDA=ON; docs/gpu.md)");
   if (cmd != Command::Eval) resolve_shards(cfg);
   if (cmd == Command::Train && parse_signal(cfg.stop_signal) < 0)
     bad("stop-signal", "must be a signal name (e.g. SIGUSR2, USR1, TERM) or number, got '" + cfg.stop_signal + "'");

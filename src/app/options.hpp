@@ -66,6 +66,8 @@ struct RunConfig {
   // threads per rank (an invocation option of every command): "auto" = the cores of the rank's
   // affinity mask, or a positive count. Results do not depend on it (docs/architecture.md).
   std::string threads = "auto";
+  // where the step runs (an invocation option, like threads): cpu | cuda (src/cuda, docs/gpu.md)
+  std::string device = "cpu";
   // PILF (docs/pilf.md). For model pilf, --pilf-profile sets every option of profile_knobs() that
   // was not given (reference: PILF-2 as its code runs; hyperrnn: our choices, the defaults below);
   // "auto" = the profile's choice for pilf, off for the other models.

@@ -1,0 +1,311 @@
+// CUDA kernels of kernels.hpp. Reductions: kThreads threads per row, each summing a strided
+// subset in a fixed order (double, as the CPU ops), then a fixed shared-memory tree.
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "cuda/kernels.hpp"
+
+namespace hyperrnn::cuda {
+
+namespace {
+constexpr int kThreads = 256;  // per block of the row kernels (a power of two: the tree below)
+
+int grid_for(int64_t n) { return static_cast<int>(std::min<int64_t>((n + kThreads - 1) / kThreads, 65535 * 8)); }
+
+// The block's sum of v over its kThreads threads, the same tree every time; every thread gets it.
+__device__ double block_sum(double v, double* sh) {
+  sh[threadIdx.x] = v;
+  __syncthreads();
+  for (int s = kThreads / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
+    __syncthreads();
+  }
+  const double r = sh[0];
+  __syncthreads();
+  return r;
+}
+
+__device__ float block_max(float v, float* sh) {
+  sh[threadIdx.x] = v;
+  __syncthreads();
+  for (int s = kThreads / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) sh[threadIdx.x] = fmaxf(sh[threadIdx.x], sh[threadIdx.x + s]);
+    __syncthreads();
+  }
+  const float r = sh[0];
+  __syncthreads();
+  return r;
+}
+
+__global__ void k_gelu_forward_grad(float* out, float* grad, const float* inp, int64_t n) {
+  const float inv_sqrt2 = 0.70710678118654752f, inv_sqrt2pi = 0.39894228040143268f;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const float x = inp[i];
+    const float e = erff(x * inv_sqrt2);
+    out[i] = 0.5f * x * (1.0f + e);
+    grad[i] = 0.5f * (1.0f + e) + x * inv_sqrt2pi * expf(-0.5f * x * x);
+  }
+}
+
+__global__ void k_mul(float* out, const float* a, const float* b, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = a[i] * b[i];
+}
+
+__global__ void k_add(float* out, const float* a, const float* b, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = a[i] + b[i];
+}
+
+__global__ void k_embedding_forward(float* out, const int32_t* inp, const float* wte, const float* wpe, int Tn, int C,
+                                    int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t row = i / C, c = i % C;
+    out[i] = wte[int64_t(inp[row]) * C + c] + wpe[(row % Tn) * C + c];
+  }
+}
+
+__global__ void k_layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* w,
+                                    const float* b, int C) {
+  __shared__ double sh[kThreads];
+  const float* x = inp + int64_t(blockIdx.x) * C;
+  double s = 0.0;
+  for (int i = threadIdx.x; i < C; i += kThreads) s += x[i];
+  const double m = block_sum(s, sh) / C;
+  double q = 0.0;
+  for (int i = threadIdx.x; i < C; i += kThreads) q += (x[i] - m) * (x[i] - m);
+  const double r = 1.0 / sqrt(block_sum(q, sh) / C + 1e-5);
+  float* o = out + int64_t(blockIdx.x) * C;
+  for (int i = threadIdx.x; i < C; i += kThreads) o[i] = static_cast<float>((x[i] - m) * r) * w[i] + b[i];
+  if (threadIdx.x == 0) mean[blockIdx.x] = static_cast<float>(m), rstd[blockIdx.x] = static_cast<float>(r);
+}
+
+__global__ void k_layernorm_backward_input(float* dinp, const float* dout, const float* inp, const float* w,
+                                           const float* mean, const float* rstd, int C) {
+  __shared__ double sh[kThreads];
+  const int64_t off = int64_t(blockIdx.x) * C;
+  const float mn = mean[blockIdx.x], rs = rstd[blockIdx.x];
+  double a = 0.0, bsum = 0.0;
+  for (int i = threadIdx.x; i < C; i += kThreads) {
+    const double dn = double(w[i]) * dout[off + i];
+    a += dn;
+    bsum += dn * double((inp[off + i] - mn) * rs);
+  }
+  const double mdn = block_sum(a, sh) / C, mdnx = block_sum(bsum, sh) / C;
+  for (int i = threadIdx.x; i < C; i += kThreads) {
+    const double xhat = (inp[off + i] - mn) * rs;
+    const double dn = double(w[i]) * dout[off + i];
+    dinp[off + i] += static_cast<float>(rs * (dn - mdn - xhat * mdnx));
+  }
+}
+
+// Column sums over the N rows, row by row (one thread per column: a fixed order, coalesced rows).
+__global__ void k_layernorm_backward_params(float* dw, float* db, const float* dout, const float* inp,
+                                            const float* mean, const float* rstd, int N, int C) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  double sw = 0.0, sb = 0.0;
+  for (int n = 0; n < N; ++n) {
+    const float d = dout[int64_t(n) * C + c];
+    const double xhat = (inp[int64_t(n) * C + c] - mean[n]) * rstd[n];
+    sb += d;
+    sw += xhat * d;
+  }
+  dw[c] += static_cast<float>(sw);
+  db[c] += static_cast<float>(sb);
+}
+
+__global__ void k_crossentropy_forward(float* losses, float* probs, const float* logits, const int32_t* targets, int V) {
+  __shared__ double sh[kThreads];
+  __shared__ float shf[kThreads];
+  const int64_t off = int64_t(blockIdx.x) * V;
+  float mx = -INFINITY;
+  for (int v = threadIdx.x; v < V; v += kThreads) mx = fmaxf(mx, logits[off + v]);
+  mx = block_max(mx, shf);
+  double s = 0.0;
+  for (int v = threadIdx.x; v < V; v += kThreads) {
+    const float e = expf(logits[off + v] - mx);
+    probs[off + v] = e;
+    s += e;
+  }
+  s = block_sum(s, sh);
+  const float inv = static_cast<float>(1.0 / s);
+  for (int v = threadIdx.x; v < V; v += kThreads) probs[off + v] *= inv;
+  if (threadIdx.x == 0) losses[blockIdx.x] = static_cast<float>(log(s) + double(mx) - double(logits[off + targets[blockIdx.x]]));
+}
+
+__global__ void k_crossentropy_backward(float* dlogits, const float* probs, const int32_t* targets, float scale, int V,
+                                        int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t row = i / V;
+    const int v = static_cast<int>(i % V);
+    dlogits[i] = scale * probs[i] - (v == targets[row] ? scale : 0.0f);
+  }
+}
+
+__global__ void k_adamw(float* p, const float* g, float* m, float* v, int64_t n, float b1, float b2, float eps,
+                        float step_size, float decay, float sqrt_bc2) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    float pi = p[i] * decay;
+    const float mi = b1 * m[i] + (1.0f - b1) * g[i];
+    const float vi = b2 * v[i] + (1.0f - b2) * g[i] * g[i];
+    pi -= step_size * mi / (sqrtf(vi) / sqrt_bc2 + eps);
+    p[i] = pi, m[i] = mi, v[i] = vi;
+  }
+}
+
+__global__ void k_add_bias(float* out, const float* bias, int OC, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] += bias[i % OC];
+}
+
+const char* cublas_text(cublasStatus_t s) {
+  switch (s) {
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "not initialised";
+    case CUBLAS_STATUS_ALLOC_FAILED: return "allocation failed";
+    case CUBLAS_STATUS_INVALID_VALUE: return "invalid value";
+    case CUBLAS_STATUS_ARCH_MISMATCH: return "architecture mismatch";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "execution failed";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "not supported";
+    default: return "error";
+  }
+}
+
+void cublas_check(cublasStatus_t s, const char* what) {
+  if (s != CUBLAS_STATUS_SUCCESS) throw std::runtime_error(std::string("cuBLAS ") + what + ": " + cublas_text(s));
+}
+}  // namespace
+
+void check(const char* what) {
+  const cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
+}
+
+void synchronize() {
+  cudaDeviceSynchronize();
+  check("cudaDeviceSynchronize");
+}
+
+template <class T>
+DeviceBuffer<T>::DeviceBuffer(std::size_t n) : n_(n) {
+  if (n && cudaMalloc(reinterpret_cast<void**>(&p_), n * sizeof(T)) != cudaSuccess) {
+    p_ = nullptr;
+    check(("cudaMalloc of " + std::to_string(n * sizeof(T)) + " bytes").c_str());
+  }
+}
+
+template <class T>
+DeviceBuffer<T>::~DeviceBuffer() {
+  if (p_) cudaFree(p_);
+}
+
+template <class T>
+void DeviceBuffer<T>::upload(const std::vector<T>& host) {
+  if (host.size() != n_) throw std::runtime_error("DeviceBuffer::upload: size mismatch");
+  cudaMemcpy(p_, host.data(), n_ * sizeof(T), cudaMemcpyHostToDevice);
+  check("cudaMemcpy to the device");
+}
+
+template <class T>
+std::vector<T> DeviceBuffer<T>::download() const {
+  std::vector<T> host(n_);
+  cudaMemcpy(host.data(), p_, n_ * sizeof(T), cudaMemcpyDeviceToHost);
+  check("cudaMemcpy to the host");
+  return host;
+}
+
+template class DeviceBuffer<float>;
+template class DeviceBuffer<double>;
+template class DeviceBuffer<int32_t>;
+
+void gelu_forward_grad(float* out, float* grad, const float* inp, int64_t n) {
+  k_gelu_forward_grad<<<grid_for(n), kThreads>>>(out, grad, inp, n);
+  check("gelu_forward_grad");
+}
+
+void gelu_backward_cached(float* dinp, const float* dout, const float* grad, int64_t n) {
+  k_mul<<<grid_for(n), kThreads>>>(dinp, grad, dout, n);
+  check("gelu_backward_cached");
+}
+
+void residual_forward(float* out, const float* a, const float* b, int64_t n) {
+  k_add<<<grid_for(n), kThreads>>>(out, a, b, n);
+  check("residual_forward");
+}
+
+void embedding_forward(float* out, const int32_t* inp, const float* wte, const float* wpe, int B, int Tn, int C) {
+  const int64_t n = int64_t(B) * Tn * C;
+  k_embedding_forward<<<grid_for(n), kThreads>>>(out, inp, wte, wpe, Tn, C, n);
+  check("embedding_forward");
+}
+
+void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias,
+                       int N, int C) {
+  if (N == 0) return;
+  k_layernorm_forward<<<N, kThreads>>>(out, mean, rstd, inp, weight, bias, C);
+  check("layernorm_forward");
+}
+
+void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                        const float* weight, const float* mean, const float* rstd, int N, int C) {
+  if (N == 0) return;
+  k_layernorm_backward_input<<<N, kThreads>>>(dinp, dout, inp, weight, mean, rstd, C);
+  check("layernorm_backward (input)");
+  if (dweight) {
+    k_layernorm_backward_params<<<(C + 127) / 128, 128>>>(dweight, dbias, dout, inp, mean, rstd, N, C);
+    check("layernorm_backward (parameters)");
+  }
+}
+
+void crossentropy_forward(float* losses, float* probs, const float* logits, const int32_t* targets, int N, int V) {
+  if (N == 0) return;
+  k_crossentropy_forward<<<N, kThreads>>>(losses, probs, logits, targets, V);
+  check("crossentropy_forward");
+}
+
+void crossentropy_backward(float* dlogits, const float* probs, const int32_t* targets, float scale, int N, int V) {
+  const int64_t n = int64_t(N) * V;
+  k_crossentropy_backward<<<grid_for(n), kThreads>>>(dlogits, probs, targets, scale, V, n);
+  check("crossentropy_backward");
+}
+
+void adamw_update(float* p, const float* g, float* m, float* v, int64_t n, float b1, float b2, float eps,
+                  float step_size, float decay, float sqrt_bc2) {
+  k_adamw<<<grid_for(n), kThreads>>>(p, g, m, v, n, b1, b2, eps, step_size, decay, sqrt_bc2);
+  check("adamw_update");
+}
+
+Blas::Blas(bool tf32) {
+  cublasHandle_t h = nullptr;
+  cublas_check(cublasCreate(&h), "create");
+  handle_ = h;
+  cublas_check(cublasSetMathMode(h, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH), "math mode");
+}
+
+Blas::~Blas() {
+  if (handle_) cublasDestroy(static_cast<cublasHandle_t>(handle_));
+}
+
+// Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
+void Blas::gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
+                int ldb, float beta, float* C, int ldc) {
+  cublas_check(cublasSgemm(static_cast<cublasHandle_t>(handle_), trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+                           trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B, ldb, A, lda, &beta, C, ldc),
+               "sgemm");
+}
+
+void linear_forward(Blas& blas, float* out, const float* inp, const float* weight, const float* bias, int N, int IC,
+                    int OC) {
+  blas.gemm(false, true, N, OC, IC, 1.0f, inp, IC, weight, IC, 0.0f, out, OC);
+  if (bias) {
+    const int64_t n = int64_t(N) * OC;
+    k_add_bias<<<grid_for(n), kThreads>>>(out, bias, OC, n);
+    check("linear_forward (bias)");
+  }
+}
+
+}  // namespace hyperrnn::cuda

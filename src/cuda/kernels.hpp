@@ -1,0 +1,74 @@
+// CUDA versions of the CPU ops of src/nn (ops.hpp, adamw.hpp) on device pointers, float, on the
+// current device's default stream, and cuBLAS GEMMs. Each mirrors its CPU op's arguments and
+// accumulation rule (parameter gradients +=, activation gradients =, layernorm's dinp +=).
+// Determinism: every reduction has a fixed order (one block per row, a fixed shared-memory tree;
+// column sums row by row), no floating-point atomics, so a kernel gives the same bits on every
+// run on the same GPU model. Values are not the CPU's bits (a different order and CUDA's erff and
+// expf): tests/gpu checks them against the CPU ops within derived error bounds.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace hyperrnn::cuda {
+
+// Throws std::runtime_error naming `what` when the last CUDA call or launch failed.
+void check(const char* what);
+void synchronize();
+
+// Device memory of n elements of T (RAII); upload/download copy whole host vectors.
+template <class T>
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(std::size_t n);
+  ~DeviceBuffer();
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  DeviceBuffer(DeviceBuffer&& o) noexcept : p_(o.p_), n_(o.n_) { o.p_ = nullptr, o.n_ = 0; }
+  T* data() { return p_; }
+  const T* data() const { return p_; }
+  std::size_t size() const { return n_; }
+  void upload(const std::vector<T>& host);  // host.size() == size()
+  std::vector<T> download() const;
+
+ private:
+  T* p_ = nullptr;
+  std::size_t n_ = 0;
+};
+
+void gelu_forward_grad(float* out, float* grad, const float* inp, int64_t n);
+void gelu_backward_cached(float* dinp, const float* dout, const float* grad, int64_t n);
+void residual_forward(float* out, const float* a, const float* b, int64_t n);
+void embedding_forward(float* out, const int32_t* inp, const float* wte, const float* wpe, int B, int Tn, int C);
+void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias,
+                       int N, int C);
+void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                        const float* weight, const float* mean, const float* rstd, int N, int C);
+// losses (N): each row's loss; the CPU op's returned sum is the host's sum of them.
+void crossentropy_forward(float* losses, float* probs, const float* logits, const int32_t* targets, int N, int V);
+void crossentropy_backward(float* dlogits, const float* probs, const int32_t* targets, float scale, int N, int V);
+// One AdamW block with its tensor's constants (nn::AdamW::step computes them on the host).
+void adamw_update(float* p, const float* g, float* m, float* v, int64_t n, float b1, float b2, float eps,
+                  float step_size, float decay, float sqrt_bc2);
+
+// cuBLAS on the current device, pure FP32 (no TF32) unless tf32; row-major operands as the CPU's
+// core/blas.hpp gemm: C (M,N) = alpha op(A) op(B) + beta C.
+class Blas {
+ public:
+  explicit Blas(bool tf32 = false);
+  ~Blas();
+  Blas(const Blas&) = delete;
+  Blas& operator=(const Blas&) = delete;
+  void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
+            int ldb, float beta, float* C, int ldc);
+
+ private:
+  void* handle_ = nullptr;
+};
+
+// out = inp weight^T + bias (bias may be null), as nn::linear_forward.
+void linear_forward(Blas& blas, float* out, const float* inp, const float* weight, const float* bias, int N, int IC,
+                    int OC);
+
+}  // namespace hyperrnn::cuda

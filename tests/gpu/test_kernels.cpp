@@ -1,0 +1,222 @@
+// Every CUDA kernel against its CPU op (src/nn) on random inputs. Bounds, with u = 2^-24 (float's
+// unit roundoff):
+// - ops whose GPU code performs the CPU's float operations in the CPU's order (residual, the
+//   cached GELU backward, embedding, cross-entropy backward, AdamW; no FMA contraction on either
+//   side, IEEE sqrt and division): bitwise equal;
+// - GELU: the CPU's erf and exp approximations (|error| <= 9e-7 absolute and 7.5e-7 relative,
+//   src/nn/elementwise_math.hpp) against CUDA's erff and expf (2 ulp each): |diff| <= 1.2e-6 (1 + |x|)
+//   + 8u |value|;
+// - layernorm: the same double sums in another order (a relative 1e-15, below float's rounding), so
+//   the float results differ by the roundings downstream of one flipped last bit: forward
+//   |diff| <= 2u |xhat w| + u |out|, statistics u |value|; input gradient 2u (|term| + |value|);
+//   parameter gradients: the CPU accumulates N rows in float, the GPU in double, so the CPU's own
+//   error bound (N + 2) u sum |terms| bounds the difference;
+// - cross-entropy: probabilities through two exps (7.5e-7 + 2.4e-7 relative) and a double sum:
+//   relative 1.2e-6; the loss log(s) + max - logit: 1.2e-6 + 2u |loss|;
+// - cuBLAS linear: both sides' dot-product error bounds, 2 K u sum |x w| + u |out| (K = IC).
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "core/param_table.hpp"
+#include "cuda/kernels.hpp"
+#include "nn/adamw.hpp"
+#include "nn/ops.hpp"
+
+using namespace hyperrnn;
+using cuda::DeviceBuffer;
+
+namespace {
+constexpr double u = 1.0 / (1 << 24);
+
+std::vector<float> randn(std::size_t n, uint64_t seed, float scale = 1.0f) {
+  std::mt19937_64 g(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(g);
+  return v;
+}
+
+template <class T>
+DeviceBuffer<T> dev(const std::vector<T>& h) {
+  DeviceBuffer<T> b(h.size());
+  b.upload(h);
+  return b;
+}
+
+// max over i of |a - b| / bound_i (<= 1 passes)
+template <class F>
+double worst(const std::vector<float>& gpu, const std::vector<float>& cpu, F bound) {
+  REQUIRE(gpu.size() == cpu.size());
+  double w = 0.0;
+  for (std::size_t i = 0; i < gpu.size(); ++i) w = std::max(w, std::abs(double(gpu[i]) - cpu[i]) / (bound(i) + 1e-38));
+  return w;
+}
+}  // namespace
+
+TEST_CASE("GPU elementwise kernels equal the CPU ops", "[gpu]") {
+  const int64_t n = 100003;  // not a multiple of any block size
+  const auto x = randn(n, 1, 3.0f), y = randn(n, 2);
+  auto dx = dev(x), dy = dev(y);
+  DeviceBuffer<float> out(n), grad(n);
+  std::vector<float> co(n), cg(n);
+  cuda::gelu_forward_grad(out.data(), grad.data(), dx.data(), n);
+  nn::gelu_forward_grad<float>(co.data(), cg.data(), x.data(), n);
+  const auto go = out.download(), gg = grad.download();
+  CHECK(worst(go, co, [&](std::size_t i) { return 1.2e-6 * (1 + std::abs(x[i])) + 8 * u * std::abs(co[i]); }) <= 1.0);
+  CHECK(worst(gg, cg, [&](std::size_t i) { return 1.2e-6 * (1 + std::abs(x[i])) + 8 * u * std::abs(cg[i]); }) <= 1.0);
+
+  // given the same cached derivative, the backward is one product: bitwise
+  auto dcg = dev(cg);
+  cuda::gelu_backward_cached(out.data(), dy.data(), dcg.data(), n);
+  nn::gelu_backward_cached<float>(co.data(), y.data(), cg.data(), n);
+  CHECK(out.download() == co);
+  cuda::residual_forward(out.data(), dx.data(), dy.data(), n);
+  nn::residual_forward<float>(co.data(), x.data(), y.data(), n);
+  CHECK(out.download() == co);
+}
+
+TEST_CASE("GPU embedding equals the CPU op", "[gpu]") {
+  const int B = 3, Tn = 17, C = 24, V = 50;
+  const auto wte = randn(V * C, 3), wpe = randn(Tn * C, 4);
+  std::vector<int32_t> tok(B * Tn);
+  for (int i = 0; i < B * Tn; ++i) tok[i] = (i * 7 + 3) % V;
+  auto dwte = dev(wte), dwpe = dev(wpe);
+  auto dtok = dev(tok);
+  DeviceBuffer<float> out(B * Tn * C);
+  std::vector<float> co(B * Tn * C);
+  cuda::embedding_forward(out.data(), dtok.data(), dwte.data(), dwpe.data(), B, Tn, C);
+  nn::embedding_forward<float>(co.data(), tok.data(), wte.data(), wpe.data(), B, Tn, C);
+  CHECK(out.download() == co);
+}
+
+TEST_CASE("GPU layernorm forward and backward against the CPU op", "[gpu]") {
+  for (int C : {24, 64, 300}) {  // below, at and above one row per block's thread count
+    const int N = 37;
+    const auto x = randn(N * C, 5 + C, 2.0f), w = randn(C, 6), b = randn(C, 7), d = randn(N * C, 8);
+    auto dx = dev(x), dw = dev(w), db = dev(b), dd = dev(d);
+    DeviceBuffer<float> out(N * C), mean(N), rstd(N);
+    std::vector<float> co(N * C), cm(N), cr(N);
+    cuda::layernorm_forward(out.data(), mean.data(), rstd.data(), dx.data(), dw.data(), db.data(), N, C);
+    nn::layernorm_forward<float>(co.data(), cm.data(), cr.data(), x.data(), w.data(), b.data(), N, C);
+    const auto go = out.download(), gm = mean.download(), gr = rstd.download();
+    CHECK(worst(gm, cm, [&](std::size_t i) { return u * std::abs(cm[i]); }) <= 1.0);
+    CHECK(worst(gr, cr, [&](std::size_t i) { return u * std::abs(cr[i]); }) <= 1.0);
+    CHECK(worst(go, co, [&](std::size_t i) {
+            const double xhat = (x[i] - cm[i / C]) * double(cr[i / C]);
+            return 2 * u * std::abs(xhat * w[i % C]) + u * std::abs(co[i]);
+          }) <= 1.0);
+
+    // backward from the CPU's statistics on both sides; dinp accumulates onto a nonzero start
+    auto dm = dev(cm), dr = dev(cr);
+    const auto start = randn(N * C, 9);
+    auto gdin = dev(start);
+    DeviceBuffer<float> gdw(C), gdb(C);
+    const std::vector<float> z(C, 0.0f);
+    gdw.upload(z), gdb.upload(z);
+    std::vector<float> cdin = start, cdw(C, 0.0f), cdb(C, 0.0f);
+    cuda::layernorm_backward(gdin.data(), gdw.data(), gdb.data(), dd.data(), dx.data(), dw.data(), dm.data(), dr.data(), N, C);
+    nn::layernorm_backward<float>(cdin.data(), cdw.data(), cdb.data(), d.data(), x.data(), w.data(), cm.data(), cr.data(), N, C);
+    const auto gi = gdin.download();
+    CHECK(worst(gi, cdin, [&](std::size_t i) { return 2 * u * (std::abs(double(cdin[i]) - start[i]) + std::abs(cdin[i])); }) <= 1.0);
+    std::vector<double> sw(C, 0.0), sb(C, 0.0);
+    for (int r = 0; r < N; ++r)
+      for (int c = 0; c < C; ++c) {
+        const double xhat = (x[r * C + c] - cm[r]) * double(cr[r]);
+        sw[c] += std::abs(xhat * d[r * C + c]);
+        sb[c] += std::abs(d[r * C + c]);
+      }
+    CHECK(worst(gdw.download(), cdw, [&](std::size_t c) { return (N + 2) * u * sw[c]; }) <= 1.0);
+    CHECK(worst(gdb.download(), cdb, [&](std::size_t c) { return (N + 2) * u * sb[c]; }) <= 1.0);
+  }
+}
+
+TEST_CASE("GPU cross-entropy against the CPU op", "[gpu]") {
+  const int N = 29, V = 517;
+  const auto logits = randn(N * V, 10, 4.0f);
+  std::vector<int32_t> t(N);
+  for (int i = 0; i < N; ++i) t[i] = (i * 131) % V;
+  auto dl = dev(logits);
+  auto dt = dev(t);
+  DeviceBuffer<float> loss(N), probs(N * V);
+  std::vector<float> cl(N), cp(N * V);
+  cuda::crossentropy_forward(loss.data(), probs.data(), dl.data(), dt.data(), N, V);
+  nn::crossentropy_forward<float>(cl.data(), cp.data(), logits.data(), t.data(), N, V);
+  CHECK(worst(probs.download(), cp, [&](std::size_t i) { return 1.2e-6 * std::abs(cp[i]) + 1e-37; }) <= 1.0);
+  CHECK(worst(loss.download(), cl, [&](std::size_t i) { return 1.2e-6 + 2 * u * std::abs(cl[i]); }) <= 1.0);
+  // the backward from the same probabilities: the CPU's two float operations, bitwise
+  auto dp = dev(cp);
+  DeviceBuffer<float> dlog(N * V);
+  std::vector<float> cd(N * V);
+  cuda::crossentropy_backward(dlog.data(), dp.data(), dt.data(), 1.0f / N, N, V);
+  nn::crossentropy_backward<float>(cd.data(), cp.data(), t.data(), 1.0f / N, N, V);
+  CHECK(dlog.download() == cd);
+}
+
+TEST_CASE("GPU AdamW equals nn::AdamW bitwise over three steps", "[gpu]") {
+  const int64_t n = 5000;
+  ParamTable table;
+  table.add("w", {n}, TensorKind::Dense, true);
+  const nn::AdamWConfig cfg{0.9, 0.999, 1e-8, 0.1};
+  nn::AdamW<float> cpu(table, cfg);
+  auto p = randn(n, 11);
+  auto gp = dev(p);
+  DeviceBuffer<float> gm(n), gv(n);
+  const std::vector<float> z(n, 0.0f);
+  gm.upload(z), gv.upload(z);
+  for (int t = 1; t <= 3; ++t) {
+    const auto g = randn(n, 20 + t);
+    auto dg = dev(g);
+    const double lr = 1e-3 * t;
+    cpu.step(p.data(), g.data(), lr);
+    // the host constants exactly as nn::AdamW::step computes them for a tensor's t-th update
+    const float step_size = static_cast<float>(lr / (1.0 - std::pow(cfg.beta1, double(t))));
+    const float decay = static_cast<float>(1.0 - lr * cfg.weight_decay);
+    const float sqrt_bc2 = static_cast<float>(std::sqrt(1.0 - std::pow(cfg.beta2, double(t))));
+    cuda::adamw_update(gp.data(), dg.data(), gm.data(), gv.data(), n, 0.9f, 0.999f, 1e-8f, step_size, decay, sqrt_bc2);
+  }
+  CHECK(gp.download() == p);
+  CHECK(gm.download() == cpu.m);
+  CHECK(gv.download() == cpu.v);
+}
+
+TEST_CASE("cuBLAS linear forward against the CPU op", "[gpu]") {
+  cuda::Blas blas;
+  for (auto [N, IC, OC] : {std::tuple{64, 64, 192}, std::tuple{130, 32, 256}, std::tuple{7, 256, 33}}) {
+    const auto x = randn(N * IC, 30 + N), w = randn(OC * IC, 31), b = randn(OC, 32);
+    auto dx = dev(x), dw = dev(w), db = dev(b);
+    DeviceBuffer<float> out(N * OC);
+    std::vector<float> co(N * OC);
+    cuda::linear_forward(blas, out.data(), dx.data(), dw.data(), db.data(), N, IC, OC);
+    cuda::synchronize();
+    nn::linear_forward<float>(co.data(), x.data(), w.data(), b.data(), N, IC, OC);
+    CHECK(worst(out.download(), co, [&](std::size_t i) {
+            const int r = static_cast<int>(i / OC), c = static_cast<int>(i % OC);
+            double s = 0.0;
+            for (int k = 0; k < IC; ++k) s += std::abs(double(x[r * IC + k]) * w[c * IC + k]);
+            return 2.0 * IC * u * s + u * std::abs(co[i]);
+          }) <= 1.0);
+  }
+}
+
+TEST_CASE("GPU kernels give the same bits on every run", "[gpu]") {
+  const int N = 64, C = 300, V = 517;
+  const auto x = randn(N * C, 40), w = randn(C, 41), b = randn(C, 42), l = randn(N * V, 43, 4.0f);
+  std::vector<int32_t> t(N, 5);
+  auto dx = dev(x), dw = dev(w), db = dev(b), dl = dev(l);
+  auto dt = dev(t);
+  std::vector<std::vector<float>> seen;
+  for (int rep = 0; rep < 3; ++rep) {
+    DeviceBuffer<float> out(N * C), mean(N), rstd(N), loss(N), probs(N * V);
+    cuda::layernorm_forward(out.data(), mean.data(), rstd.data(), dx.data(), dw.data(), db.data(), N, C);
+    cuda::crossentropy_forward(loss.data(), probs.data(), dl.data(), dt.data(), N, V);
+    auto o = out.download(), p = probs.download();
+    o.insert(o.end(), p.begin(), p.end());
+    seen.push_back(o);
+  }
+  CHECK(seen[1] == seen[0]);
+  CHECK(seen[2] == seen[0]);
+}
