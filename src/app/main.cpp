@@ -8,6 +8,7 @@
 #include "core/error.hpp"
 #include "core/fp_mode.hpp"
 #include "core/version.hpp"
+#include "cuda/device.hpp"
 #include "parallel/threads.hpp"
 
 int main(int argc, char** argv) {
@@ -31,7 +32,10 @@ int main(int argc, char** argv) {
     return argc < 2 ? 2 : 0;
   }
   if (std::strcmp(argv[1], "--version") == 0 || std::strcmp(argv[1], "version") == 0) {
-    if (root) std::printf("%s\n", code_version());
+    if (root)
+      std::printf("%s\n%s\n", code_version(),
+                  cuda::built() ? "CUDA backend: built (its kernels only; the step runs on the CPU: docs/gpu.md)"
+                                : "CUDA backend: not built (-DHYPERRNN_CUDA=ON builds it)");
     return 0;
   }
   if (std::strcmp(argv[1], "help") == 0) {

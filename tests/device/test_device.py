@@ -69,3 +69,9 @@ def test_device_cpu_is_the_default_and_runs(tmp_path):
     r2 = run([BIN, "train", *TINY, "--device", "cpu", "--out", str(b)])
     assert r1.returncode == 0 and r2.returncode == 0, r1.stderr + r2.stderr
     assert (a / "config.ini").read_text() == (b / "config.ini").read_text()  # not part of the identity
+
+
+def test_version_says_whether_the_cuda_backend_is_built():
+    r = run([BIN, "--version"])
+    assert r.returncode == 0 and r.stdout.startswith("hyperrnn ")
+    assert ("CUDA backend: built" if CUDA_BUILD else "CUDA backend: not built") in r.stdout, r.stdout
