@@ -163,6 +163,37 @@ __global__ void k_add_bias(float* out, const float* bias, int OC, int64_t n) {
     out[i] += bias[i % OC];
 }
 
+// One row of a (Tn, Tn) score block per block of threads: in place, as nn's softmax_block.
+__global__ void k_softmax_rows(float* p, int Tn, bool causal) {
+  __shared__ double sh[kThreads];
+  __shared__ float shf[kThreads];
+  float* row = p + int64_t(blockIdx.x) * Tn;
+  const int jmax = causal ? static_cast<int>(blockIdx.x % Tn) + 1 : Tn;
+  float mx = -INFINITY;
+  for (int j = threadIdx.x; j < jmax; j += kThreads) mx = fmaxf(mx, row[j]);
+  mx = block_max(mx, shf);
+  double s = 0.0;
+  for (int j = threadIdx.x; j < jmax; j += kThreads) {
+    const float e = expf(row[j] - mx);
+    row[j] = e;
+    s += e;
+  }
+  const float inv = static_cast<float>(1.0 / block_sum(s, sh));
+  for (int j = threadIdx.x; j < Tn; j += kThreads) row[j] = j < jmax ? row[j] * inv : 0.0f;
+}
+
+// dZ = P (dP - rowsum(P dP)) in place, as nn's softmax_backward_block.
+__global__ void k_softmax_backward_rows(float* dp, const float* p, int Tn, bool causal) {
+  __shared__ double sh[kThreads];
+  const int64_t off = int64_t(blockIdx.x) * Tn;
+  const int jmax = causal ? static_cast<int>(blockIdx.x % Tn) + 1 : Tn;
+  double s = 0.0;
+  for (int j = threadIdx.x; j < jmax; j += kThreads) s += double(p[off + j]) * dp[off + j];
+  s = block_sum(s, sh);
+  for (int j = threadIdx.x; j < Tn; j += kThreads)
+    dp[off + j] = j < jmax ? static_cast<float>(p[off + j] * (dp[off + j] - s)) : 0.0f;
+}
+
 const char* cublas_text(cublasStatus_t s) {
   switch (s) {
     case CUBLAS_STATUS_NOT_INITIALIZED: return "not initialised";
@@ -296,6 +327,62 @@ void Blas::gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, co
   cublas_check(cublasSgemm(static_cast<cublasHandle_t>(handle_), trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
                            trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B, ldb, A, lda, &beta, C, ldc),
                "sgemm");
+}
+
+void Blas::gemm_strided_batched(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
+                                int64_t stride_a, const float* B, int ldb, int64_t stride_b, float beta, float* C,
+                                int ldc, int64_t stride_c, int batch) {
+  cublas_check(cublasSgemmStridedBatched(static_cast<cublasHandle_t>(handle_), trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                         trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B, ldb, stride_b, A, lda,
+                                         stride_a, &beta, C, ldc, stride_c, batch),
+               "sgemm (strided batched)");
+}
+
+void attention_forward(Blas& blas, float* out, float* att, const float* qkv, int B, int Tn, int C, int H, bool causal) {
+  const int hs = C / H, ld = 3 * C;
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hs)));
+  const int64_t TT = int64_t(Tn) * Tn;
+  for (int b = 0; b < B; ++b) {  // heads h at column h hs of q, k and v; their score blocks one after another
+    const float* q = qkv + int64_t(b) * Tn * ld;
+    float* p = att + int64_t(b) * H * TT;
+    blas.gemm_strided_batched(false, true, Tn, Tn, hs, scale, q, ld, hs, q + C, ld, hs, 0.0f, p, Tn, TT, H);
+  }
+  if (int64_t(B) * H * Tn > 0) {
+    k_softmax_rows<<<B * H * Tn, kThreads>>>(att, Tn, causal);
+    check("attention softmax");
+  }
+  for (int b = 0; b < B; ++b) {
+    const float* v = qkv + int64_t(b) * Tn * ld + 2 * C;
+    blas.gemm_strided_batched(false, false, Tn, hs, Tn, 1.0f, att + int64_t(b) * H * TT, Tn, TT, v, ld, hs, 0.0f,
+                              out + int64_t(b) * Tn * C, C, hs, H);
+  }
+}
+
+void attention_backward(Blas& blas, float* dqkv, float* datt, const float* dout, const float* qkv, const float* att,
+                        int B, int Tn, int C, int H, bool causal) {
+  const int hs = C / H, ld = 3 * C;
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hs)));
+  const int64_t TT = int64_t(Tn) * Tn;
+  for (int b = 0; b < B; ++b) {
+    const float* q = qkv + int64_t(b) * Tn * ld;
+    const float* d = dout + int64_t(b) * Tn * C;
+    float* dq = dqkv + int64_t(b) * Tn * ld;
+    blas.gemm_strided_batched(false, true, Tn, Tn, hs, 1.0f, d, C, hs, q + 2 * C, ld, hs, 0.0f, datt + int64_t(b) * H * TT,
+                              Tn, TT, H);  // dP = dO V^T
+    blas.gemm_strided_batched(true, false, Tn, hs, Tn, 1.0f, att + int64_t(b) * H * TT, Tn, TT, d, C, hs, 0.0f,
+                              dq + 2 * C, ld, hs, H);  // dV = P^T dO
+  }
+  if (int64_t(B) * H * Tn > 0) {
+    k_softmax_backward_rows<<<B * H * Tn, kThreads>>>(datt, att, Tn, causal);
+    check("attention softmax backward");
+  }
+  for (int b = 0; b < B; ++b) {
+    const float* q = qkv + int64_t(b) * Tn * ld;
+    const float* dz = datt + int64_t(b) * H * TT;
+    float* dq = dqkv + int64_t(b) * Tn * ld;
+    blas.gemm_strided_batched(false, false, Tn, hs, Tn, scale, dz, Tn, TT, q + C, ld, hs, 0.0f, dq, ld, hs, H);  // dQ = s dZ K
+    blas.gemm_strided_batched(true, false, Tn, hs, Tn, scale, dz, Tn, TT, q, ld, hs, 0.0f, dq + C, ld, hs, H);  // dK = s dZ^T Q
+  }
 }
 
 void linear_forward(Blas& blas, float* out, const float* inp, const float* weight, const float* bias, int N, int IC,

@@ -62,6 +62,10 @@ class Blas {
   Blas& operator=(const Blas&) = delete;
   void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
             int ldb, float beta, float* C, int ldc);
+  // `batch` products at fixed strides (elements) between consecutive A, B and C.
+  void gemm_strided_batched(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
+                            int64_t stride_a, const float* B, int ldb, int64_t stride_b, float beta, float* C, int ldc,
+                            int64_t stride_c, int batch);
 
  private:
   void* handle_ = nullptr;
@@ -70,5 +74,12 @@ class Blas {
 // out = inp weight^T + bias (bias may be null), as nn::linear_forward.
 void linear_forward(Blas& blas, float* out, const float* inp, const float* weight, const float* bias, int N, int IC,
                     int OC);
+
+// Multi-head self-attention on packed q|k|v, as nn::attention_forward/backward without dropout:
+// the per-head GEMMs as strided batches over the heads (one call per sample and product), the row
+// softmax (causal rows stop at the diagonal) and its backward as row kernels.
+void attention_forward(Blas& blas, float* out, float* att, const float* qkv, int B, int Tn, int C, int H, bool causal);
+void attention_backward(Blas& blas, float* dqkv, float* datt, const float* dout, const float* qkv, const float* att,
+                        int B, int Tn, int C, int H, bool causal);
 
 }  // namespace hyperrnn::cuda

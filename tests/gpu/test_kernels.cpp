@@ -220,3 +220,106 @@ TEST_CASE("GPU kernels give the same bits on every run", "[gpu]") {
   CHECK(seen[1] == seen[0]);
   CHECK(seen[2] == seen[0]);
 }
+
+// Attention: the truth is the CPU op in double on the same inputs. Bounds by first-order error
+// propagation with gamma_n = n u for an n-term float dot product (cuBLAS) or sum: scores
+// |ds| <= E_i = max_j gamma_hs scale sum |q k| per row; probabilities p (2 E_i + 1.2e-6 + 4u)
+// (the exps' 1.2e-6 as for cross-entropy); outputs sum_j |dp_j| |v_j| + gamma_(Tn+2) sum_j p_j |v_j|.
+// The backward, from the same float probabilities on both sides: dP = dO V^T within gamma_hs sum
+// |dO||V|, dV = P^T dO within gamma_Tn, s = sum p dP and dZ = p (dP - s) within p (|d dP| + |d s|)
+// + 2u |dZ|, dQ = scale dZ K and dK = scale dZ^T Q within the propagated |d dZ| plus gamma_Tn. The
+// test takes twice each bound (second-order terms and the bounds' own rounding).
+TEST_CASE("GPU attention forward and backward against the CPU op in double", "[gpu]") {
+  cuda::Blas blas;
+  const int B = 2, Tn = 24, C = 32, H = 4, hs = C / H, ld = 3 * C;
+  const double scale = 1.0 / std::sqrt(double(hs));
+  for (bool causal : {true, false}) {
+    const auto qkv = randn(B * Tn * ld, 50, 1.5f), dout = randn(B * Tn * C, 51);
+    const std::vector<double> qkv_d(qkv.begin(), qkv.end()), dout_d(dout.begin(), dout.end());
+    std::vector<double> out_d(B * Tn * C), att_d(B * H * Tn * Tn);
+    nn::attention_forward<double>(out_d.data(), att_d.data(), qkv_d.data(), B, Tn, C, H, causal);
+    auto dq = dev(qkv), dd = dev(dout);
+    DeviceBuffer<float> out(B * Tn * C), att(B * H * Tn * Tn), dqkv(B * Tn * ld), datt(B * H * Tn * Tn);
+    cuda::attention_forward(blas, out.data(), att.data(), dq.data(), B, Tn, C, H, causal);
+    const auto g_out = out.download(), g_att = att.download();
+    auto Q = [&](int b, int t, int c) { return double(qkv[(int64_t(b) * Tn + t) * ld + c]); };
+    auto P = [&](int b, int h, int i, int j) { return att_d[((int64_t(b) * H + h) * Tn + i) * Tn + j]; };
+    std::vector<double> bound_att(att_d.size()), bound_out(out_d.size(), 0.0);
+    for (int b = 0; b < B; ++b)
+      for (int h = 0; h < H; ++h)
+        for (int i = 0; i < Tn; ++i) {
+          double E = 0.0;
+          for (int j = 0; j < Tn; ++j) {
+            double s = 0.0;
+            for (int c = 0; c < hs; ++c) s += std::abs(Q(b, i, h * hs + c) * Q(b, j, C + h * hs + c));
+            E = std::max(E, hs * u * scale * s);
+          }
+          const double rel = 2 * E + 1.2e-6 + 4 * u;
+          for (int j = 0; j < Tn; ++j) bound_att[((int64_t(b) * H + h) * Tn + i) * Tn + j] = rel * P(b, h, i, j) + 1e-30;
+          for (int c = 0; c < hs; ++c) {
+            double s = 0.0;
+            for (int j = 0; j < Tn; ++j) s += P(b, h, i, j) * std::abs(Q(b, j, 2 * C + h * hs + c));
+            bound_out[(int64_t(b) * Tn + i) * C + h * hs + c] = s * (rel + (Tn + 2) * u);
+          }
+        }
+    auto vs_truth = [](const std::vector<float>& g, const std::vector<double>& t, const std::vector<double>& bound) {
+      double w = 0.0;
+      for (std::size_t i = 0; i < g.size(); ++i) w = std::max(w, std::abs(g[i] - t[i]) / (2 * bound[i] + 1e-30));
+      return w;
+    };
+    CHECK(vs_truth(g_att, att_d, bound_att) <= 1.0);
+    CHECK(vs_truth(g_out, out_d, bound_out) <= 1.0);
+
+    // backward from the CPU's float probabilities on both sides
+    std::vector<float> cout_f(B * Tn * C), catt_f(B * H * Tn * Tn);
+    nn::attention_forward<float>(cout_f.data(), catt_f.data(), qkv.data(), B, Tn, C, H, causal);
+    const std::vector<double> pa(catt_f.begin(), catt_f.end());
+    std::vector<double> dqkv_d(B * Tn * ld), datt_d(B * H * Tn * Tn);
+    nn::attention_backward<double>(dqkv_d.data(), datt_d.data(), dout_d.data(), qkv_d.data(), pa.data(), B, Tn, C, H, causal);
+    auto datt_in = dev(catt_f);
+    cuda::attention_backward(blas, dqkv.data(), datt.data(), dd.data(), dq.data(), datt_in.data(), B, Tn, C, H, causal);
+    const auto g_dqkv = dqkv.download();
+    std::vector<double> bound(dqkv_d.size(), 0.0);
+    auto D = [&](int b, int t, int c) { return double(dout[(int64_t(b) * Tn + t) * C + c]); };
+    for (int b = 0; b < B; ++b)
+      for (int h = 0; h < H; ++h) {
+        auto p = [&](int i, int j) { return pa[((int64_t(b) * H + h) * Tn + i) * Tn + j]; };
+        std::vector<double> dP(Tn * Tn), edP(Tn * Tn), edZ(Tn * Tn), aZ(Tn * Tn);
+        for (int i = 0; i < Tn; ++i)
+          for (int j = 0; j < Tn; ++j) {
+            double s = 0.0, a = 0.0;
+            for (int c = 0; c < hs; ++c) {
+              s += D(b, i, h * hs + c) * Q(b, j, 2 * C + h * hs + c);
+              a += std::abs(D(b, i, h * hs + c) * Q(b, j, 2 * C + h * hs + c));
+            }
+            dP[i * Tn + j] = s, edP[i * Tn + j] = hs * u * a;
+          }
+        for (int i = 0; i < Tn; ++i) {
+          double s = 0.0, es = 0.0, as = 0.0;
+          for (int j = 0; j < Tn; ++j) {
+            s += p(i, j) * dP[i * Tn + j];
+            es += p(i, j) * edP[i * Tn + j];
+            as += std::abs(p(i, j) * dP[i * Tn + j]);
+          }
+          es += Tn * u * as;
+          for (int j = 0; j < Tn; ++j) {
+            const double z = p(i, j) * (dP[i * Tn + j] - s);
+            aZ[i * Tn + j] = std::abs(z);
+            edZ[i * Tn + j] = p(i, j) * (edP[i * Tn + j] + es) + 2 * u * std::abs(z);
+          }
+        }
+        for (int t = 0; t < Tn; ++t)
+          for (int c = 0; c < hs; ++c) {
+            double bq = 0.0, bk = 0.0, bv = 0.0;
+            for (int j = 0; j < Tn; ++j) {
+              bq += scale * (edZ[t * Tn + j] + Tn * u * aZ[t * Tn + j]) * std::abs(Q(b, j, C + h * hs + c));
+              bk += scale * (edZ[j * Tn + t] + Tn * u * aZ[j * Tn + t]) * std::abs(Q(b, j, h * hs + c));
+              bv += Tn * u * p(j, t) * std::abs(D(b, j, h * hs + c));
+            }
+            const int64_t row = (int64_t(b) * Tn + t) * ld + h * hs + c;
+            bound[row] = bq, bound[row + C] = bk, bound[row + 2 * C] = bv;
+          }
+      }
+    CHECK(vs_truth(g_dqkv, dqkv_d, bound) <= 1.0);
+  }
+}

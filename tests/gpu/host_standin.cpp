@@ -1,0 +1,36 @@
+// A host stand-in for src/cuda/kernels.hpp, used only to check the GPU tests themselves
+// (tests/gpu/test_kernels.cpp) on a machine without a GPU: "device" buffers are host memory, the
+// GEMM-based ops are the CPU's, and the kernels whose GPU code uses CUDA's erff and expf use libm's
+// erff and expf here (within CUDA's 2-ulp accuracy; the cross-entropy sums in reverse order, as a
+// different summation order would). If the tests' derived bounds or index arithmetic were wrong,
+// this stand-in would fail them; it says nothing about the CUDA kernels, which only a GPU can test.
+#include <cmath>
+#include <algorithm>
+#include <cstring>
+#include "cuda/kernels.hpp"
+#include "core/blas.hpp"
+#include "nn/ops.hpp"
+namespace hyperrnn::cuda {
+void check(const char*) {}
+void synchronize() {}
+template <class T> DeviceBuffer<T>::DeviceBuffer(std::size_t n) : n_(n) { p_ = new T[n](); }
+template <class T> DeviceBuffer<T>::~DeviceBuffer() { delete[] p_; }
+template <class T> void DeviceBuffer<T>::upload(const std::vector<T>& h) { std::memcpy(p_, h.data(), n_ * sizeof(T)); }
+template <class T> std::vector<T> DeviceBuffer<T>::download() const { return std::vector<T>(p_, p_ + n_); }
+template class DeviceBuffer<float>; template class DeviceBuffer<double>; template class DeviceBuffer<int32_t>;
+Blas::Blas(bool) {} Blas::~Blas() {}
+void attention_forward(Blas&, float* out, float* att, const float* qkv, int B, int Tn, int C, int H, bool causal) { nn::attention_forward<float>(out, att, qkv, B, Tn, C, H, causal); }
+void attention_backward(Blas&, float* dqkv, float* datt, const float* dout, const float* qkv, const float* att, int B, int Tn, int C, int H, bool causal) { nn::attention_backward<float>(dqkv, datt, dout, qkv, att, B, Tn, C, H, causal); }
+void linear_forward(Blas&, float* out, const float* inp, const float* w, const float* b, int N, int IC, int OC) { nn::linear_forward<float>(out, inp, w, b, N, IC, OC); }
+void layernorm_forward(float* o, float* m, float* r, const float* x, const float* w, const float* b, int N, int C) { nn::layernorm_forward<float>(o, m, r, x, w, b, N, C); }
+void layernorm_backward(float* a, float* b, float* c, const float* d, const float* e, const float* f, const float* g, const float* h, int N, int C) { nn::layernorm_backward<float>(a, b, c, d, e, f, g, h, N, C); }
+void crossentropy_forward(float* l, float* p, const float* lo, const int32_t* t, int N, int V) { for (int n = 0; n < N; ++n) { const float* r = lo + int64_t(n)*V; float mx = r[0]; for (int v = 1; v < V; ++v) mx = std::max(mx, r[v]); double s = 0; for (int v = V-1; v >= 0; --v) { p[int64_t(n)*V+v] = expf(r[v]-mx); s += p[int64_t(n)*V+v]; } const float inv = float(1.0/s); for (int v = 0; v < V; ++v) p[int64_t(n)*V+v] *= inv; l[n] = float(std::log(s) + double(mx) - double(r[t[n]])); } }
+void crossentropy_backward(float* d, const float* p, const int32_t* t, float s, int N, int V) { nn::crossentropy_backward<float>(d, p, t, s, N, V); }
+void gelu_forward_grad(float* o, float* g, const float* inp, int64_t n) { for (int64_t i = 0; i < n; ++i) { const float x = inp[i]; const float e = erff(x * 0.70710678118654752f); o[i] = 0.5f * x * (1.0f + e); g[i] = 0.5f * (1.0f + e) + x * 0.39894228040143268f * expf(-0.5f * x * x);} }
+void gelu_backward_cached(float* a, const float* b, const float* c, int64_t n) { nn::gelu_backward_cached<float>(a, b, c, n); }
+void residual_forward(float* o, const float* a, const float* b, int64_t n) { nn::residual_forward<float>(o, a, b, n); }
+void embedding_forward(float* o, const int32_t* i, const float* a, const float* b, int B, int T, int C) { nn::embedding_forward<float>(o, i, a, b, B, T, C); }
+void adamw_update(float* p, const float* g, float* m, float* v, int64_t n, float b1, float b2, float eps, float ss, float decay, float bc2) {
+  for (int64_t i = 0; i < n; ++i) { p[i] *= decay; m[i] = b1 * m[i] + (1.0f - b1) * g[i]; v[i] = b2 * v[i] + (1.0f - b2) * g[i] * g[i]; p[i] -= ss * m[i] / (std::sqrt(v[i]) / bc2 + eps); }
+}
+}
