@@ -194,6 +194,41 @@ __global__ void k_softmax_backward_rows(float* dp, const float* p, int Tn, bool 
     dp[off + j] = j < jmax ? static_cast<float>(p[off + j] * (dp[off + j] - s)) : 0.0f;
 }
 
+__global__ void k_topk_softmax_forward(int32_t* idx, float* gates, const float* scores, int N, int E, int K) {
+  const int n = blockIdx.x * blockDim.x + threadIdx.x;
+  if (n >= N) return;
+  const float* s = scores + int64_t(n) * E;
+  int32_t* id = idx + int64_t(n) * K;
+  float* g = gates + int64_t(n) * K;
+  for (int j = 0; j < K; ++j) {
+    int best = -1;
+    for (int e = 0; e < E; ++e) {
+      bool taken = false;
+      for (int l = 0; l < j; ++l) taken = taken || id[l] == e;
+      if (!taken && (best < 0 || s[e] > s[best])) best = e;
+    }
+    id[j] = best;
+  }
+  const float mx = s[id[0]];
+  double z = 0.0;
+  for (int j = 0; j < K; ++j) z += exp(static_cast<double>(s[id[j]] - mx));
+  for (int j = 0; j < K; ++j) g[j] = static_cast<float>(exp(static_cast<double>(s[id[j]] - mx)) / z);
+}
+
+__global__ void k_topk_softmax_backward(float* dscores, const float* dgates, const float* gates, const int32_t* idx,
+                                        int N, int E, int K) {
+  const int n = blockIdx.x * blockDim.x + threadIdx.x;
+  if (n >= N) return;
+  float* ds = dscores + int64_t(n) * E;
+  const float* dg = dgates + int64_t(n) * K;
+  const float* g = gates + int64_t(n) * K;
+  const int32_t* id = idx + int64_t(n) * K;
+  for (int e = 0; e < E; ++e) ds[e] = 0.0f;
+  double dot = 0.0;
+  for (int j = 0; j < K; ++j) dot += static_cast<double>(g[j]) * dg[j];
+  for (int j = 0; j < K; ++j) ds[id[j]] = static_cast<float>(g[j] * (dg[j] - dot));
+}
+
 const char* cublas_text(cublasStatus_t s) {
   switch (s) {
     case CUBLAS_STATUS_NOT_INITIALIZED: return "not initialised";
@@ -327,6 +362,19 @@ void Blas::gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, co
   cublas_check(cublasSgemm(static_cast<cublasHandle_t>(handle_), trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
                            trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B, ldb, A, lda, &beta, C, ldc),
                "sgemm");
+}
+
+void topk_softmax_forward(int32_t* idx, float* gates, const float* scores, int N, int E, int K) {
+  if (N == 0) return;
+  k_topk_softmax_forward<<<(N + 127) / 128, 128>>>(idx, gates, scores, N, E, K);
+  check("topk_softmax_forward");
+}
+
+void topk_softmax_backward(float* dscores, const float* dgates, const float* gates, const int32_t* idx, int N, int E,
+                           int K) {
+  if (N == 0) return;
+  k_topk_softmax_backward<<<(N + 127) / 128, 128>>>(dscores, dgates, gates, idx, N, E, K);
+  check("topk_softmax_backward");
 }
 
 void Blas::gemm_strided_batched(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,

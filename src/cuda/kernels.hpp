@@ -75,6 +75,13 @@ class Blas {
 void linear_forward(Blas& blas, float* out, const float* inp, const float* weight, const float* bias, int N, int IC,
                     int OC);
 
+// The MoE router's top-k and its softmax over the chosen scores, as nn::topk_softmax_forward and
+// _backward: one thread per row (E is small), the same selection (ties: the lower expert) and the
+// same double sums in the same order.
+void topk_softmax_forward(int32_t* idx, float* gates, const float* scores, int N, int E, int K);
+void topk_softmax_backward(float* dscores, const float* dgates, const float* gates, const int32_t* idx, int N, int E,
+                           int K);
+
 // Multi-head self-attention on packed q|k|v, as nn::attention_forward/backward without dropout:
 // the per-head GEMMs as strided batches over the heads (one call per sample and product), the row
 // softmax (causal rows stop at the diagonal) and its backward as row kernels.

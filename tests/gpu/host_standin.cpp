@@ -21,6 +21,8 @@ template class DeviceBuffer<float>; template class DeviceBuffer<double>; templat
 Blas::Blas(bool) {} Blas::~Blas() {}
 void attention_forward(Blas&, float* out, float* att, const float* qkv, int B, int Tn, int C, int H, bool causal) { nn::attention_forward<float>(out, att, qkv, B, Tn, C, H, causal); }
 void attention_backward(Blas&, float* dqkv, float* datt, const float* dout, const float* qkv, const float* att, int B, int Tn, int C, int H, bool causal) { nn::attention_backward<float>(dqkv, datt, dout, qkv, att, B, Tn, C, H, causal); }
+void topk_softmax_forward(int32_t* idx, float* gates, const float* scores, int N, int E, int K) { nn::topk_softmax_forward<float>(idx, gates, scores, N, E, K); }
+void topk_softmax_backward(float* ds, const float* dg, const float* g, const int32_t* idx, int N, int E, int K) { nn::topk_softmax_backward<float>(ds, dg, g, idx, N, E, K); }
 void linear_forward(Blas&, float* out, const float* inp, const float* w, const float* b, int N, int IC, int OC) { nn::linear_forward<float>(out, inp, w, b, N, IC, OC); }
 void layernorm_forward(float* o, float* m, float* r, const float* x, const float* w, const float* b, int N, int C) { nn::layernorm_forward<float>(o, m, r, x, w, b, N, C); }
 void layernorm_backward(float* a, float* b, float* c, const float* d, const float* e, const float* f, const float* g, const float* h, int N, int C) { nn::layernorm_backward<float>(a, b, c, d, e, f, g, h, N, C); }

@@ -13,6 +13,9 @@
 //   error bound (N + 2) u sum |terms| bounds the difference;
 // - cross-entropy: probabilities through two exps (7.5e-7 + 2.4e-7 relative) and a double sum:
 //   relative 1.2e-6; the loss log(s) + max - logit: 1.2e-6 + 2u |loss|;
+// - top-k router: the same selection on the same scores (indices bitwise), the gates through
+//   CUDA's double exp (1 ulp in double, far below float's rounding): |diff| <= u |gate|; the
+//   backward's float and double operations in the CPU's order: bitwise;
 // - cuBLAS linear: both sides' dot-product error bounds, 2 K u sum |x w| + u |out| (K = IC).
 #include <catch2/catch.hpp>
 
@@ -181,6 +184,27 @@ TEST_CASE("GPU AdamW equals nn::AdamW bitwise over three steps", "[gpu]") {
   CHECK(gp.download() == p);
   CHECK(gm.download() == cpu.m);
   CHECK(gv.download() == cpu.v);
+}
+
+TEST_CASE("GPU top-k router softmax against the CPU op", "[gpu]") {
+  const int N = 300, E = 16, K = 4;
+  auto scores = randn(N * E, 60);
+  for (int n = 0; n < N; n += 7) scores[n * E + 3] = scores[n * E + 9];  // ties: the lower expert first
+  const auto dg = randn(N * K, 61);
+  auto ds = dev(scores), ddg = dev(dg);
+  DeviceBuffer<int32_t> idx(N * K);
+  DeviceBuffer<float> gates(N * K), dsc(N * E);
+  std::vector<int32_t> cidx(N * K);
+  std::vector<float> cg(N * K), cds(N * E);
+  cuda::topk_softmax_forward(idx.data(), gates.data(), ds.data(), N, E, K);
+  nn::topk_softmax_forward<float>(cidx.data(), cg.data(), scores.data(), N, E, K);
+  CHECK(idx.download() == cidx);
+  CHECK(worst(gates.download(), cg, [&](std::size_t i) { return u * std::abs(cg[i]); }) <= 1.0);
+  auto dcg = dev(cg);
+  auto dci = dev(cidx);
+  cuda::topk_softmax_backward(dsc.data(), ddg.data(), dcg.data(), dci.data(), N, E, K);
+  nn::topk_softmax_backward<float>(cds.data(), dg.data(), cg.data(), cidx.data(), N, E, K);
+  CHECK(dsc.download() == cds);
 }
 
 TEST_CASE("cuBLAS linear forward against the CPU op", "[gpu]") {
