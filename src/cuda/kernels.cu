@@ -8,6 +8,7 @@
 #include <string>
 
 #include "cuda/kernels.hpp"
+#include "nn/topk.hpp"
 
 namespace hyperrnn::cuda {
 
@@ -197,22 +198,7 @@ __global__ void k_softmax_backward_rows(float* dp, const float* p, int Tn, bool 
 __global__ void k_topk_softmax_forward(int32_t* idx, float* gates, const float* scores, int N, int E, int K) {
   const int n = blockIdx.x * blockDim.x + threadIdx.x;
   if (n >= N) return;
-  const float* s = scores + int64_t(n) * E;
-  int32_t* id = idx + int64_t(n) * K;
-  float* g = gates + int64_t(n) * K;
-  for (int j = 0; j < K; ++j) {
-    int best = -1;
-    for (int e = 0; e < E; ++e) {
-      bool taken = false;
-      for (int l = 0; l < j; ++l) taken = taken || id[l] == e;
-      if (!taken && (best < 0 || s[e] > s[best])) best = e;
-    }
-    id[j] = best;
-  }
-  const float mx = s[id[0]];
-  double z = 0.0;
-  for (int j = 0; j < K; ++j) z += exp(static_cast<double>(s[id[j]] - mx));
-  for (int j = 0; j < K; ++j) g[j] = static_cast<float>(exp(static_cast<double>(s[id[j]] - mx)) / z);
+  nn::topk_softmax_row(idx + int64_t(n) * K, gates + int64_t(n) * K, scores + int64_t(n) * E, E, K);
 }
 
 __global__ void k_topk_softmax_backward(float* dscores, const float* dgates, const float* gates, const int32_t* idx,

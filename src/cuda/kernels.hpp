@@ -76,8 +76,8 @@ void linear_forward(Blas& blas, float* out, const float* inp, const float* weigh
                     int OC);
 
 // The MoE router's top-k and its softmax over the chosen scores, as nn::topk_softmax_forward and
-// _backward: one thread per row (E is small), the same selection (ties: the lower expert) and the
-// same double sums in the same order.
+// _backward: one thread per row (E is small); the forward runs the CPU op's own row code
+// (nn/topk.hpp), the backward the same double sums in the same order.
 void topk_softmax_forward(int32_t* idx, float* gates, const float* scores, int N, int E, int K);
 void topk_softmax_backward(float* dscores, const float* dgates, const float* gates, const int32_t* idx, int N, int E,
                            int K);

@@ -10,6 +10,7 @@
 #include "nn/dropout.hpp"
 #include "nn/elementwise_math.hpp"
 #include "nn/lanes.hpp"
+#include "nn/topk.hpp"
 
 namespace hyperrnn::nn {
 
@@ -271,24 +272,9 @@ void crossentropy_backward(T* dlogits, const T* probs, const int32_t* targets, T
 
 template <class T>
 void topk_softmax_forward(int32_t* idx, T* gates, const T* scores, int N, int E, int K) {
-  for (int n = 0; n < N; ++n) {
-    const T* s = scores + static_cast<int64_t>(n) * E;
-    int32_t* id = idx + static_cast<int64_t>(n) * K;
-    T* g = gates + static_cast<int64_t>(n) * K;
-    for (int j = 0; j < K; ++j) {  // K passes; strict '>' keeps the lower index on ties
-      int best = -1;
-      for (int e = 0; e < E; ++e) {
-        bool taken = false;
-        for (int l = 0; l < j; ++l) taken = taken || id[l] == e;
-        if (!taken && (best < 0 || s[e] > s[best])) best = e;
-      }
-      id[j] = best;
-    }
-    const T mx = s[id[0]];
-    double z = 0.0;
-    for (int j = 0; j < K; ++j) z += std::exp(static_cast<double>(s[id[j]] - mx));
-    for (int j = 0; j < K; ++j) g[j] = static_cast<T>(std::exp(static_cast<double>(s[id[j]] - mx)) / z);
-  }
+  for (int n = 0; n < N; ++n)
+    topk_softmax_row(idx + static_cast<int64_t>(n) * K, gates + static_cast<int64_t>(n) * K,
+                     scores + static_cast<int64_t>(n) * E, E, K);
 }
 
 template <class T>
