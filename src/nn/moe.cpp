@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/error.hpp"
+#include "nn/lanes.hpp"
 #include "nn/ops.hpp"
 #include "parallel/threads.hpp"
 
@@ -159,6 +160,21 @@ void moe_experts_forward(T* ys, T* h, T* act, const T* xs, const int32_t* offset
   });
 }
 
+// o += g y, lane by lane (the same IEEE operations on every clone).
+template <class T>
+__attribute__((target_clones("avx512f", "avx2", "default"))) static void add_scaled(T* __restrict o, const T* __restrict y, T g, int C) {
+  for (int i = 0; i < C; ++i) o[i] += g * y[i];
+}
+
+// dy = g dn, and returns <dn, y> in double in lanes.hpp's fixed order: vectorised, and the same
+// bits on every clone (a left-to-right sum was one dependent double add per element).
+template <class T>
+__attribute__((target_clones("avx512f", "avx2", "default"))) static double scale_and_dot(T* __restrict dy, const T* __restrict dn,
+                                                                                      const T* __restrict y, T g, int C) {
+  for (int i = 0; i < C; ++i) dy[i] = g * dn[i];
+  return lane_sum(C, [&](int i) { return static_cast<double>(dn[i]) * y[i]; });
+}
+
 template <class T>
 void moe_combine(T* out, const MoeCache<T>& c, const MoeDims& d) {
   const int C = d.C, K = d.K;
@@ -166,11 +182,8 @@ void moe_combine(T* out, const MoeCache<T>& c, const MoeDims& d) {
   for (int n = d.shard_begin(s); n < d.shard_begin(s + 1); ++n) {
     T* o = out + 1LL * n * C;
     for (int i = 0; i < C; ++i) o[i] = T(0);
-    for (int j = 0, k = d.k_of(n); j < k; ++j) {
-      const T g = c.gates[1LL * n * K + j];
-      const T* y = c.ys + 1LL * c.pos[1LL * n * K + j] * C;
-      for (int i = 0; i < C; ++i) o[i] += g * y[i];
-    }
+    for (int j = 0, k = d.k_of(n); j < k; ++j)
+      add_scaled(o, c.ys + 1LL * c.pos[1LL * n * K + j] * C, c.gates[1LL * n * K + j], C);
   }
   });
 }
@@ -198,12 +211,7 @@ void moe_combine_backward(T* dys, T* dgates, const T* dout, const MoeCache<T>& c
       const T* y = c.ys + 1LL * c.pos[nk] * C;
       T* dy = dys + 1LL * c.pos[nk] * C;
       const T* dn = dout + 1LL * n * C;
-      double dot = 0.0;
-      for (int i = 0; i < C; ++i) {
-        dot += static_cast<double>(dn[i]) * y[i];
-        dy[i] = c.gates[nk] * dn[i];
-      }
-      dgates[nk] = static_cast<T>(dot);
+      dgates[nk] = static_cast<T>(scale_and_dot(dy, dn, y, c.gates[nk], C));
     }
   });
 }
