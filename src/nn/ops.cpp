@@ -193,16 +193,21 @@ void attention_forward(T* out, T* att, const T* qkv, int B, int Tn, int C, int H
       const T* k = q + C;
       const T* v = q + 2 * C;
       T* p = att + (static_cast<int64_t>(b) * H + h) * Tn * Tn;
-      gemm<T>(false, true, Tn, Tn, hs, scale, q, ld, k, ld, T(0), p, Tn);
-      softmax_block(p, Tn, causal);
+      T* o = out + static_cast<int64_t>(b) * Tn * C + h * hs;
+      const int m = causal ? Tn / 2 : 0;  // causal: rows [0, m) see only columns [0, m)
+      if (m > 0) gemm<T>(false, true, m, m, hs, scale, q, ld, k, ld, T(0), p, Tn);
+      gemm<T>(false, true, Tn - m, Tn, hs, scale, q + static_cast<int64_t>(m) * ld, ld, k, ld, T(0),
+              p + static_cast<int64_t>(m) * Tn, Tn);
+      softmax_block(p, Tn, causal);  // writes the upper block's zeros
       const T* pv = p;
       if (drop) {
-        const int64_t o = (static_cast<int64_t>(b) * H + h) * Tn * Tn;
-        dropout_forward<T>(drop->att + o, p, drop->keep + o, drop->scale, static_cast<int64_t>(Tn) * Tn);
-        pv = drop->att + o;
+        const int64_t oa = (static_cast<int64_t>(b) * H + h) * Tn * Tn;
+        dropout_forward<T>(drop->att + oa, p, drop->keep + oa, drop->scale, static_cast<int64_t>(Tn) * Tn);
+        pv = drop->att + oa;
       }
-      gemm<T>(false, false, Tn, hs, Tn, T(1), pv, Tn, v, ld, T(0),
-              out + static_cast<int64_t>(b) * Tn * C + h * hs, C);
+      if (m > 0) gemm<T>(false, false, m, hs, m, T(1), pv, Tn, v, ld, T(0), o, C);
+      gemm<T>(false, false, Tn - m, hs, Tn, T(1), pv + static_cast<int64_t>(m) * Tn, Tn, v, ld, T(0),
+              o + static_cast<int64_t>(m) * C, C);
     }
 }
 
@@ -225,12 +230,23 @@ void attention_backward(T* dqkv, T* datt, const T* dout, const T* qkv, const T* 
       T* dp = datt + (static_cast<int64_t>(b) * H + h) * Tn * Tn;
       const T* d = dout + static_cast<int64_t>(b) * Tn * C + h * hs;
       const int64_t o = (static_cast<int64_t>(b) * H + h) * Tn * Tn;
-      gemm<T>(false, true, Tn, Tn, hs, T(1), d, C, v, ld, T(0), dp, Tn);   // dP = dO V^T
-      gemm<T>(true, false, Tn, hs, Tn, T(1), drop ? drop->att + o : p, Tn, d, C, T(0), dv, ld);   // dV = P^T dO
+      const T* pd = drop ? drop->att + o : p;
+      // Causal: P and dZ are zero above the diagonal, so with m = Tn / 2 the block of rows [0, m)
+      // and columns [m, Tn) is skipped in every product (3/4 of the work; the skipped terms are
+      // exact zeros). dP's skipped block is never read: softmax_backward_block stops at the
+      // diagonal and writes zeros beyond it (the dropout pass before it reads and rewrites it).
+      const int m = causal ? Tn / 2 : 0;
+      const int64_t mT = static_cast<int64_t>(m) * Tn, mC = static_cast<int64_t>(m) * C, mL = static_cast<int64_t>(m) * ld;
+      if (m > 0) gemm<T>(false, true, m, m, hs, T(1), d, C, v, ld, T(0), dp, Tn);           // dP = dO V^T
+      gemm<T>(false, true, Tn - m, Tn, hs, T(1), d + mC, C, v, ld, T(0), dp + mT, Tn);
+      gemm<T>(true, false, Tn - m, hs, Tn - m, T(1), pd + mT + m, Tn, d + mC, C, T(0), dv + mL, ld);  // dV = P^T dO
+      if (m > 0) gemm<T>(true, false, m, hs, Tn, T(1), pd, Tn, d, C, T(0), dv, ld);
       if (drop) dropout_backward<T>(dp, dp, drop->keep + o, drop->scale, static_cast<int64_t>(Tn) * Tn);
       softmax_backward_block(dp, p, Tn, causal);
-      gemm<T>(false, false, Tn, hs, Tn, scale, dp, Tn, k, ld, T(0), dq, ld);  // dQ = s dZ K
-      gemm<T>(true, false, Tn, hs, Tn, scale, dp, Tn, q, ld, T(0), dk, ld);   // dK = s dZ^T Q
+      if (m > 0) gemm<T>(false, false, m, hs, m, scale, dp, Tn, k, ld, T(0), dq, ld);       // dQ = s dZ K
+      gemm<T>(false, false, Tn - m, hs, Tn, scale, dp + mT, Tn, k, ld, T(0), dq + mL, ld);
+      gemm<T>(true, false, Tn - m, hs, Tn - m, scale, dp + mT + m, Tn, q + mL, ld, T(0), dk + mL, ld);  // dK = s dZ^T Q
+      if (m > 0) gemm<T>(true, false, m, hs, Tn, scale, dp, Tn, q, ld, T(0), dk, ld);
     }
 }
 
