@@ -162,10 +162,14 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) static void softmax
     T* row = p + static_cast<int64_t>(i) * Tn;
     const int jmax = causal ? i + 1 : Tn;
     const T mx = lane_max(row, jmax);
-    for (int j = 0; j < jmax; ++j) row[j] = exp_elementwise(row[j] - mx);
+    // exp over whole vectors (up to 16 columns past the diagonal, never past the row): the
+    // columns beyond jmax hold finite scores or last step's zeros, their exps are discarded
+    // below, and each element's exp is the same expression in a vector lane as in the scalar
+    // tail it replaces, so the bits are unchanged; it spares the scalar tail's exps.
+    const int jexp = causal ? std::min(Tn, (jmax + 15) & ~15) : Tn;
+    for (int j = 0; j < jexp; ++j) row[j] = exp_elementwise(row[j] - mx);
     const T inv = static_cast<T>(1.0 / lane_sum(jmax, [&](int j) { return static_cast<double>(row[j]); }));
-    for (int j = 0; j < jmax; ++j) row[j] *= inv;
-    for (int j = jmax; j < Tn; ++j) row[j] = T(0);
+    for (int j = 0; j < Tn; ++j) row[j] = j < jmax ? row[j] * inv : T(0);
   }
 }
 
