@@ -97,16 +97,21 @@ int run_bench(Comm& comm, const RunConfig& cfg) {
   struct Repeat {
     double step, dispatch, reduce, optimizer, pilf;
   };
-  Repeat sums{0, 0, 0, 0, 0};  // over every timed step, for the phase split
+  Repeat sums{0, 0, 0, 0, 0};  // the accounted repeat's, for the phase split
   std::vector<Repeat> reps;
   double flops_sum = 0.0;  // model FLOPs of every timed step (meta-training steps cost more)
   int64_t step = 0, timed = 0, bytes = 0;
   const std::vector<int32_t> per_rank = threads_per_rank(par);
-  double timed_wall = 0.0;
-  for (int64_t r = 0; r <= cfg.bench_repeats; ++r) {  // repeat 0 warms up and is discarded
+  double timed_wall = 0.0;  // the accounted repeat's (the phase and thread splits)
+  Repeat acc{0, 0, 0, 0, 0};
+  // Repeat 0 warms up and is discarded; repeats 1..R are timed with the GEMM and phase accounting
+  // off, as in a training run (its clock reads cost ~1% of a moe step); one more repeat, R + 1,
+  // runs with it on, for the phase split only.
+  const int64_t accounted = cfg.bench_repeats + 1;
+  for (int64_t r = 0; r <= accounted; ++r) {
     Repeat t{0, 0, 0, 0, 0};
     comm.barrier();
-    if (r == 1) {
+    if (r == accounted) {
       threads().reset_accounting();
       set_accounting(true);
       reset_gemm_account();
@@ -121,21 +126,18 @@ int run_bench(Comm& comm, const RunConfig& cfg) {
       t.reduce += par.reduce_s;
       t.optimizer += st.optimizer_s;
       t.pilf += st.pilf_s;
-      if (r > 0) {
+      if (r > 0 && r < accounted) {
         flops_sum += ses.model.step_flops() + ses.pilf.step_flops(B, st.meta);
         for (int64_t b : par.layer_bytes) bytes += b;
         ++timed;
       }
     }
     const double n = static_cast<double>(cfg.bench_steps);
-    if (r > 0) reps.push_back({t.step / n, t.dispatch / n, t.reduce / n, t.optimizer / n, t.pilf / n});
-    if (r > 0) {
-      timed_wall += t.step;
-      sums.dispatch += t.dispatch;
-      sums.reduce += t.reduce;
-      sums.optimizer += t.optimizer;
-    }
+    if (r > 0 && r < accounted) reps.push_back({t.step / n, t.dispatch / n, t.reduce / n, t.optimizer / n, t.pilf / n});
+    if (r == accounted) acc = t;
   }
+  timed_wall = acc.step;
+  sums = acc;
   const PhaseAccount phases = phase_account();  // the timed steps only
   const GemmAccount gemms = gemm_account();
   set_accounting(false);
@@ -185,7 +187,7 @@ int run_bench(Comm& comm, const RunConfig& cfg) {
     std::printf("xfer_bytes_per_step: %.0f\n", static_cast<double>(bytes) / static_cast<double>(timed));
     std::printf("model_flops_per_token: %.0f (forward + backward, analytic)\n", flops / (static_cast<double>(B) * L));
     {  // where a step's time goes (rank 0, mean over the timed steps; exact at one thread, see core/blas.hpp)
-      const double per = 1.0 / static_cast<double>(timed), wall = timed_wall * per;
+      const double per = 1.0 / static_cast<double>(cfg.bench_steps), wall = timed_wall * per;  // the accounted repeat
       const int Pi = static_cast<int>(Phase::Pilf);
       const double gemm = (gemms.seconds - phases.gemm_s[Pi]) * per, gflop = (gemms.flops - phases.gemm_flops[Pi]) * per;
       auto own = [&](Phase p) { return (phases.total_s[static_cast<int>(p)] - phases.gemm_s[static_cast<int>(p)]) * per; };
@@ -224,7 +226,7 @@ int run_bench(Comm& comm, const RunConfig& cfg) {
     // there and its idle time (load imbalance: items of unequal size, fewer items than threads),
     // and the serial rest of the step, which thread 0 runs alone.
     const ThreadPool& tp = threads();
-    const double per = 1.0 / static_cast<double>(timed), wall = timed_wall * per, reg = tp.region_s() * per;
+    const double per = 1.0 / static_cast<double>(cfg.bench_steps), wall = timed_wall * per, reg = tp.region_s() * per;
     std::printf("thread_split_s_per_step: step %.5f = parallel regions %.5f (%.0f%%) + serial %.5f (thread 0 alone)\n", wall, reg,
                 wall > 0 ? 100.0 * reg / wall : 0.0, std::max(0.0, wall - reg));
     for (int w = 0; w < tp.size(); ++w) {
