@@ -7,6 +7,7 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <type_traits>
 
 #include "core/error.hpp"
 #include "mpi/comm.hpp"
@@ -114,6 +115,26 @@ __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 void add_fixed_point(int64_t* __restrict a, const T* __restrict x, int n, double scale) {
   for (int i = 0; i < n; ++i) a[i] += round_half_away(static_cast<double>(x[i]) * scale);
 }
+
+// The largest |x[i]| over a block, carried in m, as a bit pattern: the sign bit cleared, the order
+// of non-negative IEEE values is the order of their bit patterns as unsigned integers, and inf and
+// every NaN lie above the largest finite value. An integer max vectorises; a float max reduction
+// does not without -ffast-math (GCC left this loop scalar: most of the shard sum's time).
+template <class T>
+using BitsOf = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+template <class T>
+__attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
+BitsOf<T> absmax_bits(const T* __restrict x, int n, BitsOf<T> m) {
+  using U = BitsOf<T>;
+  const U mask = ~(U{1} << (8 * sizeof(U) - 1));
+  for (int i = 0; i < n; ++i) {
+    U u;
+    std::memcpy(&u, x + i, sizeof u);
+    u &= mask;
+    m = u > m ? u : m;
+  }
+  return m;
+}
 }  // namespace
 
 template <class T>
@@ -155,34 +176,33 @@ void ShardSum<T>::sum(T* out, const std::vector<const T*>& shards, const std::ve
     });
   };
   exps_.assign(static_cast<size_t>(nblocks), kZero);
-  // 1. the largest binary exponent of each block over this rank's shards, then over all ranks
-  each_block([&](int k, const Block& bl) {
+  int headroom = 0;  // for S terms
+  while ((int64_t{1} << headroom) < par.S) ++headroom;
+  acc_.assign(static_cast<size_t>(at0), 0);
+  // 1. the largest binary exponent of each block over this rank's shards (then over all ranks)
+  auto exponent = [&](int k, const Block& bl) {
     // frexp's exponent grows with |v|, so the block's largest is that of its largest |v|: one
-    // frexp per block after a max that vectorises (NaN fails every comparison: counted apart)
+    // frexp per block after a max that vectorises (on bit patterns: inf and NaN lie above max)
     int& ex = exps_[static_cast<size_t>(k)];
-    T mx = T(0);
-    int bad = 0;
-    for (int s = 0; s < Sl; ++s)
-      for (int64_t i = bl.b0; i < bl.b1; ++i) {
-        const T a = std::abs(shards[static_cast<size_t>(s)][i]);
-        bad |= !(a <= std::numeric_limits<T>::max());
-        mx = a > mx ? a : mx;
-      }
-    if (bad) {
+    using U = BitsOf<T>;
+    U m = 0;
+    for (int s = 0; s < Sl; ++s) m = absmax_bits(shards[static_cast<size_t>(s)] + bl.b0, static_cast<int>(bl.b1 - bl.b0), m);
+    const T big = std::numeric_limits<T>::max();
+    U big_bits;
+    std::memcpy(&big_bits, &big, sizeof big_bits);
+    T mx;
+    std::memcpy(&mx, &m, sizeof mx);
+    if (m > big_bits) {  // inf or NaN
       ex = kNonFinite;
-    } else if (mx != T(0)) {
+    } else if (m != 0) {
       int e2 = 0;
       std::frexp(static_cast<double>(mx), &e2);  // |v| < 2^e2 for every v of the block
       ex = e2;
     }
-  });
-  if (par.P > 1) par.comm->allreduce_max(exps_.data(), exps_.size());
+  };
   // 2. fixed point on the block's exponent with headroom for S terms, exact integer sums (scaling
-  // by a power of two is exact, so x * 2^shift is ldexp(x, shift))
-  int headroom = 0;
-  while ((int64_t{1} << headroom) < par.S) ++headroom;
-  acc_.assign(static_cast<size_t>(at0), 0);
-  each_block([&](int k, const Block& bl) {
+  // by a power of two is exact, so x * 2^shift is ldexp(x, shift)) (then over all ranks)
+  auto accumulate = [&](int k, const Block& bl) {
     const int ex = exps_[static_cast<size_t>(k)];
     if (ex == kZero || ex == kNonFinite) return;
     const int shift = 62 - headroom - ex;  // |v| 2^shift < 2^(62 - headroom)
@@ -198,10 +218,9 @@ void ShardSum<T>::sum(T* out, const std::vector<const T*>& shards, const std::ve
         for (int i = 0; i < n; ++i) a[i] += round_half_away(std::ldexp(static_cast<double>(x[i]), shift));
       }
     }
-  });
-  if (par.P > 1) par.comm->allreduce_sum(acc_.data(), acc_.size());
+  };
   // 3. back to floating point, once
-  each_block([&](int k, const Block& bl) {
+  auto output = [&](int k, const Block& bl) {
     const int ex = exps_[static_cast<size_t>(k)];
     const int shift = ex == kZero || ex == kNonFinite ? 0 : 62 - headroom - ex;
     const bool pow2 = shift > -1000 && shift < 1000;
@@ -212,7 +231,12 @@ void ShardSum<T>::sum(T* out, const std::vector<const T*>& shards, const std::ve
       else if (ex == kNonFinite) out[i] = std::numeric_limits<T>::quiet_NaN();
       else out[i] = static_cast<T>(pow2 ? a * inv : std::ldexp(a, -shift));
     }
-  });
+  };
+  each_block(exponent);
+  if (par.P > 1) par.comm->allreduce_max(exps_.data(), exps_.size());
+  each_block(accumulate);
+  if (par.P > 1) par.comm->allreduce_sum(acc_.data(), acc_.size());
+  each_block(output);
 }
 
 template class ShardSum<float>;

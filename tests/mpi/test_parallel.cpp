@@ -202,21 +202,28 @@ TEST_CASE("reproducible shard sum: bitwise equal to one process, within its boun
   for (int64_t i = 556; i < 812; ++i) CHECK(got[static_cast<size_t>(i)] == 0.0f);  // the zero block
 }
 
-TEST_CASE("reproducible shard sum: NaN on one shard poisons its block only", "[mpi]") {
+TEST_CASE("reproducible shard sum: NaN or infinity on one shard poisons its block only", "[mpi]") {
   const int S = 8;  // every rank count the suite uses (1, 2, 4, 8) divides it
   Parallel par(g_comm, S, 0);
   REQUIRE(S % par.P == 0);
-  const int64_t n = 600;
+  const int64_t n = 856;  // blocks [0, 256), [256, 512), [512, 768), [768, 856)
   std::vector<std::vector<float>> all;
   for (int s = 0; s < S; ++s) all.push_back(std::vector<float>(static_cast<size_t>(n), 0.25f * (s + 1)));
-  all[2][300] = std::numeric_limits<float>::quiet_NaN();  // block [256, 512)
+  all[2][300] = std::numeric_limits<float>::quiet_NaN();
+  all[7][600] = -std::numeric_limits<float>::infinity();
+  // the largest finite magnitude is finite: +-max cancel exactly, and on the grid of a block whose
+  // exponent is 128 (step 2^(128 - 62 + 3)) every other term of the block rounds to zero
+  all[5][800] = -std::numeric_limits<float>::max();
+  all[6][800] = std::numeric_limits<float>::max();
   std::vector<const float*> mine;
   for (int s = par.shard_lo; s < par.shard_hi; ++s) mine.push_back(all[static_cast<size_t>(s)].data());
   std::vector<float> got(static_cast<size_t>(n));
   ShardSum<float>().sum(got.data(), mine, {{0, n}}, par);
   for (int64_t i = 0; i < n; ++i) {
-    if (i >= 256 && i < 512) CHECK(std::isnan(got[static_cast<size_t>(i)]));
-    else CHECK(got[static_cast<size_t>(i)] == 9.0f);  // 0.25 (1 + 2 + ... + 8): exact
+    const float g = got[static_cast<size_t>(i)];
+    if (i < 256) CHECK(g == 9.0f);  // 0.25 (1 + 2 + ... + 8): exact
+    else if (i < 768) CHECK(std::isnan(g));
+    else CHECK(g == 0.0f);
   }
 }
 
