@@ -16,7 +16,7 @@ if [ -x "$nvcc" ]; then
   py=python3
   [ -x /usr/bin/python3 ] && py=/usr/bin/python3
   { cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DHYPERRNN_CUDA=ON -DCMAKE_CUDA_COMPILER="$nvcc" -DPython3_EXECUTABLE="$py" &&
-    cmake --build build-cuda -j "$(nproc 2>/dev/null || echo 2)" --target hyperrnn hyperrnn_gpu_tests; } > build-cuda.log 2>&1 ||
+    cmake --build build-cuda -j "$(nproc 2>/dev/null || echo 2)" --target hyperrnn hyperrnn_gpu_tests hyperrnn_nccl_tests; } > build-cuda.log 2>&1 ||
     { tail -50 build-cuda.log; echo "run-all: the CUDA build failed (build-cuda.log)"; exit 1; }
   echo "run-all: built build-cuda (HYPERRNN_CUDA=ON, log: build-cuda.log)"
   cuda=1

@@ -273,6 +273,7 @@ std::vector<T> DeviceBuffer<T>::download() const {
 template class DeviceBuffer<float>;
 template class DeviceBuffer<double>;
 template class DeviceBuffer<int32_t>;
+template class DeviceBuffer<int64_t>;
 
 void gelu_forward_grad(float* out, float* grad, const float* inp, int64_t n) {
   k_gelu_forward_grad<<<grid_for(n), kThreads>>>(out, grad, inp, n);

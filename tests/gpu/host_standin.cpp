@@ -18,6 +18,7 @@ template <class T> DeviceBuffer<T>::~DeviceBuffer() { delete[] p_; }
 template <class T> void DeviceBuffer<T>::upload(const std::vector<T>& h) { std::memcpy(p_, h.data(), n_ * sizeof(T)); }
 template <class T> std::vector<T> DeviceBuffer<T>::download() const { return std::vector<T>(p_, p_ + n_); }
 template class DeviceBuffer<float>; template class DeviceBuffer<double>; template class DeviceBuffer<int32_t>;
+template class DeviceBuffer<int64_t>;
 Blas::Blas(bool) {} Blas::~Blas() {}
 void attention_forward(Blas&, float* out, float* att, const float* qkv, int B, int Tn, int C, int H, bool causal) { nn::attention_forward<float>(out, att, qkv, B, Tn, C, H, causal); }
 void attention_backward(Blas&, float* dqkv, float* datt, const float* dout, const float* qkv, const float* att, int B, int Tn, int C, int H, bool causal) { nn::attention_backward<float>(dqkv, datt, dout, qkv, att, B, Tn, C, H, causal); }
