@@ -8,7 +8,9 @@
 #include <string>
 
 #include "cuda/kernels.hpp"
+#include "mpi/comm.hpp"
 #include "nn/topk.hpp"
+#include "parallel/fixed_point.hpp"
 
 namespace hyperrnn::cuda {
 
@@ -230,6 +232,76 @@ const char* cublas_text(cublasStatus_t s) {
 void cublas_check(cublasStatus_t s, const char* what) {
   if (s != CUBLAS_STATUS_SUCCESS) throw std::runtime_error(std::string("cuBLAS ") + what + ": " + cublas_text(s));
 }
+// The shard sum's blocks: [b0, b1) of the output, and `at`, the block's first accumulator.
+struct SumBlock {
+  int64_t b0, b1, at;
+};
+
+// Stage 1, one CUDA block per sum block (kThreads >= its 256 elements): the largest |v| over the
+// rank's shards as an unsigned max of the bit patterns with the sign cleared (the CPU's order: inf
+// and NaN above the largest finite), then the block's exponent as the CPU takes it (frexp).
+__global__ void k_shard_exponents(int* exps, const float* const* shards, int Sl, const SumBlock* blocks) {
+  __shared__ unsigned int sh[kThreads];
+  const SumBlock bl = blocks[blockIdx.x];
+  unsigned int m = 0;
+  const int64_t i = bl.b0 + threadIdx.x;
+  if (i < bl.b1)
+    for (int s = 0; s < Sl; ++s) {
+      const unsigned int u = __float_as_uint(shards[s][i]) & 0x7fffffffu;
+      m = u > m ? u : m;
+    }
+  sh[threadIdx.x] = m;
+  __syncthreads();
+  for (int st = kThreads / 2; st > 0; st >>= 1) {
+    if (threadIdx.x < st) sh[threadIdx.x] = sh[threadIdx.x + st] > sh[threadIdx.x] ? sh[threadIdx.x + st] : sh[threadIdx.x];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    const unsigned int mx = sh[0];
+    int ex = fixed_point::kZero;
+    if (mx > 0x7f7fffffu) {  // inf or NaN
+      ex = fixed_point::kNonFinite;
+    } else if (mx != 0) {
+      int e2 = 0;
+      frexp(static_cast<double>(__uint_as_float(mx)), &e2);
+      ex = e2;
+    }
+    exps[blockIdx.x] = ex;
+  }
+}
+
+// Stage 2: each value on its block's grid, summed exactly over the shards in shard order.
+__global__ void k_shard_fixed_point(long long* acc, const float* const* shards, int Sl, const SumBlock* blocks,
+                                    const int* exps, int head) {
+  const SumBlock bl = blocks[blockIdx.x];
+  const int ex = exps[blockIdx.x];
+  const int64_t i = bl.b0 + threadIdx.x;
+  if (i >= bl.b1 || ex == fixed_point::kZero || ex == fixed_point::kNonFinite) return;
+  const int shift = fixed_point::shift_of(ex, head);
+  const bool pow2 = shift > -1000 && shift < 1000;
+  const double scale = pow2 ? ldexp(1.0, shift) : 0.0;
+  long long a = 0;
+  for (int s = 0; s < Sl; ++s) {
+    const double x = static_cast<double>(shards[s][i]);
+    a += fixed_point::round_half_away(pow2 ? x * scale : ldexp(x, shift));
+  }
+  acc[bl.at + threadIdx.x] = a;
+}
+
+// Stage 3: back to float, once.
+__global__ void k_shard_to_float(float* out, const long long* acc, const SumBlock* blocks, const int* exps, int head) {
+  const SumBlock bl = blocks[blockIdx.x];
+  const int ex = exps[blockIdx.x];
+  const int64_t i = bl.b0 + threadIdx.x;
+  if (i >= bl.b1) return;
+  const int shift = ex == fixed_point::kZero || ex == fixed_point::kNonFinite ? 0 : fixed_point::shift_of(ex, head);
+  const bool pow2 = shift > -1000 && shift < 1000;
+  const double inv = pow2 ? ldexp(1.0, -shift) : 0.0;
+  const double a = static_cast<double>(acc[bl.at + threadIdx.x]);
+  if (ex == fixed_point::kZero) out[i] = 0.0f;
+  else if (ex == fixed_point::kNonFinite) out[i] = __int_as_float(0x7fc00000);  // quiet NaN
+  else out[i] = static_cast<float>(pow2 ? a * inv : ldexp(a, -shift));
+}
 }  // namespace
 
 void check(const char* what) {
@@ -274,6 +346,8 @@ template class DeviceBuffer<float>;
 template class DeviceBuffer<double>;
 template class DeviceBuffer<int32_t>;
 template class DeviceBuffer<int64_t>;
+template class DeviceBuffer<SumBlock>;
+template class DeviceBuffer<const float*>;
 
 void gelu_forward_grad(float* out, float* grad, const float* inp, int64_t n) {
   k_gelu_forward_grad<<<grid_for(n), kThreads>>>(out, grad, inp, n);
@@ -428,6 +502,39 @@ void linear_forward(Blas& blas, float* out, const float* inp, const float* weigh
     k_add_bias<<<grid_for(n), kThreads>>>(out, bias, OC, n);
     check("linear_forward (bias)");
   }
+}
+
+void shard_sum(float* out, const std::vector<const float*>& shards, const std::vector<std::pair<int64_t, int64_t>>& ranges,
+               int S, Comm* comm) {
+  static_assert(fixed_point::kBlock <= kThreads, "one thread per element of a sum block");
+  std::vector<SumBlock> blocks;
+  int64_t at = 0;
+  for (const auto& [b, e] : ranges)
+    for (int64_t b0 = b; b0 < e; b0 += fixed_point::kBlock) {
+      const int64_t b1 = std::min(e, b0 + fixed_point::kBlock);
+      blocks.push_back({b0, b1, at});
+      at += b1 - b0;
+    }
+  if (blocks.empty()) return;
+  const int nb = static_cast<int>(blocks.size());
+  DeviceBuffer<SumBlock> dblocks(blocks.size());
+  dblocks.upload(blocks);
+  DeviceBuffer<const float*> dshards(shards.size() ? shards.size() : 1);
+  if (!shards.empty()) dshards.upload(shards);
+  DeviceBuffer<int32_t> exps(blocks.size());
+  DeviceBuffer<int64_t> acc(static_cast<std::size_t>(at));
+  const int Sl = static_cast<int>(shards.size()), head = fixed_point::headroom(S);
+  k_shard_exponents<<<nb, kThreads>>>(exps.data(), dshards.data(), Sl, dblocks.data());
+  check("shard_sum (exponents)");
+  if (comm && comm->size() > 1) comm->allreduce_max(exps.data(), blocks.size());  // device pointers: the NCCL Comm
+  cudaMemset(acc.data(), 0, static_cast<std::size_t>(at) * sizeof(int64_t));
+  k_shard_fixed_point<<<nb, kThreads>>>(reinterpret_cast<long long*>(acc.data()), dshards.data(), Sl, dblocks.data(), exps.data(),
+                                        head);
+  check("shard_sum (fixed point)");
+  if (comm && comm->size() > 1) comm->allreduce_sum(acc.data(), static_cast<std::size_t>(at));
+  k_shard_to_float<<<nb, kThreads>>>(out, reinterpret_cast<const long long*>(acc.data()), dblocks.data(), exps.data(), head);
+  check("shard_sum (to float)");
+  synchronize();
 }
 
 }  // namespace hyperrnn::cuda

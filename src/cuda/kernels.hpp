@@ -8,7 +8,12 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <utility>
 #include <vector>
+
+namespace hyperrnn {
+class Comm;
+}
 
 namespace hyperrnn::cuda {
 
@@ -88,5 +93,15 @@ void topk_softmax_backward(float* dscores, const float* dgates, const float* gat
 void attention_forward(Blas& blas, float* out, float* att, const float* qkv, int B, int Tn, int C, int H, bool causal);
 void attention_backward(Blas& blas, float* dqkv, float* datt, const float* dout, const float* qkv, const float* att,
                         int B, int Tn, int C, int H, bool causal);
+
+// The reproducible shard sum on the device: the CPU's ShardSum (parallel/layout.cpp) with the same
+// blocks of 256 over `ranges`, the same block exponents (the largest magnitude over every rank's
+// shards), the same fixed-point integers (parallel/fixed_point.hpp) and the same conversion back,
+// hence the same bits as the CPU for the same shard values, whatever P. `shards`: this rank's
+// device buffers in shard order; S: the shard count over all ranks; comm: the ranks' Comm
+// (nullptr for one rank). Its maximum and integer sum get device arrays, so with more than one
+// rank it must be the NCCL Comm (mpi/comm_nccl.hpp), which reduces them in place.
+void shard_sum(float* out, const std::vector<const float*>& shards, const std::vector<std::pair<int64_t, int64_t>>& ranges,
+               int S, Comm* comm);
 
 }  // namespace hyperrnn::cuda

@@ -5,11 +5,7 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define HYPERRNN_HOST_DEVICE __host__ __device__
-#else
-#define HYPERRNN_HOST_DEVICE
-#endif
+#include "core/host_device.hpp"
 
 namespace hyperrnn::nn {
 

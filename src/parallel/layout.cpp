@@ -103,9 +103,9 @@ void bcast_string(Comm& comm, std::string& s, int root) {
 // Reproducible sum
 
 namespace {
-constexpr int64_t kBlock = 256;
-constexpr int kZero = INT_MIN;    // block of zeros
-constexpr int kNonFinite = INT_MAX;
+using fixed_point::kBlock;
+using fixed_point::kNonFinite;
+using fixed_point::kZero;
 
 // a[i] += llround(x[i] * scale) over one block (|x[i] * scale| < 2^62). Integer results, exact
 // conversions and comparisons only: every clone (AVX-512's vcvttpd2qq, or scalar conversions)
@@ -176,8 +176,7 @@ void ShardSum<T>::sum(T* out, const std::vector<const T*>& shards, const std::ve
     });
   };
   exps_.assign(static_cast<size_t>(nblocks), kZero);
-  int headroom = 0;  // for S terms
-  while ((int64_t{1} << headroom) < par.S) ++headroom;
+  const int headroom = fixed_point::headroom(par.S);
   acc_.assign(static_cast<size_t>(at0), 0);
   // 1. the largest binary exponent of each block over this rank's shards (then over all ranks)
   auto exponent = [&](int k, const Block& bl) {
@@ -205,7 +204,7 @@ void ShardSum<T>::sum(T* out, const std::vector<const T*>& shards, const std::ve
   auto accumulate = [&](int k, const Block& bl) {
     const int ex = exps_[static_cast<size_t>(k)];
     if (ex == kZero || ex == kNonFinite) return;
-    const int shift = 62 - headroom - ex;  // |v| 2^shift < 2^(62 - headroom)
+    const int shift = fixed_point::shift_of(ex, headroom);
     const bool pow2 = shift > -1000 && shift < 1000;  // 2^shift is a normal double
     const double scale = pow2 ? std::ldexp(1.0, shift) : 0.0;
     int64_t* a = acc_.data() + bl.at;  // zero (assigned above); shard by shard, in shard order
@@ -222,7 +221,7 @@ void ShardSum<T>::sum(T* out, const std::vector<const T*>& shards, const std::ve
   // 3. back to floating point, once
   auto output = [&](int k, const Block& bl) {
     const int ex = exps_[static_cast<size_t>(k)];
-    const int shift = ex == kZero || ex == kNonFinite ? 0 : 62 - headroom - ex;
+    const int shift = ex == kZero || ex == kNonFinite ? 0 : fixed_point::shift_of(ex, headroom);
     const bool pow2 = shift > -1000 && shift < 1000;
     const double inv = pow2 ? std::ldexp(1.0, -shift) : 0.0;
     for (int64_t i = bl.b0, at = bl.at; i < bl.b1; ++i, ++at) {

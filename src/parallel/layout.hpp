@@ -11,6 +11,8 @@
 #include <utility>
 #include <vector>
 
+#include "parallel/fixed_point.hpp"
+
 namespace hyperrnn {
 
 class Comm;
@@ -87,14 +89,7 @@ std::string first_failure(Comm& comm, const std::string& mine, int* who = nullpt
 // Rank root's string on every rank.
 void bcast_string(Comm& comm, std::string& s, int root);
 
-// std::llround for |x| < 2^62, inline: truncate (exact), then step away from zero when the
-// remainder (exact too) is at least one half. The same integer as llround for every such x
-// (tested in tests/mpi/test_parallel.cpp); libm's llround was a third of ShardSum's time.
-inline int64_t round_half_away(double x) {
-  const int64_t t = static_cast<int64_t>(x);
-  const double r = x - static_cast<double>(t);
-  return t + (r >= 0.5 ? 1 : 0) - (r <= -0.5 ? 1 : 0);
-}
+using fixed_point::round_half_away;  // parallel/fixed_point.hpp
 
 // Reproducible sum of the replicated tensors' per-shard gradients (deliverable 4; docs/
 // architecture.md): each block of 256 consecutive elements gets a shared exponent (the largest over

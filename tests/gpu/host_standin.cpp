@@ -10,6 +10,8 @@
 #include "cuda/kernels.hpp"
 #include "core/blas.hpp"
 #include "nn/ops.hpp"
+#include "mpi/comm.hpp"
+#include "parallel/layout.hpp"
 namespace hyperrnn::cuda {
 void check(const char*) {}
 void synchronize() {}
@@ -19,6 +21,11 @@ template <class T> void DeviceBuffer<T>::upload(const std::vector<T>& h) { std::
 template <class T> std::vector<T> DeviceBuffer<T>::download() const { return std::vector<T>(p_, p_ + n_); }
 template class DeviceBuffer<float>; template class DeviceBuffer<double>; template class DeviceBuffer<int32_t>;
 template class DeviceBuffer<int64_t>;
+// the shard sum: the CPU's ShardSum over the comm's ranks (the shards are host memory here)
+void shard_sum(float* out, const std::vector<const float*>& shards, const std::vector<std::pair<int64_t, int64_t>>& ranges, int S, Comm* comm) {
+  Parallel par(comm && comm->size() > 1 ? comm : nullptr, S, 0);
+  ShardSum<float>().sum(out, shards, ranges, par);
+}
 Blas::Blas(bool) {} Blas::~Blas() {}
 void attention_forward(Blas&, float* out, float* att, const float* qkv, int B, int Tn, int C, int H, bool causal) { nn::attention_forward<float>(out, att, qkv, B, Tn, C, H, causal); }
 void attention_backward(Blas&, float* dqkv, float* datt, const float* dout, const float* qkv, const float* att, int B, int Tn, int C, int H, bool causal) { nn::attention_backward<float>(dqkv, datt, dout, qkv, att, B, Tn, C, H, causal); }

@@ -16,11 +16,15 @@
 // - top-k router: the same selection on the same scores (indices bitwise), the gates through
 //   CUDA's double exp (1 ulp in double, far below float's rounding): |diff| <= u |gate|; the
 //   backward's float and double operations in the CPU's order: bitwise;
-// - cuBLAS linear: both sides' dot-product error bounds, 2 K u sum |x w| + u |out| (K = IC).
+// - cuBLAS linear: both sides' dot-product error bounds, 2 K u sum |x w| + u |out| (K = IC);
+// - the reproducible shard sum: integer sums and exact scalings by powers of two, one rounding
+//   to double and one to float, as on the CPU: bitwise.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -28,6 +32,7 @@
 #include "cuda/kernels.hpp"
 #include "nn/adamw.hpp"
 #include "nn/ops.hpp"
+#include "parallel/layout.hpp"
 
 using namespace hyperrnn;
 using cuda::DeviceBuffer;
@@ -346,4 +351,51 @@ TEST_CASE("GPU attention forward and backward against the CPU op in double", "[g
       }
     CHECK(vs_truth(g_dqkv, dqkv_d, bound) <= 1.0);
   }
+}
+
+TEST_CASE("GPU shard sum against the CPU's ShardSum, bitwise", "[gpu]") {
+  // 8 shards over two ranges (blocks of 256 from each range's start): magnitudes spread over 2^-60
+  // .. 2^60 within blocks, a block of zeros, a NaN block, an infinity block, the largest finite
+  // magnitude, values near float's smallest normal
+  const int S = 8;
+  const int64_t n = 2600;
+  const std::vector<std::pair<int64_t, int64_t>> ranges = {{0, 700}, {700, n}};
+  std::vector<std::vector<float>> host;
+  std::mt19937_64 g(77);
+  std::uniform_int_distribution<int> ex(-60, 60);
+  std::uniform_real_distribution<double> un(-1.0, 1.0);
+  for (int s = 0; s < S; ++s) {
+    std::vector<float> v(static_cast<std::size_t>(n));
+    for (auto& x : v) x = static_cast<float>(std::ldexp(un(g), ex(g)));
+    for (int64_t i = 956; i < 1212; ++i) v[static_cast<std::size_t>(i)] = 0.0f;  // the block [956, 1212) of the second range
+    v[1500] = s == 3 ? std::numeric_limits<float>::quiet_NaN() : v[1500];
+    v[1800] = s == 6 ? -std::numeric_limits<float>::infinity() : v[1800];
+    v[2000] = s == 1 ? std::numeric_limits<float>::max() : v[2000];
+    v[2300] = s == 2 ? 1.5e-38f : v[2300];
+    host.push_back(std::move(v));
+  }
+  // CPU: one process holding every shard
+  Parallel one(nullptr, S, 0);
+  std::vector<const float*> hp;
+  for (const auto& v : host) hp.push_back(v.data());
+  std::vector<float> ref(static_cast<std::size_t>(n), -1.0f);
+  ShardSum<float>().sum(ref.data(), hp, ranges, one);
+  // GPU
+  std::vector<DeviceBuffer<float>> dev;
+  std::vector<const float*> dp;
+  for (const auto& v : host) {
+    dev.emplace_back(v.size());
+    dev.back().upload(v);
+  }
+  for (const auto& d : dev) dp.push_back(d.data());
+  DeviceBuffer<float> out(static_cast<std::size_t>(n));
+  cuda::shard_sum(out.data(), dp, ranges, S, nullptr);
+  const std::vector<float> got = out.download();
+  int64_t nan_ref = 0, differ = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    nan_ref += std::isnan(ref[static_cast<std::size_t>(i)]);
+    differ += std::memcmp(&got[static_cast<std::size_t>(i)], &ref[static_cast<std::size_t>(i)], sizeof(float)) != 0;
+  }
+  CHECK(nan_ref == 2 * 256);  // the NaN and the infinity poison their blocks only
+  CHECK(differ == 0);
 }

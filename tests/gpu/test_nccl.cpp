@@ -2,7 +2,8 @@
 // one GPU per rank. Every case is exact, so the two must agree bit for bit: integer sums and
 // maxima, float and double sums of small integers (exact in any order), the allgather and the
 // personalised exchange, on device buffers (used in place) and on host buffers (staged), and the
-// reproducible shard sum, whose integer reduction makes it the same bits over NCCL as over MPI.
+// reproducible shard sum, whose integer reduction makes it the same bits over NCCL as over MPI,
+// on the CPU and on the device (cuda::shard_sum).
 // Without a GPU for every rank the runner exits 77 on every rank (ctest: skipped).
 #define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
@@ -164,6 +165,18 @@ TEST_CASE("NCCL: the reproducible shard sum over NCCL equals it over MPI, bitwis
   ShardSum<float>().sum(a.data(), mine, {{0, 1000}, {1000, n}}, pm);
   ShardSum<float>().sum(b.data(), mine, {{0, 1000}, {1000, n}}, pn);
   CHECK(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
+  // the device shard sum over NCCL (its maximum and integer sum on device arrays in place)
+  std::vector<cuda::DeviceBuffer<float>> dev;
+  std::vector<const float*> dp;
+  for (int s = pm.shard_lo; s < pm.shard_hi; ++s) {
+    dev.emplace_back(static_cast<size_t>(n));
+    dev.back().upload(shards[static_cast<size_t>(s)]);
+  }
+  for (const auto& d : dev) dp.push_back(d.data());
+  cuda::DeviceBuffer<float> out(static_cast<size_t>(n));
+  cuda::shard_sum(out.data(), dp, {{0, 1000}, {1000, n}}, S, g_nccl);
+  const std::vector<float> c = out.download();
+  CHECK(std::memcmp(a.data(), c.data(), a.size() * sizeof(float)) == 0);
 }
 
 int main(int argc, char** argv) {
