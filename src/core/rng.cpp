@@ -1,6 +1,8 @@
 // Philox4x32-10 and the CounterRng stream built on it.
 #include "core/rng.hpp"
 
+#include "core/philox.hpp"
+
 #include <cmath>
 #include <numbers>
 
@@ -11,27 +13,14 @@
 namespace hyperrnn {
 
 namespace {
-constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;  // round multipliers
-constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;  // Weyl key increments
-
-inline void mulhilo(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
-  const uint64_t p = static_cast<uint64_t>(a) * b;
-  hi = static_cast<uint32_t>(p >> 32);
-  lo = static_cast<uint32_t>(p);
-}
+using philox::kM0;
+using philox::kM1;
+using philox::kW0;
+using philox::kW1;
 }  // namespace
 
 Philox4x32Ctr philox4x32_10(Philox4x32Ctr ctr, Philox4x32Key key) {
-  for (int round = 0; round < 10; ++round) {
-    if (round > 0) {
-      key[0] += kW0;
-      key[1] += kW1;
-    }
-    uint32_t hi0, lo0, hi1, lo1;
-    mulhilo(kM0, ctr[0], hi0, lo0);
-    mulhilo(kM1, ctr[2], hi1, lo1);
-    ctr = {hi1 ^ ctr[1] ^ key[0], lo1, hi0 ^ ctr[3] ^ key[1], lo0};
-  }
+  philox::block(ctr.data(), key.data());
   return ctr;
 }
 

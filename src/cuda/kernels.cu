@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "core/philox.hpp"
 #include "cuda/kernels.hpp"
 #include "mpi/comm.hpp"
 #include "nn/topk.hpp"
@@ -232,6 +233,23 @@ const char* cublas_text(cublasStatus_t s) {
 void cublas_check(cublasStatus_t s, const char* what) {
   if (s != CUBLAS_STATUS_SUCCESS) throw std::runtime_error(std::string("cuBLAS ") + what + ": " + cublas_text(s));
 }
+// One thread per Philox block: words 4 b .. 4 b + 3 of the stream, each against the threshold.
+__global__ void k_dropout_mask(uint8_t* keep, int64_t n, uint32_t k0, uint32_t k1, uint32_t purpose, uint32_t step,
+                               uint32_t index, uint32_t threshold) {
+  const uint32_t key[2] = {k0, k1};
+  const int64_t blocks = (n + 3) / 4;
+  for (int64_t b = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; b < blocks; b += int64_t(gridDim.x) * blockDim.x) {
+    uint32_t c[4] = {static_cast<uint32_t>(b), index, step, purpose};  // CounterRng's counter layout
+    philox::block(c, key);
+    for (int j = 0; j < 4 && 4 * b + j < n; ++j) keep[4 * b + j] = c[j] >= threshold ? 1 : 0;
+  }
+}
+
+__global__ void k_dropout_apply(float* out, const float* inp, const uint8_t* keep, float scale, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = keep[i] ? inp[i] * scale : 0.0f;
+}
+
 // The shard sum's blocks: [b0, b1) of the output, and `at`, the block's first accumulator.
 struct SumBlock {
   int64_t b0, b1, at;
@@ -346,6 +364,7 @@ template class DeviceBuffer<float>;
 template class DeviceBuffer<double>;
 template class DeviceBuffer<int32_t>;
 template class DeviceBuffer<int64_t>;
+template class DeviceBuffer<uint8_t>;
 template class DeviceBuffer<SumBlock>;
 template class DeviceBuffer<const float*>;
 
@@ -502,6 +521,25 @@ void linear_forward(Blas& blas, float* out, const float* inp, const float* weigh
     k_add_bias<<<grid_for(n), kThreads>>>(out, bias, OC, n);
     check("linear_forward (bias)");
   }
+}
+
+void dropout_mask(uint8_t* keep, int64_t n, uint64_t seed, uint32_t purpose, uint32_t step, uint32_t index, uint32_t threshold) {
+  if (n <= 0) return;
+  k_dropout_mask<<<grid_for((n + 3) / 4), kThreads>>>(keep, n, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32),
+                                                      purpose, step, index, threshold);
+  check("dropout_mask");
+}
+
+void dropout_forward(float* out, const float* inp, const uint8_t* keep, float scale, int64_t n) {
+  if (n <= 0) return;
+  k_dropout_apply<<<grid_for(n), kThreads>>>(out, inp, keep, scale, n);
+  check("dropout_forward");
+}
+
+void dropout_backward(float* dinp, const float* dout, const uint8_t* keep, float scale, int64_t n) {
+  if (n <= 0) return;
+  k_dropout_apply<<<grid_for(n), kThreads>>>(dinp, dout, keep, scale, n);
+  check("dropout_backward");
 }
 
 void shard_sum(float* out, const std::vector<const float*>& shards, const std::vector<std::pair<int64_t, int64_t>>& ranges,

@@ -94,6 +94,13 @@ void attention_forward(Blas& blas, float* out, float* att, const float* qkv, int
 void attention_backward(Blas& blas, float* dqkv, float* datt, const float* dout, const float* qkv, const float* att,
                         int B, int Tn, int C, int H, bool causal);
 
+// Dropout (nn/dropout.hpp) on the device: the mask bytes are the CPU's (the same Philox words of
+// the stream (seed, purpose, step, index), core/philox.hpp, against the same threshold), and the
+// application is the CPU's one product per element, so masks and results are bitwise the CPU's.
+void dropout_mask(uint8_t* keep, int64_t n, uint64_t seed, uint32_t purpose, uint32_t step, uint32_t index, uint32_t threshold);
+void dropout_forward(float* out, const float* inp, const uint8_t* keep, float scale, int64_t n);
+void dropout_backward(float* dinp, const float* dout, const uint8_t* keep, float scale, int64_t n);
+
 // The reproducible shard sum on the device: the CPU's ShardSum (parallel/layout.cpp) with the same
 // blocks of 256 over `ranges`, the same block exponents (the largest magnitude over every rank's
 // shards), the same fixed-point integers (parallel/fixed_point.hpp) and the same conversion back,

@@ -9,6 +9,7 @@
 #include <cstring>
 #include "cuda/kernels.hpp"
 #include "core/blas.hpp"
+#include "nn/dropout.hpp"
 #include "nn/ops.hpp"
 #include "mpi/comm.hpp"
 #include "parallel/layout.hpp"
@@ -21,6 +22,12 @@ template <class T> void DeviceBuffer<T>::upload(const std::vector<T>& h) { std::
 template <class T> std::vector<T> DeviceBuffer<T>::download() const { return std::vector<T>(p_, p_ + n_); }
 template class DeviceBuffer<float>; template class DeviceBuffer<double>; template class DeviceBuffer<int32_t>;
 template class DeviceBuffer<int64_t>;
+template class DeviceBuffer<uint8_t>;
+void dropout_mask(uint8_t* keep, int64_t n, uint64_t seed, uint32_t purpose, uint32_t step, uint32_t index, uint32_t threshold) {
+  nn::dropout_mask(keep, n, nn::DropoutKey{seed, static_cast<RngPurpose>(purpose), step}, index, threshold);
+}
+void dropout_forward(float* o, const float* x, const uint8_t* k, float s, int64_t n) { nn::dropout_forward<float>(o, x, k, s, n); }
+void dropout_backward(float* o, const float* x, const uint8_t* k, float s, int64_t n) { nn::dropout_backward<float>(o, x, k, s, n); }
 // the shard sum: the CPU's ShardSum over the comm's ranks (the shards are host memory here)
 void shard_sum(float* out, const std::vector<const float*>& shards, const std::vector<std::pair<int64_t, int64_t>>& ranges, int S, Comm* comm) {
   Parallel par(comm && comm->size() > 1 ? comm : nullptr, S, 0);

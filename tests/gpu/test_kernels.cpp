@@ -17,6 +17,8 @@
 //   CUDA's double exp (1 ulp in double, far below float's rounding): |diff| <= u |gate|; the
 //   backward's float and double operations in the CPU's order: bitwise;
 // - cuBLAS linear: both sides' dot-product error bounds, 2 K u sum |x w| + u |out| (K = IC);
+// - dropout: the same Philox words against the same threshold (masks bitwise), one product per
+//   element (bitwise);
 // - the reproducible shard sum: integer sums and exact scalings by powers of two, one rounding
 //   to double and one to float, as on the CPU: bitwise.
 #include <catch2/catch.hpp>
@@ -31,6 +33,7 @@
 #include "core/param_table.hpp"
 #include "cuda/kernels.hpp"
 #include "nn/adamw.hpp"
+#include "nn/dropout.hpp"
 #include "nn/ops.hpp"
 #include "parallel/layout.hpp"
 
@@ -398,4 +401,38 @@ TEST_CASE("GPU shard sum against the CPU's ShardSum, bitwise", "[gpu]") {
   }
   CHECK(nan_ref == 2 * 256);  // the NaN and the infinity poison their blocks only
   CHECK(differ == 0);
+}
+
+TEST_CASE("GPU dropout masks and their application equal the CPU's, bitwise", "[gpu]") {
+  const uint64_t seed = 0x123456789abcdefULL;
+  const uint32_t step = 4000000000u, thr = nn::dropout_threshold(0.37);
+  for (int64_t n : {1, 3, 4, 5, 63, 64, 65, 127, 1000, 4099}) {
+    for (uint32_t index : {0u, 7u, 0xfffffff0u}) {
+      std::vector<uint8_t> cpu(static_cast<std::size_t>(n));
+      nn::dropout_mask(cpu.data(), n, nn::DropoutKey{seed, RngPurpose::Dropout, step}, index, thr);
+      DeviceBuffer<uint8_t> keep(static_cast<std::size_t>(n));
+      cuda::dropout_mask(keep.data(), n, seed, static_cast<uint32_t>(RngPurpose::Dropout), step, index, thr);
+      INFO("n " << n << ", index " << index);
+      CHECK(keep.download() == cpu);
+      const std::vector<float> x = randn(static_cast<std::size_t>(n), 40 + static_cast<uint64_t>(n));
+      std::vector<float> ref(x.size()), refb(x.size());
+      const float scale = 1.0f / (1.0f - 0.37f);
+      nn::dropout_forward<float>(ref.data(), x.data(), cpu.data(), scale, n);
+      nn::dropout_backward<float>(refb.data(), x.data(), cpu.data(), scale, n);
+      DeviceBuffer<float> dx(x.size()), dout(x.size()), dback(x.size());
+      dx.upload(x);
+      cuda::dropout_forward(dout.data(), dx.data(), keep.data(), scale, n);
+      cuda::dropout_backward(dback.data(), dx.data(), keep.data(), scale, n);
+      CHECK(dout.download() == ref);
+      CHECK(dback.download() == refb);
+    }
+  }
+  // and the share kept is 1 - p within 4 standard deviations on a long mask
+  const int64_t n = 1 << 20;
+  DeviceBuffer<uint8_t> keep(static_cast<std::size_t>(n));
+  cuda::dropout_mask(keep.data(), n, seed, static_cast<uint32_t>(RngPurpose::Dropout), 1, 2, thr);
+  const std::vector<uint8_t> k = keep.download();
+  double kept = 0;
+  for (uint8_t b : k) kept += b;
+  CHECK(std::abs(kept / n - 0.63) <= 4.0 * std::sqrt(0.37 * 0.63 / n));
 }
