@@ -10,6 +10,7 @@
 #include "core/philox.hpp"
 #include "cuda/kernels.hpp"
 #include "mpi/comm.hpp"
+#include "nn/lanes.hpp"
 #include "nn/topk.hpp"
 #include "parallel/fixed_point.hpp"
 
@@ -248,6 +249,103 @@ __global__ void k_dropout_mask(uint8_t* keep, int64_t n, uint32_t k0, uint32_t k
 __global__ void k_dropout_apply(float* out, const float* inp, const uint8_t* keep, float scale, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     out[i] = keep[i] ? inp[i] * scale : 0.0f;
+}
+
+// MoE dispatch: the (token, slot) pairs in chunks of kThreads. Per chunk, each expert's count;
+// then, per expert, the chunks' bases (offsets[e] + the counts of the chunks before); then each
+// pair's row = its chunk's base for its expert + the pairs of that expert before it in the chunk.
+__global__ void k_moe_chunk_counts(int32_t* counts, const int32_t* idx, int64_t pairs, int E) {
+  __shared__ int32_t sh[kThreads];
+  const int64_t p = blockIdx.x * int64_t(kThreads) + threadIdx.x;
+  sh[threadIdx.x] = p < pairs ? idx[p] : -1;
+  __syncthreads();
+  for (int e = threadIdx.x; e < E; e += kThreads) {
+    int32_t c = 0;
+    for (int t = 0; t < kThreads; ++t) c += sh[t] == e;
+    counts[int64_t(blockIdx.x) * E + e] = c;
+  }
+}
+
+__global__ void k_moe_bases(int32_t* base, int32_t* offsets, int chunks, int E) {  // one block
+  __shared__ int32_t total[1024];
+  for (int e = threadIdx.x; e < E; e += blockDim.x) {
+    int32_t run = 0;
+    for (int ch = 0; ch < chunks; ++ch) {
+      const int32_t c = base[int64_t(ch) * E + e];
+      base[int64_t(ch) * E + e] = run;
+      run += c;
+    }
+    total[e] = run;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    offsets[0] = 0;
+    for (int e = 0; e < E; ++e) offsets[e + 1] = offsets[e] + total[e];
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < E; e += blockDim.x)
+    for (int ch = 0; ch < chunks; ++ch) base[int64_t(ch) * E + e] += offsets[e];
+}
+
+__global__ void k_moe_rows(int32_t* tok, int32_t* pos, const int32_t* base, const int32_t* idx, int64_t pairs, int K, int E) {
+  __shared__ int32_t sh[kThreads];
+  const int64_t p = blockIdx.x * int64_t(kThreads) + threadIdx.x;
+  const int32_t e = p < pairs ? idx[p] : -1;
+  sh[threadIdx.x] = e;
+  __syncthreads();
+  if (p >= pairs) return;
+  int32_t rank = 0;
+  for (int t = 0; t < static_cast<int>(threadIdx.x); ++t) rank += sh[t] == e;
+  const int32_t a = base[int64_t(blockIdx.x) * E + e] + rank;
+  tok[a] = static_cast<int32_t>(p / K);
+  pos[p] = a;
+}
+
+__global__ void k_moe_gather(float* xs, const float* inp, const int32_t* tok, int64_t rows, int C) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < rows * C; i += int64_t(gridDim.x) * blockDim.x)
+    xs[i] = inp[int64_t(tok[i / C]) * C + i % C];
+}
+
+__global__ void k_moe_combine(float* out, const float* ys, const float* gates, const int32_t* pos, int N, int K, int C) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < int64_t(N) * C; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t n = i / C, c = i % C;
+    float o = 0.0f;  // the CPU's o = 0, then o += g y slot by slot
+    for (int j = 0; j < K; ++j) o += gates[n * K + j] * ys[int64_t(pos[n * K + j]) * C + c];
+    out[i] = o;
+  }
+}
+
+__global__ void k_moe_combine_backward(float* dys, float* dgates, const float* dout, const float* ys, const float* gates,
+                                       const int32_t* pos, int64_t pairs, int K, int C) {
+  for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < pairs; p += int64_t(gridDim.x) * blockDim.x) {
+    const float g = gates[p];
+    const float* dn = dout + (p / K) * C;
+    const float* y = ys + int64_t(pos[p]) * C;
+    float* dy = dys + int64_t(pos[p]) * C;
+    for (int i = 0; i < C; ++i) dy[i] = g * dn[i];
+    dgates[p] = static_cast<float>(nn::lane_sum(C, [&](int i) { return static_cast<double>(dn[i]) * y[i]; }));
+  }
+}
+
+__global__ void k_moe_scatter_add(float* dinp, const float* dxs, const int32_t* pos, int N, int K, int C) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < int64_t(N) * C; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t n = i / C, c = i % C;
+    int32_t rows[16];  // K <= 16: the token's rows in ascending order, as the CPU sorts them
+    int cnt = 0;
+    for (int j = 0; j < K; ++j) {
+      const int32_t a = pos[n * K + j];
+      if (a < 0) continue;
+      int at = cnt++;
+      while (at > 0 && rows[at - 1] > a) {
+        rows[at] = rows[at - 1];
+        --at;
+      }
+      rows[at] = a;
+    }
+    float o = dinp[i];
+    for (int r = 0; r < cnt; ++r) o += dxs[int64_t(rows[r]) * C + c];
+    dinp[i] = o;
+  }
 }
 
 // The shard sum's blocks: [b0, b1) of the output, and `at`, the block's first accumulator.
@@ -540,6 +638,41 @@ void dropout_backward(float* dinp, const float* dout, const uint8_t* keep, float
   if (n <= 0) return;
   k_dropout_apply<<<grid_for(n), kThreads>>>(dinp, dout, keep, scale, n);
   check("dropout_backward");
+}
+
+void moe_dispatch(int32_t* offsets, int32_t* tok, int32_t* pos, float* xs, const int32_t* idx, const float* inp, int N, int K,
+                  int E, int C) {
+  if (E > 1024) throw std::runtime_error("moe_dispatch: more than 1024 experts");
+  const int64_t pairs = int64_t(N) * K;
+  const int chunks = static_cast<int>((pairs + kThreads - 1) / kThreads);
+  if (chunks == 0) {
+    cudaMemset(offsets, 0, sizeof(int32_t) * (E + 1));
+    check("moe_dispatch (empty)");
+    return;
+  }
+  DeviceBuffer<int32_t> base(static_cast<std::size_t>(chunks) * E);
+  k_moe_chunk_counts<<<chunks, kThreads>>>(base.data(), idx, pairs, E);
+  k_moe_bases<<<1, 256>>>(base.data(), offsets, chunks, E);
+  k_moe_rows<<<chunks, kThreads>>>(tok, pos, base.data(), idx, pairs, K, E);
+  k_moe_gather<<<grid_for(pairs * C), kThreads>>>(xs, inp, tok, pairs, C);
+  check("moe_dispatch");
+}
+
+void moe_combine(float* out, const float* ys, const float* gates, const int32_t* pos, int N, int K, int C) {
+  k_moe_combine<<<grid_for(int64_t(N) * C), kThreads>>>(out, ys, gates, pos, N, K, C);
+  check("moe_combine");
+}
+
+void moe_combine_backward(float* dys, float* dgates, const float* dout, const float* ys, const float* gates, const int32_t* pos,
+                          int N, int K, int C) {
+  k_moe_combine_backward<<<grid_for(int64_t(N) * K), kThreads>>>(dys, dgates, dout, ys, gates, pos, int64_t(N) * K, K, C);
+  check("moe_combine_backward");
+}
+
+void moe_scatter_add(float* dinp, const float* dxs, const int32_t* pos, int N, int K, int C) {
+  if (K > 16) throw std::runtime_error("moe_scatter_add: top-k above 16");
+  k_moe_scatter_add<<<grid_for(int64_t(N) * C), kThreads>>>(dinp, dxs, pos, N, K, C);
+  check("moe_scatter_add");
 }
 
 void shard_sum(float* out, const std::vector<const float*>& shards, const std::vector<std::pair<int64_t, int64_t>>& ranges,

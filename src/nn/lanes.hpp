@@ -2,11 +2,14 @@
 // i % kLanes, the tail (C % kLanes elements) to a ninth sum, and the partial sums combine in one
 // fixed tree. The order is written in the source, not chosen by the vectoriser, so the result is
 // the same bits on every ISA clone and every compiler that honours -ffp-contract=off (checked by
-// tests/unit/test_isa_bitwise.cpp against a scalar evaluation of the same order). A plain
+// tests/unit/test_isa_bitwise.cpp against a scalar evaluation of the same order), and on the GPU
+// (nvcc --fmad=false), where the MoE combine's backward uses the same lane_sum. A plain
 // left-to-right sum in double cannot be vectorised without -ffast-math and runs at the latency of
 // one dependent add per element (layernorm was 12% of a moe step that way).
 #pragma once
 #include <cstdint>
+
+#include "core/host_device.hpp"
 
 namespace hyperrnn::nn {
 
@@ -14,7 +17,7 @@ inline constexpr int kLanes = 8;
 
 // sum over i in [0, n) of f(i), accumulated in double in the lane order above.
 template <class F>
-[[gnu::always_inline]] inline double lane_sum(int n, F f) {
+[[gnu::always_inline]] HYPERRNN_HOST_DEVICE inline double lane_sum(int n, F f) {
   double s[kLanes] = {};
   int i = 0;
   for (; i + kLanes <= n; i += kLanes)

@@ -10,6 +10,7 @@
 #include "cuda/kernels.hpp"
 #include "core/blas.hpp"
 #include "nn/dropout.hpp"
+#include "nn/moe.hpp"
 #include "nn/ops.hpp"
 #include "mpi/comm.hpp"
 #include "parallel/layout.hpp"
@@ -23,6 +24,43 @@ template <class T> std::vector<T> DeviceBuffer<T>::download() const { return std
 template class DeviceBuffer<float>; template class DeviceBuffer<double>; template class DeviceBuffer<int32_t>;
 template class DeviceBuffer<int64_t>;
 template class DeviceBuffer<uint8_t>;
+// the MoE dispatch: a stable sort of the pairs by expert; combine and scatter through the CPU ops
+void moe_dispatch(int32_t* offsets, int32_t* tok, int32_t* pos, float* xs, const int32_t* idx, const float* inp, int N, int K, int E, int C) {
+  std::vector<int64_t> order(static_cast<std::size_t>(N) * K);
+  for (std::size_t p = 0; p < order.size(); ++p) order[p] = static_cast<int64_t>(p);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return idx[a] < idx[b]; });
+  for (int e = 0; e <= E; ++e) offsets[e] = 0;
+  for (std::size_t p = 0; p < order.size(); ++p) ++offsets[idx[p] + 1];
+  for (int e = 0; e < E; ++e) offsets[e + 1] += offsets[e];
+  for (std::size_t a = 0; a < order.size(); ++a) {
+    tok[a] = static_cast<int32_t>(order[a] / K);
+    pos[order[a]] = static_cast<int32_t>(a);
+    std::memcpy(xs + a * C, inp + tok[a] * int64_t(C), sizeof(float) * C);
+  }
+}
+namespace {
+nn::MoeCache<float> moe_cache(const float* ys, const float* gates, const int32_t* pos) {
+  nn::MoeCache<float> c{};
+  c.ys = const_cast<float*>(ys);
+  c.gates = const_cast<float*>(gates);
+  c.pos = const_cast<int32_t*>(pos);
+  return c;
+}
+nn::MoeDims moe_dims(int N, int K, int C) {
+  nn::MoeDims d;
+  d.N = N, d.K = K, d.C = C, d.E = 1, d.F = 1;
+  return d;
+}
+}  // namespace
+void moe_combine(float* out, const float* ys, const float* gates, const int32_t* pos, int N, int K, int C) {
+  nn::moe_combine<float>(out, moe_cache(ys, gates, pos), moe_dims(N, K, C));
+}
+void moe_combine_backward(float* dys, float* dgates, const float* dout, const float* ys, const float* gates, const int32_t* pos, int N, int K, int C) {
+  nn::moe_combine_backward<float>(dys, dgates, dout, moe_cache(ys, gates, pos), moe_dims(N, K, C));
+}
+void moe_scatter_add(float* dinp, const float* dxs, const int32_t* pos, int N, int K, int C) {
+  nn::moe_scatter_add<float>(dinp, dxs, moe_cache(nullptr, nullptr, pos), moe_dims(N, K, C));
+}
 void dropout_mask(uint8_t* keep, int64_t n, uint64_t seed, uint32_t purpose, uint32_t step, uint32_t index, uint32_t threshold) {
   nn::dropout_mask(keep, n, nn::DropoutKey{seed, static_cast<RngPurpose>(purpose), step}, index, threshold);
 }

@@ -19,11 +19,14 @@
 // - cuBLAS linear: both sides' dot-product error bounds, 2 K u sum |x w| + u |out| (K = IC);
 // - dropout: the same Philox words against the same threshold (masks bitwise), one product per
 //   element (bitwise);
+// - MoE dispatch (integers: bitwise), combine and its backward, scatter-add (the CPU's float and
+//   double operations in the CPU's order: bitwise);
 // - the reproducible shard sum: integer sums and exact scalings by powers of two, one rounding
 //   to double and one to float, as on the CPU: bitwise.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -34,6 +37,7 @@
 #include "cuda/kernels.hpp"
 #include "nn/adamw.hpp"
 #include "nn/dropout.hpp"
+#include "nn/moe.hpp"
 #include "nn/ops.hpp"
 #include "parallel/layout.hpp"
 
@@ -435,4 +439,66 @@ TEST_CASE("GPU dropout masks and their application equal the CPU's, bitwise", "[
   double kept = 0;
   for (uint8_t b : k) kept += b;
   CHECK(std::abs(kept / n - 0.63) <= 4.0 * std::sqrt(0.37 * 0.63 / n));
+}
+
+TEST_CASE("GPU MoE dispatch, combine and scatter-add equal the CPU's, bitwise", "[gpu]") {
+  for (const auto& [N, K, E, C] : std::vector<std::array<int, 4>>{{1, 1, 1, 8}, {300, 2, 4, 64}, {1000, 4, 8, 32}, {257, 3, 16, 17}}) {
+    INFO("N " << N << ", K " << K << ", E " << E << ", C " << C);
+    // top-k indices: K distinct experts per token, in a random order
+    std::mt19937_64 g(1000 + N);
+    std::vector<int32_t> idx(static_cast<std::size_t>(N) * K);
+    std::vector<int32_t> perm(static_cast<std::size_t>(E));
+    for (int n = 0; n < N; ++n) {
+      for (int e = 0; e < E; ++e) perm[static_cast<std::size_t>(e)] = e;
+      std::shuffle(perm.begin(), perm.end(), g);
+      for (int j = 0; j < K; ++j) idx[static_cast<std::size_t>(n) * K + j] = perm[static_cast<std::size_t>(j)];
+    }
+    const int64_t A = int64_t(N) * K;
+    // oracle: expert by expert, the pairs of that expert in (token, slot) order
+    std::vector<int32_t> offsets(static_cast<std::size_t>(E) + 1, 0), tok(static_cast<std::size_t>(A)), pos(static_cast<std::size_t>(A));
+    int32_t row = 0;
+    for (int e = 0; e < E; ++e) {
+      offsets[static_cast<std::size_t>(e)] = row;
+      for (int64_t p = 0; p < A; ++p)
+        if (idx[static_cast<std::size_t>(p)] == e) tok[static_cast<std::size_t>(row)] = static_cast<int32_t>(p / K), pos[static_cast<std::size_t>(p)] = row++;
+    }
+    offsets[static_cast<std::size_t>(E)] = row;
+    const std::vector<float> inp = randn(static_cast<std::size_t>(N) * C, 7);
+    std::vector<float> xs_ref(static_cast<std::size_t>(A) * C);
+    for (int64_t a = 0; a < A; ++a)
+      for (int c = 0; c < C; ++c) xs_ref[static_cast<std::size_t>(a * C + c)] = inp[static_cast<std::size_t>(int64_t(tok[static_cast<std::size_t>(a)]) * C + c)];
+    DeviceBuffer<int32_t> didx(idx.size()), doff(offsets.size()), dtok(tok.size()), dpos(pos.size());
+    DeviceBuffer<float> dinp(inp.size()), dxs(xs_ref.size());
+    didx.upload(idx);
+    dinp.upload(inp);
+    cuda::moe_dispatch(doff.data(), dtok.data(), dpos.data(), dxs.data(), didx.data(), dinp.data(), N, K, E, C);
+    CHECK(doff.download() == offsets);
+    CHECK(dtok.download() == tok);
+    CHECK(dpos.download() == pos);
+    CHECK(dxs.download() == xs_ref);
+    // combine, its backward and the scatter-add against the CPU ops on the same dispatch
+    const std::vector<float> ys = randn(static_cast<std::size_t>(A) * C, 8), gates = randn(static_cast<std::size_t>(A), 9),
+                             dout = randn(static_cast<std::size_t>(N) * C, 10), dxsv = randn(static_cast<std::size_t>(A) * C, 11),
+                             dinp0 = randn(static_cast<std::size_t>(N) * C, 12);
+    nn::MoeCache<float> mc{};
+    mc.ys = const_cast<float*>(ys.data());
+    mc.gates = const_cast<float*>(gates.data());
+    mc.pos = pos.data();
+    nn::MoeDims md;
+    md.N = N, md.K = K, md.C = C, md.E = E, md.F = 1;
+    std::vector<float> out_ref(static_cast<std::size_t>(N) * C), dys_ref(ys.size()), dg_ref(gates.size()), sc_ref = dinp0;
+    nn::moe_combine<float>(out_ref.data(), mc, md);
+    nn::moe_combine_backward<float>(dys_ref.data(), dg_ref.data(), dout.data(), mc, md);
+    nn::moe_scatter_add<float>(sc_ref.data(), dxsv.data(), mc, md);
+    DeviceBuffer<float> dys(ys.size()), dg(gates.size()), ddout(dout.size()), dout_c(out_ref.size()), ddys(ys.size()), ddg(gates.size()),
+        ddx(dxsv.size()), dsc(dinp0.size());
+    dys.upload(ys), dg.upload(gates), ddout.upload(dout), ddx.upload(dxsv), dsc.upload(dinp0);
+    cuda::moe_combine(dout_c.data(), dys.data(), dg.data(), dpos.data(), N, K, C);
+    cuda::moe_combine_backward(ddys.data(), ddg.data(), ddout.data(), dys.data(), dg.data(), dpos.data(), N, K, C);
+    cuda::moe_scatter_add(dsc.data(), ddx.data(), dpos.data(), N, K, C);
+    CHECK(dout_c.download() == out_ref);
+    CHECK(ddys.download() == dys_ref);
+    CHECK(ddg.download() == dg_ref);
+    CHECK(dsc.download() == sc_ref);
+  }
 }
