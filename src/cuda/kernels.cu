@@ -234,6 +234,48 @@ const char* cublas_text(cublasStatus_t s) {
 void cublas_check(cublasStatus_t s, const char* what) {
   if (s != CUBLAS_STATUS_SUCCESS) throw std::runtime_error(std::string("cuBLAS ") + what + ": " + cublas_text(s));
 }
+// Gaussian router: per expert (one thread each; E is small) w, m and c, the CPU's expressions and
+// its left-to-right double sum over the channels.
+__global__ void k_gaussian_wmc(float* w, float* m, float* c, const float* mu, const float* log_sigma, int C, int E) {
+  const int e = blockIdx.x * blockDim.x + threadIdx.x;
+  if (e >= E) return;
+  const double half_log_2pi = 0.91893853320467274178;  // 0.5 log(2 pi)
+  double ce = 0.0;
+  for (int i = 0; i < C; ++i) {
+    const int64_t k = int64_t(e) * C + i;
+    const double wi = exp(-2.0 * static_cast<double>(log_sigma[k]));
+    w[k] = static_cast<float>(wi);
+    m[k] = static_cast<float>(mu[k] * wi);
+    ce += -0.5 * static_cast<double>(mu[k]) * mu[k] * wi - log_sigma[k] - half_log_2pi;
+  }
+  c[e] = static_cast<float>(ce);
+}
+
+__global__ void k_rows_of(float* out, const float* row, int E, int64_t n) {  // out (N,E) = row on every row
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) out[i] = row[i % E];
+}
+
+__global__ void k_column_sums(float* gs, const float* g, int N, int E) {  // double, row by row (the CPU's order)
+  const int e = blockIdx.x * blockDim.x + threadIdx.x;
+  if (e >= E) return;
+  double s = 0.0;
+  for (int n = 0; n < N; ++n) s += g[int64_t(n) * E + e];
+  gs[e] = static_cast<float>(s);
+}
+
+__global__ void k_gaussian_param_grads(float* dmu, float* dls, const float* w, const float* mu, const float* gx, const float* gx2,
+                                       const float* gs, int C, int64_t n) {
+  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < n; k += int64_t(gridDim.x) * blockDim.x) {
+    const float g = gs[k / C];
+    dmu[k] += w[k] * (gx[k] - mu[k] * g);
+    dls[k] += w[k] * (gx2[k] - 2.0f * mu[k] * gx[k] + mu[k] * mu[k] * g) - g;
+  }
+}
+
+__global__ void k_sub_mul(float* out, const float* a, const float* b, int64_t n) {  // out -= a b
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) out[i] -= a[i] * b[i];
+}
+
 // One thread per Philox block: words 4 b .. 4 b + 3 of the stream, each against the threshold.
 __global__ void k_dropout_mask(uint8_t* keep, int64_t n, uint32_t k0, uint32_t k1, uint32_t purpose, uint32_t step,
                                uint32_t index, uint32_t threshold) {
@@ -619,6 +661,37 @@ void linear_forward(Blas& blas, float* out, const float* inp, const float* weigh
     k_add_bias<<<grid_for(n), kThreads>>>(out, bias, OC, n);
     check("linear_forward (bias)");
   }
+}
+
+void gaussian_scores_forward(Blas& blas, float* scores, float* w, float* m, float* c, float* inp_sq, const float* inp,
+                             const float* mu, const float* log_sigma, int N, int C, int E) {
+  k_gaussian_wmc<<<(E + 31) / 32, 32>>>(w, m, c, mu, log_sigma, C, E);
+  const int64_t nc = int64_t(N) * C, ne = int64_t(N) * E;
+  k_mul<<<grid_for(nc), kThreads>>>(inp_sq, inp, inp, nc);
+  k_rows_of<<<grid_for(ne), kThreads>>>(scores, c, E, ne);
+  check("gaussian_scores_forward");
+  blas.gemm(false, true, N, E, C, -0.5f, inp_sq, C, w, C, 1.0f, scores, E);
+  blas.gemm(false, true, N, E, C, 1.0f, inp, C, m, C, 1.0f, scores, E);
+}
+
+void gaussian_scores_backward(Blas& blas, float* dinp, float* dmu, float* dlog_sigma, float* scratch_ec, const float* dscores,
+                              const float* inp, const float* inp_sq, const float* mu, const float* w, const float* m, int N,
+                              int C, int E) {
+  float* gx = scratch_ec;
+  float* gx2 = gx + int64_t(E) * C;
+  float* gs = gx2 + 2 * int64_t(E) * C;  // the CPU's layout: gx, gx2, its row-block scratch, gs
+  blas.gemm(true, false, E, C, N, 1.0f, dscores, E, inp, C, 0.0f, gx, C);
+  blas.gemm(true, false, E, C, N, 1.0f, dscores, E, inp_sq, C, 0.0f, gx2, C);
+  k_column_sums<<<(E + 31) / 32, 32>>>(gs, dscores, N, E);
+  const int64_t ec = int64_t(E) * C, nc = int64_t(N) * C;
+  k_gaussian_param_grads<<<grid_for(ec), kThreads>>>(dmu, dlog_sigma, w, mu, gx, gx2, gs, C, ec);
+  check("gaussian_scores_backward (parameters)");
+  // dx = G m - x (G w): G w whole (N,C) in a temporary, where the CPU takes it E rows at a time
+  blas.gemm(false, false, N, C, E, 1.0f, dscores, E, m, C, 0.0f, dinp, C);
+  DeviceBuffer<float> gw(static_cast<std::size_t>(nc));
+  blas.gemm(false, false, N, C, E, 1.0f, dscores, E, w, C, 0.0f, gw.data(), C);
+  k_sub_mul<<<grid_for(nc), kThreads>>>(dinp, inp, gw.data(), nc);
+  check("gaussian_scores_backward (input)");
 }
 
 void dropout_mask(uint8_t* keep, int64_t n, uint64_t seed, uint32_t purpose, uint32_t step, uint32_t index, uint32_t threshold) {

@@ -94,6 +94,17 @@ void attention_forward(Blas& blas, float* out, float* att, const float* qkv, int
 void attention_backward(Blas& blas, float* dqkv, float* datt, const float* dout, const float* qkv, const float* att,
                         int B, int Tn, int C, int H, bool causal);
 
+// The diagonal-Gaussian router's log-likelihood scores, as nn::gaussian_scores_forward and
+// _backward (one routing set): w = exp(-2 log_sigma), m = mu w and the per-expert constant c in
+// double per expert in the CPU's order, x^2, and the score GEMMs on cuBLAS; the backward's GEMMs on
+// cuBLAS, the column sums of G in double row by row (the CPU's order), and the parameter
+// gradients with the CPU's expressions (+=). scratch_ec: 3 E C + E floats.
+void gaussian_scores_forward(Blas& blas, float* scores, float* w, float* m, float* c, float* inp_sq, const float* inp,
+                             const float* mu, const float* log_sigma, int N, int C, int E);
+void gaussian_scores_backward(Blas& blas, float* dinp, float* dmu, float* dlog_sigma, float* scratch_ec, const float* dscores,
+                              const float* inp, const float* inp_sq, const float* mu, const float* w, const float* m, int N,
+                              int C, int E);
+
 // Dropout (nn/dropout.hpp) on the device: the mask bytes are the CPU's (the same Philox words of
 // the stream (seed, purpose, step, index), core/philox.hpp, against the same threshold), and the
 // application is the CPU's one product per element, so masks and results are bitwise the CPU's.

@@ -24,6 +24,12 @@ template <class T> std::vector<T> DeviceBuffer<T>::download() const { return std
 template class DeviceBuffer<float>; template class DeviceBuffer<double>; template class DeviceBuffer<int32_t>;
 template class DeviceBuffer<int64_t>;
 template class DeviceBuffer<uint8_t>;
+void gaussian_scores_forward(Blas&, float* s, float* w, float* m, float* c, float* sq, const float* x, const float* mu, const float* ls, int N, int C, int E) {
+  nn::gaussian_scores_forward<float>(s, w, m, c, sq, x, mu, ls, N, C, E);
+}
+void gaussian_scores_backward(Blas&, float* dx, float* dmu, float* dls, float* ec, const float* g, const float* x, const float* sq, const float* mu, const float* w, const float* m, int N, int C, int E) {
+  nn::gaussian_scores_backward<float>(dx, dmu, dls, ec, g, x, sq, mu, w, m, N, C, E);
+}
 // the MoE dispatch: a stable sort of the pairs by expert; combine and scatter through the CPU ops
 void moe_dispatch(int32_t* offsets, int32_t* tok, int32_t* pos, float* xs, const int32_t* idx, const float* inp, int N, int K, int E, int C) {
   std::vector<int64_t> order(static_cast<std::size_t>(N) * K);

@@ -17,6 +17,10 @@
 //   CUDA's double exp (1 ulp in double, far below float's rounding): |diff| <= u |gate|; the
 //   backward's float and double operations in the CPU's order: bitwise;
 // - cuBLAS linear: both sides' dot-product error bounds, 2 K u sum |x w| + u |out| (K = IC);
+// - Gaussian router scores: against the CPU op in double on the same float inputs, within
+//   (K + c) u times the expression evaluated on absolute values (the standard bound for a sum of
+//   K products in float, K = C forward; N for the parameter gradients, E for the input gradient;
+//   c counts the roundings outside the sums: the float inputs w, m, x^2 and the elementwise tail);
 // - dropout: the same Philox words against the same threshold (masks bitwise), one product per
 //   element (bitwise);
 // - MoE dispatch (integers: bitwise), combine and its backward, scatter-add (the CPU's float and
@@ -501,4 +505,83 @@ TEST_CASE("GPU MoE dispatch, combine and scatter-add equal the CPU's, bitwise", 
     CHECK(ddg.download() == dg_ref);
     CHECK(dsc.download() == sc_ref);
   }
+}
+
+TEST_CASE("GPU Gaussian router scores forward and backward against the CPU op in double", "[gpu]") {
+  const int N = 300, C = 32, E = 8;
+  const std::vector<float> x = randn(static_cast<std::size_t>(N) * C, 21), mu = randn(static_cast<std::size_t>(E) * C, 22, 0.5f),
+                           ls = randn(static_cast<std::size_t>(E) * C, 23, 0.3f), G = randn(static_cast<std::size_t>(N) * E, 24, 0.1f);
+  auto dbl = [](const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); };
+  // forward
+  DeviceBuffer<float> dx(x.size()), dmu_in(mu.size()), dls_in(ls.size()), sc(static_cast<std::size_t>(N) * E), w(mu.size()), m(mu.size()),
+      c(static_cast<std::size_t>(E)), sq(x.size());
+  dx.upload(x), dmu_in.upload(mu), dls_in.upload(ls);
+  cuda::Blas blas;
+  cuda::gaussian_scores_forward(blas, sc.data(), w.data(), m.data(), c.data(), sq.data(), dx.data(), dmu_in.data(), dls_in.data(), N, C, E);
+  std::vector<double> sc_d(static_cast<std::size_t>(N) * E), w_d(mu.size()), m_d(mu.size()), c_d(static_cast<std::size_t>(E)), sq_d(x.size());
+  const std::vector<double> x_d = dbl(x), mu_d = dbl(mu), ls_d = dbl(ls), G_d = dbl(G);
+  nn::gaussian_scores_forward<double>(sc_d.data(), w_d.data(), m_d.data(), c_d.data(), sq_d.data(), x_d.data(), mu_d.data(), ls_d.data(), N, C, E);
+  const std::vector<float> sc_g = sc.download(), w_g = w.download(), m_g = m.download(), c_g = c.download(), sq_g = sq.download();
+  double worst = 0.0;
+  for (std::size_t k = 0; k < w_g.size(); ++k) {
+    worst = std::max(worst, std::abs(w_g[k] - w_d[k]) / (2 * u * std::abs(w_d[k])));
+    worst = std::max(worst, std::abs(m_g[k] - m_d[k]) / (3 * u * std::abs(m_d[k]) + 1e-300));
+  }
+  for (int e = 0; e < E; ++e) {
+    double terms = 0.0;
+    for (int i = 0; i < C; ++i) {
+      const std::size_t k = static_cast<std::size_t>(e) * C + i;
+      terms += 0.5 * mu_d[k] * mu_d[k] * w_d[k] + std::abs(ls_d[k]) + 0.92;
+    }
+    worst = std::max(worst, std::abs(c_g[static_cast<std::size_t>(e)] - c_d[static_cast<std::size_t>(e)]) / (2 * u * (std::abs(c_d[static_cast<std::size_t>(e)]) + terms)));
+  }
+  for (std::size_t k = 0; k < sq_g.size(); ++k) CHECK(sq_g[k] == x[k] * x[k]);
+  for (int n = 0; n < N; ++n)
+    for (int e = 0; e < E; ++e) {
+      double a = std::abs(c_d[static_cast<std::size_t>(e)]);
+      for (int i = 0; i < C; ++i) {
+        const std::size_t xi = static_cast<std::size_t>(n) * C + i, k = static_cast<std::size_t>(e) * C + i;
+        a += 0.5 * x_d[xi] * x_d[xi] * w_d[k] + std::abs(x_d[xi] * m_d[k]);
+      }
+      const std::size_t o = static_cast<std::size_t>(n) * E + e;
+      worst = std::max(worst, std::abs(sc_g[o] - sc_d[o]) / ((2 * C + 8) * u * a));
+    }
+  CHECK(worst <= 1.0);
+  // backward on the same float w, m, x^2 (the GPU forward's)
+  DeviceBuffer<float> dG(G.size()), dinp(x.size()), dmu(mu.size()), dls(ls.size()), scratch(static_cast<std::size_t>(3 * E * C + E));
+  dG.upload(G);
+  dmu.upload(std::vector<float>(mu.size(), 0.0f)), dls.upload(std::vector<float>(ls.size(), 0.0f));
+  cuda::gaussian_scores_backward(blas, dinp.data(), dmu.data(), dls.data(), scratch.data(), dG.data(), dx.data(), sq.data(), dmu_in.data(),
+                                 w.data(), m.data(), N, C, E);
+  const std::vector<double> wf = dbl(w_g), mf = dbl(m_g), sqf = dbl(sq_g);
+  std::vector<double> dinp_d(x.size()), dmu_d(mu.size(), 0.0), dls_d(ls.size(), 0.0), ec_d(static_cast<std::size_t>(3 * E * C + E));
+  nn::gaussian_scores_backward<double>(dinp_d.data(), dmu_d.data(), dls_d.data(), ec_d.data(), G_d.data(), x_d.data(), sqf.data(), mu_d.data(),
+                                       wf.data(), mf.data(), N, C, E);
+  const std::vector<float> dinp_g = dinp.download(), dmu_g = dmu.download(), dls_g = dls.download();
+  double worst_b = 0.0;
+  for (int n = 0; n < N; ++n)
+    for (int i = 0; i < C; ++i) {
+      double a = 0.0;
+      for (int e = 0; e < E; ++e) {
+        const double g = std::abs(G_d[static_cast<std::size_t>(n) * E + e]);
+        a += g * (std::abs(mf[static_cast<std::size_t>(e) * C + i]) + std::abs(x_d[static_cast<std::size_t>(n) * C + i]) * wf[static_cast<std::size_t>(e) * C + i]);
+      }
+      const std::size_t o = static_cast<std::size_t>(n) * C + i;
+      worst_b = std::max(worst_b, std::abs(dinp_g[o] - dinp_d[o]) / ((E + 4) * u * a));
+    }
+  for (int e = 0; e < E; ++e)
+    for (int i = 0; i < C; ++i) {
+      double gxa = 0.0, gx2a = 0.0, gsa = 0.0;
+      for (int n = 0; n < N; ++n) {
+        const double g = std::abs(G_d[static_cast<std::size_t>(n) * E + e]);
+        gxa += g * std::abs(x_d[static_cast<std::size_t>(n) * C + i]);
+        gx2a += g * sqf[static_cast<std::size_t>(n) * C + i];
+        gsa += g;
+      }
+      const std::size_t k = static_cast<std::size_t>(e) * C + i;
+      const double am = std::abs(mu_d[k]);
+      worst_b = std::max(worst_b, std::abs(dmu_g[k] - dmu_d[k]) / ((N + 5) * u * wf[k] * (gxa + am * gsa)));
+      worst_b = std::max(worst_b, std::abs(dls_g[k] - dls_d[k]) / ((N + 6) * u * (wf[k] * (gx2a + 2 * am * gxa + am * am * gsa) + gsa)));
+    }
+  CHECK(worst_b <= 1.0);
 }
