@@ -47,7 +47,7 @@ class NcclComm final : public Comm {
     ncclUniqueId id{};
     if (host_.rank() == 0) HYPERRNN_NCCL(ncclGetUniqueId(&id));
     host_.bcast_bytes(&id, sizeof id, 0);
-    HYPERRNN_CUDART(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    HYPERRNN_CUDART(cudaStreamCreate(&stream_));
     HYPERRNN_NCCL(ncclCommInitRank(&comm_, host_.size(), id, host_.rank()));
   }
   ~NcclComm() override {
