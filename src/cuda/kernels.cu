@@ -276,6 +276,43 @@ __global__ void k_sub_mul(float* out, const float* a, const float* b, int64_t n)
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) out[i] -= a[i] * b[i];
 }
 
+// wkv7: block h, thread i holds row i of head h's state. Per token: the decays, a, b, k and r of
+// the head in shared memory; sa_i = sum_j S_ij a_j, then S_ij = S_ij w_j + (sa_i b_j + k_j v_i) and
+// y_i = sum_j S_ij r_j, left to right, as the CPU's head_step.
+constexpr int kWkvMaxN = 64;
+__global__ void k_wkv7_forward(float* y, float* ckpt, const float* r, const float* u, const float* k, const float* v,
+                               const float* a, const float* b, int T, int H, int N, int chunk, const float* state0,
+                               float* state_out) {
+  __shared__ float sw[kWkvMaxN], sa_[kWkvMaxN], sb[kWkvMaxN], sk[kWkvMaxN], sr[kWkvMaxN];
+  const int h = blockIdx.x, i = threadIdx.x;
+  const int64_t HN = int64_t(H) * N, NN = int64_t(N) * N, SS = HN * N;
+  float row[kWkvMaxN];
+  for (int j = 0; j < N; ++j) row[j] = state0 ? state0[h * NN + int64_t(i) * N + j] : 0.0f;
+  const float scale = static_cast<float>(-0.6065306597126334);  // -exp(-0.5), nn::kWkvDecayScale
+  for (int t = 0; t < T; ++t) {
+    if (t % chunk == 0)
+      for (int j = 0; j < N; ++j) ckpt[(t / chunk) * SS + h * NN + int64_t(i) * N + j] = row[j];
+    const int64_t o = t * HN + int64_t(h) * N;
+    __syncthreads();  // the previous token's shared values are no longer read
+    const float s = 1.0f / (1.0f + expf(-u[o + i]));
+    sw[i] = expf(scale * s);
+    sa_[i] = a[o + i], sb[i] = b[o + i], sk[i] = k[o + i], sr[i] = r[o + i];
+    __syncthreads();
+    float sa = 0.0f;
+    for (int j = 0; j < N; ++j) sa += row[j] * sa_[j];
+    const float vi = v[o + i];
+    float yi = 0.0f;
+    for (int j = 0; j < N; ++j) {
+      const float st = row[j] * sw[j] + (sa * sb[j] + sk[j] * vi);
+      row[j] = st;
+      yi += st * sr[j];
+    }
+    y[o + i] = yi;
+  }
+  if (state_out)
+    for (int j = 0; j < N; ++j) state_out[h * NN + int64_t(i) * N + j] = row[j];
+}
+
 // One thread per Philox block: words 4 b .. 4 b + 3 of the stream, each against the threshold.
 __global__ void k_dropout_mask(uint8_t* keep, int64_t n, uint32_t k0, uint32_t k1, uint32_t purpose, uint32_t step,
                                uint32_t index, uint32_t threshold) {
@@ -692,6 +729,13 @@ void gaussian_scores_backward(Blas& blas, float* dinp, float* dmu, float* dlog_s
   blas.gemm(false, false, N, C, E, 1.0f, dscores, E, w, C, 0.0f, gw.data(), C);
   k_sub_mul<<<grid_for(nc), kThreads>>>(dinp, inp, gw.data(), nc);
   check("gaussian_scores_backward (input)");
+}
+
+void wkv7_forward(float* y, float* checkpoints, const float* r, const float* u, const float* k, const float* v, const float* a,
+                  const float* b, int T, int H, int N, int chunk, const float* state0, float* state_out) {
+  if (N > kWkvMaxN) throw std::runtime_error("wkv7_forward: head size above 64");
+  k_wkv7_forward<<<H, N>>>(y, checkpoints, r, u, k, v, a, b, T, H, N, chunk, state0, state_out);
+  check("wkv7_forward");
 }
 
 void dropout_mask(uint8_t* keep, int64_t n, uint64_t seed, uint32_t purpose, uint32_t step, uint32_t index, uint32_t threshold) {

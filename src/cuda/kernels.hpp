@@ -105,6 +105,13 @@ void gaussian_scores_backward(Blas& blas, float* dinp, float* dmu, float* dlog_s
                               const float* inp, const float* inp_sq, const float* mu, const float* w, const float* m, int N,
                               int C, int E);
 
+// RWKV-7's recurrence forward (nn::wkv7_forward, one sequence): one CUDA block per head and one
+// thread per state row, the CPU's float expressions in its order (the decay through CUDA's expf,
+// hence not the CPU's bits); checkpoints every d_chunk tokens as the CPU's; state0 / state_out may
+// be null. N <= 64.
+void wkv7_forward(float* y, float* checkpoints, const float* r, const float* u, const float* k, const float* v, const float* a,
+                  const float* b, int T, int H, int N, int chunk, const float* state0, float* state_out);
+
 // Dropout (nn/dropout.hpp) on the device: the mask bytes are the CPU's (the same Philox words of
 // the stream (seed, purpose, step, index), core/philox.hpp, against the same threshold), and the
 // application is the CPU's one product per element, so masks and results are bitwise the CPU's.

@@ -12,6 +12,7 @@
 #include "nn/dropout.hpp"
 #include "nn/moe.hpp"
 #include "nn/ops.hpp"
+#include "nn/wkv7.hpp"
 #include "mpi/comm.hpp"
 #include "parallel/layout.hpp"
 namespace hyperrnn::cuda {
@@ -24,6 +25,11 @@ template <class T> std::vector<T> DeviceBuffer<T>::download() const { return std
 template class DeviceBuffer<float>; template class DeviceBuffer<double>; template class DeviceBuffer<int32_t>;
 template class DeviceBuffer<int64_t>;
 template class DeviceBuffer<uint8_t>;
+void wkv7_forward(float* y, float* ck, const float* r, const float* u, const float* k, const float* v, const float* a, const float* b, int T, int H, int N, int chunk, const float* s0, float* so) {
+  nn::Wkv7Dims d;
+  d.T = T, d.H = H, d.N = N, d.chunk = chunk;
+  nn::wkv7_forward<float>(y, ck, r, u, k, v, a, b, d, s0, so);
+}
 void gaussian_scores_forward(Blas&, float* s, float* w, float* m, float* c, float* sq, const float* x, const float* mu, const float* ls, int N, int C, int E) {
   nn::gaussian_scores_forward<float>(s, w, m, c, sq, x, mu, ls, N, C, E);
 }

@@ -21,6 +21,12 @@
 //   (K + c) u times the expression evaluated on absolute values (the standard bound for a sum of
 //   K products in float, K = C forward; N for the parameter gradients, E for the input gradient;
 //   c counts the roundings outside the sums: the float inputs w, m, x^2 and the elementwise tail);
+// - the RWKV-7 recurrence: against the CPU op in double on the same float inputs. Every value is
+//   a chain of float operations whose first-order error is at most u times its evaluation on
+//   absolute values per operation on its longest dependency path: per token N adds for sa, 3 for
+//   the update, and about 8 for the decay (two expf of 2 ulp each, the sigmoid's add and divide);
+//   so at token t (from 1) |y - truth| <= (t (N + 12) + N + 2) u Ay and the state checkpoints
+//   within t (N + 12) u AS, Ay and AS the recurrence evaluated on absolute values;
 // - dropout: the same Philox words against the same threshold (masks bitwise), one product per
 //   element (bitwise);
 // - MoE dispatch (integers: bitwise), combine and its backward, scatter-add (the CPU's float and
@@ -43,6 +49,7 @@
 #include "nn/dropout.hpp"
 #include "nn/moe.hpp"
 #include "nn/ops.hpp"
+#include "nn/wkv7.hpp"
 #include "parallel/layout.hpp"
 
 using namespace hyperrnn;
@@ -584,4 +591,53 @@ TEST_CASE("GPU Gaussian router scores forward and backward against the CPU op in
       worst_b = std::max(worst_b, std::abs(dls_g[k] - dls_d[k]) / ((N + 6) * u * (wf[k] * (gx2a + 2 * am * gxa + am * am * gsa) + gsa)));
     }
   CHECK(worst_b <= 1.0);
+}
+
+TEST_CASE("GPU RWKV-7 recurrence forward against the CPU op in double", "[gpu]") {
+  for (const auto& [T, H, N, chunk] : std::vector<std::array<int, 4>>{{40, 2, 16, 16}, {33, 3, 8, 5}, {20, 1, 64, 7}}) {
+    INFO("T " << T << ", H " << H << ", N " << N << ", chunk " << chunk);
+    const std::size_t n = static_cast<std::size_t>(T) * H * N, SS = static_cast<std::size_t>(H) * N * N;
+    const std::vector<float> r = randn(n, 31, 0.5f), uu = randn(n, 32), k = randn(n, 33, 0.5f), v = randn(n, 34, 0.5f),
+                             a = randn(n, 35, 0.3f), b = randn(n, 36, 0.3f), s0 = randn(SS, 37, 0.2f);
+    const int64_t nck = (T + chunk - 1) / chunk;
+    DeviceBuffer<float> dr(n), du(n), dk(n), dv(n), da(n), db(n), ds0(SS), dy(n), dck(static_cast<std::size_t>(nck) * SS), dso(SS);
+    dr.upload(r), du.upload(uu), dk.upload(k), dv.upload(v), da.upload(a), db.upload(b), ds0.upload(s0);
+    cuda::wkv7_forward(dy.data(), dck.data(), dr.data(), du.data(), dk.data(), dv.data(), da.data(), db.data(), T, H, N, chunk,
+                       ds0.data(), dso.data());
+    const std::vector<float> y = dy.download(), ck = dck.download(), so = dso.download();
+    auto dbl = [](const std::vector<float>& x) { return std::vector<double>(x.begin(), x.end()); };
+    const std::vector<double> rd = dbl(r), ud = dbl(uu), kd = dbl(k), vd = dbl(v), ad = dbl(a), bd = dbl(b), s0d = dbl(s0);
+    nn::Wkv7Dims d;
+    d.T = T, d.H = H, d.N = N, d.chunk = chunk;
+    std::vector<double> yt(n), ckt(static_cast<std::size_t>(nck) * SS), sot(SS);
+    nn::wkv7_forward<double>(yt.data(), ckt.data(), rd.data(), ud.data(), kd.data(), vd.data(), ad.data(), bd.data(), d, s0d.data(), sot.data());
+    // the recurrence on absolute values (decays are in (0, 1): their own value)
+    std::vector<double> AS(SS);
+    for (std::size_t q = 0; q < SS; ++q) AS[q] = std::abs(s0d[q]);
+    double worst = 0.0;
+    for (int t = 0; t < T; ++t) {
+      const double ct = static_cast<double>(t) * (N + 12) * u;  // the path before this token
+      if (t % chunk == 0)
+        for (std::size_t q = 0; q < SS; ++q) {
+          const std::size_t o = static_cast<std::size_t>(t / chunk) * SS + q;
+          worst = std::max(worst, std::abs(ck[o] - ckt[o]) / (ct * AS[q] + 1e-300));
+        }
+      for (int h = 0; h < H; ++h) {
+        const std::size_t o = (static_cast<std::size_t>(t) * H + h) * N;
+        for (int i = 0; i < N; ++i) {
+          double* row = AS.data() + (static_cast<std::size_t>(h) * N + i) * N;
+          double sa = 0.0, ay = 0.0;
+          for (int j = 0; j < N; ++j) sa += row[j] * std::abs(ad[o + j]);
+          for (int j = 0; j < N; ++j) {
+            row[j] = row[j] * nn::wkv7_decay(ud[o + j]) + sa * std::abs(bd[o + j]) + std::abs(kd[o + j] * vd[o + i]);
+            ay += row[j] * std::abs(rd[o + j]);
+          }
+          const double bound = (static_cast<double>(t + 1) * (N + 12) + N + 2) * u * ay;
+          worst = std::max(worst, std::abs(y[o + i] - yt[o + i]) / bound);
+        }
+      }
+    }
+    for (std::size_t q = 0; q < SS; ++q) worst = std::max(worst, std::abs(so[q] - sot[q]) / (T * (N + 12) * u * AS[q]));
+    CHECK(worst <= 1.0);
+  }
 }
