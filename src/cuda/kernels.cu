@@ -333,10 +333,23 @@ __global__ void k_dropout_apply(float* out, const float* inp, const uint8_t* kee
 // MoE dispatch: the (token, slot) pairs in chunks of kThreads. Per chunk, each expert's count;
 // then, per expert, the chunks' bases (offsets[e] + the counts of the chunks before); then each
 // pair's row = its chunk's base for its expert + the pairs of that expert before it in the chunk.
-__global__ void k_moe_chunk_counts(int32_t* counts, const int32_t* idx, int64_t pairs, int E) {
+// The pair's expert, or -1 for a slot beyond its token's k (dynamic top-k: sample_k per sample of
+// sample_tokens tokens; null = every slot active).
+__device__ int32_t active_expert(const int32_t* idx, int64_t p, int64_t pairs, int K, const int32_t* sample_k, int sample_tokens) {
+  if (p >= pairs) return -1;
+  if (sample_k && p % K >= sample_k[(p / K) / sample_tokens]) return -1;
+  return idx[p];
+}
+
+__device__ int k_of_token(int64_t n, int K, const int32_t* sample_k, int sample_tokens) {
+  return sample_k ? sample_k[n / sample_tokens] : K;
+}
+
+__global__ void k_moe_chunk_counts(int32_t* counts, const int32_t* idx, int64_t pairs, int E, int K, const int32_t* sample_k,
+                                   int sample_tokens) {
   __shared__ int32_t sh[kThreads];
   const int64_t p = blockIdx.x * int64_t(kThreads) + threadIdx.x;
-  sh[threadIdx.x] = p < pairs ? idx[p] : -1;
+  sh[threadIdx.x] = active_expert(idx, p, pairs, K, sample_k, sample_tokens);
   __syncthreads();
   for (int e = threadIdx.x; e < E; e += kThreads) {
     int32_t c = 0;
@@ -366,13 +379,18 @@ __global__ void k_moe_bases(int32_t* base, int32_t* offsets, int chunks, int E) 
     for (int ch = 0; ch < chunks; ++ch) base[int64_t(ch) * E + e] += offsets[e];
 }
 
-__global__ void k_moe_rows(int32_t* tok, int32_t* pos, const int32_t* base, const int32_t* idx, int64_t pairs, int K, int E) {
+__global__ void k_moe_rows(int32_t* tok, int32_t* pos, const int32_t* base, const int32_t* idx, int64_t pairs, int K, int E,
+                           const int32_t* sample_k, int sample_tokens) {
   __shared__ int32_t sh[kThreads];
   const int64_t p = blockIdx.x * int64_t(kThreads) + threadIdx.x;
-  const int32_t e = p < pairs ? idx[p] : -1;
+  const int32_t e = active_expert(idx, p, pairs, K, sample_k, sample_tokens);
   sh[threadIdx.x] = e;
   __syncthreads();
   if (p >= pairs) return;
+  if (e < 0) {  // an inactive slot: no row
+    pos[p] = -1;
+    return;
+  }
   int32_t rank = 0;
   for (int t = 0; t < static_cast<int>(threadIdx.x); ++t) rank += sh[t] == e;
   const int32_t a = base[int64_t(blockIdx.x) * E + e] + rank;
@@ -380,23 +398,45 @@ __global__ void k_moe_rows(int32_t* tok, int32_t* pos, const int32_t* base, cons
   pos[p] = a;
 }
 
-__global__ void k_moe_gather(float* xs, const float* inp, const int32_t* tok, int64_t rows, int C) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < rows * C; i += int64_t(gridDim.x) * blockDim.x)
-    xs[i] = inp[int64_t(tok[i / C]) * C + i % C];
+// Dynamic top-k: tokens whose k is below K take the softmax over their first k chosen scores (the
+// CPU's expressions: float differences, double exps and sum), the other slots gate 0.
+__global__ void k_dynamic_gates(float* gates, const float* scores, const int32_t* idx, int N, int E, int K, const int32_t* sample_k,
+                                int sample_tokens) {
+  for (int64_t n = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; n < N; n += int64_t(gridDim.x) * blockDim.x) {
+    const int k = sample_k[n / sample_tokens];
+    if (k >= K) continue;
+    float* g = gates + n * K;
+    const float* sc = scores + n * E;
+    const int32_t* id = idx + n * K;
+    double z = 0.0;
+    for (int j = 0; j < k; ++j) z += exp(static_cast<double>(sc[id[j]] - sc[id[0]]));
+    for (int j = 0; j < K; ++j) g[j] = j < k ? static_cast<float>(exp(static_cast<double>(sc[id[j]] - sc[id[0]])) / z) : 0.0f;
+  }
 }
 
-__global__ void k_moe_combine(float* out, const float* ys, const float* gates, const int32_t* pos, int N, int K, int C) {
+__global__ void k_moe_gather(float* xs, const float* inp, const int32_t* tok, const int32_t* offsets, int E, int64_t capacity, int C) {
+  const int64_t rows = offsets[E];  // the active pairs (capacity N K with a fixed top-k)
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < capacity * C; i += int64_t(gridDim.x) * blockDim.x)
+    if (i / C < rows) xs[i] = inp[int64_t(tok[i / C]) * C + i % C];
+}
+
+__global__ void k_moe_combine(float* out, const float* ys, const float* gates, const int32_t* pos, int N, int K, int C,
+                              const int32_t* sample_k, int sample_tokens) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < int64_t(N) * C; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t n = i / C, c = i % C;
-    float o = 0.0f;  // the CPU's o = 0, then o += g y slot by slot
-    for (int j = 0; j < K; ++j) o += gates[n * K + j] * ys[int64_t(pos[n * K + j]) * C + c];
+    float o = 0.0f;  // the CPU's o = 0, then o += g y slot by slot over the token's k slots
+    for (int j = 0, k = k_of_token(n, K, sample_k, sample_tokens); j < k; ++j) o += gates[n * K + j] * ys[int64_t(pos[n * K + j]) * C + c];
     out[i] = o;
   }
 }
 
 __global__ void k_moe_combine_backward(float* dys, float* dgates, const float* dout, const float* ys, const float* gates,
-                                       const int32_t* pos, int64_t pairs, int K, int C) {
+                                       const int32_t* pos, int64_t pairs, int K, int C, const int32_t* sample_k, int sample_tokens) {
   for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < pairs; p += int64_t(gridDim.x) * blockDim.x) {
+    if (p % K >= k_of_token(p / K, K, sample_k, sample_tokens)) {  // inactive slot: gate 0, no gradient (the CPU's j >= k)
+      dgates[p] = 0.0f;
+      continue;
+    }
     const float g = gates[p];
     const float* dn = dout + (p / K) * C;
     const float* y = ys + int64_t(pos[p]) * C;
@@ -758,7 +798,7 @@ void dropout_backward(float* dinp, const float* dout, const uint8_t* keep, float
 }
 
 void moe_dispatch(int32_t* offsets, int32_t* tok, int32_t* pos, float* xs, const int32_t* idx, const float* inp, int N, int K,
-                  int E, int C) {
+                  int E, int C, const int32_t* sample_k, int sample_tokens) {
   if (E > 1024) throw std::runtime_error("moe_dispatch: more than 1024 experts");
   const int64_t pairs = int64_t(N) * K;
   const int chunks = static_cast<int>((pairs + kThreads - 1) / kThreads);
@@ -768,21 +808,29 @@ void moe_dispatch(int32_t* offsets, int32_t* tok, int32_t* pos, float* xs, const
     return;
   }
   DeviceBuffer<int32_t> base(static_cast<std::size_t>(chunks) * E);
-  k_moe_chunk_counts<<<chunks, kThreads>>>(base.data(), idx, pairs, E);
+  k_moe_chunk_counts<<<chunks, kThreads>>>(base.data(), idx, pairs, E, K, sample_k, sample_tokens);
   k_moe_bases<<<1, 256>>>(base.data(), offsets, chunks, E);
-  k_moe_rows<<<chunks, kThreads>>>(tok, pos, base.data(), idx, pairs, K, E);
-  k_moe_gather<<<grid_for(pairs * C), kThreads>>>(xs, inp, tok, pairs, C);
+  k_moe_rows<<<chunks, kThreads>>>(tok, pos, base.data(), idx, pairs, K, E, sample_k, sample_tokens);
+  k_moe_gather<<<grid_for(pairs * C), kThreads>>>(xs, inp, tok, offsets, E, pairs, C);
   check("moe_dispatch");
 }
 
-void moe_combine(float* out, const float* ys, const float* gates, const int32_t* pos, int N, int K, int C) {
-  k_moe_combine<<<grid_for(int64_t(N) * C), kThreads>>>(out, ys, gates, pos, N, K, C);
+void topk_dynamic_gates(float* gates, const float* scores, const int32_t* idx, int N, int E, int K, const int32_t* sample_k,
+                        int sample_tokens) {
+  k_dynamic_gates<<<(N + 127) / 128, 128>>>(gates, scores, idx, N, E, K, sample_k, sample_tokens);
+  check("topk_dynamic_gates");
+}
+
+void moe_combine(float* out, const float* ys, const float* gates, const int32_t* pos, int N, int K, int C, const int32_t* sample_k,
+                 int sample_tokens) {
+  k_moe_combine<<<grid_for(int64_t(N) * C), kThreads>>>(out, ys, gates, pos, N, K, C, sample_k, sample_tokens);
   check("moe_combine");
 }
 
 void moe_combine_backward(float* dys, float* dgates, const float* dout, const float* ys, const float* gates, const int32_t* pos,
-                          int N, int K, int C) {
-  k_moe_combine_backward<<<grid_for(int64_t(N) * K), kThreads>>>(dys, dgates, dout, ys, gates, pos, int64_t(N) * K, K, C);
+                          int N, int K, int C, const int32_t* sample_k, int sample_tokens) {
+  k_moe_combine_backward<<<grid_for(int64_t(N) * K), kThreads>>>(dys, dgates, dout, ys, gates, pos, int64_t(N) * K, K, C, sample_k,
+                                                                 sample_tokens);
   check("moe_combine_backward");
 }
 

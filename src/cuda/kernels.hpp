@@ -119,20 +119,27 @@ void dropout_mask(uint8_t* keep, int64_t n, uint64_t seed, uint32_t purpose, uin
 void dropout_forward(float* out, const float* inp, const uint8_t* keep, float scale, int64_t n);
 void dropout_backward(float* dinp, const float* dout, const uint8_t* keep, float scale, int64_t n);
 
-// The MoE dispatch and combine (nn/moe.cpp) on the device, for a fixed top-k (every token uses
-// all K slots; the dynamic top-k of pilf's profiles is not on the device yet). All integer or the
-// CPU's float operations in the CPU's order, so bitwise the CPU's:
-// - moe_dispatch: the stable counting sort of the (token, slot) pairs by expert in (token, slot)
-//   order: offsets (E + 1), tok (N K: the token of each dispatched row), pos (N, K: the row of each
-//   pair); then xs (N K, C), the gathered input rows;
-// - moe_combine: out = sum over the slots, in slot order, of gate * y;
-// - moe_combine_backward: dy = gate * dout and dgate = <dout, y> in double in lanes.hpp's order;
+// The MoE dispatch and combine (nn/moe.cpp) on the device. All integer or the CPU's float
+// operations in the CPU's order, so bitwise the CPU's. Dynamic top-k: sample_k (one k in [1, K] per
+// sample of sample_tokens tokens; null = K for every token), whose slots beyond k are inactive
+// (no row, pos -1, gate 0), as MoeDims::k_of.
+// - topk_dynamic_gates: after topk_softmax_forward, the softmax over each token's first k chosen
+//   scores when its k is below K (double exps and sum, as the CPU), the other slots 0;
+// - moe_dispatch: the stable counting sort of the active (token, slot) pairs by expert in (token,
+//   slot) order: offsets (E + 1; offsets[E] = the active pairs), tok (the token of each dispatched
+//   row), pos (N, K: the row of each pair, -1 if inactive); then xs, the gathered input rows;
+// - moe_combine: out = sum over the token's k slots, in slot order, of gate * y;
+// - moe_combine_backward: dy = gate * dout and dgate = <dout, y> in double in lanes.hpp's order
+//   (dgate 0 for an inactive slot);
 // - moe_scatter_add: dinp += each token's rows of dxs in ascending row order.
+void topk_dynamic_gates(float* gates, const float* scores, const int32_t* idx, int N, int E, int K, const int32_t* sample_k,
+                        int sample_tokens);
 void moe_dispatch(int32_t* offsets, int32_t* tok, int32_t* pos, float* xs, const int32_t* idx, const float* inp, int N, int K,
-                  int E, int C);
-void moe_combine(float* out, const float* ys, const float* gates, const int32_t* pos, int N, int K, int C);
+                  int E, int C, const int32_t* sample_k = nullptr, int sample_tokens = 1);
+void moe_combine(float* out, const float* ys, const float* gates, const int32_t* pos, int N, int K, int C,
+                 const int32_t* sample_k = nullptr, int sample_tokens = 1);
 void moe_combine_backward(float* dys, float* dgates, const float* dout, const float* ys, const float* gates, const int32_t* pos,
-                          int N, int K, int C);
+                          int N, int K, int C, const int32_t* sample_k = nullptr, int sample_tokens = 1);
 void moe_scatter_add(float* dinp, const float* dxs, const int32_t* pos, int N, int K, int C);
 
 // The reproducible shard sum on the device: the CPU's ShardSum (parallel/layout.cpp) with the same

@@ -75,6 +75,21 @@ constexpr int kRowChunk = 256;
 int chunks(int64_t rows) { return static_cast<int>((rows + kRowChunk - 1) / kRowChunk); }
 }  // namespace
 
+template <class T>
+void dynamic_topk_gates(T* gates, const T* scores, const int32_t* idx, int t0, int t1, const MoeDims& d) {
+  const int E = d.E, K = d.K;
+  for (int n = t0; n < t1; ++n) {
+    const int k = d.k_of(n);
+    if (k >= K) continue;
+    T* g = gates + 1LL * n * K;
+    const T* sc = scores + 1LL * n * E;
+    const int32_t* id = idx + 1LL * n * K;
+    double z = 0.0;
+    for (int j = 0; j < k; ++j) z += std::exp(static_cast<double>(sc[id[j]] - sc[id[0]]));
+    for (int j = 0; j < K; ++j) g[j] = j < k ? static_cast<T>(std::exp(static_cast<double>(sc[id[j]] - sc[id[0]])) / z) : T(0);
+  }
+}
+
 // Threads (src/parallel/threads.hpp): scores, top-k and gates per canonical shard (or routing
 // set), the counting sort in order on the calling thread, the gather in fixed row chunks.
 template <class T>
@@ -109,17 +124,7 @@ void moe_route(MoeCache<T>& c, const T* inp, const MoeWeights<T>& wts, RouterKin
     const int t0 = d.shard_begin(s), t1 = d.shard_begin(s + 1);
     if (t1 == t0) return;
     topk_softmax_forward<T>(c.idx + 1LL * t0 * K, c.gates + 1LL * t0 * K, c.scores + 1LL * t0 * E, t1 - t0, E, K);
-    if (d.sample_k)  // dynamic top-k: softmax over the first k of the K chosen, the rest gate 0
-      for (int n = t0; n < t1; ++n) {
-        const int k = d.k_of(n);
-        if (k >= K) continue;
-        T* g = c.gates + 1LL * n * K;
-        const T* sc = c.scores + 1LL * n * E;
-        const int32_t* id = c.idx + 1LL * n * K;
-        double z = 0.0;
-        for (int j = 0; j < k; ++j) z += std::exp(static_cast<double>(sc[id[j]] - sc[id[0]]));
-        for (int j = 0; j < K; ++j) g[j] = j < k ? static_cast<T>(std::exp(static_cast<double>(sc[id[j]] - sc[id[0]])) / z) : T(0);
-      }
+    if (d.sample_k) dynamic_topk_gates<T>(c.gates, c.scores, c.idx, t0, t1, d);
   });
 
   // Counting sort of the active (token, slot) pairs by expert, stable in (token, slot) order.
@@ -313,7 +318,8 @@ void moe_backward(T* dinp, const MoeWeights<T>& g, MoeScratch<T>& s, const T* do
                                        const MoeWeights<T>&, RouterKind, const MoeDims&);      \
   template void moe_experts_backward<T>(T*, T*, T*, T*, const T*, const T*, const T*, const T*, const int32_t*, int, \
                                         const T*, const MoeDims&);                              \
-  template void moe_scatter_add<T>(T*, const T*, const MoeCache<T>&, const MoeDims&);
+  template void moe_scatter_add<T>(T*, const T*, const MoeCache<T>&, const MoeDims&);                \
+  template void dynamic_topk_gates<T>(T*, const T*, const int32_t*, int, int, const MoeDims&);
 HYPERRNN_INSTANTIATE_MOE(float)
 HYPERRNN_INSTANTIATE_MOE(double)
 

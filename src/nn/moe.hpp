@@ -129,6 +129,10 @@ void moe_experts_backward(T* dxs, T* dact, T* dh, T* grad_experts, const T* dys,
 // dinp[token] += dxs[row] over the sorted rows.
 template <class T>
 void moe_scatter_add(T* dinp, const T* dxs, const MoeCache<T>& cache, const MoeDims& d);
+// Dynamic top-k (d.sample_k): for tokens [t0, t1) whose k is below K, the gates become the softmax
+// over their first k chosen scores (double exps and sum), the other slots 0. After the top-k.
+template <class T>
+void dynamic_topk_gates(T* gates, const T* scores, const int32_t* idx, int t0, int t1, const MoeDims& d);
 
 // Tokens routed to expert e in the last forward: offsets[e+1] - offsets[e].
 inline int moe_tokens_of(const int32_t* offsets, int e) { return offsets[e + 1] - offsets[e]; }

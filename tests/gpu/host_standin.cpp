@@ -37,12 +37,15 @@ void gaussian_scores_backward(Blas&, float* dx, float* dmu, float* dls, float* e
   nn::gaussian_scores_backward<float>(dx, dmu, dls, ec, g, x, sq, mu, w, m, N, C, E);
 }
 // the MoE dispatch: a stable sort of the pairs by expert; combine and scatter through the CPU ops
-void moe_dispatch(int32_t* offsets, int32_t* tok, int32_t* pos, float* xs, const int32_t* idx, const float* inp, int N, int K, int E, int C) {
-  std::vector<int64_t> order(static_cast<std::size_t>(N) * K);
-  for (std::size_t p = 0; p < order.size(); ++p) order[p] = static_cast<int64_t>(p);
+void moe_dispatch(int32_t* offsets, int32_t* tok, int32_t* pos, float* xs, const int32_t* idx, const float* inp, int N, int K, int E, int C, const int32_t* sk, int st) {
+  std::vector<int64_t> order;  // the active pairs, stably sorted by expert
+  for (int64_t p = 0; p < int64_t(N) * K; ++p) {
+    pos[p] = -1;
+    if (!sk || p % K < sk[(p / K) / st]) order.push_back(p);
+  }
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return idx[a] < idx[b]; });
   for (int e = 0; e <= E; ++e) offsets[e] = 0;
-  for (std::size_t p = 0; p < order.size(); ++p) ++offsets[idx[p] + 1];
+  for (int64_t p : order) ++offsets[idx[p] + 1];
   for (int e = 0; e < E; ++e) offsets[e + 1] += offsets[e];
   for (std::size_t a = 0; a < order.size(); ++a) {
     tok[a] = static_cast<int32_t>(order[a] / K);
@@ -58,17 +61,22 @@ nn::MoeCache<float> moe_cache(const float* ys, const float* gates, const int32_t
   c.pos = const_cast<int32_t*>(pos);
   return c;
 }
-nn::MoeDims moe_dims(int N, int K, int C) {
+nn::MoeDims moe_dims(int N, int K, int C, const int32_t* sk = nullptr, int st = 1) {
   nn::MoeDims d;
-  d.N = N, d.K = K, d.C = C, d.E = 1, d.F = 1;
+  d.N = N, d.K = K, d.C = C, d.E = 1, d.F = 1, d.sample_k = sk, d.sample_tokens = st;
   return d;
 }
 }  // namespace
-void moe_combine(float* out, const float* ys, const float* gates, const int32_t* pos, int N, int K, int C) {
-  nn::moe_combine<float>(out, moe_cache(ys, gates, pos), moe_dims(N, K, C));
+void moe_combine(float* out, const float* ys, const float* gates, const int32_t* pos, int N, int K, int C, const int32_t* sk, int st) {
+  nn::moe_combine<float>(out, moe_cache(ys, gates, pos), moe_dims(N, K, C, sk, st));
 }
-void moe_combine_backward(float* dys, float* dgates, const float* dout, const float* ys, const float* gates, const int32_t* pos, int N, int K, int C) {
-  nn::moe_combine_backward<float>(dys, dgates, dout, moe_cache(ys, gates, pos), moe_dims(N, K, C));
+void topk_dynamic_gates(float* gates, const float* scores, const int32_t* idx, int N, int E, int K, const int32_t* sk, int st) {
+  nn::MoeDims d = moe_dims(N, K, 1, sk, st);
+  d.E = E;
+  nn::dynamic_topk_gates<float>(gates, scores, idx, 0, N, d);
+}
+void moe_combine_backward(float* dys, float* dgates, const float* dout, const float* ys, const float* gates, const int32_t* pos, int N, int K, int C, const int32_t* sk, int st) {
+  nn::moe_combine_backward<float>(dys, dgates, dout, moe_cache(ys, gates, pos), moe_dims(N, K, C, sk, st));
 }
 void moe_scatter_add(float* dinp, const float* dxs, const int32_t* pos, int N, int K, int C) {
   nn::moe_scatter_add<float>(dinp, dxs, moe_cache(nullptr, nullptr, pos), moe_dims(N, K, C));

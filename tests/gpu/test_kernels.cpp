@@ -453,8 +453,17 @@ TEST_CASE("GPU dropout masks and their application equal the CPU's, bitwise", "[
 }
 
 TEST_CASE("GPU MoE dispatch, combine and scatter-add equal the CPU's, bitwise", "[gpu]") {
+  for (const bool dyn : {false, true})
   for (const auto& [N, K, E, C] : std::vector<std::array<int, 4>>{{1, 1, 1, 8}, {300, 2, 4, 64}, {1000, 4, 8, 32}, {257, 3, 16, 17}}) {
-    INFO("N " << N << ", K " << K << ", E " << E << ", C " << C);
+    INFO("N " << N << ", K " << K << ", E " << E << ", C " << C << (dyn ? ", dynamic top-k" : ""));
+    // dynamic top-k: samples of 5 tokens (the last one shorter), each with its own k in [1, K]
+    const int st = 5;
+    std::vector<int32_t> sk(static_cast<std::size_t>((N + st - 1) / st));
+    for (std::size_t q = 0; q < sk.size(); ++q) sk[q] = 1 + static_cast<int32_t>((q * 7 + 3) % static_cast<std::size_t>(K));
+    auto active = [&](int64_t p) { return !dyn || p % K < sk[static_cast<std::size_t>((p / K) / st)]; };
+    DeviceBuffer<int32_t> dsk(sk.size());
+    dsk.upload(sk);
+    const int32_t* skp = dyn ? dsk.data() : nullptr;
     // top-k indices: K distinct experts per token, in a random order
     std::mt19937_64 g(1000 + N);
     std::vector<int32_t> idx(static_cast<std::size_t>(N) * K);
@@ -466,25 +475,27 @@ TEST_CASE("GPU MoE dispatch, combine and scatter-add equal the CPU's, bitwise", 
     }
     const int64_t A = int64_t(N) * K;
     // oracle: expert by expert, the pairs of that expert in (token, slot) order
-    std::vector<int32_t> offsets(static_cast<std::size_t>(E) + 1, 0), tok(static_cast<std::size_t>(A)), pos(static_cast<std::size_t>(A));
+    std::vector<int32_t> offsets(static_cast<std::size_t>(E) + 1, 0), tok(static_cast<std::size_t>(A)), pos(static_cast<std::size_t>(A), -1);
     int32_t row = 0;
     for (int e = 0; e < E; ++e) {
       offsets[static_cast<std::size_t>(e)] = row;
       for (int64_t p = 0; p < A; ++p)
-        if (idx[static_cast<std::size_t>(p)] == e) tok[static_cast<std::size_t>(row)] = static_cast<int32_t>(p / K), pos[static_cast<std::size_t>(p)] = row++;
+        if (active(p) && idx[static_cast<std::size_t>(p)] == e) tok[static_cast<std::size_t>(row)] = static_cast<int32_t>(p / K), pos[static_cast<std::size_t>(p)] = row++;
     }
     offsets[static_cast<std::size_t>(E)] = row;
     const std::vector<float> inp = randn(static_cast<std::size_t>(N) * C, 7);
     std::vector<float> xs_ref(static_cast<std::size_t>(A) * C);
-    for (int64_t a = 0; a < A; ++a)
+    for (int64_t a = 0; a < row; ++a)
       for (int c = 0; c < C; ++c) xs_ref[static_cast<std::size_t>(a * C + c)] = inp[static_cast<std::size_t>(int64_t(tok[static_cast<std::size_t>(a)]) * C + c)];
     DeviceBuffer<int32_t> didx(idx.size()), doff(offsets.size()), dtok(tok.size()), dpos(pos.size());
     DeviceBuffer<float> dinp(inp.size()), dxs(xs_ref.size());
     didx.upload(idx);
     dinp.upload(inp);
-    cuda::moe_dispatch(doff.data(), dtok.data(), dpos.data(), dxs.data(), didx.data(), dinp.data(), N, K, E, C);
+    dxs.upload(std::vector<float>(xs_ref.size(), 0.0f));
+    cuda::moe_dispatch(doff.data(), dtok.data(), dpos.data(), dxs.data(), didx.data(), dinp.data(), N, K, E, C, skp, st);
     CHECK(doff.download() == offsets);
-    CHECK(dtok.download() == tok);
+    const std::vector<int32_t> tok_g = dtok.download();
+    CHECK(std::equal(tok.begin(), tok.begin() + row, tok_g.begin()));  // the rows in use
     CHECK(dpos.download() == pos);
     CHECK(dxs.download() == xs_ref);
     // combine, its backward and the scatter-add against the CPU ops on the same dispatch
@@ -497,6 +508,7 @@ TEST_CASE("GPU MoE dispatch, combine and scatter-add equal the CPU's, bitwise", 
     mc.pos = pos.data();
     nn::MoeDims md;
     md.N = N, md.K = K, md.C = C, md.E = E, md.F = 1;
+    if (dyn) md.sample_k = sk.data(), md.sample_tokens = st;
     std::vector<float> out_ref(static_cast<std::size_t>(N) * C), dys_ref(ys.size()), dg_ref(gates.size()), sc_ref = dinp0;
     nn::moe_combine<float>(out_ref.data(), mc, md);
     nn::moe_combine_backward<float>(dys_ref.data(), dg_ref.data(), dout.data(), mc, md);
@@ -504,13 +516,32 @@ TEST_CASE("GPU MoE dispatch, combine and scatter-add equal the CPU's, bitwise", 
     DeviceBuffer<float> dys(ys.size()), dg(gates.size()), ddout(dout.size()), dout_c(out_ref.size()), ddys(ys.size()), ddg(gates.size()),
         ddx(dxsv.size()), dsc(dinp0.size());
     dys.upload(ys), dg.upload(gates), ddout.upload(dout), ddx.upload(dxsv), dsc.upload(dinp0);
-    cuda::moe_combine(dout_c.data(), dys.data(), dg.data(), dpos.data(), N, K, C);
-    cuda::moe_combine_backward(ddys.data(), ddg.data(), ddout.data(), dys.data(), dg.data(), dpos.data(), N, K, C);
+    ddys.upload(std::vector<float>(ys.size(), 0.0f));
+    std::fill(dys_ref.begin(), dys_ref.end(), 0.0f);  // the CPU leaves inactive rows as they were: zero both
+    nn::moe_combine_backward<float>(dys_ref.data(), dg_ref.data(), dout.data(), mc, md);
+    cuda::moe_combine(dout_c.data(), dys.data(), dg.data(), dpos.data(), N, K, C, skp, st);
+    cuda::moe_combine_backward(ddys.data(), ddg.data(), ddout.data(), dys.data(), dg.data(), dpos.data(), N, K, C, skp, st);
     cuda::moe_scatter_add(dsc.data(), ddx.data(), dpos.data(), N, K, C);
     CHECK(dout_c.download() == out_ref);
     CHECK(ddys.download() == dys_ref);
     CHECK(ddg.download() == dg_ref);
     CHECK(dsc.download() == sc_ref);
+    if (dyn) {  // the dynamic gates after a top-k on random scores
+      const std::vector<float> scores = randn(static_cast<std::size_t>(N) * E, 13);
+      std::vector<int32_t> tidx(static_cast<std::size_t>(N) * K);
+      std::vector<float> tg(static_cast<std::size_t>(N) * K);
+      nn::topk_softmax_forward<float>(tidx.data(), tg.data(), scores.data(), N, E, K);
+      std::vector<float> gref = tg;
+      nn::dynamic_topk_gates<float>(gref.data(), scores.data(), tidx.data(), 0, N, md);
+      DeviceBuffer<float> dscore(scores.size()), dgt(tg.size());
+      DeviceBuffer<int32_t> dti(tidx.size());
+      dscore.upload(scores), dgt.upload(tg), dti.upload(tidx);
+      cuda::topk_dynamic_gates(dgt.data(), dscore.data(), dti.data(), N, E, K, dsk.data(), st);
+      const std::vector<float> gg = dgt.download();
+      double worst = 0.0;  // the CPU's expressions with CUDA's double exp (1 ulp in double): u |gate|
+      for (std::size_t q = 0; q < gg.size(); ++q) worst = std::max(worst, std::abs(gg[q] - gref[q]) / (u * std::abs(gref[q]) + 1e-300));
+      CHECK(worst <= 1.0);
+    }
   }
 }
 
