@@ -97,13 +97,11 @@ int run_bench(Comm& comm, const RunConfig& cfg) {
   struct Repeat {
     double step, dispatch, reduce, optimizer, pilf;
   };
-  Repeat sums{0, 0, 0, 0, 0};  // the accounted repeat's, for the phase split
+  Repeat sums{0, 0, 0, 0, 0};  // the accounted repeat's totals (the phase and thread splits)
   std::vector<Repeat> reps;
   double flops_sum = 0.0;  // model FLOPs of every timed step (meta-training steps cost more)
   int64_t step = 0, timed = 0, bytes = 0;
   const std::vector<int32_t> per_rank = threads_per_rank(par);
-  double timed_wall = 0.0;  // the accounted repeat's (the phase and thread splits)
-  Repeat acc{0, 0, 0, 0, 0};
   // Repeat 0 warms up and is discarded; repeats 1..R are timed with the GEMM and phase accounting
   // off, as in a training run (its clock reads cost ~1% of a moe step); one more repeat, R + 1,
   // runs with it on, for the phase split only.
@@ -134,10 +132,9 @@ int run_bench(Comm& comm, const RunConfig& cfg) {
     }
     const double n = static_cast<double>(cfg.bench_steps);
     if (r > 0 && r < accounted) reps.push_back({t.step / n, t.dispatch / n, t.reduce / n, t.optimizer / n, t.pilf / n});
-    if (r == accounted) acc = t;
+    if (r == accounted) sums = t;
   }
-  timed_wall = acc.step;
-  sums = acc;
+  const double timed_wall = sums.step;
   const PhaseAccount phases = phase_account();  // the timed steps only
   const GemmAccount gemms = gemm_account();
   set_accounting(false);

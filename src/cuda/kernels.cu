@@ -10,8 +10,10 @@
 #include "core/philox.hpp"
 #include "cuda/kernels.hpp"
 #include "mpi/comm.hpp"
+#include "nn/gaussian_router.hpp"
 #include "nn/lanes.hpp"
 #include "nn/topk.hpp"
+#include "nn/wkv7.hpp"
 #include "parallel/fixed_point.hpp"
 
 namespace hyperrnn::cuda {
@@ -209,14 +211,7 @@ __global__ void k_topk_softmax_backward(float* dscores, const float* dgates, con
                                         int N, int E, int K) {
   const int n = blockIdx.x * blockDim.x + threadIdx.x;
   if (n >= N) return;
-  float* ds = dscores + int64_t(n) * E;
-  const float* dg = dgates + int64_t(n) * K;
-  const float* g = gates + int64_t(n) * K;
-  const int32_t* id = idx + int64_t(n) * K;
-  for (int e = 0; e < E; ++e) ds[e] = 0.0f;
-  double dot = 0.0;
-  for (int j = 0; j < K; ++j) dot += static_cast<double>(g[j]) * dg[j];
-  for (int j = 0; j < K; ++j) ds[id[j]] = static_cast<float>(g[j] * (dg[j] - dot));
+  nn::topk_softmax_backward_row(dscores + int64_t(n) * E, dgates + int64_t(n) * K, gates + int64_t(n) * K, idx + int64_t(n) * K, E, K);
 }
 
 const char* cublas_text(cublasStatus_t s) {
@@ -239,16 +234,8 @@ void cublas_check(cublasStatus_t s, const char* what) {
 __global__ void k_gaussian_wmc(float* w, float* m, float* c, const float* mu, const float* log_sigma, int C, int E) {
   const int e = blockIdx.x * blockDim.x + threadIdx.x;
   if (e >= E) return;
-  const double half_log_2pi = 0.91893853320467274178;  // 0.5 log(2 pi)
-  double ce = 0.0;
-  for (int i = 0; i < C; ++i) {
-    const int64_t k = int64_t(e) * C + i;
-    const double wi = exp(-2.0 * static_cast<double>(log_sigma[k]));
-    w[k] = static_cast<float>(wi);
-    m[k] = static_cast<float>(mu[k] * wi);
-    ce += -0.5 * static_cast<double>(mu[k]) * mu[k] * wi - log_sigma[k] - half_log_2pi;
-  }
-  c[e] = static_cast<float>(ce);
+  const int64_t o = int64_t(e) * C;
+  c[e] = nn::gaussian_expert_wmc(w + o, m + o, mu + o, log_sigma + o, C);
 }
 
 __global__ void k_rows_of(float* out, const float* row, int E, int64_t n) {  // out (N,E) = row on every row
@@ -266,9 +253,7 @@ __global__ void k_column_sums(float* gs, const float* g, int N, int E) {  // dou
 __global__ void k_gaussian_param_grads(float* dmu, float* dls, const float* w, const float* mu, const float* gx, const float* gx2,
                                        const float* gs, int C, int64_t n) {
   for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < n; k += int64_t(gridDim.x) * blockDim.x) {
-    const float g = gs[k / C];
-    dmu[k] += w[k] * (gx[k] - mu[k] * g);
-    dls[k] += w[k] * (gx2[k] - 2.0f * mu[k] * gx[k] + mu[k] * mu[k] * g) - g;
+    nn::gaussian_param_grad(dmu[k], dls[k], w[k], mu[k], gx[k], gx2[k], gs[k / C]);
   }
 }
 
@@ -288,7 +273,7 @@ __global__ void k_wkv7_forward(float* y, float* ckpt, const float* r, const floa
   const int64_t HN = int64_t(H) * N, NN = int64_t(N) * N, SS = HN * N;
   float row[kWkvMaxN];
   for (int j = 0; j < N; ++j) row[j] = state0 ? state0[h * NN + int64_t(i) * N + j] : 0.0f;
-  const float scale = static_cast<float>(-0.6065306597126334);  // -exp(-0.5), nn::kWkvDecayScale
+  const float scale = static_cast<float>(nn::kWkvDecayScale);  // as nn::wkv7_decay
   for (int t = 0; t < T; ++t) {
     if (t % chunk == 0)
       for (int j = 0; j < N; ++j) ckpt[(t / chunk) * SS + h * NN + int64_t(i) * N + j] = row[j];
@@ -404,13 +389,7 @@ __global__ void k_dynamic_gates(float* gates, const float* scores, const int32_t
                                 int sample_tokens) {
   for (int64_t n = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; n < N; n += int64_t(gridDim.x) * blockDim.x) {
     const int k = sample_k[n / sample_tokens];
-    if (k >= K) continue;
-    float* g = gates + n * K;
-    const float* sc = scores + n * E;
-    const int32_t* id = idx + n * K;
-    double z = 0.0;
-    for (int j = 0; j < k; ++j) z += exp(static_cast<double>(sc[id[j]] - sc[id[0]]));
-    for (int j = 0; j < K; ++j) g[j] = j < k ? static_cast<float>(exp(static_cast<double>(sc[id[j]] - sc[id[0]])) / z) : 0.0f;
+    if (k < K) nn::dynamic_gates_row(gates + n * K, scores + n * E, idx + n * K, k, K);
   }
 }
 
@@ -491,18 +470,7 @@ __global__ void k_shard_exponents(int* exps, const float* const* shards, int Sl,
     if (threadIdx.x < st) sh[threadIdx.x] = sh[threadIdx.x + st] > sh[threadIdx.x] ? sh[threadIdx.x + st] : sh[threadIdx.x];
     __syncthreads();
   }
-  if (threadIdx.x == 0) {
-    const unsigned int mx = sh[0];
-    int ex = fixed_point::kZero;
-    if (mx > 0x7f7fffffu) {  // inf or NaN
-      ex = fixed_point::kNonFinite;
-    } else if (mx != 0) {
-      int e2 = 0;
-      frexp(static_cast<double>(__uint_as_float(mx)), &e2);
-      ex = e2;
-    }
-    exps[blockIdx.x] = ex;
-  }
+  if (threadIdx.x == 0) exps[blockIdx.x] = fixed_point::block_exponent(static_cast<double>(__uint_as_float(sh[0])), sh[0] > 0x7f7fffffu);
 }
 
 // Stage 2: each value on its block's grid, summed exactly over the shards in shard order.

@@ -9,6 +9,7 @@
 #include "core/error.hpp"
 #include "nn/lanes.hpp"
 #include "nn/ops.hpp"
+#include "nn/topk.hpp"
 #include "parallel/threads.hpp"
 
 namespace hyperrnn::nn {
@@ -80,13 +81,7 @@ void dynamic_topk_gates(T* gates, const T* scores, const int32_t* idx, int t0, i
   const int E = d.E, K = d.K;
   for (int n = t0; n < t1; ++n) {
     const int k = d.k_of(n);
-    if (k >= K) continue;
-    T* g = gates + 1LL * n * K;
-    const T* sc = scores + 1LL * n * E;
-    const int32_t* id = idx + 1LL * n * K;
-    double z = 0.0;
-    for (int j = 0; j < k; ++j) z += std::exp(static_cast<double>(sc[id[j]] - sc[id[0]]));
-    for (int j = 0; j < K; ++j) g[j] = j < k ? static_cast<T>(std::exp(static_cast<double>(sc[id[j]] - sc[id[0]])) / z) : T(0);
+    if (k < K) dynamic_gates_row(gates + 1LL * n * K, scores + 1LL * n * E, idx + 1LL * n * K, k, K);
   }
 }
 

@@ -9,6 +9,7 @@
 #include "core/blas.hpp"
 #include "nn/dropout.hpp"
 #include "nn/elementwise_math.hpp"
+#include "nn/gaussian_router.hpp"
 #include "nn/lanes.hpp"
 #include "nn/topk.hpp"
 
@@ -300,32 +301,17 @@ void topk_softmax_forward(int32_t* idx, T* gates, const T* scores, int N, int E,
 template <class T>
 void topk_softmax_backward(T* dscores, const T* dgates, const T* gates, const int32_t* idx, int N,
                            int E, int K) {
-  for (int n = 0; n < N; ++n) {
-    T* ds = dscores + static_cast<int64_t>(n) * E;
-    const T* dg = dgates + static_cast<int64_t>(n) * K;
-    const T* g = gates + static_cast<int64_t>(n) * K;
-    const int32_t* id = idx + static_cast<int64_t>(n) * K;
-    for (int e = 0; e < E; ++e) ds[e] = T(0);
-    double dot = 0.0;
-    for (int j = 0; j < K; ++j) dot += static_cast<double>(g[j]) * dg[j];
-    for (int j = 0; j < K; ++j) ds[id[j]] = static_cast<T>(g[j] * (dg[j] - dot));
-  }
+  for (int n = 0; n < N; ++n)
+    topk_softmax_backward_row(dscores + static_cast<int64_t>(n) * E, dgates + static_cast<int64_t>(n) * K,
+                              gates + static_cast<int64_t>(n) * K, idx + static_cast<int64_t>(n) * K, E, K);
 }
 
 template <class T>
 void gaussian_scores_forward(T* scores, T* w, T* m, T* c, T* inp_sq, const T* inp, const T* mu,
                              const T* log_sigma, int N, int C, int E) {
-  const double half_log_2pi = 0.5 * std::log(2.0 * std::numbers::pi);
   for (int e = 0; e < E; ++e) {
-    double ce = 0.0;
-    for (int i = 0; i < C; ++i) {
-      const int64_t k = static_cast<int64_t>(e) * C + i;
-      const double wi = std::exp(-2.0 * static_cast<double>(log_sigma[k]));
-      w[k] = static_cast<T>(wi);
-      m[k] = static_cast<T>(mu[k] * wi);
-      ce += -0.5 * static_cast<double>(mu[k]) * mu[k] * wi - log_sigma[k] - half_log_2pi;
-    }
-    c[e] = static_cast<T>(ce);
+    const int64_t o = static_cast<int64_t>(e) * C;
+    c[e] = gaussian_expert_wmc(w + o, m + o, mu + o, log_sigma + o, C);
   }
   for (int64_t i = 0; i < static_cast<int64_t>(N) * C; ++i) inp_sq[i] = inp[i] * inp[i];
   for (int n = 0; n < N; ++n)
@@ -352,8 +338,7 @@ void gaussian_scores_backward(T* dinp, T* dmu, T* dlog_sigma, T* scratch_ec, con
   for (int e = 0; e < E; ++e)
     for (int i = 0; i < C; ++i) {
       const int64_t k = static_cast<int64_t>(e) * C + i;
-      dmu[k] += w[k] * (gx[k] - mu[k] * gs[e]);
-      dlog_sigma[k] += w[k] * (gx2[k] - T(2) * mu[k] * gx[k] + mu[k] * mu[k] * gs[e]) - gs[e];
+      gaussian_param_grad(dmu[k], dlog_sigma[k], w[k], mu[k], gx[k], gx2[k], gs[e]);
     }
   // dx = G m - x * (G w), the second product taken one row block of E rows at a time so that the
   // scratch stays (E,C): rows [n0, n0+E) of G w land in gw.

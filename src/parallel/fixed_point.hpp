@@ -3,6 +3,7 @@
 // same blocks: blocks of kBlock elements, the block exponent's sentinels, the shift that puts a
 // block on its fixed-point grid, and the rounding.
 #pragma once
+#include <cmath>
 #include <cstdint>
 
 #include "core/host_device.hpp"
@@ -12,6 +13,16 @@ namespace hyperrnn::fixed_point {
 constexpr int64_t kBlock = 256;
 constexpr int kZero = -2147483647 - 1;  // INT_MIN: a block of zeros
 constexpr int kNonFinite = 2147483647;  // INT_MAX: a block holding inf or NaN
+
+// A block's exponent from its largest magnitude mx (|v| < 2^e for every v of the block; frexp's
+// exponent grows with |v|), kNonFinite when the block holds inf or NaN, kZero when it is all zeros.
+HYPERRNN_HOST_DEVICE inline int block_exponent(double mx, bool nonfinite) {
+  if (nonfinite) return kNonFinite;
+  if (mx == 0.0) return kZero;
+  int e2 = 0;
+  frexp(mx, &e2);
+  return e2;
+}
 
 // ceil(log2 S): the headroom for summing S terms.
 HYPERRNN_HOST_DEVICE inline int headroom(int S) {

@@ -191,13 +191,7 @@ void ShardSum<T>::sum(T* out, const std::vector<const T*>& shards, const std::ve
     std::memcpy(&big_bits, &big, sizeof big_bits);
     T mx;
     std::memcpy(&mx, &m, sizeof mx);
-    if (m > big_bits) {  // inf or NaN
-      ex = kNonFinite;
-    } else if (m != 0) {
-      int e2 = 0;
-      std::frexp(static_cast<double>(mx), &e2);  // |v| < 2^e2 for every v of the block
-      ex = e2;
-    }
+    ex = fixed_point::block_exponent(static_cast<double>(mx), m > big_bits);  // above max: inf or NaN
   };
   // 2. fixed point on the block's exponent with headroom for S terms, exact integer sums (scaling
   // by a power of two is exact, so x * 2^shift is ldexp(x, shift)) (then over all ranks)
