@@ -23,24 +23,28 @@ thread_local Phase t_phase = Phase::Model;
 int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
+void add_call(int64_t flops, int64_t dt) {
+  const int p = static_cast<int>(t_phase);
+  g_flops.fetch_add(flops, std::memory_order_relaxed);
+  g_ns.fetch_add(dt, std::memory_order_relaxed);
+  g_calls.fetch_add(1, std::memory_order_relaxed);
+  g_phase_gemm_ns[p].fetch_add(dt, std::memory_order_relaxed);
+  g_phase_gemm_flops[p].fetch_add(flops, std::memory_order_relaxed);
+}
 struct Count {  // adds one call's operations and time when it goes out of scope (accounting on)
   int64_t flops;
   bool on = g_on.load(std::memory_order_relaxed);
   int64_t t0 = on ? now_ns() : 0;
   ~Count() {
-    if (!on) return;
-    const int64_t dt = now_ns() - t0;
-    const int p = static_cast<int>(t_phase);
-    g_flops.fetch_add(flops, std::memory_order_relaxed);
-    g_ns.fetch_add(dt, std::memory_order_relaxed);
-    g_calls.fetch_add(1, std::memory_order_relaxed);
-    g_phase_gemm_ns[p].fetch_add(dt, std::memory_order_relaxed);
-    g_phase_gemm_flops[p].fetch_add(flops, std::memory_order_relaxed);
+    if (on) add_call(flops, now_ns() - t0);
   }
 };
 }  // namespace
 
 void set_accounting(bool on) { g_on = on; }
+bool accounting() { return g_on.load(std::memory_order_relaxed); }
+int64_t accounting_now_ns() { return now_ns(); }
+void account_gemm_call(int64_t flops, int64_t start_ns) { add_call(flops, now_ns() - start_ns); }
 
 GemmAccount gemm_account() {
   return {static_cast<double>(g_flops.load()), static_cast<double>(g_ns.load()) * 1e-9, g_calls.load()};

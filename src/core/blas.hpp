@@ -20,6 +20,11 @@ struct GemmAccount {
   int64_t calls = 0;
 };
 void set_accounting(bool on);
+bool accounting();
+// Adds one call of another GEMM kernel (core/small_gemm) to the account: its operations, and the
+// time since start_ns (a steady-clock reading from accounting_now_ns()).
+int64_t accounting_now_ns();
+void account_gemm_call(int64_t flops, int64_t start_ns);
 GemmAccount gemm_account();
 void reset_gemm_account();  // also resets the phase account
 

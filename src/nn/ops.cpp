@@ -5,8 +5,11 @@
 #include <cmath>
 #include <limits>
 #include <numbers>
+#include <type_traits>
+#include <vector>
 
 #include "core/blas.hpp"
+#include "core/small_gemm.hpp"
 #include "nn/dropout.hpp"
 #include "nn/elementwise_math.hpp"
 #include "nn/gaussian_router.hpp"
@@ -187,6 +190,22 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) static void softmax
   }
 }
 
+// float: core/small_gemm's register tiles (one call per product and head; the causal triangle
+// skipped by row tile; the NT products take K^T and V^T as exact transposed copies in a thread's
+// scratch). double (the gradient checks and oracles): the BLAS, with the causal block skipped.
+namespace {
+// x (T rows of hs, leading dimension ld) transposed into t (hs rows of T)
+void transpose_head(float* __restrict t, const float* __restrict x, int Tn, int hs, int ld) {
+  for (int j = 0; j < Tn; ++j)
+    for (int d = 0; d < hs; ++d) t[static_cast<int64_t>(d) * Tn + j] = x[static_cast<int64_t>(j) * ld + d];
+}
+float* head_scratch(int64_t n) {
+  thread_local std::vector<float> s;
+  if (static_cast<int64_t>(s.size()) < n) s.resize(static_cast<size_t>(n));
+  return s.data();
+}
+}  // namespace
+
 template <class T>
 void attention_forward(T* out, T* att, const T* qkv, int B, int Tn, int C, int H, bool causal, const AttnDropout<T>* drop) {
   const int hs = C / H;
@@ -199,20 +218,30 @@ void attention_forward(T* out, T* att, const T* qkv, int B, int Tn, int C, int H
       const T* v = q + 2 * C;
       T* p = att + (static_cast<int64_t>(b) * H + h) * Tn * Tn;
       T* o = out + static_cast<int64_t>(b) * Tn * C + h * hs;
-      const int m = causal ? Tn / 2 : 0;  // causal: rows [0, m) see only columns [0, m)
-      if (m > 0) gemm<T>(false, true, m, m, hs, scale, q, ld, k, ld, T(0), p, Tn);
-      gemm<T>(false, true, Tn - m, Tn, hs, scale, q + static_cast<int64_t>(m) * ld, ld, k, ld, T(0),
-              p + static_cast<int64_t>(m) * Tn, Tn);
-      softmax_block(p, Tn, causal);  // writes the upper block's zeros
+      const int m = causal ? Tn / 2 : 0;  // double, causal: rows [0, m) see only columns [0, m)
+      if constexpr (std::is_same_v<T, float>) {
+        float* kt = head_scratch(static_cast<int64_t>(hs) * Tn);
+        transpose_head(kt, k, Tn, hs, ld);
+        small_gemm({Tn, Tn, hs, scale, q, ld, 1, kt, Tn, p, Tn, causal ? Tri::cols_to_row_end : Tri::none});
+      } else {
+        if (m > 0) gemm<T>(false, true, m, m, hs, scale, q, ld, k, ld, T(0), p, Tn);
+        gemm<T>(false, true, Tn - m, Tn, hs, scale, q + static_cast<int64_t>(m) * ld, ld, k, ld, T(0),
+                p + static_cast<int64_t>(m) * Tn, Tn);
+      }
+      softmax_block(p, Tn, causal);  // writes the zeros above the diagonal
       const T* pv = p;
       if (drop) {
         const int64_t oa = (static_cast<int64_t>(b) * H + h) * Tn * Tn;
         dropout_forward<T>(drop->att + oa, p, drop->keep + oa, drop->scale, static_cast<int64_t>(Tn) * Tn);
         pv = drop->att + oa;
       }
-      if (m > 0) gemm<T>(false, false, m, hs, m, T(1), pv, Tn, v, ld, T(0), o, C);
-      gemm<T>(false, false, Tn - m, hs, Tn, T(1), pv + static_cast<int64_t>(m) * Tn, Tn, v, ld, T(0),
-              o + static_cast<int64_t>(m) * C, C);
+      if constexpr (std::is_same_v<T, float>) {
+        small_gemm({Tn, hs, Tn, 1.f, pv, Tn, 1, v, ld, o, C, causal ? Tri::k_to_row_end : Tri::none});
+      } else {
+        if (m > 0) gemm<T>(false, false, m, hs, m, T(1), pv, Tn, v, ld, T(0), o, C);
+        gemm<T>(false, false, Tn - m, hs, Tn, T(1), pv + static_cast<int64_t>(m) * Tn, Tn, v, ld, T(0),
+                o + static_cast<int64_t>(m) * C, C);
+      }
     }
 }
 
@@ -236,22 +265,35 @@ void attention_backward(T* dqkv, T* datt, const T* dout, const T* qkv, const T* 
       const T* d = dout + static_cast<int64_t>(b) * Tn * C + h * hs;
       const int64_t o = (static_cast<int64_t>(b) * H + h) * Tn * Tn;
       const T* pd = drop ? drop->att + o : p;
-      // Causal: P and dZ are zero above the diagonal, so with m = Tn / 2 the block of rows [0, m)
-      // and columns [m, Tn) is skipped in every product (3/4 of the work; the skipped terms are
-      // exact zeros). dP's skipped block is never read: softmax_backward_block stops at the
+      // Causal: P and dZ are zero above the diagonal, so those terms are skipped in every product
+      // (exact zeros). dP above the diagonal is never read: softmax_backward_block stops at the
       // diagonal and writes zeros beyond it (the dropout pass before it reads and rewrites it).
-      const int m = causal ? Tn / 2 : 0;
-      const int64_t mT = static_cast<int64_t>(m) * Tn, mC = static_cast<int64_t>(m) * C, mL = static_cast<int64_t>(m) * ld;
-      if (m > 0) gemm<T>(false, true, m, m, hs, T(1), d, C, v, ld, T(0), dp, Tn);           // dP = dO V^T
-      gemm<T>(false, true, Tn - m, Tn, hs, T(1), d + mC, C, v, ld, T(0), dp + mT, Tn);
-      gemm<T>(true, false, Tn - m, hs, Tn - m, T(1), pd + mT + m, Tn, d + mC, C, T(0), dv + mL, ld);  // dV = P^T dO
-      if (m > 0) gemm<T>(true, false, m, hs, Tn, T(1), pd, Tn, d, C, T(0), dv, ld);
-      if (drop) dropout_backward<T>(dp, dp, drop->keep + o, drop->scale, static_cast<int64_t>(Tn) * Tn);
-      softmax_backward_block(dp, p, Tn, causal);
-      if (m > 0) gemm<T>(false, false, m, hs, m, scale, dp, Tn, k, ld, T(0), dq, ld);       // dQ = s dZ K
-      gemm<T>(false, false, Tn - m, hs, Tn, scale, dp + mT, Tn, k, ld, T(0), dq + mL, ld);
-      gemm<T>(true, false, Tn - m, hs, Tn - m, scale, dp + mT + m, Tn, q + mL, ld, T(0), dk + mL, ld);  // dK = s dZ^T Q
-      if (m > 0) gemm<T>(true, false, m, hs, Tn, scale, dp, Tn, q, ld, T(0), dk, ld);
+      if constexpr (std::is_same_v<T, float>) {
+        const Tri upper = causal ? Tri::cols_to_row_end : Tri::none, kto = causal ? Tri::k_to_row_end : Tri::none,
+                  kfrom = causal ? Tri::k_from_row_begin : Tri::none;
+        float* vt = head_scratch(static_cast<int64_t>(hs) * Tn);
+        transpose_head(vt, v, Tn, hs, ld);
+        small_gemm({Tn, Tn, hs, 1.f, d, C, 1, vt, Tn, dp, Tn, upper});  // dP = dO V^T
+        small_gemm({Tn, hs, Tn, 1.f, pd, 1, Tn, d, C, dv, ld, kfrom});  // dV = P^T dO
+        if (drop) dropout_backward<T>(dp, dp, drop->keep + o, drop->scale, static_cast<int64_t>(Tn) * Tn);
+        softmax_backward_block(dp, p, Tn, causal);
+        small_gemm({Tn, hs, Tn, scale, dp, Tn, 1, k, ld, dq, ld, kto});    // dQ = s dZ K
+        small_gemm({Tn, hs, Tn, scale, dp, 1, Tn, q, ld, dk, ld, kfrom});  // dK = s dZ^T Q
+      } else {
+        // the block of rows [0, m) and columns [m, Tn), m = Tn / 2, skipped (3/4 of the work)
+        const int m = causal ? Tn / 2 : 0;
+        const int64_t mT = static_cast<int64_t>(m) * Tn, mC = static_cast<int64_t>(m) * C, mL = static_cast<int64_t>(m) * ld;
+        if (m > 0) gemm<T>(false, true, m, m, hs, T(1), d, C, v, ld, T(0), dp, Tn);           // dP = dO V^T
+        gemm<T>(false, true, Tn - m, Tn, hs, T(1), d + mC, C, v, ld, T(0), dp + mT, Tn);
+        gemm<T>(true, false, Tn - m, hs, Tn - m, T(1), pd + mT + m, Tn, d + mC, C, T(0), dv + mL, ld);  // dV = P^T dO
+        if (m > 0) gemm<T>(true, false, m, hs, Tn, T(1), pd, Tn, d, C, T(0), dv, ld);
+        if (drop) dropout_backward<T>(dp, dp, drop->keep + o, drop->scale, static_cast<int64_t>(Tn) * Tn);
+        softmax_backward_block(dp, p, Tn, causal);
+        if (m > 0) gemm<T>(false, false, m, hs, m, scale, dp, Tn, k, ld, T(0), dq, ld);       // dQ = s dZ K
+        gemm<T>(false, false, Tn - m, hs, Tn, scale, dp + mT, Tn, k, ld, T(0), dq + mL, ld);
+        gemm<T>(true, false, Tn - m, hs, Tn - m, scale, dp + mT + m, Tn, q + mL, ld, T(0), dk + mL, ld);  // dK = s dZ^T Q
+        if (m > 0) gemm<T>(true, false, m, hs, Tn, scale, dp, Tn, q, ld, T(0), dk, ld);
+      }
     }
 }
 

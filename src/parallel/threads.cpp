@@ -3,6 +3,7 @@
 #include "parallel/threads.hpp"
 
 #include "core/blas.hpp"
+#include "core/small_gemm.hpp"
 #include "core/fp_mode.hpp"
 
 #include <sched.h>
@@ -198,7 +199,8 @@ std::string make_blas_single_threaded() {
   const std::string core = openblas_get_corename ? openblas_get_corename() : "?";
   const std::string small = small_gemm_library();
   return blas_text() = "BLAS: OpenBLAS (" + cfg + "), kernel " + core + ", 1 thread per call" +
-                       (small.empty() ? "" : "; small float GEMMs: " + small);
+                       (small.empty() ? "" : "; small float GEMMs: " + small) + "; attention products: core/small_gemm, " +
+                       small_gemm_path_name(SmallGemmPath::automatic) + " path";
 }
 
 const std::string& blas_threading() { return blas_text(); }
@@ -213,8 +215,9 @@ std::string blas_short() {
     version = cfg.substr(0, sp2);
   }
   const std::string small = small_gemm_library();
+  // the attention's own products (core/small_gemm): the path shows the speed, never the bits
   return version + ", kernel " + (openblas_get_corename ? openblas_get_corename() : "?") + ", 1 thread per call" +
-         (small.empty() ? "" : ", " + small);
+         (small.empty() ? "" : ", " + small) + ", attention " + small_gemm_path_name(SmallGemmPath::automatic);
 }
 
 }  // namespace hyperrnn

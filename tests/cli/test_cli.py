@@ -378,7 +378,7 @@ def test_banner_and_run_directory_name_blas_kernel_and_threads(tmp_path):
     r = hyperrnn("train", *TINY, "--threads", "2", "--out", str(out))
     assert r.returncode == 0, r.stderr
     banner = r.stdout.splitlines()[0]
-    m = re.search(r"on 1 rank\(s\) x 2 thread\(s\) -> \S+ \(OpenBLAS ([0-9.]+), kernel (\S+), 1 thread per call; denormals flush\)$", banner)
+    m = re.search(r"on 1 rank\(s\) x 2 thread\(s\) -> \S+ \(OpenBLAS ([0-9.]+), kernel (\S+), 1 thread per call, attention (?:avx512|avx2|scalar); denormals flush\)$", banner)
     assert m, banner
     assert (out / "logs" / "train.log").read_text().splitlines()[0] == banner
     forced = os.environ.get("OPENBLAS_CORETYPE")
