@@ -1,4 +1,5 @@
-// Row-major GEMM through CBLAS for float and double: the only way the code multiplies matrices.
+// Row-major GEMM through CBLAS for float and double: how the code multiplies matrices, except the
+// float attention's per-head products (core/small_gemm.hpp).
 // C(M,N) = alpha * op(A) op(B) + beta * C, op = transpose when the flag is set.
 #pragma once
 #include <cstdint>
