@@ -190,10 +190,21 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) static void softmax
   }
 }
 
-// float: core/small_gemm's register tiles (one call per product and head; the causal triangle
-// skipped by row tile; the NT products take K^T and V^T as exact transposed copies in a thread's
-// scratch). double (the gradient checks and oracles): the BLAS, with the causal block skipped.
+// float on a CPU with AVX2 and FMA: core/small_gemm's register tiles (one call per product and
+// head; the causal triangle skipped by row tile; the NT products take K^T and V^T as exact
+// transposed copies in a thread's scratch). double (the gradient checks and oracles), and float on
+// an older CPU, where small_gemm's only path is scalar std::fma (a libm call per multiply-add,
+// about 100x slower): the BLAS, with the causal block skipped.
 namespace {
+template <class T>
+bool own_products() {
+  if constexpr (std::is_same_v<T, float>) {
+    static const bool vector = small_gemm_available(SmallGemmPath::avx2);
+    return vector;
+  } else {
+    return false;
+  }
+}
 // x (T rows of hs, leading dimension ld) transposed into t (hs rows of T)
 void transpose_head(float* __restrict t, const float* __restrict x, int Tn, int hs, int ld) {
   for (int j = 0; j < Tn; ++j)
@@ -219,11 +230,15 @@ void attention_forward(T* out, T* att, const T* qkv, int B, int Tn, int C, int H
       T* p = att + (static_cast<int64_t>(b) * H + h) * Tn * Tn;
       T* o = out + static_cast<int64_t>(b) * Tn * C + h * hs;
       const int m = causal ? Tn / 2 : 0;  // double, causal: rows [0, m) see only columns [0, m)
+      const bool own = own_products<T>();
       if constexpr (std::is_same_v<T, float>) {
-        float* kt = head_scratch(static_cast<int64_t>(hs) * Tn);
-        transpose_head(kt, k, Tn, hs, ld);
-        small_gemm({Tn, Tn, hs, scale, q, ld, 1, kt, Tn, p, Tn, causal ? Tri::cols_to_row_end : Tri::none});
-      } else {
+        if (own) {
+          float* kt = head_scratch(static_cast<int64_t>(hs) * Tn);
+          transpose_head(kt, k, Tn, hs, ld);
+          small_gemm({Tn, Tn, hs, scale, q, ld, 1, kt, Tn, p, Tn, causal ? Tri::cols_to_row_end : Tri::none});
+        }
+      }
+      if (!own) {
         if (m > 0) gemm<T>(false, true, m, m, hs, scale, q, ld, k, ld, T(0), p, Tn);
         gemm<T>(false, true, Tn - m, Tn, hs, scale, q + static_cast<int64_t>(m) * ld, ld, k, ld, T(0),
                 p + static_cast<int64_t>(m) * Tn, Tn);
@@ -236,8 +251,9 @@ void attention_forward(T* out, T* att, const T* qkv, int B, int Tn, int C, int H
         pv = drop->att + oa;
       }
       if constexpr (std::is_same_v<T, float>) {
-        small_gemm({Tn, hs, Tn, 1.f, pv, Tn, 1, v, ld, o, C, causal ? Tri::k_to_row_end : Tri::none});
-      } else {
+        if (own) small_gemm({Tn, hs, Tn, 1.f, pv, Tn, 1, v, ld, o, C, causal ? Tri::k_to_row_end : Tri::none});
+      }
+      if (!own) {
         if (m > 0) gemm<T>(false, false, m, hs, m, T(1), pv, Tn, v, ld, T(0), o, C);
         gemm<T>(false, false, Tn - m, hs, Tn, T(1), pv + static_cast<int64_t>(m) * Tn, Tn, v, ld, T(0),
                 o + static_cast<int64_t>(m) * C, C);
@@ -268,18 +284,22 @@ void attention_backward(T* dqkv, T* datt, const T* dout, const T* qkv, const T* 
       // Causal: P and dZ are zero above the diagonal, so those terms are skipped in every product
       // (exact zeros). dP above the diagonal is never read: softmax_backward_block stops at the
       // diagonal and writes zeros beyond it (the dropout pass before it reads and rewrites it).
+      const bool own = own_products<T>();
       if constexpr (std::is_same_v<T, float>) {
-        const Tri upper = causal ? Tri::cols_to_row_end : Tri::none, kto = causal ? Tri::k_to_row_end : Tri::none,
-                  kfrom = causal ? Tri::k_from_row_begin : Tri::none;
-        float* vt = head_scratch(static_cast<int64_t>(hs) * Tn);
-        transpose_head(vt, v, Tn, hs, ld);
-        small_gemm({Tn, Tn, hs, 1.f, d, C, 1, vt, Tn, dp, Tn, upper});  // dP = dO V^T
-        small_gemm({Tn, hs, Tn, 1.f, pd, 1, Tn, d, C, dv, ld, kfrom});  // dV = P^T dO
-        if (drop) dropout_backward<T>(dp, dp, drop->keep + o, drop->scale, static_cast<int64_t>(Tn) * Tn);
-        softmax_backward_block(dp, p, Tn, causal);
-        small_gemm({Tn, hs, Tn, scale, dp, Tn, 1, k, ld, dq, ld, kto});    // dQ = s dZ K
-        small_gemm({Tn, hs, Tn, scale, dp, 1, Tn, q, ld, dk, ld, kfrom});  // dK = s dZ^T Q
-      } else {
+        if (own) {
+          const Tri upper = causal ? Tri::cols_to_row_end : Tri::none, kto = causal ? Tri::k_to_row_end : Tri::none,
+                    kfrom = causal ? Tri::k_from_row_begin : Tri::none;
+          float* vt = head_scratch(static_cast<int64_t>(hs) * Tn);
+          transpose_head(vt, v, Tn, hs, ld);
+          small_gemm({Tn, Tn, hs, 1.f, d, C, 1, vt, Tn, dp, Tn, upper});  // dP = dO V^T
+          small_gemm({Tn, hs, Tn, 1.f, pd, 1, Tn, d, C, dv, ld, kfrom});  // dV = P^T dO
+          if (drop) dropout_backward<T>(dp, dp, drop->keep + o, drop->scale, static_cast<int64_t>(Tn) * Tn);
+          softmax_backward_block(dp, p, Tn, causal);
+          small_gemm({Tn, hs, Tn, scale, dp, Tn, 1, k, ld, dq, ld, kto});    // dQ = s dZ K
+          small_gemm({Tn, hs, Tn, scale, dp, 1, Tn, q, ld, dk, ld, kfrom});  // dK = s dZ^T Q
+        }
+      }
+      if (!own) {
         // the block of rows [0, m) and columns [m, Tn), m = Tn / 2, skipped (3/4 of the work)
         const int m = causal ? Tn / 2 : 0;
         const int64_t mT = static_cast<int64_t>(m) * Tn, mC = static_cast<int64_t>(m) * C, mL = static_cast<int64_t>(m) * ld;

@@ -215,7 +215,8 @@ std::string blas_short() {
     version = cfg.substr(0, sp2);
   }
   const std::string small = small_gemm_library();
-  // the attention's own products (core/small_gemm): the path shows the speed, never the bits
+  // the attention's own products (core/small_gemm; "scalar": the BLAS takes them, nn/ops.cpp): the
+  // path shows the speed, never the bits
   return version + ", kernel " + (openblas_get_corename ? openblas_get_corename() : "?") + ", 1 thread per call" +
          (small.empty() ? "" : ", " + small) + ", attention " + small_gemm_path_name(SmallGemmPath::automatic);
 }
