@@ -285,30 +285,34 @@ void attention_backward(T* dqkv, T* datt, const T* dout, const T* qkv, const T* 
       // (exact zeros). dP above the diagonal is never read: softmax_backward_block stops at the
       // diagonal and writes zeros beyond it (the dropout pass before it reads and rewrites it).
       const bool own = own_products<T>();
+      // the BLAS path: the block of rows [0, m) and columns [m, Tn), m = Tn / 2, skipped (3/4 of the work)
+      const int m = causal ? Tn / 2 : 0;
+      const int64_t mT = static_cast<int64_t>(m) * Tn, mC = static_cast<int64_t>(m) * C, mL = static_cast<int64_t>(m) * ld;
+      const Tri upper = causal ? Tri::cols_to_row_end : Tri::none, kto = causal ? Tri::k_to_row_end : Tri::none,
+                kfrom = causal ? Tri::k_from_row_begin : Tri::none;
       if constexpr (std::is_same_v<T, float>) {
         if (own) {
-          const Tri upper = causal ? Tri::cols_to_row_end : Tri::none, kto = causal ? Tri::k_to_row_end : Tri::none,
-                    kfrom = causal ? Tri::k_from_row_begin : Tri::none;
           float* vt = head_scratch(static_cast<int64_t>(hs) * Tn);
           transpose_head(vt, v, Tn, hs, ld);
           small_gemm({Tn, Tn, hs, 1.f, d, C, 1, vt, Tn, dp, Tn, upper});  // dP = dO V^T
           small_gemm({Tn, hs, Tn, 1.f, pd, 1, Tn, d, C, dv, ld, kfrom});  // dV = P^T dO
-          if (drop) dropout_backward<T>(dp, dp, drop->keep + o, drop->scale, static_cast<int64_t>(Tn) * Tn);
-          softmax_backward_block(dp, p, Tn, causal);
+        }
+      }
+      if (!own) {
+        if (m > 0) gemm<T>(false, true, m, m, hs, T(1), d, C, v, ld, T(0), dp, Tn);           // dP = dO V^T
+        gemm<T>(false, true, Tn - m, Tn, hs, T(1), d + mC, C, v, ld, T(0), dp + mT, Tn);
+        gemm<T>(true, false, Tn - m, hs, Tn - m, T(1), pd + mT + m, Tn, d + mC, C, T(0), dv + mL, ld);  // dV = P^T dO
+        if (m > 0) gemm<T>(true, false, m, hs, Tn, T(1), pd, Tn, d, C, T(0), dv, ld);
+      }
+      if (drop) dropout_backward<T>(dp, dp, drop->keep + o, drop->scale, static_cast<int64_t>(Tn) * Tn);
+      softmax_backward_block(dp, p, Tn, causal);
+      if constexpr (std::is_same_v<T, float>) {
+        if (own) {
           small_gemm({Tn, hs, Tn, scale, dp, Tn, 1, k, ld, dq, ld, kto});    // dQ = s dZ K
           small_gemm({Tn, hs, Tn, scale, dp, 1, Tn, q, ld, dk, ld, kfrom});  // dK = s dZ^T Q
         }
       }
       if (!own) {
-        // the block of rows [0, m) and columns [m, Tn), m = Tn / 2, skipped (3/4 of the work)
-        const int m = causal ? Tn / 2 : 0;
-        const int64_t mT = static_cast<int64_t>(m) * Tn, mC = static_cast<int64_t>(m) * C, mL = static_cast<int64_t>(m) * ld;
-        if (m > 0) gemm<T>(false, true, m, m, hs, T(1), d, C, v, ld, T(0), dp, Tn);           // dP = dO V^T
-        gemm<T>(false, true, Tn - m, Tn, hs, T(1), d + mC, C, v, ld, T(0), dp + mT, Tn);
-        gemm<T>(true, false, Tn - m, hs, Tn - m, T(1), pd + mT + m, Tn, d + mC, C, T(0), dv + mL, ld);  // dV = P^T dO
-        if (m > 0) gemm<T>(true, false, m, hs, Tn, T(1), pd, Tn, d, C, T(0), dv, ld);
-        if (drop) dropout_backward<T>(dp, dp, drop->keep + o, drop->scale, static_cast<int64_t>(Tn) * Tn);
-        softmax_backward_block(dp, p, Tn, causal);
         if (m > 0) gemm<T>(false, false, m, hs, m, scale, dp, Tn, k, ld, T(0), dq, ld);       // dQ = s dZ K
         gemm<T>(false, false, Tn - m, hs, Tn, scale, dp + mT, Tn, k, ld, T(0), dq + mL, ld);
         gemm<T>(true, false, Tn - m, hs, Tn - m, scale, dp + mT + m, Tn, q + mL, ld, T(0), dk + mL, ld);  // dK = s dZ^T Q

@@ -13,6 +13,7 @@
 // and 64) and odd ones (row and column tails of every width, K = 1, M = 1, N = 1).
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -20,6 +21,7 @@
 #include "core/blas.hpp"
 #include "core/rng.hpp"
 #include "core/small_gemm.hpp"
+#include "nn/ops.hpp"
 
 using namespace hyperrnn;
 
@@ -157,4 +159,57 @@ TEST_CASE("small_gemm: the vector paths skip work under a triangle", "[small_gem
       CHECK(r.flops <= 2.0 / 3.0 * 2.0 * 64 * 64 * 16);
     }
   }
+}
+
+// The float attention (its products through small_gemm where the CPU has AVX2 and FMA) against the
+// double attention (the BLAS) on the same inputs, causal and not, with and without dropout on the
+// probabilities, at shapes with row and column tails (T 37), the ViT's (T 50, head size 8) and
+// MQAR's (T 64, head size 16). Tolerance: every stage is a K-term float dot product (K <= T or the
+// head size) or an O(1)-operation elementwise step, three stages deep in the backward, so each
+// element's error stays below a few (T + hs) u times the tensor's largest magnitude; the check
+// takes 8 (T + hs + 16) u of max |double| per tensor (4.6e-5 at T 64: a skipped term or a wrong
+// stride errs by 1e-2 or more).
+
+TEST_CASE("small_gemm: the float attention against the double attention", "[small_gemm][ops]") {
+  struct S {
+    int B, T, C, H;
+  };
+  const double u = std::ldexp(1.0, -24);
+  for (const S s : {S{2, 37, 32, 2}, S{3, 50, 32, 4}, S{2, 64, 64, 4}})
+    for (bool causal : {true, false})
+      for (bool dropout : {false, true}) {
+        INFO("B " << s.B << " T " << s.T << " C " << s.C << " H " << s.H << " causal " << causal << " dropout " << dropout);
+        const int64_t nqkv = int64_t(s.B) * s.T * 3 * s.C, nout = int64_t(s.B) * s.T * s.C, natt = int64_t(s.B) * s.H * s.T * s.T;
+        CounterRng r(7, RngPurpose::Init, s.T, causal);
+        std::vector<double> qkv(nqkv), dout(nout);
+        for (auto& x : qkv) x = static_cast<float>(2.0 * r.uniform() - 1.0);
+        for (auto& x : dout) x = static_cast<float>(2.0 * r.uniform() - 1.0);
+        std::vector<uint8_t> keep(natt);
+        for (auto& k : keep) k = r.uniform() < 0.9;
+        std::vector<float> qkv_f(qkv.begin(), qkv.end()), dout_f(dout.begin(), dout.end());
+        std::vector<double> out(nout), att(natt), datt(natt), dqkv(nqkv), datt_drop(natt);
+        std::vector<float> out_f(nout), att_f(natt), datt_f(natt), dqkv_f(nqkv), datt_drop_f(natt);
+        nn::AttnDropout<double> ad{keep.data(), 1.0 / 0.9, datt_drop.data()};
+        nn::AttnDropout<float> af{keep.data(), static_cast<float>(1.0 / 0.9), datt_drop_f.data()};
+        nn::attention_forward(out.data(), att.data(), qkv.data(), s.B, s.T, s.C, s.H, causal, dropout ? &ad : nullptr);
+        nn::attention_backward(dqkv.data(), datt.data(), dout.data(), qkv.data(), att.data(), s.B, s.T, s.C, s.H, causal,
+                               dropout ? &ad : nullptr);
+        nn::attention_forward(out_f.data(), att_f.data(), qkv_f.data(), s.B, s.T, s.C, s.H, causal, dropout ? &af : nullptr);
+        nn::attention_backward(dqkv_f.data(), datt_f.data(), dout_f.data(), qkv_f.data(), att_f.data(), s.B, s.T, s.C, s.H,
+                               causal, dropout ? &af : nullptr);
+        const double tol = 8.0 * (s.T + s.C / s.H + 16) * u;
+        auto worst = [](const auto& f, const std::vector<double>& d) {
+          double mx = 0, err = 0;
+          for (size_t i = 0; i < d.size(); ++i) {
+            mx = std::max(mx, std::abs(d[i]));
+            err = std::max(err, std::abs(static_cast<double>(f[i]) - d[i]));
+          }
+          return err / mx;
+        };
+        const double e_out = worst(out_f, out), e_att = worst(att_f, att), e_dqkv = worst(dqkv_f, dqkv);
+        INFO("errors / max: out " << e_out << " att " << e_att << " dqkv " << e_dqkv << " (tolerance " << tol << ")");
+        CHECK(e_out <= tol);
+        CHECK(e_att <= tol);
+        CHECK(e_dqkv <= tol);
+      }
 }
