@@ -83,11 +83,22 @@ def test_stop_signal_snapshot_and_bitwise_resume(tmp_path, ranks, sig, to):
 
 @pytest.mark.parametrize("how", ["--time-budget", "SLURM_JOB_END_TIME"])
 def test_time_budget_stops_with_a_snapshot_in_time(tmp_path, how):
-    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
-    long = ["--steps", "20000"]
-    r = subprocess.run(cmd(1, whole, *long), capture_output=True, text=True, timeout=300, env=env())
-    assert r.returncode == 0, r.stderr[-2000:]
+    stopped = tmp_path / "stopped"
     budget = 3.0
+    # the uninterrupted run must outlast the budget (SLURM_JOB_END_TIME is in whole seconds: up to
+    # budget + 1) with room to spare, whatever the machine's speed: double its steps until it does
+    # (a fixed count once finished inside the budget on a faster CPU, so that nothing was stopped)
+    steps = 20000
+    while True:
+        whole = tmp_path / f"whole-{steps}"
+        long = ["--steps", str(steps)]
+        t0 = time.time()
+        r = subprocess.run(cmd(1, whole, *long), capture_output=True, text=True, timeout=300, env=env())
+        assert r.returncode == 0, r.stderr[-2000:]
+        if time.time() - t0 > budget + 2.5:
+            break
+        assert steps < 640000, "the machine is too fast for this test's budget"
+        steps *= 2
     e = env()
     extra = list(long)
     if how == "--time-budget":
@@ -100,6 +111,6 @@ def test_time_budget_stops_with_a_snapshot_in_time(tmp_path, how):
     assert r.returncode == 75, (r.returncode, r.stderr[-2000:])
     assert "on the time budget with snapshot" in r.stdout
     assert took < budget + 2.0, took  # it stopped in time (start-up included)
-    r = subprocess.run(cmd(1, stopped, "--steps", "20000", "--resume", "auto"), capture_output=True, text=True, timeout=300, env=env())
+    r = subprocess.run(cmd(1, stopped, *long, "--resume", "auto"), capture_output=True, text=True, timeout=300, env=env())
     assert r.returncode == 0, r.stderr[-2000:]
     assert metrics(stopped / "metrics.csv") == metrics(whole / "metrics.csv")
