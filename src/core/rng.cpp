@@ -7,7 +7,12 @@
 #include <numbers>
 
 #if defined(__x86_64__)
+// GCC 12's AVX-512 shift intrinsics, used inside a target("avx512f") function, pass
+// _mm512_undefined_epi32() to their masked builtins, which -Wuninitialized reports (GCC bug 105593)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
+#pragma GCC diagnostic pop
 #endif
 
 namespace hyperrnn {
@@ -107,22 +112,73 @@ __attribute__((target("avx2"))) void philox_lanes_avx2(uint32_t out[4][kLanes], 
   }
 }
 
-const bool kHaveAvx2 = [] {
-  __builtin_cpu_init();  // may run before the resolvers that would otherwise initialise it
-  return __builtin_cpu_supports("avx2") != 0;
-}();
-#endif
-
-void philox_lanes(uint32_t out[4][kLanes], Philox4x32Ctr ctr, Philox4x32Key key) {
-#if defined(__x86_64__)
-  if (kHaveAvx2) return philox_lanes_avx2(out, ctr, key);
-#endif
-  detail::philox_lanes_portable(out, ctr, key);
+// AVX-512F, all 16 lanes in one register; the same products and interleave with mask blends, the
+// two XORs of a round as one ternary-logic instruction. On a core with full-width 512-bit units
+// (Zen 5 here) it takes 0.33 ns per word against the AVX2 version's 0.77 (2.3x; the dropout masks'
+// Philox was 8% of a vit-pilf-32 step); on one that splits them (Zen 4) it is no slower.
+__attribute__((target("avx512f"))) inline void mulhilo16(__m512i a, __m512i m, __m512i& hi, __m512i& lo) {
+  const __m512i even = _mm512_mul_epu32(a, m);
+  const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
+  hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+  lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
 }
+
+__attribute__((target("avx512f"))) void philox_lanes_avx512(uint32_t out[4][kLanes], Philox4x32Ctr ctr, Philox4x32Key key) {
+  static_assert(kLanes == 16);
+  const __m512i m0 = _mm512_set1_epi32(static_cast<int>(kM0)), m1 = _mm512_set1_epi32(static_cast<int>(kM1));
+  __m512i x0 = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(ctr[0])),
+                                _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+  __m512i x1 = _mm512_set1_epi32(static_cast<int>(ctr[1]));
+  __m512i x2 = _mm512_set1_epi32(static_cast<int>(ctr[2]));
+  __m512i x3 = _mm512_set1_epi32(static_cast<int>(ctr[3]));
+  uint32_t k0 = key[0], k1 = key[1];
+  for (int round = 0; round < 10; ++round) {
+    if (round > 0) {
+      k0 += kW0;
+      k1 += kW1;
+    }
+    __m512i hi0, lo0, hi1, lo1;
+    mulhilo16(x0, m0, hi0, lo0);
+    mulhilo16(x2, m1, hi1, lo1);
+    x0 = _mm512_ternarylogic_epi32(hi1, x1, _mm512_set1_epi32(static_cast<int>(k0)), 0x96);  // a ^ b ^ c
+    x2 = _mm512_ternarylogic_epi32(hi0, x3, _mm512_set1_epi32(static_cast<int>(k1)), 0x96);
+    x1 = lo1;
+    x3 = lo0;
+  }
+  _mm512_storeu_si512(&out[0][0], x0);
+  _mm512_storeu_si512(&out[1][0], x1);
+  _mm512_storeu_si512(&out[2][0], x2);
+  _mm512_storeu_si512(&out[3][0], x3);
+}
+
+const int kBestPath = [] {
+  __builtin_cpu_init();  // may run before the resolvers that would otherwise initialise it
+  if (__builtin_cpu_supports("avx512f")) return 2;
+  return __builtin_cpu_supports("avx2") ? 1 : 0;
+}();
+#else
+const int kBestPath = 0;
+#endif
 }  // namespace
 
+bool detail::philox_lanes_path(int path, uint32_t out[4][kLanes], Philox4x32Ctr ctr, Philox4x32Key key) {
+  if (path < 0 || path > kBestPath) return false;
+#if defined(__x86_64__)
+  if (path == 2) {
+    philox_lanes_avx512(out, ctr, key);
+    return true;
+  }
+  if (path == 1) {
+    philox_lanes_avx2(out, ctr, key);
+    return true;
+  }
+#endif
+  philox_lanes_portable(out, ctr, key);
+  return true;
+}
+
 void CounterRng::blocks(uint32_t first, uint32_t out[4][kLanes]) const {
-  philox_lanes(out, {first, ctr_[1], ctr_[2], ctr_[3]}, key_);
+  detail::philox_lanes_path(kBestPath, out, {first, ctr_[1], ctr_[2], ctr_[3]}, key_);
 }
 
 CounterRng::CounterRng(uint64_t seed, RngPurpose purpose, uint32_t step, uint32_t index)

@@ -53,9 +53,11 @@ class CounterRng {
 };
 
 namespace detail {
-// The portable body behind CounterRng::blocks (which takes the AVX2 one where the CPU has it);
-// public so that tests check both give the same words on an AVX2 machine.
+// The bodies behind CounterRng::blocks, which takes the best the CPU has: path 0 portable, 1 AVX2,
+// 2 AVX-512F. Public so that tests check that every path the CPU has gives the portable one's words;
+// returns false, writing nothing, for a path this CPU (or build) lacks.
 void philox_lanes_portable(uint32_t out[4][CounterRng::kLanes], Philox4x32Ctr ctr, Philox4x32Key key);
+bool philox_lanes_path(int path, uint32_t out[4][CounterRng::kLanes], Philox4x32Ctr ctr, Philox4x32Key key);
 }  // namespace detail
 
 }  // namespace hyperrnn

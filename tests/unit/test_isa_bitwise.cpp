@@ -101,13 +101,20 @@ TEST_CASE("dropout masks are CounterRng's stream word by word, at every length",
 
 TEST_CASE("CounterRng::blocks: the selected Philox and the portable one give the same words", "[isa][rng]") {
   for (uint64_t seed : {0ULL, 1ULL, 0xfedcba9876543210ULL})
-    for (uint32_t first : {0u, 1u, 0xfffffff8u, 0xfffffffcu}) {  // the counter's low word wraps
+    for (uint32_t first : {0u, 1u, 0xfffffff8u, 0xfffffff0u, 0xfffffffcu}) {  // the counter's low word wraps
       const CounterRng rng(seed, RngPurpose::Dropout, 77u, 0xabcdefu);
       uint32_t a[4][CounterRng::kLanes], b[4][CounterRng::kLanes];
       rng.blocks(first, a);
-      detail::philox_lanes_portable(b, {first, 0xabcdefu, 77u, static_cast<uint32_t>(RngPurpose::Dropout)},
-                                    {static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)});
+      const Philox4x32Ctr ctr{first, 0xabcdefu, 77u, static_cast<uint32_t>(RngPurpose::Dropout)};
+      const Philox4x32Key key{static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)};
+      detail::philox_lanes_portable(b, ctr, key);
       CHECK(std::memcmp(a, b, sizeof a) == 0);
+      for (int path = 1; path <= 2; ++path) {  // every vector path this CPU has, not only the selected one
+        uint32_t c[4][CounterRng::kLanes] = {};
+        if (!detail::philox_lanes_path(path, c, ctr, key)) continue;
+        INFO("path " << path);
+        CHECK(std::memcmp(c, b, sizeof c) == 0);
+      }
       for (int l = 0; l < CounterRng::kLanes; ++l) {  // and philox4x32_10 itself, block by block
         const Philox4x32Ctr w = philox4x32_10({first + static_cast<uint32_t>(l), 0xabcdefu, 77u,
                                                static_cast<uint32_t>(RngPurpose::Dropout)},
