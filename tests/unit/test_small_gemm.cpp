@@ -102,6 +102,7 @@ TEST_CASE("small_gemm: every path is the header's fma chain, within the dot-prod
     shapes.push_back({64, 64, 16, false, t});   // MQAR scores
     shapes.push_back({64, 64, 32, false, t});
     shapes.push_back({37, 45, 5, false, t});    // tails
+    shapes.push_back({29, 63, 9, false, t});    // zmm tails: 4 vectors, the last of 15 lanes
     shapes.push_back({1, 1, 1, false, t});
     shapes.push_back({130, 130, 64, false, t});
   }
@@ -112,6 +113,8 @@ TEST_CASE("small_gemm: every path is the header's fma chain, within the dot-prod
       shapes.push_back({64, 32, 64, tr, t});
       shapes.push_back({64, 64, 64, tr, t});
       shapes.push_back({33, 13, 33, tr, t});   // tails
+      shapes.push_back({29, 9, 29, tr, t});    // the narrowest zmm block (9 columns), 8-row tiles and a tail
+      shapes.push_back({21, 47, 21, tr, t});
       shapes.push_back({17, 1, 17, tr, t});
       shapes.push_back({1, 7, 1, tr, t});
       shapes.push_back({100, 24, 100, tr, t});
