@@ -11,7 +11,8 @@
 // Vectors: the AVX2 path uses 8 floats (ymm). The AVX-512 path uses 16 (zmm) for column blocks
 // wider than 8 and ymm for those of at most 8 (a head size of 8 would leave half of each zmm
 // idle). On a core with full-width 512-bit FMA units (Zen 5 here, Intel server cores) a zmm tile
-// does twice a ymm tile's work per instruction; on one that splits them (Zen 4) the same.
+// does twice a ymm tile's work per instruction; on one that splits them (Zen 4) it should do the
+// same work as two ymm tiles (not measured).
 #pragma once
 #include <immintrin.h>
 
