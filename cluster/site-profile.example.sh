@@ -20,6 +20,8 @@
 # its kernel from the CPU, and two kernels may round differently: a run resumed on another node
 # type then continues on different bits. Pin the kernel of the oldest node type in the partition
 # so that every leg of a requeued job computes alike (`hyperrnn bench` prints the kernel in use).
+# It costs speed on the newer nodes: on a Zen 5 core Haswell's AVX2 kernel instead of OpenBLAS's
+# own AVX-512 one made a moe step 1.35x slower (docs/performance.md). Pin only where legs move.
 # export OPENBLAS_CORETYPE=Haswell
 
 # Scratch: run directories (snapshots are the large files) on the parallel file system.
