@@ -115,7 +115,8 @@ __attribute__((target("avx2"))) void philox_lanes_avx2(uint32_t out[4][kLanes], 
 // AVX-512F, all 16 lanes in one register; the same products and interleave with mask blends, the
 // two XORs of a round as one ternary-logic instruction. On a core with full-width 512-bit units
 // (Zen 5 here) it takes 0.33 ns per word against the AVX2 version's 0.77 (2.3x; the dropout masks'
-// Philox was 8% of a vit-pilf-32 step); on one that splits them (Zen 4) it is no slower.
+// Philox was 8% of a vit-pilf-32 step); on one that splits them (Zen 4) it should be no slower
+// (not measured).
 __attribute__((target("avx512f"))) inline void mulhilo16(__m512i a, __m512i m, __m512i& hi, __m512i& lo) {
   const __m512i even = _mm512_mul_epu32(a, m);
   const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
