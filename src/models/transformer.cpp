@@ -658,17 +658,17 @@ void Transformer<T>::backward() {
       T* gexperts = grads.data() + table_[Ly.expert_here].offset;
       if (par.P == 1) {
         ScopedTimer tx(par.expert_s);
-        nn::moe_experts_backward<T>(sc.dxs, sc.dact, sc.dh, gexperts, sc.dys, c.xs, c.h, c.act, c.offsets, cfg_.experts,
+        nn::moe_experts_backward<T>(sc.dxs, gexperts, sc.dys, c.xs, c.h, c.act, c.offsets, cfg_.experts,
                                     experts, md);
       } else {
         ExpertExchange& X = xch_[static_cast<size_t>(l)];
         Owned& o = owned_[static_cast<size_t>(l)];
         const size_t R = static_cast<size_t>(X.own_rows());
-        own_dys_.resize(R * C); own_dxs_.resize(R * C); own_dact_.resize(R * F); own_dh_.resize(R * F);
+        own_dys_.resize(R * C); own_dxs_.resize(R * C);
         X.dispatch(sc.dys, own_dys_.data(), C, par);
         {
           ScopedTimer tx(par.expert_s);
-          nn::moe_experts_backward<T>(own_dxs_.data(), own_dact_.data(), own_dh_.data(), gexperts, own_dys_.data(),
+          nn::moe_experts_backward<T>(own_dxs_.data(), gexperts, own_dys_.data(),
                                       o.xs.data(), o.h.data(), o.act.data(), X.own_offsets(),
                                       par.experts_hi() - par.experts_lo(), experts, md);
         }

@@ -244,7 +244,7 @@ class Transformer {
   };
   std::vector<ExpertExchange> xch_;
   std::vector<Owned> owned_;
-  std::vector<T> own_dys_, own_dact_, own_dh_, own_dxs_;
+  std::vector<T> own_dys_, own_dxs_;
   std::vector<nn::MoeWeights<T>> router_grads_;
   std::vector<double> layer_rows_;  // (layers) active expert rows of the global batch
   ParamTable table_;

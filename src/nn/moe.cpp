@@ -44,8 +44,6 @@ MoeScratch<T> moe_bind_scratch(Carver<T>& f, const MoeDims& d) {
   auto take = [&f](int64_t n) { return f.take(n); };
   MoeScratch<T> s{};
   s.dys = take(A * d.C);
-  s.dact = take(A * d.F);
-  s.dh = take(A * d.F);
   s.dxs = take(A * d.C);
   s.dgates = take(1LL * d.N * d.K);
   s.dscores = take(1LL * d.N * d.E);
@@ -71,6 +69,12 @@ T* thread_scratch(int64_t n) {
   if (static_cast<int64_t>(buf.size()) < n) buf.resize(static_cast<size_t>(n));
   return buf.data();
 }
+// The experts' row blocks: fc1, GELU and fc2 (and their backward) run over at most this many rows
+// at a time, so that a block's hidden rows (R x F floats, 128 KiB) stay in L2 between the GEMMs and
+// the elementwise pass (before, each pass streamed the whole (rows, F) tensor through memory: the
+// GELU passes were 12% of a vit-pilf-256 step). A function of F alone, so the GEMM shapes, and with
+// them the bits, are the same whatever P and the thread count.
+int expert_row_block(int F) { return std::max(64, (1 << 15) / std::max(1, F)); }
 // Fixed row chunks for copies whose split cannot change a value.
 constexpr int kRowChunk = 256;
 int chunks(int64_t rows) { return static_cast<int>((rows + kRowChunk - 1) / kRowChunk); }
@@ -150,13 +154,16 @@ template <class T>
 void moe_experts_forward(T* ys, T* h, T* act, const T* xs, const int32_t* offsets, int n_experts, const T* experts,
                          const MoeDims& d) {
   const int C = d.C, F = d.F;
+  const int R = expert_row_block(F);
   threads().run(n_experts, [&](int e, int) {  // one expert per item: its GEMMs over its own rows
-    const int r0 = offsets[e], n_e = offsets[e + 1] - r0;
-    if (n_e == 0) return;
+    const int e0 = offsets[e], n_e = offsets[e + 1] - e0;
     const ExpertView<T> x = expert_view(const_cast<T*>(experts), e, d);
-    linear_forward<T>(h + 1LL * r0 * F, xs + 1LL * r0 * C, x.fc1_w, x.fc1_b, n_e, C, F);
-    gelu_forward_grad<T>(act + 1LL * r0 * F, h + 1LL * r0 * F, h + 1LL * r0 * F, 1LL * n_e * F);
-    linear_forward<T>(ys + 1LL * r0 * C, act + 1LL * r0 * F, x.fc2_w, x.fc2_b, n_e, F, C);
+    for (int r0 = e0; r0 < e0 + n_e; r0 += R) {  // fc1, GELU and fc2 per row block, its hidden rows in cache
+      const int n = std::min(R, e0 + n_e - r0);
+      linear_forward<T>(h + 1LL * r0 * F, xs + 1LL * r0 * C, x.fc1_w, x.fc1_b, n, C, F);
+      gelu_forward_grad<T>(act + 1LL * r0 * F, h + 1LL * r0 * F, h + 1LL * r0 * F, 1LL * n * F);
+      linear_forward<T>(ys + 1LL * r0 * C, act + 1LL * r0 * F, x.fc2_w, x.fc2_b, n, F, C);
+    }
   });
 }
 
@@ -252,17 +259,25 @@ void moe_router_backward(T* dinp, const MoeWeights<T>* rg, MoeScratch<T>& s, con
 }
 
 template <class T>
-void moe_experts_backward(T* dxs, T* dact, T* dh, T* grad_experts, const T* dys, const T* xs, const T* h, const T* act,
+void moe_experts_backward(T* dxs, T* grad_experts, const T* dys, const T* xs, const T* h, const T* act,
                           const int32_t* offsets, int n_experts, const T* experts, const MoeDims& d) {
   const int C = d.C, F = d.F;
+  const int R = expert_row_block(F);
   threads().run(n_experts, [&](int e, int) {  // one expert per item: its rows, its gradients
-    const int r0 = offsets[e], n_e = offsets[e + 1] - r0;
+    const int e0 = offsets[e], n_e = offsets[e + 1] - e0;
     if (n_e == 0) return;
     const ExpertView<T> x = expert_view(const_cast<T*>(experts), e, d);
     const ExpertView<T> gx = expert_view(grad_experts, e, d);
-    linear_backward<T>(dact + 1LL * r0 * F, gx.fc2_w, gx.fc2_b, dys + 1LL * r0 * C, act + 1LL * r0 * F, x.fc2_w, n_e, F, C);
-    gelu_backward_cached<T>(dh + 1LL * r0 * F, dact + 1LL * r0 * F, h + 1LL * r0 * F, 1LL * n_e * F);
-    linear_backward<T>(dxs + 1LL * r0 * C, gx.fc1_w, gx.fc1_b, dh + 1LL * r0 * F, xs + 1LL * r0 * C, x.fc1_w, n_e, C, F);
+    // d act and d h of one row block at a time, in the thread's scratch (they never reach memory);
+    // the weight gradients accumulate block by block
+    T* dact = thread_scratch<T>(2LL * R * F);
+    T* dh = dact + 1LL * R * F;
+    for (int r0 = e0; r0 < e0 + n_e; r0 += R) {
+      const int n = std::min(R, e0 + n_e - r0);
+      linear_backward<T>(dact, gx.fc2_w, gx.fc2_b, dys + 1LL * r0 * C, act + 1LL * r0 * F, x.fc2_w, n, F, C);
+      gelu_backward_cached<T>(dh, dact, h + 1LL * r0 * F, 1LL * n * F);
+      linear_backward<T>(dxs + 1LL * r0 * C, gx.fc1_w, gx.fc1_b, dh, xs + 1LL * r0 * C, x.fc1_w, n, C, F);
+    }
   });
 }
 
@@ -293,7 +308,7 @@ void moe_backward(T* dinp, const MoeWeights<T>& g, MoeScratch<T>& s, const T* do
   moe_combine_backward(s.dys, s.dgates, dout, c, d);
   // router backward first: it assigns dinp; the experts' contributions then accumulate
   moe_router_backward(dinp, &g, s, inp, c, wts, router, d);
-  moe_experts_backward(s.dxs, s.dact, s.dh, g.experts, s.dys, c.xs, c.h, c.act, c.offsets, d.E, wts.experts, d);
+  moe_experts_backward(s.dxs, g.experts, s.dys, c.xs, c.h, c.act, c.offsets, d.E, wts.experts, d);
   moe_scatter_add(dinp, s.dxs, c, d);
 }
 
@@ -311,7 +326,7 @@ void moe_backward(T* dinp, const MoeWeights<T>& g, MoeScratch<T>& s, const T* do
   template void moe_combine_backward<T>(T*, T*, const T*, const MoeCache<T>&, const MoeDims&);  \
   template void moe_router_backward<T>(T*, const MoeWeights<T>*, MoeScratch<T>&, const T*, const MoeCache<T>&, \
                                        const MoeWeights<T>&, RouterKind, const MoeDims&);      \
-  template void moe_experts_backward<T>(T*, T*, T*, T*, const T*, const T*, const T*, const T*, const int32_t*, int, \
+  template void moe_experts_backward<T>(T*, T*, const T*, const T*, const T*, const T*, const int32_t*, int, \
                                         const T*, const MoeDims&);                              \
   template void moe_scatter_add<T>(T*, const T*, const MoeCache<T>&, const MoeDims&);                \
   template void dynamic_topk_gates<T>(T*, const T*, const int32_t*, int, int, const MoeDims&);

@@ -71,8 +71,6 @@ struct MoeCache {
 template <class T>
 struct MoeScratch {
   T* dys;     // (A,C)
-  T* dact;    // (A,F)
-  T* dh;      // (A,F)
   T* dxs;     // (A,C)
   T* dgates;  // (N,K)
   T* dscores; // (N,E)
@@ -121,10 +119,10 @@ void moe_combine_backward(T* dys, T* dgates, const T* dout, const MoeCache<T>& c
 template <class T>
 void moe_router_backward(T* dinp, const MoeWeights<T>* router_grads, MoeScratch<T>& scratch, const T* inp,
                          const MoeCache<T>& cache, const MoeWeights<T>& wts, RouterKind router, const MoeDims& d);
-// Expert backward on the rows of experts_forward (h: the forward's GELU' buffer): dxs, dact, dh
-// assigned; weight gradients accumulate into grad_experts.
+// Expert backward on the rows of experts_forward (h: the forward's GELU' buffer): dxs assigned;
+// weight gradients accumulate into grad_experts (row block by row block, see moe.cpp).
 template <class T>
-void moe_experts_backward(T* dxs, T* dact, T* dh, T* grad_experts, const T* dys, const T* xs, const T* h, const T* act,
+void moe_experts_backward(T* dxs, T* grad_experts, const T* dys, const T* xs, const T* h, const T* act,
                           const int32_t* offsets, int n_experts, const T* experts, const MoeDims& d);
 // dinp[token] += dxs[row] over the sorted rows.
 template <class T>
