@@ -69,12 +69,6 @@ T* thread_scratch(int64_t n) {
   if (static_cast<int64_t>(buf.size()) < n) buf.resize(static_cast<size_t>(n));
   return buf.data();
 }
-// The experts' row blocks: fc1, GELU and fc2 (and their backward) run over at most this many rows
-// at a time, so that a block's hidden rows (R x F floats, 128 KiB) stay in L2 between the GEMMs and
-// the elementwise pass (before, each pass streamed the whole (rows, F) tensor through memory: the
-// GELU passes were 12% of a vit-pilf-256 step). A function of F alone, so the GEMM shapes, and with
-// them the bits, are the same whatever P and the thread count.
-int expert_row_block(int F) { return std::max(64, (1 << 15) / std::max(1, F)); }
 // Fixed row chunks for copies whose split cannot change a value.
 constexpr int kRowChunk = 256;
 int chunks(int64_t rows) { return static_cast<int>((rows + kRowChunk - 1) / kRowChunk); }
@@ -154,7 +148,7 @@ template <class T>
 void moe_experts_forward(T* ys, T* h, T* act, const T* xs, const int32_t* offsets, int n_experts, const T* experts,
                          const MoeDims& d) {
   const int C = d.C, F = d.F;
-  const int R = expert_row_block(F);
+  const int R = ffn_row_block(F);
   threads().run(n_experts, [&](int e, int) {  // one expert per item: its GEMMs over its own rows
     const int e0 = offsets[e], n_e = offsets[e + 1] - e0;
     const ExpertView<T> x = expert_view(const_cast<T*>(experts), e, d);
@@ -262,7 +256,7 @@ template <class T>
 void moe_experts_backward(T* dxs, T* grad_experts, const T* dys, const T* xs, const T* h, const T* act,
                           const int32_t* offsets, int n_experts, const T* experts, const MoeDims& d) {
   const int C = d.C, F = d.F;
-  const int R = expert_row_block(F);
+  const int R = ffn_row_block(F);
   threads().run(n_experts, [&](int e, int) {  // one expert per item: its rows, its gradients
     const int e0 = offsets[e], n_e = offsets[e + 1] - e0;
     if (n_e == 0) return;
