@@ -26,24 +26,29 @@ namespace {
 // AVX-512 could be the copy the linker keeps for the whole program
 constexpr int imin(int a, int b) { return a < b ? a : b; }
 
-#if defined(__AVX512VL__)
-constexpr int kMaxNV = 4;
-// accumulators + NV loads of B + one broadcast within 32 registers
-constexpr int mr_of(int nv) { return nv == 1 ? 16 : nv == 2 ? 12 : nv == 3 ? 8 : 6; }
-struct Vec8 {  // ymm with AVX-512VL masks
+// the ymm operations both paths share; each path adds its own masks (AVX-512VL's k registers, AVX2's
+// lane vectors)
+struct Ymm {
   using V = __m256;
-  using Mask = __mmask8;
   static constexpr int kW = 8;
-  static Mask mask(int lanes) { return static_cast<__mmask8>((1u << lanes) - 1u); }
   static V load(const float* p) { return _mm256_loadu_ps(p); }
-  static V load_part(const float* p, Mask m) { return _mm256_maskz_loadu_ps(m, p); }
   static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
-  static void store_part(float* p, Mask m, V v) { _mm256_mask_storeu_ps(p, m, v); }
   static V zero() { return _mm256_setzero_ps(); }
   static V set1(float x) { return _mm256_set1_ps(x); }
   static V bcast(const float* p) { return _mm256_broadcast_ss(p); }
   static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+};
+
+#if defined(__AVX512VL__)
+constexpr int kMaxNV = 4;
+// accumulators + NV loads of B + one broadcast within 32 registers
+constexpr int mr_of(int nv) { return nv == 1 ? 16 : nv == 2 ? 12 : nv == 3 ? 8 : 6; }
+struct Vec8 : Ymm {  // ymm with AVX-512VL masks
+  using Mask = __mmask8;
+  static Mask mask(int lanes) { return static_cast<__mmask8>((1u << lanes) - 1u); }
+  static V load_part(const float* p, Mask m) { return _mm256_maskz_loadu_ps(m, p); }
+  static void store_part(float* p, Mask m, V v) { _mm256_mask_storeu_ps(p, m, v); }
 };
 struct Vec16 {  // zmm
   using V = __m512;
@@ -65,20 +70,11 @@ using Wide = Vec16;
 constexpr int kMaxNV = 3;
 // within 16 registers
 constexpr int mr_of(int nv) { return nv == 1 ? 12 : nv == 2 ? 6 : 4; }
-struct Vec8 {  // ymm, AVX2 masks
-  using V = __m256;
+struct Vec8 : Ymm {  // ymm with AVX2 masks
   using Mask = __m256i;
-  static constexpr int kW = 8;
   static Mask mask(int lanes) { return _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)); }
-  static V load(const float* p) { return _mm256_loadu_ps(p); }
   static V load_part(const float* p, Mask m) { return _mm256_maskload_ps(p, m); }
-  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
   static void store_part(float* p, Mask m, V v) { _mm256_maskstore_ps(p, m, v); }
-  static V zero() { return _mm256_setzero_ps(); }
-  static V set1(float x) { return _mm256_set1_ps(x); }
-  static V bcast(const float* p) { return _mm256_broadcast_ss(p); }
-  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
-  static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
 };
 using Wide = Vec8;
 #endif
@@ -196,7 +192,8 @@ inline int64_t run_tiles(const hyperrnn::SmallGemm& g) {
     const bool narrow = jb - j0 <= Vec8::kW;
     // one row-tile height per column block (its widest tiles'); a tile cut narrower by the
     // triangle keeps it, which its fewer vectors leave room for (mr_of falls with NV)
-    int mr = mr_of((jb - j0 + (narrow ? Vec8::kW : Wide::kW) - 1) / (narrow ? Vec8::kW : Wide::kW));
+    const int vw = narrow ? Vec8::kW : Wide::kW;
+    int mr = mr_of((jb - j0 + vw - 1) / vw);
     if (!narrow && g.ais != 1) mr = imin(mr, kStridedRows);
     for (int i0 = 0; i0 < g.M; i0 += mr) {
       const int i1 = imin(g.M, i0 + mr);

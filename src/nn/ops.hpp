@@ -63,17 +63,6 @@ void gelu_backward(T* dinp, const T* dout, const T* inp, int64_t n);  // dinp as
 // the results are bitwise those of gelu_forward and gelu_backward.
 template <class T>
 void gelu_forward_grad(T* out, T* grad, const T* inp, int64_t n);
-// Rows per block of the MoE experts' FFN (fc1, GELU, fc2 and their backward, nn/moe.cpp): 2^14 / F
-// rows, at least 64 (64 KiB of hidden rows), so that a block's hidden rows stay in L2 between the
-// GEMMs and the elementwise passes (before, each pass streamed the whole (rows, F) tensor through
-// memory: the GELU passes were 12% of a vit-pilf-256 step). 2^14 was the best of 2^14-2^17 tried
-// (vit-pilf-256 62.7k tokens/s against 60.1k at 2^15, 61.9k at 2^16 and 61.5k at 2^17, means of 4
-// interleaved rounds; the MQAR models and vit-pilf-32 within 1.5% across them). A function of F
-// alone, so the GEMM shapes, and with them the bits, are the same whatever P and the thread count.
-// The dense FFN keeps its shard-sized calls: its shards are 512 rows at the benchmark's shape, and
-// 128-row blocks made the dense step 2.4% slower (median of 5 alternating pairs), the smaller GEMMs
-// costing more than the cache saved.
-inline int ffn_row_block(int F) { return F >= (1 << 8) ? 64 : (1 << 14) / (F > 0 ? F : 1); }
 template <class T>
 void gelu_backward_cached(T* dinp, const T* dout, const T* grad, int64_t n);
 
